@@ -1,0 +1,66 @@
+// Forking a child that can never outlive its parent.
+#pragma once
+
+#include <csignal>
+#include <cstdlib>
+#include <exception>
+
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "posix.hpp"
+
+namespace mproc::detail {
+
+/// Python-style exit code from a waitpid status: the exit status, or -signum.
+inline int exitcode_from_status(int status) noexcept {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return 255;
+}
+
+/// Called in every freshly forked child before anything else: the child gets SIGKILL
+/// when the parent dies. The parent may already have died between fork() and prctl();
+/// comparing getppid() with the pid recorded before fork closes that race.
+inline void die_with_parent(pid_t expected_parent) noexcept {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != expected_parent) ::_exit(128 + SIGKILL);
+}
+
+/// Forks; the child runs body() and _exit()s with its int result (an exception
+/// escaping body gives exit code 1). Returns the child's pid to the parent.
+/// PR_SET_PDEATHSIG fires when the *thread* that forked exits, so long-lived threads
+/// (the caller's, or a pool's own service thread) should do the forking.
+template <class Body>
+pid_t fork_child(Body&& body) {
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid == -1) throw_errno("fork");
+  if (pid == 0) {
+    die_with_parent(parent);
+    int code = 1;
+    try {
+      code = body();
+    } catch (...) {
+      code = 1;
+    }
+    ::_exit(code);
+  }
+  return pid;
+}
+
+/// A pollable descriptor that becomes readable when the process exits (Linux 5.3+).
+inline unique_fd pidfd_open(pid_t pid) {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd == -1) throw_errno("pidfd_open");
+  return unique_fd(fd);
+}
+
+/// waitpid that retries on EINTR; returns 0 if not yet exited with WNOHANG.
+inline pid_t waitpid_eintr(pid_t pid, int* status, int flags) {
+  return retry_eintr([&] { return ::waitpid(pid, status, flags); });
+}
+
+}  // namespace mproc::detail

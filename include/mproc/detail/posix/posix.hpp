@@ -1,0 +1,113 @@
+// Thin POSIX wrappers used across the library. Every platform specific call lives
+// under detail/posix/ so the rest reads as plain C++.
+#pragma once
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace mproc::detail {
+
+/// Raises std::system_error naming the failed call.
+[[noreturn]] inline void throw_errno(const char* call, int err = errno) {
+  throw std::system_error(err, std::generic_category(), call);
+}
+
+/// Checks the result of a call returning -1 on failure.
+inline long check(long rc, const char* call) {
+  if (rc == -1) throw_errno(call);
+  return rc;
+}
+
+/// Retries a call that failed with EINTR; returns its last result.
+template <class F>
+auto retry_eintr(F&& f) -> decltype(f()) {
+  decltype(f()) rc;
+  do {
+    rc = f();
+  } while (rc == -1 && errno == EINTR);
+  return rc;
+}
+
+/// Owning file descriptor.
+class unique_fd {
+ public:
+  unique_fd() noexcept = default;
+  explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  ~unique_fd() { reset(); }
+
+  [[nodiscard]] int get() const noexcept { return fd_; }
+  [[nodiscard]] explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) noexcept {
+    // close() must not be retried on EINTR on Linux: the fd is gone either way.
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Nanoseconds on CLOCK_MONOTONIC.
+inline std::int64_t monotonic_ns() noexcept {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// Converts any chrono duration to nanoseconds, saturating instead of overflowing.
+template <class Rep, class Period>
+std::int64_t to_ns(std::chrono::duration<Rep, Period> d) noexcept {
+  using namespace std::chrono;
+  if (d <= duration<Rep, Period>::zero()) return 0;
+  const auto max = duration_cast<duration<long double>>(nanoseconds::max());
+  if (duration_cast<duration<long double>>(d) >= max) return INT64_MAX;
+  return duration_cast<nanoseconds>(d).count();
+}
+
+// Futex on a 32-bit word in memory shared between processes (hence no
+// FUTEX_PRIVATE_FLAG). wait returns false on timeout.
+inline bool futex_wait(const void* addr, std::uint32_t expected, std::int64_t timeout_ns = -1) {
+  timespec ts{};
+  timespec* tsp = nullptr;
+  if (timeout_ns >= 0) {
+    ts.tv_sec = timeout_ns / 1'000'000'000;
+    ts.tv_nsec = timeout_ns % 1'000'000'000;
+    tsp = &ts;
+  }
+  long rc = ::syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, nullptr, 0);
+  if (rc == -1) {
+    if (errno == ETIMEDOUT) return false;
+    if (errno == EAGAIN || errno == EINTR) return true;  // caller re-checks its condition
+    throw_errno("futex(FUTEX_WAIT)");
+  }
+  return true;
+}
+
+inline void futex_wake(const void* addr, int count = INT32_MAX) noexcept {
+  ::syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
+}
+
+inline void set_cloexec(int fd) {
+  int flags = static_cast<int>(check(::fcntl(fd, F_GETFD), "fcntl(F_GETFD)"));
+  check(::fcntl(fd, F_SETFD, flags | FD_CLOEXEC), "fcntl(F_SETFD)");
+}
+
+}  // namespace mproc::detail

@@ -1,0 +1,656 @@
+// The wire format. Values cross process boundaries as bytes:
+//  - trivially copyable values, and contiguous ranges of them, are copied with memcpy;
+//  - standard containers, strings, pairs, tuples, optionals, variants, durations and
+//    paths are encoded element by element (length prefixed);
+//  - any other type with a Boost.Serialization serialize() goes through a binary archive.
+// Decoding treats the bytes as untrusted: every length is checked against what is left
+// before it is used, so corrupt input raises serialization_error and never reads out of
+// bounds. Messages (Pipe, Queue) add an 8-byte type tag so that a recv<T> of the wrong
+// type is reported with both type names.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <streambuf>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <cxxabi.h>
+
+#include <boost/archive/binary_iarchive.hpp>
+#include <boost/archive/binary_oarchive.hpp>
+#include <boost/serialization/map.hpp>
+#include <boost/serialization/set.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/utility.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include "errors.hpp"
+
+namespace mproc {
+
+/// Demangled name of a type, for messages.
+template <class T>
+std::string type_name() {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> p(
+      abi::__cxa_demangle(typeid(T).name(), nullptr, nullptr, &status), std::free);
+  return status == 0 && p ? std::string(p.get()) : std::string(typeid(T).name());
+}
+
+namespace detail {
+
+template <class T, template <class...> class Tmpl>
+inline constexpr bool is_specialization_v = false;
+template <template <class...> class Tmpl, class... A>
+inline constexpr bool is_specialization_v<Tmpl<A...>, Tmpl> = true;
+
+template <class T>
+inline constexpr bool is_std_array_v = false;
+template <class T, std::size_t N>
+inline constexpr bool is_std_array_v<std::array<T, N>> = true;
+
+template <class T>
+inline constexpr bool is_duration_v = false;
+template <class R, class P>
+inline constexpr bool is_duration_v<std::chrono::duration<R, P>> = true;
+
+template <class T>
+concept map_like = is_specialization_v<T, std::map> || is_specialization_v<T, std::unordered_map> ||
+                   is_specialization_v<T, std::multimap> ||
+                   is_specialization_v<T, std::unordered_multimap>;
+template <class T>
+concept set_like = is_specialization_v<T, std::set> || is_specialization_v<T, std::unordered_set> ||
+                   is_specialization_v<T, std::multiset> ||
+                   is_specialization_v<T, std::unordered_multiset>;
+
+template <class T>
+concept boost_member_serializable = requires(T& t, boost::archive::binary_oarchive& ar) {
+  t.serialize(ar, 0u);
+};
+template <class T>
+concept boost_free_serializable = requires(T& t, boost::archive::binary_oarchive& ar) {
+  serialize(ar, t, 0u);  // found by ADL in the user's namespace
+};
+template <class T>
+concept boost_serializable = boost_member_serializable<T> || boost_free_serializable<T>;
+
+// What a value is sent as: C strings become std::string, recursively inside tuples,
+// pairs and vectors, so send(std::tuple{"add", 1, 2}) arrives as tuple<string, int, int>.
+template <class T>
+struct wire {
+  using type = T;
+};
+template <class T>
+using wire_t = typename wire<std::remove_cvref_t<T>>::type;
+template <>
+struct wire<const char*> {
+  using type = std::string;
+};
+template <>
+struct wire<char*> {
+  using type = std::string;
+};
+template <std::size_t N>
+struct wire<char[N]> {
+  using type = std::string;
+};
+template <>
+struct wire<std::string_view> {
+  using type = std::string;
+};
+template <class... A>
+struct wire<std::tuple<A...>> {
+  using type = std::tuple<wire_t<A>...>;
+};
+template <class A, class B>
+struct wire<std::pair<A, B>> {
+  using type = std::pair<wire_t<A>, wire_t<B>>;
+};
+template <class T, class Al>
+struct wire<std::vector<T, Al>> {
+  using type = std::vector<wire_t<T>>;
+};
+
+template <class T>
+concept c_string = std::is_same_v<std::remove_cvref_t<T>, const char*> ||
+                   std::is_same_v<std::remove_cvref_t<T>, char*> ||
+                   std::is_same_v<std::remove_cvref_t<T>, std::string_view> ||
+                   (std::is_array_v<std::remove_cvref_t<T>> &&
+                    std::is_same_v<std::remove_extent_t<std::remove_cvref_t<T>>, char>);
+
+template <class T>
+concept trivially_copyable_value = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
+                                   !std::is_member_pointer_v<T> && !std::is_array_v<T> &&
+                                   !std::is_empty_v<T>;
+
+template <class T>
+struct encodable_impl;
+
+template <class T>
+concept encodable = encodable_impl<std::remove_cvref_t<T>>::value;
+
+template <class T>
+struct encodable_impl {
+  static constexpr bool compute() {
+    if constexpr (c_string<T>) return true;
+    else if constexpr (std::is_empty_v<T> && std::is_default_constructible_v<T>) return true;
+    else if constexpr (trivially_copyable_value<T>) return true;
+    else if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::filesystem::path>)
+      return true;
+    else if constexpr (is_specialization_v<T, std::vector> || is_specialization_v<T, std::optional>)
+      return encodable<typename T::value_type>;
+    else if constexpr (is_std_array_v<T>) return encodable<typename T::value_type>;
+    else if constexpr (map_like<T>)
+      return encodable<typename T::key_type> && encodable<typename T::mapped_type>;
+    else if constexpr (set_like<T>) return encodable<typename T::key_type>;
+    else if constexpr (is_specialization_v<T, std::pair>)
+      return encodable<typename T::first_type> && encodable<typename T::second_type>;
+    else if constexpr (is_specialization_v<T, std::tuple> || is_specialization_v<T, std::variant>)
+      return []<class... A>(std::type_identity<std::tuple<A...>>) {
+        return (encodable<A> && ...);
+      }(std::type_identity<decltype(as_tuple_types(static_cast<T*>(nullptr)))>{});
+    else if constexpr (is_duration_v<T>) return true;
+    else if constexpr (boost_serializable<T>) return true;
+    else return false;
+  }
+  template <template <class...> class Tm, class... A>
+  static std::tuple<A...> as_tuple_types(Tm<A...>*);
+  static constexpr bool value = compute();
+};
+
+/// Helpful compile-time failure for a type that cannot cross a process boundary.
+template <class T>
+constexpr void require_encodable() {
+  static_assert(encodable<T>,
+                "mproc: this type cannot cross a process boundary. Make it trivially copyable, "
+                "use standard containers of serializable types, or give it a Boost.Serialization "
+                "member `template <class Archive> void serialize(Archive& ar, unsigned) { ar & "
+                "field1 & field2; }`.");
+}
+
+// ---------------------------------------------------------------- writing
+
+/// Counts bytes (first pass) or writes them (second pass). Encoding is two-pass so
+/// that callers can reserve exactly the room a value needs (for example inside a
+/// shared-memory ring) and write it there without an intermediate copy.
+struct size_counter {
+  std::size_t n = 0;
+  void put(const void*, std::size_t len) noexcept { n += len; }
+};
+struct byte_writer {
+  std::byte* p;
+  void put(const void* src, std::size_t len) noexcept {
+    if (len) std::memcpy(p, src, len);
+    p += len;
+  }
+};
+/// Appends to a growable buffer (used by the Boost archive path).
+struct vector_writer {
+  std::vector<std::byte>* out;
+  void put(const void* src, std::size_t len) {
+    auto old = out->size();
+    out->resize(old + len);
+    if (len) std::memcpy(out->data() + old, src, len);
+  }
+};
+
+// streambuf adapters for Boost archives
+class vector_streambuf : public std::streambuf {
+ public:
+  explicit vector_streambuf(std::vector<std::byte>& v) : v_(v) {}
+
+ protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    auto old = v_.size();
+    v_.resize(old + std::size_t(n));
+    std::memcpy(v_.data() + old, s, std::size_t(n));
+    return n;
+  }
+  int_type overflow(int_type c) override {
+    if (c != traits_type::eof()) v_.push_back(std::byte(traits_type::to_char_type(c)));
+    return traits_type::not_eof(c);
+  }
+
+ private:
+  std::vector<std::byte>& v_;
+};
+class span_streambuf : public std::streambuf {
+ public:
+  span_streambuf(const std::byte* p, std::size_t n) {
+    char* b = const_cast<char*>(reinterpret_cast<const char*>(p));
+    setg(b, b, b + n);
+  }
+};
+
+inline constexpr unsigned boost_archive_flags =
+    boost::archive::no_header | boost::archive::no_codecvt | boost::archive::no_tracking;
+
+template <class T>
+void boost_save(const T& v, std::vector<std::byte>& out) {
+  vector_streambuf sb(out);
+  boost::archive::binary_oarchive ar(sb, boost_archive_flags);
+  ar << v;
+}
+
+/// Boost archives cannot be sized without running them; the bytes of the last value
+/// sized are kept per thread so the write pass does not serialize twice.
+struct boost_scratch {
+  const void* value = nullptr;
+  std::vector<std::byte> bytes;
+};
+inline boost_scratch& scratch() {
+  thread_local boost_scratch s;
+  return s;
+}
+
+template <class W>
+void put_u64(W& w, std::uint64_t v) {
+  w.put(&v, sizeof v);
+}
+
+template <class W, class T>
+void encode(W& w, const T& v);
+
+template <class W, class T>
+void encode_elements(W& w, const T& range) {
+  for (const auto& e : range) encode(w, e);
+}
+
+template <class W, class T>
+void encode(W& w, const T& v) {
+  using U = std::remove_cvref_t<T>;
+  require_encodable<U>();
+  if constexpr (c_string<U>) {
+    std::string_view s(v);
+    put_u64(w, s.size());
+    w.put(s.data(), s.size());
+  } else if constexpr (std::is_empty_v<U>) {
+    // nothing to send
+  } else if constexpr (trivially_copyable_value<U>) {
+    w.put(std::addressof(v), sizeof(U));
+  } else if constexpr (std::is_same_v<U, std::string>) {
+    put_u64(w, v.size());
+    w.put(v.data(), v.size());
+  } else if constexpr (std::is_same_v<U, std::filesystem::path>) {
+    encode(w, v.native());
+  } else if constexpr (is_specialization_v<U, std::vector>) {
+    using E = typename U::value_type;
+    put_u64(w, v.size());
+    if constexpr (std::is_same_v<E, bool>) {
+      for (bool b : v) {
+        std::uint8_t x = b;
+        w.put(&x, 1);
+      }
+    } else if constexpr (trivially_copyable_value<E>) {
+      w.put(v.data(), v.size() * sizeof(E));
+    } else {
+      encode_elements(w, v);
+    }
+  } else if constexpr (is_std_array_v<U>) {
+    encode_elements(w, v);
+  } else if constexpr (is_specialization_v<U, std::optional>) {
+    std::uint8_t has = v.has_value();
+    w.put(&has, 1);
+    if (has) encode(w, *v);
+  } else if constexpr (map_like<U> || set_like<U>) {
+    put_u64(w, v.size());
+    encode_elements(w, v);
+  } else if constexpr (is_specialization_v<U, std::pair>) {
+    encode(w, v.first);
+    encode(w, v.second);
+  } else if constexpr (is_specialization_v<U, std::tuple>) {
+    std::apply([&](const auto&... e) { (encode(w, e), ...); }, v);
+  } else if constexpr (is_specialization_v<U, std::variant>) {
+    if (v.valueless_by_exception()) throw serialization_error("cannot send a valueless variant");
+    std::uint32_t idx = static_cast<std::uint32_t>(v.index());
+    w.put(&idx, sizeof idx);
+    std::visit([&](const auto& e) { encode(w, e); }, v);
+  } else if constexpr (is_duration_v<U>) {
+    auto c = v.count();
+    encode(w, c);
+  } else if constexpr (boost_serializable<U>) {
+    auto& s = scratch();
+    if constexpr (std::is_same_v<W, size_counter>) {
+      s.bytes.clear();
+      boost_save(v, s.bytes);
+      s.value = std::addressof(v);
+      put_u64(w, s.bytes.size());
+      w.put(nullptr, s.bytes.size());
+    } else {
+      if (s.value != std::addressof(v)) {
+        s.bytes.clear();
+        boost_save(v, s.bytes);
+      }
+      s.value = nullptr;
+      put_u64(w, s.bytes.size());
+      w.put(s.bytes.data(), s.bytes.size());
+    }
+  }
+}
+
+/// Exact number of bytes encode() will write for v.
+template <class T>
+std::size_t encoded_size(const T& v) {
+  size_counter c;
+  encode(c, v);
+  return c.n;
+}
+
+/// Writes v at out (which has room for encoded_size(v) bytes); returns the end.
+/// Boost-archived values must be sized first with encoded_size on the same thread.
+template <class T>
+std::byte* encode_to(const T& v, std::byte* out) {
+  byte_writer w{out};
+  encode(w, v);
+  return w.p;
+}
+
+// ---------------------------------------------------------------- reading
+
+/// Bounds-checked cursor over untrusted bytes.
+struct reader {
+  const std::byte* p;
+  const std::byte* end;
+
+  [[nodiscard]] std::size_t remaining() const noexcept { return std::size_t(end - p); }
+  void need(std::size_t n, const char* what) const {
+    if (n > remaining())
+      throw serialization_error(std::string("truncated message: ") + what + " needs " +
+                                std::to_string(n) + " bytes, " + std::to_string(remaining()) +
+                                " left");
+  }
+  void get(void* dst, std::size_t n, const char* what) {
+    need(n, what);
+    if (n) std::memcpy(dst, p, n);
+    p += n;
+  }
+  std::uint64_t get_u64(const char* what) {
+    std::uint64_t v;
+    get(&v, sizeof v, what);
+    return v;
+  }
+  /// A length prefix for `count` elements each taking at least `min_bytes`.
+  std::size_t get_count(std::size_t min_bytes, const char* what) {
+    std::uint64_t n = get_u64(what);
+    // Elements that encode to nothing could make a tiny message claim a huge count.
+    const std::uint64_t cap = min_bytes ? remaining() / min_bytes : (std::uint64_t(1) << 20);
+    if (n > cap)
+      throw serialization_error(std::string("corrupt message: ") + what + " claims " +
+                                std::to_string(n) + " elements, at most " + std::to_string(cap) +
+                                " fit in what is left");
+    return static_cast<std::size_t>(n);
+  }
+};
+
+/// Smallest number of bytes a value of T encodes to (bounds element counts).
+template <class T>
+constexpr std::size_t min_encoded_size() {
+  using U = std::remove_cvref_t<T>;
+  if constexpr (std::is_empty_v<U>) return 0;
+  else if constexpr (trivially_copyable_value<U>) return sizeof(U);
+  else if constexpr (is_specialization_v<U, std::pair>)
+    return min_encoded_size<typename U::first_type>() + min_encoded_size<typename U::second_type>();
+  else if constexpr (is_specialization_v<U, std::tuple>)
+    return []<class... A>(std::type_identity<std::tuple<A...>>) {
+      return (std::size_t(0) + ... + min_encoded_size<A>());
+    }(std::type_identity<U>{});
+  else if constexpr (is_std_array_v<U>)
+    return std::tuple_size_v<U> * min_encoded_size<typename U::value_type>();
+  else if constexpr (is_specialization_v<U, std::optional>) return 1;
+  else if constexpr (is_specialization_v<U, std::variant>) return 4;
+  else if constexpr (is_duration_v<U>) return sizeof(typename U::rep);
+  else return 8;  // strings, containers and archives start with a 64-bit length
+}
+
+template <class T>
+void decode(reader& r, T& v);
+
+template <class T, std::size_t... I>
+void decode_tuple(reader& r, T& t, std::index_sequence<I...>) {
+  (decode(r, std::get<I>(t)), ...);
+}
+
+template <class V, std::size_t I = 0>
+void decode_variant(reader& r, V& v, std::uint32_t idx) {
+  if constexpr (I < std::variant_size_v<V>) {
+    if (idx == I) {
+      std::variant_alternative_t<I, V> alt{};
+      decode(r, alt);
+      v.template emplace<I>(std::move(alt));
+    } else {
+      decode_variant<V, I + 1>(r, v, idx);
+    }
+  }
+}
+
+template <class T>
+void decode(reader& r, T& v) {
+  using U = T;
+  require_encodable<U>();
+  if constexpr (std::is_empty_v<U>) {
+  } else if constexpr (trivially_copyable_value<U>) {
+    r.get(std::addressof(v), sizeof(U), "value");
+    if constexpr (std::is_same_v<U, bool>) {
+      // only 0 and 1 are valid object representations of bool
+      unsigned char raw;
+      std::memcpy(&raw, std::addressof(v), 1);
+      if (raw > 1) throw serialization_error("corrupt message: invalid bool");
+    }
+  } else if constexpr (std::is_same_v<U, std::string>) {
+    auto n = r.get_count(1, "string");
+    v.assign(reinterpret_cast<const char*>(r.p), n);
+    r.p += n;
+  } else if constexpr (std::is_same_v<U, std::filesystem::path>) {
+    std::string s;
+    decode(r, s);
+    v = std::move(s);
+  } else if constexpr (is_specialization_v<U, std::vector>) {
+    using E = typename U::value_type;
+    if constexpr (std::is_same_v<E, bool>) {
+      auto n = r.get_count(1, "vector<bool>");
+      v.resize(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        bool b;
+        decode(r, b);
+        v[i] = b;
+      }
+    } else if constexpr (trivially_copyable_value<E>) {
+      auto n = r.get_count(sizeof(E), "vector");
+      v.resize(n);
+      r.get(v.data(), n * sizeof(E), "vector");
+    } else {
+      auto n = r.get_count(min_encoded_size<E>(), "vector");
+      v.clear();
+      v.reserve(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        E e{};
+        decode(r, e);
+        v.push_back(std::move(e));
+      }
+    }
+  } else if constexpr (is_std_array_v<U>) {
+    for (auto& e : v) decode(r, e);
+  } else if constexpr (is_specialization_v<U, std::optional>) {
+    std::uint8_t has;
+    r.get(&has, 1, "optional");
+    if (has > 1) throw serialization_error("corrupt message: invalid optional flag");
+    if (has) {
+      typename U::value_type e{};
+      decode(r, e);
+      v = std::move(e);
+    } else {
+      v.reset();
+    }
+  } else if constexpr (map_like<U>) {
+    using K = typename U::key_type;
+    using M = typename U::mapped_type;
+    auto n = r.get_count(min_encoded_size<K>() + min_encoded_size<M>(), "map");
+    v.clear();
+    for (std::size_t i = 0; i < n; ++i) {
+      K k{};
+      M m{};
+      decode(r, k);
+      decode(r, m);
+      v.emplace(std::move(k), std::move(m));
+    }
+  } else if constexpr (set_like<U>) {
+    using K = typename U::key_type;
+    auto n = r.get_count(min_encoded_size<K>(), "set");
+    v.clear();
+    for (std::size_t i = 0; i < n; ++i) {
+      K k{};
+      decode(r, k);
+      v.emplace(std::move(k));
+    }
+  } else if constexpr (is_specialization_v<U, std::pair>) {
+    decode(r, v.first);
+    decode(r, v.second);
+  } else if constexpr (is_specialization_v<U, std::tuple>) {
+    decode_tuple(r, v, std::make_index_sequence<std::tuple_size_v<U>>{});
+  } else if constexpr (is_specialization_v<U, std::variant>) {
+    std::uint32_t idx;
+    r.get(&idx, sizeof idx, "variant");
+    if (idx >= std::variant_size_v<U>)
+      throw serialization_error("corrupt message: variant index " + std::to_string(idx) +
+                                " out of range");
+    decode_variant(r, v, idx);
+  } else if constexpr (is_duration_v<U>) {
+    typename U::rep c;
+    decode(r, c);
+    v = U(c);
+  } else if constexpr (boost_serializable<U>) {
+    auto n = r.get_count(1, "archive");
+    span_streambuf sb(r.p, n);
+    try {
+      boost::archive::binary_iarchive ar(sb, boost_archive_flags);
+      ar >> v;
+    } catch (const serialization_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw serialization_error(std::string("corrupt archive for ") + type_name<U>() + ": " +
+                                e.what());
+    }
+    r.p += n;
+  }
+}
+
+// ---------------------------------------------------------------- type tags
+
+/// 64-bit FNV-1a of the type's mangled name: stable for one program image, whichever
+/// process (fork, spawn, another host running the same binary) computes it.
+constexpr std::uint64_t fnv1a(std::string_view s) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+/// Names of every type tag this program image can send, so a mismatched message is
+/// reported by name even when the receiver never asked for that type.
+inline std::map<std::uint64_t, std::string>& tag_names() {
+  static std::map<std::uint64_t, std::string> m;
+  return m;
+}
+inline std::mutex& tag_names_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+template <class T>
+struct type_tag {
+  static std::uint64_t compute() {
+    std::uint64_t h = fnv1a(typeid(T).name());
+    std::lock_guard g(tag_names_mutex());
+    tag_names().emplace(h, type_name<T>());
+    return h;
+  }
+  // Dynamic initialisation registers the name at program start in every process.
+  static inline const std::uint64_t value = compute();
+};
+
+inline std::string tag_name(std::uint64_t tag) {
+  std::lock_guard g(tag_names_mutex());
+  auto it = tag_names().find(tag);
+  if (it != tag_names().end()) return it->second;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "<unknown type 0x%016llx>", static_cast<unsigned long long>(tag));
+  return buf;
+}
+
+inline constexpr std::size_t message_header_size = sizeof(std::uint64_t);
+
+/// Bytes of a tagged message holding v (the value is sent as wire_t<T>).
+template <class T>
+std::size_t message_size(const T& v) {
+  return message_header_size + encoded_size(v);
+}
+
+template <class T>
+std::byte* write_message(const T& v, std::byte* out) {
+  std::uint64_t tag = type_tag<wire_t<T>>::value;
+  std::memcpy(out, &tag, sizeof tag);
+  return encode_to(v, out + sizeof tag);
+}
+
+/// Checks the tag and decodes; a message of another type raises serialization_error
+/// naming both types. The whole message must be consumed.
+template <class T>
+T read_message(std::span<const std::byte> bytes) {
+  reader r{bytes.data(), bytes.data() + bytes.size()};
+  std::uint64_t tag = r.get_u64("type tag");
+  if (tag != type_tag<T>::value)
+    throw serialization_error("type mismatch: expected " + type_name<T>() + ", message holds " +
+                              tag_name(tag));
+  T v{};
+  decode(r, v);
+  if (r.remaining())
+    throw serialization_error("corrupt message: " + std::to_string(r.remaining()) +
+                              " trailing bytes after " + type_name<T>());
+  return v;
+}
+
+}  // namespace detail
+
+/// Encodes a value (no type tag) into a new buffer.
+template <class T>
+std::vector<std::byte> serialize(const T& v) {
+  std::vector<std::byte> out(detail::encoded_size(v));
+  detail::encode_to(v, out.data());
+  return out;
+}
+
+/// Decodes a value written by serialize<T>; corrupt or truncated input raises
+/// serialization_error.
+template <class T>
+T deserialize(std::span<const std::byte> bytes) {
+  detail::reader r{bytes.data(), bytes.data() + bytes.size()};
+  T v{};
+  detail::decode(r, v);
+  if (r.remaining())
+    throw serialization_error("corrupt message: " + std::to_string(r.remaining()) +
+                              " trailing bytes after " + type_name<T>());
+  return v;
+}
+
+}  // namespace mproc
