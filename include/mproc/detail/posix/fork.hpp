@@ -3,7 +3,9 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <cstdio>
 #include <exception>
+#include <iostream>
 
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -36,6 +38,10 @@ inline void die_with_parent(pid_t expected_parent) noexcept {
 template <class Body>
 pid_t fork_child(Body&& body) {
   const pid_t parent = ::getpid();
+  // Unflushed output would otherwise be written twice: once by each process.
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
   pid_t pid = ::fork();
   if (pid == -1) throw_errno("fork");
   if (pid == 0) {
@@ -46,6 +52,11 @@ pid_t fork_child(Body&& body) {
     } catch (...) {
       code = 1;
     }
+    // _exit skips the parent's atexit handlers and static destructors, which belong
+    // to the parent; the child's own output still has to reach its destination.
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
     ::_exit(code);
   }
   return pid;
