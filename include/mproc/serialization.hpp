@@ -93,6 +93,16 @@ concept boost_free_serializable = requires(T& t, boost::archive::binary_oarchive
 template <class T>
 concept boost_serializable = boost_member_serializable<T> || boost_free_serializable<T>;
 
+// A type can list its members for the wire format without Boost:
+//   auto mproc_fields() { return std::tie(a, b, c); }
+// It is then encoded as that tuple (no archive, no allocation beyond its members).
+template <class T>
+concept has_mproc_fields = requires(T& t) {
+  { t.mproc_fields() };
+};
+template <class T>
+using mproc_fields_t = decltype(std::declval<T&>().mproc_fields());
+
 // What a value is sent as: C strings become std::string, recursively inside tuples,
 // pairs and vectors, so send(std::tuple{"add", 1, 2}) arrives as tuple<string, int, int>.
 template <class T>
@@ -169,6 +179,7 @@ struct encodable_impl {
         return (encodable<A> && ...);
       }(std::type_identity<decltype(as_tuple_types(static_cast<T*>(nullptr)))>{});
     else if constexpr (is_duration_v<T>) return true;
+    else if constexpr (has_mproc_fields<T>) return encodable<mproc_fields_t<T>>;
     else if constexpr (boost_serializable<T>) return true;
     else return false;
   }
@@ -327,6 +338,10 @@ void encode(W& w, const T& v) {
   } else if constexpr (is_duration_v<U>) {
     auto c = v.count();
     encode(w, c);
+  } else if constexpr (has_mproc_fields<U>) {
+    // mproc_fields() returns references; encoding only reads through them.
+    std::apply([&](const auto&... e) { (encode(w, e), ...); },
+               const_cast<U&>(v).mproc_fields());
   } else if constexpr (boost_serializable<U>) {
     auto& s = scratch();
     if constexpr (std::is_same_v<W, size_counter>) {
@@ -418,6 +433,7 @@ constexpr std::size_t min_encoded_size() {
   else if constexpr (is_specialization_v<U, std::optional>) return 1;
   else if constexpr (is_specialization_v<U, std::variant>) return 4;
   else if constexpr (is_duration_v<U>) return sizeof(typename U::rep);
+  else if constexpr (has_mproc_fields<U>) return min_encoded_size<mproc_fields_t<U>>();
   else return 8;  // strings, containers and archives start with a 64-bit length
 }
 
@@ -537,6 +553,8 @@ void decode(reader& r, T& v) {
     typename U::rep c;
     decode(r, c);
     v = U(c);
+  } else if constexpr (has_mproc_fields<U>) {
+    std::apply([&](auto&... e) { (decode(r, e), ...); }, v.mproc_fields());
   } else if constexpr (boost_serializable<U>) {
     auto n = r.get_count(1, "archive");
     span_streambuf sb(r.p, n);
