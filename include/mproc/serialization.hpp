@@ -37,6 +37,11 @@
 
 #include <boost/archive/binary_iarchive.hpp>
 #include <boost/archive/binary_oarchive.hpp>
+#include <boost/archive/detail/register_archive.hpp>
+#include <boost/archive/impl/archive_serializer_map.ipp>
+#include <boost/archive/impl/basic_binary_iarchive.ipp>
+#include <boost/archive/impl/basic_binary_iprimitive.ipp>
+#include <boost/serialization/collection_size_type.hpp>
 #include <boost/serialization/map.hpp>
 #include <boost/serialization/set.hpp>
 #include <boost/serialization/string.hpp>
@@ -47,13 +52,59 @@
 
 namespace mproc {
 
-/// Demangled name of a type, for messages.
-template <class T>
-std::string type_name() {
+namespace detail {
+
+inline void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  for (std::size_t i = s.find(from); i != std::string::npos; i = s.find(from, i + to.size()))
+    s.replace(i, from.size(), to);
+}
+
+/// Shortens a demangled name the way people write it: std::string, std::vector<int>,
+/// std::map<std::string, int>, std::chrono::milliseconds.
+inline std::string readable_type_name(std::string s) {
+  replace_all(s, "std::__cxx11::", "std::");
+  replace_all(s, "std::filesystem::__cxx11::", "std::filesystem::");
+  replace_all(s, "std::basic_string<char, std::char_traits<char>, std::allocator<char> >",
+              "std::string");
+  replace_all(s, "std::basic_string_view<char, std::char_traits<char> >", "std::string_view");
+  // Drop default template arguments: allocators, comparators, hashers, traits.
+  for (std::string_view arg : {", std::allocator<", ", std::less<", ", std::hash<",
+                               ", std::equal_to<", ", std::char_traits<"}) {
+    for (std::size_t i = s.find(arg); i != std::string::npos; i = s.find(arg, i)) {
+      std::size_t j = i + arg.size();
+      int depth = 1;
+      while (j < s.size() && depth) depth += s[j] == '<' ? 1 : s[j] == '>' ? -1 : 0, ++j;
+      s.erase(i, j - i);
+    }
+  }
+  replace_all(s, " >", ">");
+  static constexpr std::pair<std::string_view, std::string_view> durations[] = {
+      {"std::chrono::duration<long, std::ratio<1l, 1000000000l>>", "std::chrono::nanoseconds"},
+      {"std::chrono::duration<long, std::ratio<1l, 1000000l>>", "std::chrono::microseconds"},
+      {"std::chrono::duration<long, std::ratio<1l, 1000l>>", "std::chrono::milliseconds"},
+      {"std::chrono::duration<long, std::ratio<1l, 1l>>", "std::chrono::seconds"},
+      {"std::chrono::duration<long, std::ratio<60l, 1l>>", "std::chrono::minutes"},
+      {"std::chrono::duration<long, std::ratio<3600l, 1l>>", "std::chrono::hours"},
+      {"std::ratio<1l, 1l>", "std::ratio<1>"},
+  };
+  for (auto [from, to] : durations) replace_all(s, from, to);
+  return s;
+}
+
+inline std::string demangled_name(const std::type_info& ti) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> p(
-      abi::__cxa_demangle(typeid(T).name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && p ? std::string(p.get()) : std::string(typeid(T).name());
+      abi::__cxa_demangle(ti.name(), nullptr, nullptr, &status), std::free);
+  return status == 0 && p ? readable_type_name(p.get()) : std::string(ti.name());
+}
+
+}  // namespace detail
+
+/// Readable name of a type, for messages (computed once per type).
+template <class T>
+std::string type_name() {
+  static const std::string name = detail::demangled_name(typeid(T));
+  return name;
 }
 
 namespace detail {
@@ -147,10 +198,32 @@ concept c_string = std::is_same_v<std::remove_cvref_t<T>, const char*> ||
                    (std::is_array_v<std::remove_cvref_t<T>> &&
                     std::is_same_v<std::remove_extent_t<std::remove_cvref_t<T>>, char>);
 
+// Standard types that are trivially copyable but whose object representation has
+// invariants (bool is 0 or 1; optional's flag; variant's index): copying untrusted bytes
+// into them would be undefined behaviour, so they are encoded field by field instead.
+template <class T>
+inline constexpr bool has_invalid_representations_v =
+    std::is_same_v<T, bool> || is_specialization_v<T, std::optional> ||
+    is_specialization_v<T, std::variant>;
+template <class T, std::size_t N>
+inline constexpr bool has_invalid_representations_v<std::array<T, N>> =
+    has_invalid_representations_v<std::remove_cv_t<T>>;
+template <class A, class B>
+inline constexpr bool has_invalid_representations_v<std::pair<A, B>> =
+    has_invalid_representations_v<std::remove_cv_t<A>> ||
+    has_invalid_representations_v<std::remove_cv_t<B>>;
+template <class... A>
+inline constexpr bool has_invalid_representations_v<std::tuple<A...>> =
+    (has_invalid_representations_v<std::remove_cv_t<A>> || ...);
+
+/// Copied byte for byte (the fast path). A user type that is trivially copyable and also
+/// has a serialize() member is copied too: its bytes are its value, and memcpy is what
+/// makes it cheap. User structs are trusted to accept any bytes their sender produced
+/// (a bool member of a corrupted message may hold a value other than 0 or 1).
 template <class T>
 concept trivially_copyable_value = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
                                    !std::is_member_pointer_v<T> && !std::is_array_v<T> &&
-                                   !std::is_empty_v<T>;
+                                   !std::is_empty_v<T> && !has_invalid_representations_v<T>;
 
 template <class T>
 struct encodable_impl;
@@ -163,7 +236,7 @@ struct encodable_impl {
   static constexpr bool compute() {
     if constexpr (c_string<T>) return true;
     else if constexpr (std::is_empty_v<T> && std::is_default_constructible_v<T>) return true;
-    else if constexpr (trivially_copyable_value<T>) return true;
+    else if constexpr (trivially_copyable_value<T> || std::is_same_v<T, bool>) return true;
     else if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::filesystem::path>)
       return true;
     else if constexpr (is_specialization_v<T, std::vector> || is_specialization_v<T, std::optional>)
@@ -255,6 +328,90 @@ class span_streambuf : public std::streambuf {
 inline constexpr unsigned boost_archive_flags =
     boost::archive::no_header | boost::archive::no_codecvt | boost::archive::no_tracking;
 
+/// Reads Boost binary archives written by binary_oarchive, treating them as untrusted:
+/// collection counts and string lengths are checked against the bytes left before any
+/// container is sized (Boost's own loaders reserve/resize to the count they read), and a
+/// bool that is neither 0 nor 1 raises instead of asserting.
+class bounded_iarchive
+    : public boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>> {
+  using base = boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>>;
+  using primitive = boost::archive::basic_binary_iprimitive<bounded_iarchive, char,
+                                                            std::char_traits<char>>;
+  friend class boost::archive::detail::interface_iarchive<bounded_iarchive>;
+  friend class boost::archive::basic_binary_iarchive<bounded_iarchive>;
+  friend class boost::archive::load_access;
+
+ public:
+  bounded_iarchive(std::streambuf& sb, unsigned flags) : base(sb, flags) { init(flags); }
+
+  // Public because Boost's own templates call these through the most derived type.
+  // Elements that archive to nothing (empty classes) are legitimate, so a count may
+  // exceed the bytes left by this much; the waste a lying count can cause stays small.
+  static constexpr std::uint64_t slack = 1u << 16;
+
+  std::uint64_t bytes_left() const {
+    auto n = this->m_sb.in_avail();
+    return n > 0 ? std::uint64_t(n) : 0;
+  }
+  void check_count(std::uint64_t n, std::uint64_t per_element_min, const char* what) const {
+    std::uint64_t left = bytes_left();
+    std::uint64_t cap = per_element_min ? left / per_element_min : left + slack;
+    if (n > cap)
+      throw serialization_error(std::string("corrupt archive: ") + what + " claims " +
+                                std::to_string(n) + " elements, " + std::to_string(left) +
+                                " bytes left");
+  }
+
+  template <class T>
+  void load_override(T& t) {
+    base::load_override(t);
+  }
+  void load_override(boost::serialization::collection_size_type& t) {
+    base::load_override(t);
+    check_count(std::uint64_t(std::size_t(t)), 0, "collection");
+  }
+
+  using primitive::load;
+  void load(bool& t) {
+    unsigned char raw = 0;
+    this->load_binary(&raw, 1);
+    if (raw > 1) throw serialization_error("corrupt archive: invalid bool");
+    t = raw != 0;
+  }
+  void load(std::string& s) {
+    std::uint64_t n = 0;
+    this->load_binary(&n, sizeof n);  // binary_oarchive writes string lengths as size_t
+    check_count(n, 1, "string");
+    s.resize(std::size_t(n));
+    if (n) this->load_binary(s.data(), std::size_t(n));
+  }
+  void load(std::wstring& s) {
+    std::uint64_t n = 0;
+    this->load_binary(&n, sizeof n);
+    check_count(n, sizeof(wchar_t), "wstring");
+    s.resize(std::size_t(n));
+    if (n) this->load_binary(s.data(), std::size_t(n) * sizeof(wchar_t));
+  }
+  // Raw char*/wchar_t* targets have no size: a hostile length would overrun them.
+  [[noreturn]] void load(char*) {
+    throw serialization_error("mproc does not load raw char* strings from archives");
+  }
+  [[noreturn]] void load(wchar_t*) {
+    throw serialization_error("mproc does not load raw wchar_t* strings from archives");
+  }
+};
+
+}  // namespace detail
+}  // namespace mproc
+
+// Same wire layout as binary_iarchive: arrays of bitwise types are read in one block.
+BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(mproc::detail::bounded_iarchive)
+// Lets serialize() code that registers or exports polymorphic types see the archive.
+BOOST_SERIALIZATION_REGISTER_ARCHIVE(mproc::detail::bounded_iarchive)
+
+namespace mproc {
+namespace detail {
+
 template <class T>
 void boost_save(const T& v, std::vector<std::byte>& out) {
   vector_streambuf sb(out);
@@ -298,6 +455,9 @@ void encode(W& w, const T& v) {
     // nothing to send
   } else if constexpr (trivially_copyable_value<U>) {
     w.put(std::addressof(v), sizeof(U));
+  } else if constexpr (std::is_same_v<U, bool>) {
+    std::uint8_t x = v ? 1 : 0;
+    w.put(&x, 1);
   } else if constexpr (std::is_same_v<U, std::string>) {
     put_u64(w, v.size());
     w.put(v.data(), v.size());
@@ -422,6 +582,7 @@ constexpr std::size_t min_encoded_size() {
   using U = std::remove_cvref_t<T>;
   if constexpr (std::is_empty_v<U>) return 0;
   else if constexpr (trivially_copyable_value<U>) return sizeof(U);
+  else if constexpr (std::is_same_v<U, bool>) return 1;
   else if constexpr (is_specialization_v<U, std::pair>)
     return min_encoded_size<typename U::first_type>() + min_encoded_size<typename U::second_type>();
   else if constexpr (is_specialization_v<U, std::tuple>)
@@ -465,12 +626,12 @@ void decode(reader& r, T& v) {
   if constexpr (std::is_empty_v<U>) {
   } else if constexpr (trivially_copyable_value<U>) {
     r.get(std::addressof(v), sizeof(U), "value");
-    if constexpr (std::is_same_v<U, bool>) {
-      // only 0 and 1 are valid object representations of bool
-      unsigned char raw;
-      std::memcpy(&raw, std::addressof(v), 1);
-      if (raw > 1) throw serialization_error("corrupt message: invalid bool");
-    }
+  } else if constexpr (std::is_same_v<U, bool>) {
+    // only 0 and 1 are valid object representations of bool
+    std::uint8_t raw;
+    r.get(&raw, 1, "bool");
+    if (raw > 1) throw serialization_error("corrupt message: invalid bool");
+    v = raw != 0;
   } else if constexpr (std::is_same_v<U, std::string>) {
     auto n = r.get_count(1, "string");
     v.assign(reinterpret_cast<const char*>(r.p), n);
@@ -559,10 +720,15 @@ void decode(reader& r, T& v) {
     auto n = r.get_count(1, "archive");
     span_streambuf sb(r.p, n);
     try {
-      boost::archive::binary_iarchive ar(sb, boost_archive_flags);
+      bounded_iarchive ar(sb, boost_archive_flags);
       ar >> v;
     } catch (const serialization_error&) {
       throw;
+    } catch (const std::bad_alloc&) {
+      // Residual risk: a count within the bounds above can still multiply into a large
+      // allocation for big element types; it fails here instead of escaping.
+      throw serialization_error("corrupt archive for " + type_name<U>() +
+                                ": allocation failed (implausible size)");
     } catch (const std::exception& e) {
       throw serialization_error(std::string("corrupt archive for ") + type_name<U>() + ": " +
                                 e.what());
@@ -603,9 +769,18 @@ struct type_tag {
     tag_names().emplace(h, type_name<T>());
     return h;
   }
-  // Dynamic initialisation registers the name at program start in every process.
+  // Dynamic initialisation registers the name at program start in every process, so a
+  // receiver can name a type it never asked for. Reads are a plain load, no lock.
   static inline const std::uint64_t value = compute();
 };
+
+/// type_tag<T>::value, also correct when used during static initialisation (before
+/// value's own initialiser has run, when it still reads zero).
+template <class T>
+std::uint64_t tag_of() {
+  std::uint64_t v = type_tag<T>::value;
+  return v ? v : type_tag<T>::compute();
+}
 
 inline std::string tag_name(std::uint64_t tag) {
   std::lock_guard g(tag_names_mutex());
@@ -626,7 +801,7 @@ std::size_t message_size(const T& v) {
 
 template <class T>
 std::byte* write_message(const T& v, std::byte* out) {
-  std::uint64_t tag = type_tag<wire_t<T>>::value;
+  std::uint64_t tag = tag_of<wire_t<T>>();
   std::memcpy(out, &tag, sizeof tag);
   return encode_to(v, out + sizeof tag);
 }
@@ -637,7 +812,7 @@ template <class T>
 T read_message(std::span<const std::byte> bytes) {
   reader r{bytes.data(), bytes.data() + bytes.size()};
   std::uint64_t tag = r.get_u64("type tag");
-  if (tag != type_tag<T>::value)
+  if (tag != tag_of<T>())
     throw serialization_error("type mismatch: expected " + type_name<T>() + ", message holds " +
                               tag_name(tag));
   T v{};
@@ -672,3 +847,4 @@ T deserialize(std::span<const std::byte> bytes) {
 }
 
 }  // namespace mproc
+

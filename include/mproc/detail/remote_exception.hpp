@@ -29,6 +29,7 @@
 #include <sys/types.h>
 
 #include "../errors.hpp"
+#include "../serialization.hpp"
 
 namespace mproc::detail {
 
@@ -65,13 +66,8 @@ struct encoded_exception {
   auto mproc_fields() { return std::tie(kind, type_name, what); }
 };
 
-/// Demangled name for a type_info (the mangled name when demangling fails).
-inline std::string demangle(const std::type_info& ti) {
-  int status = 0;
-  std::unique_ptr<char, void (*)(void*)> p(
-      abi::__cxa_demangle(ti.name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && p ? std::string(p.get()) : std::string(ti.name());
-}
+/// Readable demangled name for a type_info (the mangled name when demangling fails).
+inline std::string demangle(const std::type_info& ti) { return demangled_name(ti); }
 
 namespace remote_exception_impl {
 
