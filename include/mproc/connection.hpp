@@ -1,0 +1,457 @@
+// mproc::Pipe and mproc::Connection: a message channel between two processes.
+//
+// Both ends are AF_UNIX stream sockets (also for one-way pipes, whose unused
+// directions are shut down) so that sends can use MSG_NOSIGNAL: writing to a closed
+// peer raises mproc::eof_error instead of killing the program with SIGPIPE.
+//
+// Framing: an 8-byte length (host byte order: both ends run on one host) followed by
+// that many bytes. send(v) frames a type-tagged message (detail::write_message), so
+// recv<T>() of the wrong type is reported with both type names. The receive side
+// reads ahead into a small buffer so a small message costs one system call; bodies
+// larger than that buffer are read straight into their destination.
+//
+// Connection is a handle: copies share one socket (it closes when the last copy goes
+// or close() is called). One end must not be used by two threads at once, nor by two
+// processes at once (after fork each process has its own read-ahead buffer).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "detail/posix/posix.hpp"
+#include "errors.hpp"
+#include "serialization.hpp"
+
+namespace mproc {
+
+struct connection_options {
+  /// Largest message recv accepts; a longer one raises serialization_error (before
+  /// anything is allocated) and is skipped.
+  std::size_t max_message_size = std::size_t(1) << 30;
+};
+
+namespace detail {
+
+/// Tag of the frame that carries a file descriptor (send_fd / recv_fd).
+struct passed_fd_marker {};
+
+inline constexpr std::size_t frame_header_size = sizeof(std::uint64_t);
+inline constexpr std::size_t read_ahead_size = 16 * 1024;
+inline constexpr std::size_t max_fds_per_read = 16;
+// Sends up to this size are framed in a reused per-connection buffer.
+inline constexpr std::size_t reused_send_buffer_limit = 1 << 20;
+
+struct connection_state {
+  unique_fd fd;
+  bool readable = true;
+  bool writable = true;
+  std::size_t max_message = std::size_t(1) << 30;
+
+  // read-ahead buffer
+  std::unique_ptr<std::byte[]> in;
+  std::size_t in_begin = 0, in_end = 0;
+  // the frame being received (kept across a timeout so the stream stays in sync)
+  std::byte hdr[frame_header_size];
+  std::size_t hdr_got = 0;
+  bool in_body = false;
+  std::vector<std::byte> body;
+  std::size_t body_got = 0;
+  std::uint64_t discard = 0;  // bytes of a refused (oversized) message still to skip
+  std::deque<unique_fd> fds;  // received with SCM_RIGHTS, in order
+
+  std::vector<std::byte> out;  // reused send buffer for small messages
+};
+
+/// -1: no deadline.
+inline std::int64_t deadline_after(std::int64_t timeout_ns) {
+  return timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
+}
+
+/// Waits until fd is ready for `events` or the deadline passes (false).
+inline bool wait_fd(int fd, short events, std::int64_t deadline) {
+  for (;;) {
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (deadline >= 0) {
+      std::int64_t left = std::max<std::int64_t>(0, deadline - monotonic_ns());
+      ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
+      tsp = &ts;
+    }
+    pollfd p{fd, events, 0};
+    int rc = ::ppoll(&p, 1, tsp, nullptr);
+    if (rc > 0) return true;
+    if (rc == 0) return false;
+    if (errno != EINTR) throw_errno("ppoll");
+    if (deadline >= 0 && monotonic_ns() >= deadline) return false;
+  }
+}
+
+[[noreturn]] inline void throw_timeout(const char* what) {
+  throw timeout_error(std::string("mproc: Connection::") + what + " timed out");
+}
+
+/// recvmsg into [p, p+n); collects passed descriptors. Returns bytes read (> 0).
+inline std::size_t read_some(connection_state& s, void* p, std::size_t n, std::int64_t deadline,
+                             const char* what) {
+  for (;;) {
+    if (deadline >= 0 && !wait_fd(s.fd.get(), POLLIN, deadline)) throw_timeout(what);
+    iovec iov{p, n};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_read)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t got = ::recvmsg(s.fd.get(), &msg, MSG_CMSG_CLOEXEC);
+    if (got == -1) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == ECONNRESET) throw eof_error("mproc: Connection: peer reset the connection");
+      throw_errno("recvmsg");
+    }
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          s.fds.emplace_back(fd);
+        }
+      }
+    }
+    if (got == 0)
+      throw eof_error(s.in_body || s.hdr_got
+                          ? "mproc: Connection: peer closed the connection in the middle of a message"
+                          : "mproc: Connection: peer closed the connection");
+    return std::size_t(got);
+  }
+}
+
+inline void fill_read_ahead(connection_state& s, std::int64_t deadline, const char* what) {
+  if (!s.in) s.in = std::make_unique_for_overwrite<std::byte[]>(read_ahead_size);
+  s.in_begin = 0;
+  s.in_end = read_some(s, s.in.get(), read_ahead_size, deadline, what);
+}
+
+/// Receives one whole frame body. On timeout the partial frame is kept, so a later
+/// call continues where this one stopped.
+inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
+                                         const char* what) {
+  for (;;) {
+    std::size_t avail = s.in_end - s.in_begin;
+    if (s.discard) {
+      std::size_t take = std::size_t(std::min<std::uint64_t>(s.discard, avail));
+      s.in_begin += take;
+      s.discard -= take;
+      if (s.discard) {
+        fill_read_ahead(s, deadline, what);
+        continue;
+      }
+      avail = s.in_end - s.in_begin;
+    }
+    if (!s.in_body) {
+      std::size_t take = std::min(avail, frame_header_size - s.hdr_got);
+      if (take) std::memcpy(s.hdr + s.hdr_got, s.in.get() + s.in_begin, take);
+      s.hdr_got += take;
+      s.in_begin += take;
+      avail -= take;
+      if (s.hdr_got < frame_header_size) {
+        fill_read_ahead(s, deadline, what);
+        continue;
+      }
+      std::uint64_t len;
+      std::memcpy(&len, s.hdr, sizeof len);
+      s.hdr_got = 0;
+      if (len > s.max_message) {
+        s.discard = len;
+        throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
+                                  " bytes exceeds the limit of " + std::to_string(s.max_message) +
+                                  " bytes (connection_options::max_message_size); it is skipped");
+      }
+      s.body.resize(std::size_t(len));
+      s.body_got = 0;
+      s.in_body = true;
+    }
+    std::size_t need = s.body.size() - s.body_got;
+    std::size_t take = std::min(avail, need);
+    if (take) std::memcpy(s.body.data() + s.body_got, s.in.get() + s.in_begin, take);
+    s.body_got += take;
+    s.in_begin += take;
+    need -= take;
+    if (need == 0) {
+      s.in_body = false;
+      return std::exchange(s.body, {});
+    }
+    if (need >= read_ahead_size)
+      s.body_got += read_some(s, s.body.data() + s.body_got, need, deadline, what);
+    else
+      fill_read_ahead(s, deadline, what);
+  }
+}
+
+/// Writes all iovecs (MSG_NOSIGNAL). With a deadline, times out only if nothing of
+/// the frame has been written yet: a started frame is always completed, so the
+/// stream never holds half a message.
+inline void write_all(connection_state& s, iovec* iov, std::size_t iovcnt, int fd_to_pass,
+                      std::int64_t deadline, const char* what) {
+  bool started = false;
+  while (iovcnt) {
+    if (deadline >= 0 && !started && !wait_fd(s.fd.get(), POLLOUT, deadline)) throw_timeout(what);
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = iovcnt;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (fd_to_pass >= 0 && !started) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
+    }
+    int flags = MSG_NOSIGNAL | (deadline >= 0 && !started ? MSG_DONTWAIT : 0);
+    ssize_t n = ::sendmsg(s.fd.get(), &msg, flags);
+    if (n == -1) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == EPIPE || errno == ECONNRESET)
+        throw eof_error("mproc: Connection: peer closed the connection (send failed: " +
+                        std::string(std::strerror(errno)) + ")");
+      throw_errno("sendmsg");
+    }
+    started = true;
+    auto left = std::size_t(n);
+    while (iovcnt && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+}
+
+template <class T>
+concept byte_like = sizeof(T) == 1 && std::is_trivially_copyable_v<T>;
+
+template <class R>
+concept byte_range = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
+                     byte_like<std::ranges::range_value_t<R>> &&
+                     !std::is_array_v<std::remove_cvref_t<R>>;
+
+}  // namespace detail
+
+/// One end of a Pipe. A handle: copies refer to the same socket.
+class Connection {
+ public:
+  /// A closed connection (placeholder to assign to).
+  Connection() = default;
+
+  /// Takes ownership of a connected AF_UNIX stream socket.
+  explicit Connection(detail::unique_fd fd, bool readable = true, bool writable = true,
+                      connection_options options = {})
+      : s_(std::make_shared<detail::connection_state>()) {
+    s_->fd = std::move(fd);
+    s_->readable = readable;
+    s_->writable = writable;
+    s_->max_message = options.max_message_size;
+  }
+
+  /// Sends a value as a type-tagged message (string literals and const char* go as
+  /// std::string). Raises eof_error if the peer has closed its end.
+  template <class T>
+  void send(const T& value) {
+    send_impl(value, -1);
+  }
+  /// As send(value); raises timeout_error if nothing could be written within timeout
+  /// (a message that has started to go out is always completed).
+  template <class T, class Rep, class Period>
+  void send(const T& value, std::chrono::duration<Rep, Period> timeout) {
+    send_impl(value, detail::to_ns(timeout));
+  }
+
+  /// Receives a message holding a T. A message of another type raises
+  /// serialization_error naming both types (the message is consumed); a closed peer
+  /// raises eof_error.
+  template <class T>
+  [[nodiscard]] T recv() {
+    return detail::read_message<T>(frame(-1, "recv"));
+  }
+  /// As recv<T>(); raises timeout_error when no whole message arrives in time (a
+  /// partly received message is kept for the next call).
+  template <class T, class Rep, class Period>
+  [[nodiscard]] T recv(std::chrono::duration<Rep, Period> timeout) {
+    return detail::read_message<T>(frame(detail::to_ns(timeout), "recv"));
+  }
+
+  /// Sends raw bytes as one message (received whole by recv_bytes).
+  void send_bytes(std::span<const std::byte> bytes) { send_raw(bytes.data(), bytes.size(), -1); }
+  void send_bytes(std::string_view s) { send_raw(s.data(), s.size(), -1); }
+  template <detail::byte_range R>
+  void send_bytes(const R& r) {
+    send_raw(std::ranges::data(r), std::ranges::size(r), -1);
+  }
+  template <class Rep, class Period>
+  void send_bytes(std::span<const std::byte> bytes, std::chrono::duration<Rep, Period> timeout) {
+    send_raw(bytes.data(), bytes.size(), detail::to_ns(timeout));
+  }
+
+  [[nodiscard]] std::vector<std::byte> recv_bytes() { return frame(-1, "recv_bytes"); }
+  template <class Rep, class Period>
+  [[nodiscard]] std::vector<std::byte> recv_bytes(std::chrono::duration<Rep, Period> timeout) {
+    return frame(detail::to_ns(timeout), "recv_bytes");
+  }
+
+  /// True when there is something to receive (or the peer has closed: recv raises).
+  [[nodiscard]] bool poll() { return poll_impl(0); }
+  template <class Rep, class Period>
+  [[nodiscard]] bool poll(std::chrono::duration<Rep, Period> timeout) {
+    return poll_impl(detail::to_ns(timeout));
+  }
+
+  /// Passes a file descriptor to the peer process (SCM_RIGHTS); the caller keeps its own.
+  void send_fd(int fd) {
+    if (fd < 0) throw std::invalid_argument("mproc: Connection::send_fd: invalid descriptor");
+    auto& s = writable_state("send_fd");
+    std::byte buf[detail::frame_header_size + 8];
+    std::uint64_t len = detail::message_size(detail::passed_fd_marker{});
+    std::memcpy(buf, &len, sizeof len);
+    detail::write_message(detail::passed_fd_marker{}, buf + sizeof len);
+    iovec iov{buf, std::size_t(detail::frame_header_size + len)};
+    detail::write_all(s, &iov, 1, fd, -1, "send_fd");
+  }
+  /// Receives a descriptor sent with send_fd (close-on-exec set).
+  [[nodiscard]] detail::unique_fd recv_fd() { return recv_fd_impl(-1); }
+  template <class Rep, class Period>
+  [[nodiscard]] detail::unique_fd recv_fd(std::chrono::duration<Rep, Period> timeout) {
+    return recv_fd_impl(detail::to_ns(timeout));
+  }
+
+  /// Closes this end for every copy in this process.
+  void close() noexcept {
+    if (s_) {
+      s_->fd.reset();
+      s_->fds.clear();
+    }
+  }
+  [[nodiscard]] bool closed() const noexcept { return !s_ || !s_->fd; }
+  [[nodiscard]] int fileno() const {
+    check_open("fileno");
+    return s_->fd.get();
+  }
+  [[nodiscard]] bool readable() const noexcept { return s_ && s_->readable; }
+  [[nodiscard]] bool writable() const noexcept { return s_ && s_->writable; }
+  [[nodiscard]] std::size_t max_message_size() const noexcept {
+    return s_ ? s_->max_message : 0;
+  }
+  void set_max_message_size(std::size_t n) {
+    check_open("set_max_message_size");
+    s_->max_message = n;
+  }
+
+ private:
+  void check_open(const char* what) const {
+    if (closed()) throw state_error(std::string("mproc: Connection::") + what + " on a closed connection");
+  }
+  detail::connection_state& readable_state(const char* what) {
+    check_open(what);
+    if (!s_->readable)
+      throw state_error(std::string("mproc: Connection::") + what + " on a write-only connection");
+    return *s_;
+  }
+  detail::connection_state& writable_state(const char* what) {
+    check_open(what);
+    if (!s_->writable)
+      throw state_error(std::string("mproc: Connection::") + what + " on a read-only connection");
+    return *s_;
+  }
+
+  std::vector<std::byte> frame(std::int64_t timeout_ns, const char* what) {
+    auto& s = readable_state(what);
+    return detail::read_frame(s, detail::deadline_after(timeout_ns), what);
+  }
+
+  template <class T>
+  void send_impl(const T& value, std::int64_t timeout_ns) {
+    auto& s = writable_state("send");
+    const std::int64_t deadline = detail::deadline_after(timeout_ns);
+    const std::size_t len = detail::message_size(value);
+    const std::size_t total = detail::frame_header_size + len;
+    // The header goes in front of the encoded value in one buffer: one copy, one call.
+    std::unique_ptr<std::byte[]> big;
+    std::byte* p;
+    if (total <= detail::reused_send_buffer_limit) {
+      if (s.out.size() < total) s.out.resize(std::max(total, std::size_t(256)));
+      p = s.out.data();
+    } else {
+      big = std::make_unique_for_overwrite<std::byte[]>(total);
+      p = big.get();
+    }
+    std::uint64_t hdr = len;
+    std::memcpy(p, &hdr, sizeof hdr);
+    detail::write_message(value, p + detail::frame_header_size);
+    iovec iov{p, total};
+    detail::write_all(s, &iov, 1, -1, deadline, "send");
+  }
+
+  void send_raw(const void* data, std::size_t n, std::int64_t timeout_ns) {
+    auto& s = writable_state("send_bytes");
+    std::uint64_t hdr = n;
+    iovec iov[2] = {{&hdr, sizeof hdr}, {const_cast<void*>(data), n}};
+    detail::write_all(s, iov, n ? 2 : 1, -1, detail::deadline_after(timeout_ns), "send_bytes");
+  }
+
+  bool poll_impl(std::int64_t timeout_ns) {
+    auto& s = readable_state("poll");
+    if (s.in_end > s.in_begin) return true;
+    return detail::wait_fd(s.fd.get(), POLLIN, detail::deadline_after(timeout_ns));
+  }
+
+  detail::unique_fd recv_fd_impl(std::int64_t timeout_ns) {
+    auto& s = readable_state("recv_fd");
+    auto body = detail::read_frame(s, detail::deadline_after(timeout_ns), "recv_fd");
+    (void)detail::read_message<detail::passed_fd_marker>(body);
+    if (s.fds.empty())
+      throw serialization_error("mproc: Connection::recv_fd: the message carried no descriptor");
+    auto fd = std::move(s.fds.front());
+    s.fds.pop_front();
+    return fd;
+  }
+
+  std::shared_ptr<detail::connection_state> s_;
+};
+
+/// A connected pair. Duplex: both ends send and receive. One-way (duplex = false):
+/// the first end only receives, the second only sends.
+[[nodiscard]] inline std::pair<Connection, Connection> Pipe(bool duplex = true,
+                                                            connection_options options = {}) {
+  int sv[2];
+  detail::check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  detail::unique_fd a(sv[0]), b(sv[1]);
+  if (!duplex) {
+    detail::check(::shutdown(a.get(), SHUT_WR), "shutdown");
+    detail::check(::shutdown(b.get(), SHUT_RD), "shutdown");
+  }
+  return {Connection(std::move(a), true, duplex, options),
+          Connection(std::move(b), duplex, true, options)};
+}
+
+}  // namespace mproc

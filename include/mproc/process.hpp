@@ -1,0 +1,565 @@
+// mproc::Process: run a callable in a child process (Python's multiprocessing.Process).
+//
+// Every started child is kept in a per-process registry until it is reaped, so a
+// Process object may be destroyed while its child runs: the child is reaped later
+// (on later starts, by active_children(), and at exit, where daemon children are
+// terminated and the others joined, as in Python). Children are waited for through a
+// pidfd, so join(timeout) sleeps in the kernel and signals go to the right process
+// even if its pid could be reused.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include <cxxabi.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "context.hpp"
+#include "detail/log.hpp"
+#include "detail/posix/fork.hpp"
+#include "detail/posix/posix.hpp"
+#include "errors.hpp"
+
+namespace mproc {
+
+/// What current_process() / parent_process() / active_children() report.
+struct process_info {
+  pid_t pid = 0;
+  std::string name;
+};
+
+namespace detail {
+
+/// One started child, shared between its Process object and the registry.
+struct process_state {
+  std::mutex m;  // serialises reaping and signalling
+  pid_t pid = -1;
+  pid_t owner = -1;  // the process that started it: the only one that may wait for it
+  std::atomic<int> pidfd{-1};
+  std::optional<int> exitcode;  // set when reaped
+  bool lost = false;            // reaped by someone else (SIGCHLD ignored, waitpid(-1))
+  std::string name;
+  bool daemon = false;
+
+  process_state() = default;
+  process_state(const process_state&) = delete;
+  process_state& operator=(const process_state&) = delete;
+  ~process_state() {
+    int fd = pidfd.exchange(-1);
+    if (fd >= 0) ::close(fd);
+  }
+  [[nodiscard]] bool finished() const noexcept { return exitcode.has_value() || lost; }
+};
+
+struct process_globals {
+  std::mutex m;  // guards the fields below; never held across a blocking call or fork
+  std::vector<std::shared_ptr<process_state>> children;  // started and not yet reaped
+  std::vector<int> identity;  // empty in the main process, e.g. {2} in Process-2
+  int counter = 0;            // last number handed out to a child of this process
+  pid_t self_pid = ::getpid();
+  std::optional<process_info> parent;
+  bool daemon = false;
+  std::atomic<bool> exit_handler_registered{false};
+};
+
+inline process_globals& process_registry() {
+  static process_globals* g = new process_globals;  // leaked: needed by the exit handler
+  return *g;
+}
+
+// fork() copies the registry of the parent; none of those children belong to the new
+// process. The registry lock is taken around every fork so the copy is consistent.
+inline void registry_before_fork() noexcept { process_registry().m.lock(); }
+inline void registry_after_fork_parent() noexcept { process_registry().m.unlock(); }
+inline void registry_after_fork_child() noexcept {
+  auto& g = process_registry();
+  new (&g.m) std::mutex;
+  for (auto& c : g.children) {
+    int fd = c->pidfd.exchange(-1);
+    if (fd >= 0) ::close(fd);
+  }
+  g.children.clear();
+  g.counter = 0;
+  g.parent = process_info{g.self_pid, process_name_storage()};
+  g.self_pid = ::getpid();
+}
+
+inline const int registry_atfork_registered = [] {
+  process_registry();
+  return ::pthread_atfork(&registry_before_fork, &registry_after_fork_parent,
+                          &registry_after_fork_child);
+}();
+
+inline std::string identity_suffix(const std::vector<int>& id) {
+  std::string s;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i) s += ':';
+    s += std::to_string(id[i]);
+  }
+  return s;
+}
+
+/// The identity of the next child of this process (Python's _identity): the parent's
+/// identity plus the next counter value. Pool workers use it too.
+inline std::vector<int> next_process_identity() {
+  auto& g = process_registry();
+  std::lock_guard lk(g.m);
+  std::vector<int> id = g.identity;
+  id.push_back(++g.counter);
+  return id;
+}
+
+inline void unregister_child(const process_state* s) {
+  auto& g = process_registry();
+  std::lock_guard lk(g.m);
+  std::erase_if(g.children, [&](const auto& c) { return c.get() == s; });
+}
+
+inline void log_exit(const process_state& s) {
+  if (s.lost) {
+    log(log_level::warning, "%s (pid %d) was reaped elsewhere; its exit code is lost",
+        s.name.c_str(), int(s.pid));
+  } else if (*s.exitcode < 0) {
+    log(log_level::info, "%s (pid %d) was killed by signal %d (%s)", s.name.c_str(), int(s.pid),
+        -*s.exitcode, ::strsignal(-*s.exitcode));
+  } else {
+    log(log_level::info, "%s (pid %d) exited with exitcode %d", s.name.c_str(), int(s.pid),
+        *s.exitcode);
+  }
+}
+
+/// Reaps the child if it has exited; true when it is finished.
+inline bool reap_nohang(process_state& s) {
+  {
+    std::lock_guard lk(s.m);
+    if (s.finished()) return true;
+    int status = 0;
+    pid_t rc = waitpid_eintr(s.pid, &status, WNOHANG);
+    if (rc == 0) return false;
+    if (rc == s.pid) {
+      s.exitcode = exitcode_from_status(status);
+    } else if (errno == ECHILD) {
+      s.lost = true;
+    } else {
+      throw_errno("waitpid");
+    }
+    int fd = s.pidfd.exchange(-1);
+    if (fd >= 0) ::close(fd);
+  }
+  unregister_child(&s);
+  log_exit(s);
+  return true;
+}
+
+/// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
+inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
+  const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
+  std::int64_t backoff_ns = 1'000'000;
+  for (;;) {
+    if (reap_nohang(s)) return true;
+    std::int64_t left = -1;
+    if (deadline >= 0) {
+      left = deadline - monotonic_ns();
+      if (left <= 0) return false;
+    }
+    int fd = s.pidfd.load();
+    if (fd >= 0) {
+      pollfd p{fd, POLLIN, 0};
+      timespec ts{};
+      if (left >= 0) ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
+      int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
+      if (rc == -1 && errno != EINTR) throw_errno("ppoll(pidfd)");
+    } else {
+      // No pidfd (kernel before 5.3): poll waitpid with a growing sleep.
+      std::int64_t nap = left >= 0 ? std::min(left, backoff_ns) : backoff_ns;
+      timespec ts{time_t(nap / 1'000'000'000), long(nap % 1'000'000'000)};
+      ::nanosleep(&ts, nullptr);
+      backoff_ns = std::min<std::int64_t>(backoff_ns * 2, 50'000'000);
+    }
+  }
+}
+
+/// Sends sig unless the child is already reaped. Through the pidfd when there is one,
+/// so a recycled pid can never be hit.
+inline void signal_child(process_state& s, int sig) {
+  std::lock_guard lk(s.m);
+  if (s.finished()) return;
+  int fd = s.pidfd.load();
+  long rc = fd >= 0 ? ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) : ::kill(s.pid, sig);
+  if (rc == -1 && errno == ENOSYS) rc = ::kill(s.pid, sig);
+  if (rc == -1 && errno != ESRCH) throw_errno("pidfd_send_signal");
+}
+
+inline std::vector<std::shared_ptr<process_state>> children_snapshot() {
+  auto& g = process_registry();
+  std::lock_guard lk(g.m);
+  return g.children;
+}
+
+/// Reaps every finished child (Python's _cleanup).
+inline void reap_finished() {
+  for (auto& c : children_snapshot()) reap_nohang(*c);
+}
+
+/// At exit (of the program, or of a child process when its target ends): daemon
+/// children are terminated, all children are joined. A daemon that ignores SIGTERM
+/// is killed after a grace period so exit never hangs on it.
+inline void join_children_at_exit() noexcept {
+  try {
+    auto kids = children_snapshot();
+    for (auto& c : kids)
+      if (c->daemon) {
+        log(log_level::info, "terminating daemon child %s (pid %d)", c->name.c_str(), int(c->pid));
+        signal_child(*c, SIGTERM);
+      }
+    for (auto& c : kids) {
+      if (c->daemon) {
+        if (!wait_child(*c, 1'000'000'000)) {
+          signal_child(*c, SIGKILL);
+          wait_child(*c, -1);
+        }
+      } else {
+        if (!c->finished())
+          log(log_level::info, "joining child %s (pid %d)", c->name.c_str(), int(c->pid));
+        wait_child(*c, -1);
+      }
+    }
+  } catch (...) {
+    // exit must go on; a failure here means the children are already gone
+  }
+}
+
+inline void exit_handler() noexcept {
+  // Only the process that registered the handler owns the registry's children; a
+  // child that calls exit() has its own registry (cleared at fork).
+  join_children_at_exit();
+}
+
+inline void ensure_exit_handler() {
+  auto& g = process_registry();
+  if (!g.exit_handler_registered.exchange(true)) std::atexit(&exit_handler);
+}
+
+// ---- child side
+
+/// The library's per-process state in a freshly started child.
+inline void enter_child(const std::string& name, std::vector<int> identity, bool daemon) {
+  process_name_storage() = name;
+  auto& g = process_registry();
+  std::lock_guard lk(g.m);
+  g.identity = std::move(identity);
+  g.counter = 0;
+  g.daemon = daemon;
+}
+
+inline void flush_std_streams() noexcept {
+  try {
+    std::fflush(nullptr);
+  } catch (...) {
+  }
+}
+
+/// std::exit() in a child must not run the parent's atexit handlers and static
+/// destructors (they belong to the parent); on_exit sees the status, so the child's
+/// own exit duties are done here and the process leaves with _exit(status).
+inline void child_exit_hook(int status, void*) {
+  join_children_at_exit();
+  log(log_level::info, "process exiting with exitcode %d", status);
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  ::_exit(status);
+}
+
+/// Python prints "Process <name>:" and the traceback; we print the exception's type
+/// and what(). Called from inside a catch block.
+inline void report_uncaught(const std::string& name) noexcept {
+  std::string msg = "Process " + name + ":\n";
+  const std::type_info* t = abi::__cxa_current_exception_type();
+  std::string type = "unknown exception";
+  if (t) {
+    int st = 0;
+    std::unique_ptr<char, void (*)(void*)> d(abi::__cxa_demangle(t->name(), nullptr, nullptr, &st),
+                                             std::free);
+    type = st == 0 && d ? d.get() : t->name();
+  }
+  std::string what;
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  msg += type;
+  if (!what.empty()) msg += ": " + what;
+  msg += '\n';
+  std::cout.flush();
+  std::fflush(stdout);
+  std::size_t off = 0;
+  while (off < msg.size()) {
+    ssize_t n = ::write(2, msg.data() + off, msg.size() - off);
+    if (n <= 0 && errno != EINTR) break;
+    if (n > 0) off += std::size_t(n);
+  }
+}
+
+struct target_base {
+  virtual ~target_base() = default;
+  virtual void run() = 0;
+};
+
+template <class F, class... Args>
+struct target_impl final : target_base {
+  F f;
+  std::tuple<Args...> args;
+  template <class FF, class... AA>
+  explicit target_impl(FF&& ff, AA&&... aa) : f(std::forward<FF>(ff)), args(std::forward<AA>(aa)...) {}
+  void run() override {
+    std::apply([this](auto&... a) { std::invoke(f, a...); }, args);
+  }
+};
+
+/// The body of every Process child: set up the child's state, run the target, join
+/// the child's own children, and return the Python-style exit code.
+inline int run_child(const std::string& name, const std::vector<int>& identity, bool daemon,
+                     target_base& target) {
+  enter_child(name, identity, daemon);
+  ::on_exit(&child_exit_hook, nullptr);
+  log(log_level::info, "child process calling target");
+  int code = 0;
+  try {
+    target.run();
+  } catch (...) {
+    report_uncaught(name);
+    code = 1;
+  }
+  join_children_at_exit();
+  log(log_level::info, "process exiting with exitcode %d", code);
+  return code;
+}
+
+}  // namespace detail
+
+/// A child process running `target(args...)`. Arguments are copied into the child as
+/// they are (with fork, handles such as Value, Lock, Queue, Connection and
+/// SharedMemory are the same objects there). Movable, not copyable; used from one
+/// thread at a time.
+template <start_policy Policy>
+class basic_process {
+ public:
+  template <class F, class... Args>
+    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+  explicit basic_process(F&& target, Args&&... args)
+      : basic_process(process_options{}, std::forward<F>(target), std::forward<Args>(args)...) {}
+
+  template <class F, class... Args>
+    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+  basic_process(process_options options, F&& target, Args&&... args)
+      : options_(std::move(options)),
+        target_(std::make_unique<detail::target_impl<std::decay_t<F>, std::decay_t<Args>...>>(
+            std::forward<F>(target), std::forward<Args>(args)...)),
+        identity_(detail::next_process_identity()) {
+    name_ = options_.name.empty() ? "Process-" + detail::identity_suffix(identity_) : options_.name;
+  }
+
+  basic_process(basic_process&&) noexcept = default;
+  basic_process& operator=(basic_process&&) noexcept = default;
+  basic_process(const basic_process&) = delete;
+  basic_process& operator=(const basic_process&) = delete;
+  // A child still running is left in the registry and reaped later.
+  ~basic_process() = default;
+
+  /// Starts the child. Raises state_error if already started or closed, and
+  /// start_method_error if the policy's start method cannot be used.
+  void start() {
+    check_usable("start");
+    if (state_) throw state_error("mproc: cannot start process '" + name_ + "' twice");
+    detail::reap_finished();
+    detail::ensure_exit_handler();
+    auto child_main = [this]() -> int {
+      return detail::run_child(name_, identity_, options_.daemon, *target_);
+    };
+    launch_request req{name_, options_.daemon, options_.method, child_main};
+    launched_child child = Policy::launch(req);
+    auto st = std::make_shared<detail::process_state>();
+    st->pid = child.pid;
+    st->owner = ::getpid();
+    st->name = name_;
+    st->daemon = options_.daemon;
+    st->pidfd.store(child.pidfd ? child.pidfd.release() : detail::try_pidfd_open(child.pid).release());
+    {
+      auto& g = detail::process_registry();
+      std::lock_guard lk(g.m);
+      g.children.push_back(st);
+    }
+    state_ = std::move(st);
+    // As Python: the parent drops its copy of the target and arguments, so handles
+    // passed to the child (a Pipe end, say) are no longer held open by this object.
+    target_.reset();
+    detail::log(log_level::info, "started %s (pid %d)", name_.c_str(), int(child.pid));
+  }
+
+  /// Waits for the child to exit.
+  void join() {
+    check_started("join");
+    detail::wait_child(*state_, -1);
+  }
+
+  /// Waits at most `timeout`; true when the child has exited.
+  template <class Rep, class Period>
+  bool join(std::chrono::duration<Rep, Period> timeout) {
+    check_started("join");
+    return detail::wait_child(*state_, detail::to_ns(timeout));
+  }
+
+  [[nodiscard]] bool is_alive() {
+    check_usable("is_alive");
+    if (!state_) return false;
+    check_owner("is_alive");
+    return !detail::reap_nohang(*state_);
+  }
+
+  /// The child's pid (raises state_error before start()).
+  [[nodiscard]] pid_t pid() const {
+    check_usable("pid");
+    if (!state_) throw state_error("mproc: process '" + name_ + "' has not been started");
+    return state_->pid;
+  }
+
+  [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+  [[nodiscard]] bool daemon() const noexcept { return options_.daemon; }
+  void set_daemon(bool d) {
+    if (state_) throw state_error("mproc: cannot set daemon on a started process");
+    options_.daemon = d;
+  }
+
+  /// 0 after a normal return, N after std::exit(N), 1 after an uncaught exception,
+  /// -signum when killed; empty while running or before start().
+  [[nodiscard]] std::optional<int> exitcode() {
+    check_usable("exitcode");
+    if (!state_) return std::nullopt;
+    check_owner("exitcode");
+    detail::reap_nohang(*state_);
+    std::lock_guard lk(state_->m);
+    return state_->exitcode;
+  }
+
+  /// A descriptor that becomes readable when the child exits (a pidfd), -1 if none.
+  [[nodiscard]] int sentinel() const {
+    check_started("sentinel");
+    return state_->pidfd.load();
+  }
+
+  /// SIGTERM (a no-op once the child has been reaped).
+  void terminate() { send(SIGTERM, "terminate"); }
+  /// SIGKILL.
+  void kill() { send(SIGKILL, "kill"); }
+
+  /// Releases the process's resources; raises state_error if the child still runs.
+  void close() {
+    if (closed_) return;
+    if (state_) {
+      check_owner("close");
+      if (!detail::reap_nohang(*state_))
+        throw state_error("mproc: cannot close process '" + name_ +
+                          "' while it is still running; join() or terminate() it first");
+    }
+    target_.reset();
+    closed_ = true;
+  }
+
+ private:
+  void check_usable(const char* what) const {
+    if (closed_)
+      throw state_error(std::string("mproc: ") + what + "() on closed process '" + name_ + "'");
+    if (!state_ && !target_)
+      throw state_error(std::string("mproc: ") + what + "() on a moved-from process");
+  }
+  void check_owner(const char* what) const {
+    if (state_->owner != ::getpid())
+      throw state_error(std::string("mproc: ") + what + "(): process '" + name_ +
+                        "' is not a child of this process");
+  }
+  void check_started(const char* what) const {
+    check_usable(what);
+    if (!state_)
+      throw state_error(std::string("mproc: ") + what + "() before start() on process '" + name_ +
+                        "'");
+    check_owner(what);
+  }
+  void send(int sig, const char* what) {
+    check_started(what);
+    detail::log(log_level::info, "sending %s to %s (pid %d)", ::sigabbrev_np(sig), name_.c_str(),
+                int(state_->pid));
+    detail::signal_child(*state_, sig);
+  }
+
+  process_options options_;
+  std::unique_ptr<detail::target_base> target_;
+  std::vector<int> identity_;
+  std::string name_;
+  std::shared_ptr<detail::process_state> state_;
+  bool closed_ = false;
+};
+
+using Process = basic_process<dynamic_policy>;
+
+/// This process: pid and name ("MainProcess" in the main process).
+[[nodiscard]] inline process_info current_process() {
+  return {::getpid(), detail::process_name_storage()};
+}
+
+/// The process that started this one; empty in the main process.
+[[nodiscard]] inline std::optional<process_info> parent_process() {
+  auto& g = detail::process_registry();
+  std::lock_guard lk(g.m);
+  return g.parent;
+}
+
+/// Children of this process that are still running (finished ones are reaped).
+[[nodiscard]] inline std::vector<process_info> active_children() {
+  detail::reap_finished();
+  std::vector<process_info> out;
+  for (auto& c : detail::children_snapshot()) {
+    std::lock_guard lk(c->m);
+    if (!c->finished()) out.push_back({c->pid, c->name});
+  }
+  return out;
+}
+
+/// CPUs this process may run on (sched_getaffinity), at least 1.
+[[nodiscard]] inline int cpu_count() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned h = std::thread::hardware_concurrency();
+  return h ? int(h) : 1;
+}
+
+}  // namespace mproc
