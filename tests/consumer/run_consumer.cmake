@@ -1,0 +1,74 @@
+# Builds and runs tests/consumer the way a user would, in one of two modes:
+#   package:      cmake --install into a fresh prefix, then find_package(mproc CONFIG)
+#   subdirectory: add_subdirectory(<mproc source tree>)
+# Run by ctest as: cmake -DCONSUMER_MODE=... (see tests/CMakeLists.txt) -P run_consumer.cmake
+cmake_minimum_required(VERSION 3.21)
+
+foreach(_var MPROC_SOURCE_DIR MPROC_BINARY_DIR CONSUMER_SOURCE_DIR CONSUMER_WORK_DIR
+             CONSUMER_GENERATOR CONSUMER_MODE)
+  if(NOT DEFINED ${_var})
+    message(FATAL_ERROR "run_consumer.cmake: ${_var} not set")
+  endif()
+endforeach()
+
+set(_work "${CONSUMER_WORK_DIR}/${CONSUMER_MODE}")
+set(_build "${_work}/build")
+set(_prefix "${_work}/prefix")
+file(REMOVE_RECURSE "${_work}")
+file(MAKE_DIRECTORY "${_work}")
+
+function(run_step what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "consumer (${CONSUMER_MODE}): ${what} failed (${_rc}):\n${_out}")
+  endif()
+  message(STATUS "consumer (${CONSUMER_MODE}): ${what} ok")
+  set(run_step_output "${_out}" PARENT_SCOPE)
+endfunction()
+
+set(_config_args)
+if(CONSUMER_CONFIG)
+  set(_config_args --config "${CONSUMER_CONFIG}")
+endif()
+set(_build_type RelWithDebInfo)
+if(CONSUMER_CONFIG)
+  set(_build_type "${CONSUMER_CONFIG}")
+endif()
+
+set(_configure "${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}" -B "${_build}"
+    -G "${CONSUMER_GENERATOR}" "-DCMAKE_BUILD_TYPE=${_build_type}"
+    -DCONSUMER_MODE=${CONSUMER_MODE}
+    # Only the prefix we just installed may satisfy find_package(mproc).
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)
+if(CONSUMER_CXX_COMPILER)
+  list(APPEND _configure "-DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER}")
+endif()
+
+if(CONSUMER_MODE STREQUAL "package")
+  run_step("cmake --install"
+    "${CMAKE_COMMAND}" --install "${MPROC_BINARY_DIR}" --prefix "${_prefix}" ${_config_args})
+  if(NOT EXISTS "${_prefix}/include/mproc/mproc.hpp")
+    message(FATAL_ERROR "consumer (package): ${_prefix}/include/mproc/mproc.hpp was not installed")
+  endif()
+  list(APPEND _configure "-DCMAKE_PREFIX_PATH=${_prefix}" "-DEXPECTED_PREFIX=${_prefix}")
+elseif(CONSUMER_MODE STREQUAL "subdirectory")
+  list(APPEND _configure "-DMPROC_SOURCE_DIR=${MPROC_SOURCE_DIR}")
+else()
+  message(FATAL_ERROR "run_consumer.cmake: unknown CONSUMER_MODE '${CONSUMER_MODE}'")
+endif()
+
+run_step("configure" ${_configure})
+run_step("build" "${CMAKE_COMMAND}" --build "${_build}" ${_config_args})
+
+set(_exe "${_build}/consumer")
+if(NOT EXISTS "${_exe}" AND CONSUMER_CONFIG)
+  set(_exe "${_build}/${CONSUMER_CONFIG}/consumer")
+endif()
+if(NOT EXISTS "${_exe}")
+  message(FATAL_ERROR "consumer (${CONSUMER_MODE}): built program not found under ${_build}")
+endif()
+run_step("run" "${_exe}")
+message("${run_step_output}")
+if(NOT run_step_output MATCHES "consumer ok")
+  message(FATAL_ERROR "consumer (${CONSUMER_MODE}): program did not report success")
+endif()
