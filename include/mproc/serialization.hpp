@@ -190,6 +190,14 @@ template <class T, class Al>
 struct wire<std::vector<T, Al>> {
   using type = std::vector<wire_t<T>>;
 };
+template <class T, std::size_t N>
+struct wire<std::array<T, N>> {
+  using type = std::array<wire_t<T>, N>;
+};
+template <class T>
+struct wire<std::optional<T>> {
+  using type = std::optional<wire_t<T>>;
+};
 
 template <class T>
 concept c_string = std::is_same_v<std::remove_cvref_t<T>, const char*> ||
@@ -207,7 +215,7 @@ inline constexpr bool has_invalid_representations_v =
     is_specialization_v<T, std::variant>;
 template <class T, std::size_t N>
 inline constexpr bool has_invalid_representations_v<std::array<T, N>> =
-    has_invalid_representations_v<std::remove_cv_t<T>>;
+    has_invalid_representations_v<std::remove_cv_t<T>> || std::is_pointer_v<T>;  // C strings
 template <class A, class B>
 inline constexpr bool has_invalid_representations_v<std::pair<A, B>> =
     has_invalid_representations_v<std::remove_cv_t<A>> ||
@@ -622,6 +630,8 @@ void decode_variant(reader& r, V& v, std::uint32_t idx) {
 template <class T>
 void decode(reader& r, T& v) {
   using U = T;
+  static_assert(!c_string<U>, "mproc: C strings and string_views are sent as std::string; "
+                              "receive them as std::string");
   require_encodable<U>();
   if constexpr (std::is_empty_v<U>) {
   } else if constexpr (trivially_copyable_value<U>) {
