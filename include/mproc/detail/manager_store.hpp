@@ -1,0 +1,683 @@
+// The state behind a Manager: every managed object (dict, list, namespace, queue,
+// lock, value) lives in one memfd-backed shared segment, organised with
+// Boost.Interprocess containers (offset pointers, so each process may map it at a
+// different address) and guarded by one robust, process-shared pthread mutex.
+//
+// Why shared memory instead of a request per operation to the server: a Unix-socket
+// round trip costs ~45 us on the target machine, which caps a synchronous proxy at
+// ~20k ops/s per process -- about what Python's Manager achieves. Operating on the
+// segment directly under a mutex costs well under a microsecond, needs no batching
+// or pipelining (so every operation is visible to every process the moment it
+// returns, exactly as with a round trip), keeps update() atomic (the callable runs
+// under the mutex, in the caller's process, so any callable works, under fork,
+// spawn or an unrelated attaching process alike), and items() consistent (one
+// snapshot under the mutex). The server process still exists: it owns the segment,
+// hands its descriptor to processes that did not inherit it (over an authenticated
+// Unix socket, SCM_RIGHTS), and executes the same operations for remote TCP clients.
+//
+// Robustness: the mutex is robust, so a process killed while holding it does not
+// block the others (the next locker takes over; the structure it was changing may
+// have lost that one operation). The server holds a second robust mutex for its
+// whole life: a non-owner's trylock on it answers "is the server alive?" without a
+// system call, which is how a vanished server is reported at the next call.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <pthread.h>
+
+#include <boost/container/deque.hpp>
+#include <boost/container/map.hpp>
+#include <boost/container/vector.hpp>
+#include <boost/interprocess/allocators/allocator.hpp>
+#include <boost/interprocess/containers/string.hpp>
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/indexes/iset_index.hpp>
+#include <boost/interprocess/managed_external_buffer.hpp>
+#include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
+#include <boost/interprocess/sync/mutex_family.hpp>
+
+#include "../errors.hpp"
+#include "../serialization.hpp"
+#include "log.hpp"
+#include "posix/posix.hpp"
+#include "posix/shm_region.hpp"
+
+namespace mproc {
+
+/// A Manager's server is gone, its shared memory is full, or an object was used in a
+/// way its kind does not allow.
+struct manager_error : error {
+  using error::error;
+};
+
+}  // namespace mproc
+
+namespace mproc::detail::mgr {
+
+namespace bip = boost::interprocess;
+namespace bc = boost::container;
+
+// The segment's own allocator is unsynchronised: every allocation happens under the
+// root mutex, which (unlike Boost's interprocess mutexes) survives a dead owner.
+using segment = bip::basic_managed_external_buffer<char, bip::rbtree_best_fit<bip::null_mutex_family>,
+                                                   bip::iset_index>;
+using seg_manager = segment::segment_manager;
+template <class T>
+using shm_alloc = bip::allocator<T, seg_manager>;
+using shm_string = bip::basic_string<char, std::char_traits<char>, shm_alloc<char>>;
+
+inline std::string_view sv(const shm_string& s) noexcept { return {s.data(), s.size()}; }
+
+struct bytes_less {
+  using is_transparent = void;
+  static std::string_view v(const shm_string& s) noexcept { return sv(s); }
+  static std::string_view v(std::string_view s) noexcept { return s; }
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const noexcept {
+    return v(a) < v(b);
+  }
+};
+
+struct dict_entry {
+  shm_string value;
+  std::uint64_t seq;  // insertion order, so items() lists keys as a Python dict does
+};
+using dict_map = bc::map<shm_string, dict_entry, bytes_less,
+                         shm_alloc<std::pair<const shm_string, dict_entry>>>;
+using bytes_vec = bc::vector<shm_string, shm_alloc<shm_string>>;
+using bytes_deque = bc::deque<shm_string, shm_alloc<shm_string>>;
+
+enum class kind : std::uint32_t { dict = 1, list, ns, queue, lock, value };
+
+inline const char* kind_name(kind k) {
+  switch (k) {
+    case kind::dict: return "dict";
+    case kind::list: return "list";
+    case kind::ns: return "Namespace";
+    case kind::queue: return "Queue";
+    case kind::lock: return "Lock";
+    case kind::value: return "Value";
+  }
+  return "object";
+}
+
+/// One managed object. Every kind carries all containers (empty ones cost a few
+/// words), which keeps the layout a single plain type.
+struct object {
+  kind k;
+  std::uint64_t tag1, tag2;  // type tags of key/element and value, checked on lookup by name
+  dict_map dict;
+  bytes_vec list;
+  bytes_deque queue;
+  shm_string value;
+  std::uint64_t maxsize = 0;
+  std::uint64_t next_seq = 0;
+  std::uint32_t locked = 0;
+  // Futex words (waited on without the root mutex held).
+  std::atomic<std::uint32_t> put_seq{0}, get_seq{0}, release_seq{0};
+
+  object(const shm_alloc<char>& a, kind kk, std::uint64_t t1, std::uint64_t t2)
+      : k(kk), tag1(t1), tag2(t2), dict(a), list(a), queue(a), value(a) {}
+};
+
+using object_map = bc::map<std::uint64_t, bip::offset_ptr<object>, std::less<std::uint64_t>,
+                           shm_alloc<std::pair<const std::uint64_t, bip::offset_ptr<object>>>>;
+using name_map = bc::map<shm_string, std::uint64_t, bytes_less,
+                         shm_alloc<std::pair<const shm_string, std::uint64_t>>>;
+
+struct root {
+  pthread_mutex_t mutex;  // guards everything in the segment
+  pthread_mutex_t life;   // held by the server while it lives
+  std::uint64_t next_id = 1;
+  object_map objects;
+  name_map names;
+
+  explicit root(const shm_alloc<char>& a) : objects(a), names(a) {
+    pthread_mutexattr_t at;
+    ::pthread_mutexattr_init(&at);
+    ::pthread_mutexattr_setpshared(&at, PTHREAD_PROCESS_SHARED);
+    ::pthread_mutexattr_setrobust(&at, PTHREAD_MUTEX_ROBUST);
+    // Error-checking: an update() function that calls the manager gets EDEADLK (an
+    // exception) instead of hanging.
+    ::pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ERRORCHECK);
+    ::pthread_mutex_init(&mutex, &at);
+    ::pthread_mutex_init(&life, &at);
+    ::pthread_mutexattr_destroy(&at);
+  }
+};
+
+// ------------------------------------------------------------------ request / response
+
+enum class op : std::uint8_t {
+  create = 1,
+  dict_set, dict_get, dict_contains, dict_erase, dict_size, dict_items, dict_clear, dict_update,
+  dict_pop,
+  list_append, list_get, list_set, list_size, list_items, list_clear, list_extend, list_pop,
+  queue_put, queue_get, queue_size,
+  lock_acquire, lock_release,
+  value_get, value_set,
+  attach,  // socket only: send the segment's descriptor
+  hello,   // socket only: identify the manager
+};
+
+/// One operation. Fields are used per op (see execute()); n/m are indexes, flags or
+/// timeouts in ns (-1: none).
+struct request {
+  op o{};
+  std::uint64_t id = 0;
+  std::string a, b;
+  std::int64_t n = 0, m = -1;
+  std::vector<std::string> list;
+
+  [[nodiscard]] std::string encode() const {
+    auto t = std::tie(o, id, a, b, n, m, list);
+    std::string out(encoded_size(t), '\0');
+    encode_to(t, reinterpret_cast<std::byte*>(out.data()));
+    return out;
+  }
+  static request decode(std::string_view bytes) {
+    request r;
+    auto t = std::tie(r.o, r.id, r.a, r.b, r.n, r.m, r.list);
+    reader rd{reinterpret_cast<const std::byte*>(bytes.data()),
+              reinterpret_cast<const std::byte*>(bytes.data()) + bytes.size()};
+    std::apply([&](auto&... f) { (detail::decode(rd, f), ...); }, t);
+    if (rd.remaining()) throw serialization_error("corrupt manager request: trailing bytes");
+    return r;
+  }
+};
+
+enum class status : std::uint8_t {
+  ok = 0, out_of_range, serialization, queue_empty, queue_full, timeout, manager, state,
+  invalid_argument, other
+};
+
+struct response {
+  status st = status::ok;
+  std::string a;
+  std::vector<std::string> list;
+  std::int64_t n = 0;
+
+  [[nodiscard]] std::string encode() const {
+    auto t = std::tie(st, a, list, n);
+    std::string out(encoded_size(t), '\0');
+    encode_to(t, reinterpret_cast<std::byte*>(out.data()));
+    return out;
+  }
+  static response decode(std::string_view bytes) {
+    response r;
+    auto t = std::tie(r.st, r.a, r.list, r.n);
+    reader rd{reinterpret_cast<const std::byte*>(bytes.data()),
+              reinterpret_cast<const std::byte*>(bytes.data()) + bytes.size()};
+    std::apply([&](auto&... f) { (detail::decode(rd, f), ...); }, t);
+    if (rd.remaining()) throw serialization_error("corrupt manager response: trailing bytes");
+    if (static_cast<std::uint8_t>(r.st) > static_cast<std::uint8_t>(status::other))
+      throw serialization_error("corrupt manager response: unknown status");
+    return r;
+  }
+  /// Re-raises an error carried by a response as the type the server saw.
+  void raise_if_error() const {
+    switch (st) {
+      case status::ok: return;
+      case status::out_of_range: throw std::out_of_range(a);
+      case status::serialization: throw serialization_error(a);
+      case status::queue_empty: throw queue_empty(a);
+      case status::queue_full: throw queue_full(a);
+      case status::timeout: throw timeout_error(a);
+      case status::manager: throw manager_error(a);
+      case status::state: throw state_error(a);
+      case status::invalid_argument: throw std::invalid_argument(a);
+      case status::other: throw manager_error("manager server: " + a);
+    }
+  }
+  /// Turns the exception being handled into an error response (server side).
+  static response from_current_exception() {
+    response r;
+    try {
+      throw;
+    } catch (const std::out_of_range& e) {
+      r.st = status::out_of_range, r.a = e.what();
+    } catch (const serialization_error& e) {
+      r.st = status::serialization, r.a = e.what();
+    } catch (const mproc::queue_empty& e) {
+      r.st = status::queue_empty, r.a = e.what();
+    } catch (const mproc::queue_full& e) {
+      r.st = status::queue_full, r.a = e.what();
+    } catch (const timeout_error& e) {
+      r.st = status::timeout, r.a = e.what();
+    } catch (const manager_error& e) {
+      r.st = status::manager, r.a = e.what();
+    } catch (const state_error& e) {
+      r.st = status::state, r.a = e.what();
+    } catch (const std::invalid_argument& e) {
+      r.st = status::invalid_argument, r.a = e.what();
+    } catch (const std::exception& e) {
+      r.st = status::other, r.a = e.what();
+    }
+    return r;
+  }
+};
+
+/// Read-modify-write run under the root mutex: gets the current bytes (nullptr when
+/// the key is missing) and the default, returns the new bytes.
+using updater = std::function<std::string(const std::string_view* current, std::string_view dflt)>;
+
+// ------------------------------------------------------------------ the store
+
+class store {
+ public:
+  /// A new segment of `capacity` bytes (memory is committed only as it is used).
+  static std::shared_ptr<store> create(std::size_t capacity) {
+    auto s = std::shared_ptr<store>(new store);
+    s->region_ = shm_region::create(capacity, "mproc-manager");
+    s->seg_ = segment(bip::create_only, s->region_.data(), capacity);
+    s->root_ = s->seg_.construct<root>(bip::anonymous_instance)(s->seg_.get_segment_manager());
+    return s;
+  }
+
+  /// Maps a segment received as a descriptor; root_offset comes from its creator.
+  static std::shared_ptr<store> attach(unique_fd fd, std::size_t capacity, std::size_t root_offset) {
+    auto s = std::shared_ptr<store>(new store);
+    s->region_ = shm_region::map(std::move(fd), capacity);
+    s->seg_ = segment(bip::open_only, s->region_.data(), capacity);
+    if (root_offset + sizeof(root) > capacity)
+      throw serialization_error("manager: segment root offset out of range");
+    s->root_ = reinterpret_cast<root*>(static_cast<char*>(s->region_.data()) + root_offset);
+    return s;
+  }
+
+  [[nodiscard]] int fd() const noexcept { return region_.fd(); }
+  [[nodiscard]] std::size_t capacity() const noexcept { return region_.size(); }
+  [[nodiscard]] std::size_t root_offset() const noexcept {
+    return std::size_t(reinterpret_cast<char*>(root_) - static_cast<char*>(region_.data()));
+  }
+
+  /// Called once by the server's main thread; held until the server dies.
+  void hold_life() {
+    int rc = ::pthread_mutex_lock(&root_->life);
+    if (rc == EOWNERDEAD) ::pthread_mutex_consistent(&root_->life);
+    else if (rc != 0) throw_errno("pthread_mutex_lock(manager life)", rc);
+  }
+
+  [[nodiscard]] bool server_alive() const {
+    int rc = ::pthread_mutex_trylock(&root_->life);
+    if (rc == EBUSY) return true;
+    // 0: never held or released at shutdown; EOWNERDEAD: the server died. Releasing
+    // without marking it consistent leaves it unrecoverable: dead for everyone.
+    if (rc == 0 || rc == EOWNERDEAD) ::pthread_mutex_unlock(&root_->life);
+    return false;
+  }
+
+  void check_alive() const {
+    if (!server_alive())
+      throw manager_error("mproc::Manager: the manager's server process is gone (shut down or killed)");
+  }
+
+  /// Holds the root mutex; a dead previous owner is taken over.
+  class guard {
+   public:
+    guard(store& s, std::int64_t timeout_ns) : m_(&s.root_->mutex) {
+      int rc;
+      if (timeout_ns < 0) {
+        rc = ::pthread_mutex_lock(m_);
+      } else {
+        timespec ts;
+        ::clock_gettime(CLOCK_MONOTONIC, &ts);
+        std::int64_t ns = ts.tv_nsec + timeout_ns % 1'000'000'000;
+        ts.tv_sec += timeout_ns / 1'000'000'000 + ns / 1'000'000'000;
+        ts.tv_nsec = ns % 1'000'000'000;
+        rc = ::pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &ts);
+      }
+      if (rc == EOWNERDEAD) {
+        detail::log(log_level::warning,
+                    "manager: a process died while changing shared state; taking over its lock");
+        ::pthread_mutex_consistent(m_);
+      } else if (rc == ETIMEDOUT) {
+        throw timeout_error(
+            "mproc::Manager: timed out waiting for the shared state lock (is a process holding it stopped?)");
+      } else if (rc != 0) {
+        throw_errno("pthread_mutex_lock(manager state)", rc);
+      }
+    }
+    ~guard() { ::pthread_mutex_unlock(m_); }
+    guard(const guard&) = delete;
+    guard& operator=(const guard&) = delete;
+
+   private:
+    pthread_mutex_t* m_;
+  };
+
+  segment& seg() { return seg_; }
+  shm_alloc<char> alloc() { return shm_alloc<char>(seg_.get_segment_manager()); }
+  root& r() { return *root_; }
+  shm_string str(std::string_view s) { return shm_string(s.data(), s.size(), alloc()); }
+
+  object& find(std::uint64_t id, kind k) {
+    auto it = root_->objects.find(id);
+    if (it == root_->objects.end())
+      throw manager_error("mproc::Manager: no object with id " + std::to_string(id));
+    object& o = *it->second;
+    if (o.k != k)
+      throw manager_error(std::string("mproc::Manager: object ") + std::to_string(id) + " is a " +
+                          kind_name(o.k) + ", not a " + kind_name(k));
+    return o;
+  }
+
+  std::int64_t lock_timeout_ns = 30'000'000'000;  // root mutex acquisition
+
+ private:
+  store() = default;
+  shm_region region_;
+  segment seg_;
+  root* root_ = nullptr;
+};
+
+inline std::int64_t normalize_index(std::int64_t i, std::size_t size, const char* what) {
+  std::int64_t n = static_cast<std::int64_t>(size);
+  std::int64_t j = i < 0 ? i + n : i;
+  if (j < 0 || j >= n)
+    throw std::out_of_range(std::string(what) + " index " + std::to_string(i) +
+                            " out of range (size " + std::to_string(size) + ")");
+  return j;
+}
+
+/// Waits on a futex word in slices so that a vanished server is noticed; returns
+/// false at the deadline.
+inline bool wait_word(store& s, const std::atomic<std::uint32_t>& w, std::uint32_t seen, deadline_t d) {
+  constexpr std::int64_t slice = 100'000'000;
+  std::int64_t left = d < 0 ? slice : std::min<std::int64_t>(slice, d - monotonic_ns());
+  if (left <= 0) return false;
+  futex_wait(&w, seen, left);
+  s.check_alive();
+  return true;
+}
+
+/// Runs one operation against the segment. `fn` serves dict_update in the caller's
+/// process; a server executing a remote request passes the registered updater.
+inline response execute(store& s, const request& q, const updater* fn = nullptr) {
+  s.check_alive();
+  response out;
+  try {
+    switch (q.o) {
+      case op::create: {
+        if (q.n < 1 || q.n > static_cast<std::int64_t>(kind::value))
+          throw std::invalid_argument("manager: unknown object kind " + std::to_string(q.n));
+        kind k = static_cast<kind>(q.n);
+        std::uint64_t t[2] = {0, 0};
+        if (q.b.size() == sizeof t) std::memcpy(t, q.b.data(), sizeof t);
+        store::guard g(s, s.lock_timeout_ns);
+        root& r = s.r();
+        if (!q.a.empty()) {
+          auto it = r.names.find(std::string_view(q.a));
+          if (it != r.names.end()) {
+            object& o = *r.objects.find(it->second)->second;
+            if (o.k != k)
+              throw manager_error("mproc::Manager: \"" + q.a + "\" is a " + kind_name(o.k) +
+                                  ", not a " + kind_name(k));
+            if (o.tag1 != t[0] || o.tag2 != t[1])
+              throw serialization_error("mproc::Manager: \"" + q.a + "\" holds " + tag_name(o.tag1) +
+                                        (o.tag2 ? " -> " + tag_name(o.tag2) : std::string()) +
+                                        ", requested " + tag_name(t[0]) +
+                                        (t[1] ? " -> " + tag_name(t[1]) : std::string()));
+            out.n = static_cast<std::int64_t>(it->second);
+            break;
+          }
+        }
+        std::uint64_t id = r.next_id;
+        object* o = s.seg().construct<object>(bip::anonymous_instance)(s.alloc(), k, t[0], t[1]);
+        o->maxsize = q.m > 0 ? std::uint64_t(q.m) : 0;
+        try {
+          r.objects.emplace(id, o);
+          if (!q.a.empty()) r.names.emplace(s.str(q.a), id);
+        } catch (...) {
+          r.objects.erase(id);
+          s.seg().destroy_ptr(o);
+          throw;
+        }
+        ++r.next_id;
+        out.n = static_cast<std::int64_t>(id);
+        out.a = "created";
+        break;
+      }
+      case op::dict_set: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        auto it = o.dict.find(std::string_view(q.a));
+        if (it != o.dict.end()) it->second.value.assign(q.b.data(), q.b.size());
+        else o.dict.emplace(s.str(q.a), dict_entry{s.str(q.b), o.next_seq++});
+        break;
+      }
+      case op::dict_get:
+      case op::dict_pop: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        auto it = o.dict.find(std::string_view(q.a));
+        if (it != o.dict.end()) {
+          out.a.assign(it->second.value.data(), it->second.value.size());
+          out.n = 1;
+          if (q.o == op::dict_pop) o.dict.erase(it);
+        }
+        break;
+      }
+      case op::dict_contains: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        out.n = o.dict.find(std::string_view(q.a)) != o.dict.end();
+        break;
+      }
+      case op::dict_erase: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        auto it = o.dict.find(std::string_view(q.a));
+        if (it != o.dict.end()) {
+          o.dict.erase(it);
+          out.n = 1;
+        }
+        break;
+      }
+      case op::dict_size: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.n = static_cast<std::int64_t>(s.find(q.id, kind::dict).dict.size());
+        break;
+      }
+      case op::dict_items: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        std::vector<const dict_map::value_type*> v;
+        v.reserve(o.dict.size());
+        for (auto& e : o.dict) v.push_back(&e);
+        std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->second.seq < y->second.seq; });
+        out.list.reserve(v.size() * 2);
+        for (auto* e : v) {
+          out.list.emplace_back(sv(e->first));
+          out.list.emplace_back(sv(e->second.value));
+        }
+        break;
+      }
+      case op::dict_clear: {
+        store::guard g(s, s.lock_timeout_ns);
+        s.find(q.id, kind::dict).dict.clear();
+        break;
+      }
+      case op::dict_update: {
+        if (!fn) throw manager_error("manager: update without a function");
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        auto it = o.dict.find(std::string_view(q.a));
+        std::string result;
+        if (it != o.dict.end()) {
+          std::string_view cur = sv(it->second.value);
+          result = (*fn)(&cur, q.b);
+          it->second.value.assign(result.data(), result.size());
+        } else {
+          result = (*fn)(nullptr, q.b);
+          o.dict.emplace(s.str(q.a), dict_entry{s.str(result), o.next_seq++});
+        }
+        out.a = std::move(result);
+        break;
+      }
+      case op::list_append:
+      case op::list_extend: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        if (q.o == op::list_append) {
+          o.list.push_back(s.str(q.b));
+        } else {
+          o.list.reserve(o.list.size() + q.list.size());
+          for (auto& e : q.list) o.list.push_back(s.str(e));
+        }
+        break;
+      }
+      case op::list_get: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        out.a = sv(o.list[std::size_t(normalize_index(q.n, o.list.size(), "list"))]);
+        break;
+      }
+      case op::list_set: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        o.list[std::size_t(normalize_index(q.n, o.list.size(), "list assignment"))].assign(q.b.data(),
+                                                                                           q.b.size());
+        break;
+      }
+      case op::list_pop: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        if (o.list.empty()) throw std::out_of_range("pop from empty list");
+        auto i = std::size_t(normalize_index(q.n, o.list.size(), "pop"));
+        out.a = sv(o.list[i]);
+        o.list.erase(o.list.begin() + static_cast<std::ptrdiff_t>(i));
+        break;
+      }
+      case op::list_size: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.n = static_cast<std::int64_t>(s.find(q.id, kind::list).list.size());
+        break;
+      }
+      case op::list_items: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        out.list.reserve(o.list.size());
+        for (auto& e : o.list) out.list.emplace_back(sv(e));
+        break;
+      }
+      case op::list_clear: {
+        store::guard g(s, s.lock_timeout_ns);
+        s.find(q.id, kind::list).list.clear();
+        break;
+      }
+      case op::queue_put: {
+        deadline_t d = deadline_after(q.m);
+        for (;;) {
+          std::uint32_t seen;
+          object* op_ = nullptr;
+          {
+            store::guard g(s, s.lock_timeout_ns);
+            object& o = s.find(q.id, kind::queue);
+            op_ = &o;
+            if (!o.maxsize || o.queue.size() < o.maxsize) {
+              o.queue.push_back(s.str(q.b));
+              o.put_seq.fetch_add(1);
+              futex_wake(&o.put_seq);
+              break;
+            }
+            seen = o.get_seq.load();
+          }
+          if (q.n == 1 || !wait_word(s, op_->get_seq, seen, d))
+            throw mproc::queue_full("manager Queue is full");
+        }
+        break;
+      }
+      case op::queue_get: {
+        deadline_t d = deadline_after(q.m);
+        for (;;) {
+          std::uint32_t seen;
+          object* op_ = nullptr;
+          {
+            store::guard g(s, s.lock_timeout_ns);
+            object& o = s.find(q.id, kind::queue);
+            op_ = &o;
+            if (!o.queue.empty()) {
+              out.a = sv(o.queue.front());
+              o.queue.pop_front();
+              o.get_seq.fetch_add(1);
+              futex_wake(&o.get_seq);
+              break;
+            }
+            seen = o.put_seq.load();
+          }
+          if (q.n == 1 || !wait_word(s, op_->put_seq, seen, d))
+            throw mproc::queue_empty("manager Queue is empty");
+        }
+        break;
+      }
+      case op::queue_size: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.n = static_cast<std::int64_t>(s.find(q.id, kind::queue).queue.size());
+        break;
+      }
+      case op::lock_acquire: {
+        deadline_t d = deadline_after(q.m);
+        for (;;) {
+          std::uint32_t seen;
+          object* op_ = nullptr;
+          {
+            store::guard g(s, s.lock_timeout_ns);
+            object& o = s.find(q.id, kind::lock);
+            op_ = &o;
+            if (!o.locked) {
+              o.locked = 1;
+              out.n = 1;
+              break;
+            }
+            seen = o.release_seq.load();
+          }
+          if (q.n == 1 || !wait_word(s, op_->release_seq, seen, d)) break;  // out.n == 0
+        }
+        break;
+      }
+      case op::lock_release: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::lock);
+        if (!o.locked) throw state_error("release of an unlocked manager Lock");
+        o.locked = 0;
+        o.release_seq.fetch_add(1);
+        futex_wake(&o.release_seq);
+        break;
+      }
+      case op::value_get: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.a = sv(s.find(q.id, kind::value).value);
+        break;
+      }
+      case op::value_set: {
+        store::guard g(s, s.lock_timeout_ns);
+        s.find(q.id, kind::value).value.assign(q.b.data(), q.b.size());
+        break;
+      }
+      case op::attach:
+      case op::hello:
+        throw manager_error("manager: connection-level request outside a connection");
+      default:
+        throw serialization_error("manager: unknown operation " + std::to_string(int(q.o)));
+    }
+  } catch (const bip::bad_alloc&) {
+    throw manager_error("mproc::Manager: shared memory full (capacity " + std::to_string(s.capacity()) +
+                        " bytes); raise manager_options::capacity");
+  }
+  return out;
+}
+
+}  // namespace mproc::detail::mgr

@@ -1,0 +1,932 @@
+// mproc::Manager: shared dicts, lists, namespaces, queues, locks and values that any
+// process can use through copyable proxies, as Python's multiprocessing.Manager.
+//
+// How it works (see detail/manager_store.hpp for the reasoning): the objects live in
+// one shared-memory segment; proxies in processes that have the segment mapped
+// operate on it directly under a robust process-shared mutex, so every operation is
+// synchronous, immediately visible everywhere, and costs no round trip. A server
+// process (forked by the Manager) owns the segment and listens on a Unix socket in a
+// private 0700 directory: a process that did not inherit the mapping (a pool worker
+// started before the Manager, a process given a proxy through a pipe or queue, an
+// unrelated process calling Manager::connect) authenticates there (SO_PEERCRED
+// same-uid check plus a mutual HMAC-SHA256 challenge with the manager's key) and
+// receives the segment's descriptor. With manager_options::address = "host:port" the
+// server also listens on TCP; clients connecting there (Manager::connect) send each
+// operation as a request that the server executes against the same segment.
+//
+// update(key, fn, default) is atomic: fn runs while the shared state is locked. Local
+// proxies run fn in the calling process, so any callable works. Over TCP the server
+// runs it: fn must then be a captureless lambda or stateless function object, sent as
+// a stable id of its type that the server (the same program) resolves in its own
+// image (the id is registered at start-up in every process running the program).
+#pragma once
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "detail/log.hpp"
+#include "detail/manager_protocol.hpp"
+#include "detail/manager_store.hpp"
+#include "detail/posix/fork.hpp"
+#include "errors.hpp"
+#include "serialization.hpp"
+
+namespace mproc {
+
+struct manager_options {
+  /// "" (default): local use only, through a Unix socket in a private directory.
+  /// "host:port" additionally listens on TCP (port 0 picks one; see Manager::port()).
+  std::string address;
+  /// Shared secret for the HMAC challenge; empty picks 32 random bytes.
+  std::string authkey;
+  /// Size of the shared segment. Memory is committed only as objects fill it; an
+  /// operation that does not fit raises manager_error.
+  std::size_t capacity = std::size_t(256) << 20;
+  /// Bound on every call: waiting for the shared state lock, connecting, and each
+  /// round trip to the server (blocking Queue/Lock calls add their own timeout).
+  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
+  /// Largest message accepted on a connection; a longer announced length closes it.
+  std::size_t max_message = std::size_t(64) << 20;
+};
+
+namespace detail::mgr {
+
+template <class T>
+std::string enc(const T& v) {
+  std::string s(encoded_size(v), '\0');
+  encode_to(v, reinterpret_cast<std::byte*>(s.data()));
+  return s;
+}
+template <class T>
+T dec(std::string_view s) {
+  return deserialize<T>(std::span<const std::byte>(reinterpret_cast<const std::byte*>(s.data()), s.size()));
+}
+
+// ------------------------------------------------------------------ backends
+
+class backend {
+ public:
+  virtual ~backend() = default;
+  /// Runs a request; errors arrive as the exception the operation raised.
+  virtual response call(const request& q, const updater* local_fn) = 0;
+  /// True when operations run in this process (the segment is mapped here).
+  [[nodiscard]] virtual bool local() const noexcept = 0;
+};
+
+class local_backend final : public backend {
+ public:
+  explicit local_backend(std::shared_ptr<store> s) : s_(std::move(s)) {}
+  response call(const request& q, const updater* fn) override { return execute(*s_, q, fn); }
+  [[nodiscard]] bool local() const noexcept override { return true; }
+  store& st() { return *s_; }
+
+ private:
+  std::shared_ptr<store> s_;
+};
+
+/// Authenticated connection: we prove our key, then make the server prove its own.
+inline unique_fd open_connection(const std::string& address, const std::string& key, std::int64_t timeout_ns) {
+  deadline_t d = deadline_after(timeout_ns);
+  unique_fd fd = connect_to(address, d);
+  answer_challenge(fd.get(), key, d);
+  deliver_challenge(fd.get(), key, d);
+  return fd;
+}
+
+class remote_backend final : public backend {
+ public:
+  remote_backend(unique_fd fd, std::int64_t timeout_ns, std::size_t cap)
+      : fd_(std::move(fd)), timeout_ns_(timeout_ns), cap_(cap) {}
+  response call(const request& q, const updater*) override {
+    std::lock_guard g(m_);
+    if (!fd_) throw eof_error("mproc::Manager: connection to the server was lost");
+    bool blocking = q.o == op::queue_get || q.o == op::queue_put || q.o == op::lock_acquire;
+    deadline_t d = !blocking ? deadline_after(timeout_ns_)
+                   : q.m < 0 ? -1
+                             : deadline_after(q.m > INT64_MAX - timeout_ns_ ? -1 : q.m + timeout_ns_);
+    try {
+      write_frame(fd_.get(), q.encode(), d);
+      response r = response::decode(read_frame(fd_.get(), cap_, d));
+      r.raise_if_error();
+      return r;
+    } catch (const eof_error&) {
+      fd_.reset();
+      throw;
+    } catch (const timeout_error&) {
+      fd_.reset();  // a late reply would be taken for the next call's
+      throw;
+    } catch (const serialization_error&) {
+      fd_.reset();
+      throw;
+    }
+  }
+  [[nodiscard]] bool local() const noexcept override { return false; }
+
+ private:
+  std::mutex m_;
+  unique_fd fd_;
+  std::int64_t timeout_ns_;
+  std::size_t cap_;
+};
+
+/// Segments mapped in this process, by manager id (inherited across fork).
+inline std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() {
+  static std::map<std::string, std::weak_ptr<local_backend>> r;
+  return r;
+}
+
+/// Connects over a Unix socket and maps the segment; `uuid_out` receives the manager id.
+inline std::shared_ptr<local_backend> attach_local(const std::string& path, const std::string& key,
+                                                   std::int64_t timeout_ns, std::size_t cap,
+                                                   std::string* uuid_out = nullptr) {
+  unique_fd fd = open_connection(path, key, timeout_ns);
+  deadline_t d = deadline_after(timeout_ns);
+  request q;
+  q.o = op::attach;
+  write_frame(fd.get(), q.encode(), d);
+  auto [payload, memfd] = read_frame_with_fd(fd.get(), cap, d);
+  response r = response::decode(payload);
+  r.raise_if_error();
+  if (!memfd || r.list.size() != 1) throw manager_error("mproc::Manager: server did not send its segment");
+  {
+    std::lock_guard g(registry_mutex());
+    auto it = local_registry().find(r.a);
+    if (it != local_registry().end())
+      if (auto be = it->second.lock()) {
+        if (uuid_out) *uuid_out = r.a;
+        return be;
+      }
+  }
+  auto st = store::attach(std::move(memfd), static_cast<std::size_t>(r.n), std::stoull(r.list[0]));
+  st->lock_timeout_ns = timeout_ns;
+  auto be = std::make_shared<local_backend>(std::move(st));
+  std::lock_guard g(registry_mutex());
+  local_registry()[r.a] = be;
+  if (uuid_out) *uuid_out = r.a;
+  return be;
+}
+
+/// How proxies of one manager reach it; shared by the proxies of a process.
+struct endpoint {
+  std::string uuid, unix_path, tcp_address, authkey;
+  bool remote = false;  // operations go over TCP to the server
+  std::int64_t timeout_ns = 30'000'000'000;
+  std::size_t max_message = std::size_t(64) << 20;
+
+  backend& get() {
+    std::lock_guard g(m_);
+    // A mapped segment stays valid in a forked child; a socket must not be shared
+    // with one, so a child opens its own connection.
+    if (be_ && (be_->local() || pid_ == ::getpid())) return *be_;
+    be_ = resolve();
+    pid_ = ::getpid();
+    return *be_;
+  }
+  void set(std::shared_ptr<backend> be) {
+    std::lock_guard g(m_);
+    be_ = std::move(be);
+    pid_ = ::getpid();
+  }
+
+ private:
+  std::shared_ptr<backend> resolve() {
+    if (remote) {
+      return std::make_shared<remote_backend>(open_connection(tcp_address, authkey, timeout_ns), timeout_ns,
+                                              max_message);
+    }
+    {
+      std::lock_guard g(registry_mutex());
+      auto it = local_registry().find(uuid);
+      if (it != local_registry().end())
+        if (auto be = it->second.lock()) return be;
+    }
+    return attach_local(unix_path, authkey, timeout_ns, max_message);
+  }
+  std::mutex m_;
+  std::shared_ptr<backend> be_;
+  pid_t pid_ = 0;
+};
+
+/// Endpoints by manager id and mode, so proxies decoded in one process share one
+/// connection or mapping.
+inline std::shared_ptr<endpoint> shared_endpoint(endpoint&& proto) {
+  static std::mutex m;
+  static std::map<std::string, std::weak_ptr<endpoint>> cache;
+  std::string k = proto.uuid + (proto.remote ? "/tcp" : "/local");
+  std::lock_guard g(m);
+  if (auto it = cache.find(k); it != cache.end())
+    if (auto ep = it->second.lock()) return ep;
+  auto ep = std::make_shared<endpoint>();
+  ep->uuid = std::move(proto.uuid);
+  ep->unix_path = std::move(proto.unix_path);
+  ep->tcp_address = std::move(proto.tcp_address);
+  ep->authkey = std::move(proto.authkey);
+  ep->remote = proto.remote;
+  ep->timeout_ns = proto.timeout_ns;
+  ep->max_message = proto.max_message;
+  cache[k] = ep;
+  return ep;
+}
+
+// ------------------------------------------------------------------ update functions
+
+using raw_updater = std::string (*)(const std::string_view*, std::string_view);
+inline std::mutex& updater_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::map<std::uint64_t, raw_updater>& updater_registry() {
+  static std::map<std::uint64_t, raw_updater> r;
+  return r;
+}
+
+/// A stateless update function known by the id of its type. Dynamic initialisation
+/// registers it in every process running this program, the server included.
+template <class V, class F>
+struct registered_updater {
+  static std::string run(const std::string_view* cur, std::string_view dflt) {
+    V v = cur ? dec<V>(*cur) : dec<V>(dflt);
+    return enc(static_cast<V>(F{}(std::move(v))));
+  }
+  static std::uint64_t compute() {
+    std::uint64_t h = fnv1a(typeid(registered_updater).name());
+    std::lock_guard g(updater_mutex());
+    updater_registry().emplace(h, &run);
+    return h;
+  }
+  static inline const std::uint64_t id = compute();
+};
+
+// ------------------------------------------------------------------ server
+
+/// Closes every descriptor but `keep` (the server must not hold the user's pipes
+/// open, or their readers would never see end-of-file).
+inline void close_all_but(std::vector<int> keep) {
+  std::sort(keep.begin(), keep.end());
+  unsigned next = 0;
+  for (int k : keep) {
+    if (k < 0) continue;
+    if (unsigned(k) > next) ::close_range(next, unsigned(k) - 1, 0);
+    next = unsigned(k) + 1;
+  }
+  ::close_range(next, ~0u, 0);
+}
+
+struct server_config {
+  std::shared_ptr<store> st;
+  std::string authkey, uuid;
+  std::size_t max_message;
+  std::int64_t handshake_timeout_ns;
+};
+
+inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_unix) {
+  try {
+    if (is_unix) {
+      ucred cred{};
+      socklen_t len = sizeof cred;
+      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != ::geteuid()) {
+        detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(cred.uid));
+        return;
+      }
+    }
+    deadline_t d = deadline_after(cfg.handshake_timeout_ns);
+    deliver_challenge(fd.get(), cfg.authkey, d);
+    answer_challenge(fd.get(), cfg.authkey, d);
+    for (;;) {
+      std::string frame = read_frame(fd.get(), cfg.max_message, -1);
+      response r;
+      bool with_fd = false;
+      try {
+        request q = request::decode(frame);
+        if (q.o == op::attach) {
+          if (!is_unix) throw manager_error("mproc::Manager: the shared segment is only handed out over the Unix socket");
+          r.a = cfg.uuid;
+          r.n = static_cast<std::int64_t>(cfg.st->capacity());
+          r.list.push_back(std::to_string(cfg.st->root_offset()));
+          with_fd = true;
+        } else if (q.o == op::hello) {
+          r.a = cfg.uuid;
+        } else if (q.o == op::dict_update) {
+          raw_updater fn = nullptr;
+          {
+            std::lock_guard g(updater_mutex());
+            auto it = updater_registry().find(static_cast<std::uint64_t>(q.n));
+            if (it != updater_registry().end()) fn = it->second;
+          }
+          if (!fn)
+            throw manager_error(
+                "mproc::Manager: update function unknown to the server (over TCP the server must run the "
+                "same program, and the function must be a captureless lambda or stateless function object)");
+          updater u = fn;
+          r = execute(*cfg.st, q, &u);
+        } else {
+          r = execute(*cfg.st, q, nullptr);
+        }
+      } catch (...) {
+        r = response::from_current_exception();
+        with_fd = false;
+      }
+      if (with_fd) write_frame_with_fd(fd.get(), r.encode(), cfg.st->fd(), deadline_after(cfg.handshake_timeout_ns));
+      else write_frame(fd.get(), r.encode(), deadline_after(cfg.handshake_timeout_ns));
+    }
+  } catch (const eof_error&) {
+    // client went away
+  } catch (const std::exception& e) {
+    detail::log(log_level::info, "manager: closing a connection: %s", e.what());
+  }
+}
+
+[[noreturn]] inline void server_main(server_config cfg, int unix_fd, int tcp_fd, int ready_fd) {
+  ::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the owner shuts us down
+  ::signal(SIGPIPE, SIG_IGN);
+  detail::process_name_storage() = "SyncManager";
+  close_all_but({0, 1, 2, cfg.st->fd(), unix_fd, tcp_fd, ready_fd});
+  cfg.st->hold_life();
+  char one = 1;
+  [[maybe_unused]] auto w = ::write(ready_fd, &one, 1);
+  ::close(ready_fd);
+  pollfd p[2] = {{unix_fd, POLLIN, 0}, {tcp_fd, POLLIN, 0}};
+  nfds_t n = tcp_fd >= 0 ? 2 : 1;
+  for (;;) {
+    int rc = ::poll(p, n, -1);
+    if (rc == -1) {
+      if (errno == EINTR) continue;
+      ::_exit(3);
+    }
+    for (nfds_t i = 0; i < n; ++i) {
+      if (!(p[i].revents & POLLIN)) continue;
+      int c = ::accept4(p[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c == -1) continue;  // the client gave up, or transient resource shortage
+      bool is_unix = i == 0;
+      try {
+        std::thread([&cfg, c, is_unix] { serve_connection(cfg, unique_fd(c), is_unix); }).detach();
+      } catch (...) {
+        ::close(c);
+      }
+    }
+  }
+}
+
+}  // namespace detail::mgr
+
+// ------------------------------------------------------------------ proxies
+
+/// Common part of every proxy: which manager, which object. Copies refer to the same
+/// object; a proxy may be passed to Process targets and Pool tasks (it serializes to
+/// the manager's address, key and the object's id).
+class BaseProxy {
+ public:
+  BaseProxy() = default;
+  [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+  [[nodiscard]] explicit operator bool() const noexcept { return bool(ep_); }
+
+  template <class Archive>
+  void serialize(Archive& ar, unsigned) {
+    detail::mgr::endpoint e;
+    if (ep_) {
+      e.uuid = ep_->uuid, e.unix_path = ep_->unix_path, e.tcp_address = ep_->tcp_address;
+      e.authkey = ep_->authkey, e.remote = ep_->remote, e.timeout_ns = ep_->timeout_ns;
+      e.max_message = ep_->max_message;
+    }
+    bool has = bool(ep_);
+    std::uint64_t maxmsg = e.max_message;
+    ar & has & e.uuid & e.unix_path & e.tcp_address & e.authkey & e.remote & e.timeout_ns & maxmsg & id_;
+    if constexpr (Archive::is_loading::value) {
+      e.max_message = static_cast<std::size_t>(maxmsg);
+      ep_ = has ? detail::mgr::shared_endpoint(std::move(e)) : nullptr;
+    }
+  }
+
+ protected:
+  BaseProxy(std::shared_ptr<detail::mgr::endpoint> ep, std::uint64_t id) : ep_(std::move(ep)), id_(id) {}
+
+  detail::mgr::backend& be() const {
+    if (!ep_) throw state_error("mproc: use of an empty (default-constructed) manager proxy");
+    return ep_->get();
+  }
+  detail::mgr::response call(detail::mgr::op o, std::string a = {}, std::string b = {}, std::int64_t n = 0,
+                             std::int64_t m = -1) const {
+    detail::mgr::request q;
+    q.o = o, q.id = id_, q.a = std::move(a), q.b = std::move(b), q.n = n, q.m = m;
+    return be().call(q, nullptr);
+  }
+
+  std::shared_ptr<detail::mgr::endpoint> ep_;
+  std::uint64_t id_ = 0;
+};
+
+/// A dict in the manager (Python's DictProxy). Keys and values cross as bytes, so any
+/// type mproc can send works for K and V.
+template <class K, class V>
+class DictProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+  DictProxy() = default;
+
+  void set(const K& k, const V& v) { call(op::dict_set, detail::mgr::enc(k), detail::mgr::enc(v)); }
+  /// The value for k; std::out_of_range (Python's KeyError) when missing.
+  [[nodiscard]] V get(const K& k) const {
+    auto r = call(op::dict_get, detail::mgr::enc(k));
+    if (!r.n) throw std::out_of_range("mproc::DictProxy::get: key not found (KeyError)");
+    return detail::mgr::dec<V>(r.a);
+  }
+  [[nodiscard]] V get(const K& k, const V& dflt) const {
+    auto r = call(op::dict_get, detail::mgr::enc(k));
+    return r.n ? detail::mgr::dec<V>(r.a) : dflt;
+  }
+  [[nodiscard]] std::optional<V> try_get(const K& k) const {
+    auto r = call(op::dict_get, detail::mgr::enc(k));
+    if (!r.n) return std::nullopt;
+    return detail::mgr::dec<V>(r.a);
+  }
+  [[nodiscard]] bool contains(const K& k) const { return call(op::dict_contains, detail::mgr::enc(k)).n != 0; }
+  /// Removes k; returns whether it was there.
+  bool erase(const K& k) { return call(op::dict_erase, detail::mgr::enc(k)).n != 0; }
+  /// Removes k and returns its value; std::out_of_range when missing.
+  V pop(const K& k) {
+    auto r = call(op::dict_pop, detail::mgr::enc(k));
+    if (!r.n) throw std::out_of_range("mproc::DictProxy::pop: key not found (KeyError)");
+    return detail::mgr::dec<V>(r.a);
+  }
+  [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::dict_size).n); }
+  [[nodiscard]] bool empty() const { return size() == 0; }
+  void clear() { call(op::dict_clear); }
+
+  /// A consistent snapshot, in insertion order (as a Python dict).
+  [[nodiscard]] std::vector<std::pair<K, V>> items() const {
+    auto r = call(op::dict_items);
+    std::vector<std::pair<K, V>> out;
+    out.reserve(r.list.size() / 2);
+    for (std::size_t i = 0; i + 1 < r.list.size(); i += 2)
+      out.emplace_back(detail::mgr::dec<K>(r.list[i]), detail::mgr::dec<V>(r.list[i + 1]));
+    return out;
+  }
+  [[nodiscard]] std::vector<K> keys() const {
+    std::vector<K> out;
+    for (auto& [k, v] : items()) out.push_back(std::move(k));
+    return out;
+  }
+  [[nodiscard]] std::vector<V> values() const {
+    std::vector<V> out;
+    for (auto& [k, v] : items()) out.push_back(std::move(v));
+    return out;
+  }
+  /// The snapshot as a std::map (needs K ordered).
+  [[nodiscard]] std::map<K, V> to_map() const {
+    std::map<K, V> out;
+    for (auto& [k, v] : items()) out.insert_or_assign(std::move(k), std::move(v));
+    return out;
+  }
+
+  /// Atomically sets d[k] = fn(d.get(k, dflt)) and returns the new value; no other
+  /// operation on the manager interleaves. fn must not use the manager itself. Locally
+  /// any callable works; through a TCP connection fn must be a captureless lambda or a
+  /// stateless function object (the server runs it).
+  template <class F>
+  V update(const K& k, F&& fn, const V& dflt) {
+    static_assert(std::is_invocable_v<F&, V>, "mproc::DictProxy::update: fn must be callable as fn(V)");
+    detail::mgr::request q;
+    q.o = op::dict_update, q.id = id_, q.a = detail::mgr::enc(k), q.b = detail::mgr::enc(dflt);
+    auto& b = be();
+    if (b.local()) {
+      detail::mgr::updater u = [&fn](const std::string_view* cur, std::string_view d) {
+        V v = cur ? detail::mgr::dec<V>(*cur) : detail::mgr::dec<V>(d);
+        return detail::mgr::enc(static_cast<V>(std::invoke(fn, std::move(v))));
+      };
+      return detail::mgr::dec<V>(b.call(q, &u).a);
+    }
+    using Fn = std::remove_cvref_t<F>;
+    if constexpr (std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>) {
+      q.n = static_cast<std::int64_t>(detail::mgr::registered_updater<V, Fn>::id);
+      return detail::mgr::dec<V>(b.call(q, nullptr).a);
+    } else {
+      throw manager_error(
+          "mproc::DictProxy::update over TCP needs a captureless lambda or stateless function object "
+          "(the server runs it); wrap the function in a lambda");
+    }
+  }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A list in the manager (Python's ListProxy). Indexes may be negative, as in Python;
+/// out-of-range indexes raise std::out_of_range.
+template <class T>
+class ListProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  using value_type = T;
+  ListProxy() = default;
+
+  void append(const T& v) { call(op::list_append, {}, detail::mgr::enc(v)); }
+  template <class R>
+  void extend(const R& range) {
+    detail::mgr::request q;
+    q.o = op::list_extend, q.id = id_;
+    for (const auto& e : range) q.list.push_back(detail::mgr::enc(static_cast<const T&>(e)));
+    be().call(q, nullptr);
+  }
+  [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
+  /// Removes and returns element i (default: the last).
+  T pop(std::int64_t i = -1) { return detail::mgr::dec<T>(call(op::list_pop, {}, {}, i).a); }
+  [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
+  [[nodiscard]] bool empty() const { return size() == 0; }
+  void clear() { call(op::list_clear); }
+  [[nodiscard]] std::vector<T> items() const {
+    auto r = call(op::list_items);
+    std::vector<T> out;
+    out.reserve(r.list.size());
+    for (auto& e : r.list) out.push_back(detail::mgr::dec<T>(e));
+    return out;
+  }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// Named attributes of any sendable type (Python's Namespace). Each value keeps its
+/// type tag: get<T> of a value stored as another type raises serialization_error
+/// naming both types; a missing name raises std::out_of_range (AttributeError).
+class NamespaceProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  NamespaceProxy() = default;
+
+  template <class T>
+  void set(const std::string& name, const T& value) {
+    using W = detail::wire_t<T>;
+    const W& w = value;  // C strings are stored as std::string
+    std::string bytes(detail::message_size(w), '\0');
+    detail::write_message(w, reinterpret_cast<std::byte*>(bytes.data()));
+    call(op::dict_set, detail::mgr::enc(name), std::move(bytes));
+  }
+  template <class T>
+  [[nodiscard]] T get(const std::string& name) const {
+    auto r = call(op::dict_get, detail::mgr::enc(name));
+    if (!r.n) throw std::out_of_range("mproc::NamespaceProxy: no attribute '" + name + "' (AttributeError)");
+    return detail::read_message<T>(
+        std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.a.data()), r.a.size()));
+  }
+  [[nodiscard]] bool has(const std::string& name) const {
+    return call(op::dict_contains, detail::mgr::enc(name)).n != 0;
+  }
+  bool erase(const std::string& name) { return call(op::dict_erase, detail::mgr::enc(name)).n != 0; }
+  /// Attribute names in the order they were first set.
+  [[nodiscard]] std::vector<std::string> names() const {
+    auto r = call(op::dict_items);
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i + 1 < r.list.size(); i += 2) out.push_back(detail::mgr::dec<std::string>(r.list[i]));
+    return out;
+  }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A FIFO queue in the manager (Python's manager.Queue()); maxsize 0 = unbounded.
+template <class T>
+class QueueProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  QueueProxy() = default;
+
+  void put(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 0, -1); }
+  /// queue_full if there is no room before the timeout.
+  template <class Rep, class Period>
+  void put(const T& v, std::chrono::duration<Rep, Period> timeout) {
+    call(op::queue_put, {}, detail::mgr::enc(v), 0, detail::to_ns(timeout));
+  }
+  void put_nowait(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 1, 0); }
+  [[nodiscard]] T get() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, -1).a); }
+  /// queue_empty if nothing arrives before the timeout.
+  template <class Rep, class Period>
+  [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
+    return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, detail::to_ns(timeout)).a);
+  }
+  [[nodiscard]] T get_nowait() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 1, 0).a); }
+  [[nodiscard]] std::optional<T> try_get() {
+    try {
+      return get_nowait();
+    } catch (const mproc::queue_empty&) {
+      return std::nullopt;
+    }
+  }
+  [[nodiscard]] std::size_t qsize() const { return static_cast<std::size_t>(call(op::queue_size).n); }
+  [[nodiscard]] bool empty() const { return qsize() == 0; }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A lock in the manager (Python's manager.Lock()): any process may release it.
+/// Lockable, so std::scoped_lock / std::unique_lock work.
+class LockProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  LockProxy() = default;
+
+  bool acquire(bool block = true) { return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
+  /// False if the lock could not be taken before the timeout.
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
+  }
+  /// state_error if the lock is not held.
+  void release() { call(op::lock_release); }
+  void lock() { acquire(true); }
+  bool try_lock() { return acquire(false); }
+  void unlock() { release(); }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A value in the manager (Python's manager.Value()). No lock of its own: use update
+/// on a dict, or a manager Lock, for read-modify-write.
+template <class T>
+class ValueProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  ValueProxy() = default;
+  [[nodiscard]] T get() const { return detail::mgr::dec<T>(call(op::value_get).a); }
+  [[nodiscard]] T value() const { return get(); }
+  void set(const T& v) { call(op::value_set, {}, detail::mgr::enc(v)); }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+// ------------------------------------------------------------------ Manager
+
+/// Starts (or, with connect(), reaches) a manager and makes proxies to its objects.
+/// Objects live until the manager shuts down. Movable, not copyable; the process that
+/// created the manager shuts its server down on destruction or shutdown().
+class Manager {
+ public:
+  Manager() : Manager(manager_options{}) {}
+
+  explicit Manager(manager_options opts) : opts_(std::move(opts)) {
+    using namespace detail::mgr;
+    if (opts_.authkey.empty()) opts_.authkey = detail::random_bytes(32);
+    std::int64_t timeout_ns = detail::to_ns(opts_.timeout);
+    if (timeout_ns <= 0) throw std::invalid_argument("mproc::manager_options: timeout must be positive");
+    uuid_ = detail::hex(detail::random_bytes(16));
+
+    auto st = store::create(opts_.capacity);
+    st->lock_timeout_ns = timeout_ns;
+
+    const char* base = std::getenv("XDG_RUNTIME_DIR");
+    std::string tmpl = std::string(base && *base && ::access(base, W_OK) == 0 ? base : "/tmp") + "/mproc-mgr-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) detail::throw_errno("mkdtemp(manager socket directory)");
+    dir_ = tmpl;  // mkdtemp creates it 0700: only our uid can even reach the socket
+    unix_path_ = dir_ + "/manager.sock";
+    try {
+      detail::unique_fd ufd = listen_unix(unix_path_);
+      detail::unique_fd tfd;
+      if (!opts_.address.empty()) {
+        if (is_unix_address(opts_.address))
+          throw std::invalid_argument("mproc::Manager: address must be host:port (the Unix socket is always made)");
+        auto [fd, port] = listen_tcp(opts_.address);
+        tfd = std::move(fd);
+        port_ = port;
+        tcp_address_ = split_host_port(opts_.address).first;
+        if (tcp_address_.find(':') != std::string::npos) tcp_address_ = "[" + tcp_address_ + "]";
+        tcp_address_ += ":" + std::to_string(port_);
+      }
+      int pfd[2];
+      detail::check(::pipe2(pfd, O_CLOEXEC), "pipe2");
+      detail::unique_fd ready_r(pfd[0]), ready_w(pfd[1]);
+      server_config cfg{st, opts_.authkey, uuid_, opts_.max_message, timeout_ns};
+      int u = ufd.get(), t = tfd.get(), w = ready_w.get();
+      server_pid_ = detail::fork_child([&]() -> int { server_main(cfg, u, t, w); });
+      ready_w.reset();
+      char c;
+      pollfd p{ready_r.get(), POLLIN, 0};
+      int rc = detail::retry_eintr([&] { return ::poll(&p, 1, 10'000); });
+      if (rc != 1 || ::read(ready_r.get(), &c, 1) != 1) {
+        ::kill(server_pid_, SIGKILL);
+        detail::waitpid_eintr(server_pid_, nullptr, 0);
+        server_pid_ = -1;
+        throw manager_error("mproc::Manager: the server process failed to start");
+      }
+    } catch (...) {
+      cleanup_dir();
+      throw;
+    }
+    owner_pid_ = ::getpid();
+    auto be = std::make_shared<local_backend>(std::move(st));
+    {
+      std::lock_guard g(registry_mutex());
+      local_registry()[uuid_] = be;
+    }
+    endpoint proto;
+    proto.uuid = uuid_, proto.unix_path = unix_path_, proto.tcp_address = tcp_address_;
+    proto.authkey = opts_.authkey, proto.timeout_ns = timeout_ns, proto.max_message = opts_.max_message;
+    ep_ = shared_endpoint(std::move(proto));
+    ep_->set(be);
+    detail::log(log_level::info, "manager started: server pid %d at %s", int(server_pid_),
+                tcp_address_.empty() ? unix_path_.c_str() : tcp_address_.c_str());
+  }
+
+  /// A client of a manager running elsewhere, as Python's BaseManager(address,
+  /// authkey).connect(): "host:port" for TCP, or the path of a manager's Unix socket
+  /// (same host and uid; operations then run on the shared segment directly).
+  /// A wrong key raises authentication_error.
+  [[nodiscard]] static Manager connect(const std::string& address, const std::string& authkey,
+                                       manager_options opts = {}) {
+    using namespace detail::mgr;
+    Manager m(client_tag{});
+    m.opts_ = std::move(opts);
+    m.opts_.address = address;
+    m.opts_.authkey = authkey;
+    std::int64_t timeout_ns = detail::to_ns(m.opts_.timeout);
+    endpoint proto;
+    proto.authkey = authkey, proto.timeout_ns = timeout_ns, proto.max_message = m.opts_.max_message;
+    std::shared_ptr<backend> be;
+    if (is_unix_address(address)) {
+      be = attach_local(address, authkey, timeout_ns, m.opts_.max_message, &m.uuid_);
+      m.unix_path_ = proto.unix_path = address;
+    } else {
+      auto rb = std::make_shared<remote_backend>(open_connection(address, authkey, timeout_ns), timeout_ns,
+                                                 m.opts_.max_message);
+      request q;
+      q.o = op::hello;
+      m.uuid_ = rb->call(q, nullptr).a;
+      be = std::move(rb);
+      m.tcp_address_ = proto.tcp_address = address;
+      proto.remote = true;
+    }
+    proto.uuid = m.uuid_;
+    m.ep_ = shared_endpoint(std::move(proto));
+    m.ep_->set(std::move(be));
+    return m;
+  }
+
+  Manager(const Manager&) = delete;
+  Manager& operator=(const Manager&) = delete;
+  Manager(Manager&& o) noexcept { swap(o); }
+  Manager& operator=(Manager&& o) noexcept {
+    if (this != &o) {
+      shutdown();
+      swap(o);
+    }
+    return *this;
+  }
+  ~Manager() { shutdown(); }
+
+  /// Stops the server (objects are gone; proxies then raise manager_error or
+  /// eof_error) and removes the socket directory. Idempotent; only the creating
+  /// process does anything (copies inherited by forked children do not).
+  void shutdown() noexcept {
+    if (owner_pid_ != ::getpid()) return;
+    if (server_pid_ > 0) {
+      ::kill(server_pid_, SIGKILL);  // nothing to flush: the state is in shared memory
+      detail::waitpid_eintr(server_pid_, nullptr, 0);
+      detail::log(log_level::info, "manager server %d shut down", int(server_pid_));
+      server_pid_ = -1;
+    }
+    cleanup_dir();
+    owner_pid_ = -1;
+  }
+
+  /// Where clients connect: "host:port" with the bound port when listening on TCP,
+  /// otherwise the Unix socket path.
+  [[nodiscard]] std::string address() const { return tcp_address_.empty() ? unix_path_ : tcp_address_; }
+  [[nodiscard]] const std::string& unix_address() const noexcept { return unix_path_; }
+  /// The bound TCP port (0 when not listening on TCP).
+  [[nodiscard]] int port() const noexcept { return port_; }
+  [[nodiscard]] const std::string& authkey() const noexcept { return opts_.authkey; }
+  /// The server process (-1 for a client made with connect()).
+  [[nodiscard]] pid_t server_pid() const noexcept { return server_pid_; }
+
+  /// A new dict, or with a name the dict registered under that name (created on first
+  /// use; a name holding another kind or other types raises an error).
+  template <class K, class V>
+  [[nodiscard]] DictProxy<K, V> dict(const std::string& name = {}) {
+    return DictProxy<K, V>(ep_, create(detail::mgr::kind::dict, name, tag<K>(), tag<V>()));
+  }
+  template <class T>
+  [[nodiscard]] ListProxy<T> list(const std::string& name = {}) {
+    return ListProxy<T>(ep_, create(detail::mgr::kind::list, name, tag<T>(), 0));
+  }
+  [[nodiscard]] NamespaceProxy Namespace(const std::string& name = {}) {
+    return NamespaceProxy(ep_, create(detail::mgr::kind::ns, name, 0, 0));
+  }
+  template <class T>
+  [[nodiscard]] QueueProxy<T> Queue(std::size_t maxsize = 0) {
+    return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, {}, tag<T>(), 0, maxsize));
+  }
+  template <class T>
+  [[nodiscard]] QueueProxy<T> Queue(const std::string& name, std::size_t maxsize = 0) {
+    return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, name, tag<T>(), 0, maxsize));
+  }
+  [[nodiscard]] LockProxy Lock(const std::string& name = {}) {
+    return LockProxy(ep_, create(detail::mgr::kind::lock, name, 0, 0));
+  }
+  /// A new value holding v.
+  template <class T>
+  [[nodiscard]] ValueProxy<T> Value(const T& v) {
+    ValueProxy<T> p(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0));
+    p.set(v);
+    return p;
+  }
+  /// The value registered as `name`; set to v only when this call creates it.
+  template <class T>
+  [[nodiscard]] ValueProxy<T> Value(const std::string& name, const T& v) {
+    bool created = false;
+    ValueProxy<T> p(ep_, create(detail::mgr::kind::value, name, tag<T>(), 0, 0, &created));
+    if (created) p.set(v);
+    return p;
+  }
+
+ private:
+  struct client_tag {};
+  explicit Manager(client_tag) {}
+
+  template <class T>
+  static std::uint64_t tag() {
+    return detail::type_tag<T>::value;
+  }
+  std::uint64_t create(detail::mgr::kind k, const std::string& name, std::uint64_t t1, std::uint64_t t2,
+                       std::size_t maxsize = 0, bool* created = nullptr) {
+    if (!ep_) throw state_error("mproc::Manager: use of a moved-from or shut down manager");
+    detail::mgr::request q;
+    q.o = detail::mgr::op::create;
+    q.a = name;
+    q.n = static_cast<std::int64_t>(k);
+    q.m = static_cast<std::int64_t>(maxsize);
+    std::uint64_t t[2] = {t1, t2};
+    q.b.assign(reinterpret_cast<const char*>(t), sizeof t);
+    auto r = ep_->get().call(q, nullptr);
+    if (created) *created = r.a == "created";
+    return static_cast<std::uint64_t>(r.n);
+  }
+
+  void cleanup_dir() noexcept {
+    if (dir_.empty()) return;
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    dir_.clear();
+  }
+
+  void swap(Manager& o) noexcept {
+    std::swap(opts_, o.opts_);
+    std::swap(uuid_, o.uuid_);
+    std::swap(dir_, o.dir_);
+    std::swap(unix_path_, o.unix_path_);
+    std::swap(tcp_address_, o.tcp_address_);
+    std::swap(port_, o.port_);
+    std::swap(server_pid_, o.server_pid_);
+    std::swap(owner_pid_, o.owner_pid_);
+    std::swap(ep_, o.ep_);
+  }
+
+  manager_options opts_;
+  std::string uuid_, dir_, unix_path_, tcp_address_;
+  int port_ = 0;
+  pid_t server_pid_ = -1;
+  pid_t owner_pid_ = -1;
+  std::shared_ptr<detail::mgr::endpoint> ep_;
+};
+
+}  // namespace mproc
