@@ -1,0 +1,1534 @@
+// Pool: a fixed set of worker processes running tasks.
+//
+// The task path: the caller's inputs are serialized once, in chunks, by the pool's
+// service thread and streamed into a shared-memory ring per worker; the worker
+// decodes each item in place, calls the function and writes the result straight into
+// its result ring; the service thread decodes it straight into its slot of the output
+// (or the AsyncResult). Wake-ups are futexes (worker side) and one eventfd (service
+// side), each taken only after a short spin finds nothing to do.
+//
+// Crash containment: every worker publishes which item it is running. When a worker
+// dies, that one item fails with worker_died (or timeout_error when the pool killed it
+// for overrunning task_timeout); every other item it held is sent again to a
+// replacement worker.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "context.hpp"
+#include "process.hpp"
+#include "detail/callable.hpp"
+#include "detail/log.hpp"
+#include "detail/posix/fork.hpp"
+#include "detail/posix/posix.hpp"
+#include "detail/posix/shm_region.hpp"
+#include "detail/remote_exception.hpp"
+#include "detail/spsc_ring.hpp"
+#include "errors.hpp"
+#include "serialization.hpp"
+
+namespace mproc {
+
+/// Any std::chrono duration (300ms, 5s, 1.5s as duration<double>); zero means "none".
+class duration_option {
+ public:
+  constexpr duration_option() = default;
+  template <class Rep, class Period>
+  duration_option(std::chrono::duration<Rep, Period> d) : ns_(detail::to_ns(d)) {}  // NOLINT
+  [[nodiscard]] std::int64_t ns() const noexcept { return ns_; }
+  [[nodiscard]] explicit operator bool() const noexcept { return ns_ > 0; }
+
+ private:
+  std::int64_t ns_ = 0;
+};
+
+struct pool_options {
+  std::size_t processes = 0;              // 0: cpu_count()
+  std::optional<start_method> method{};   // unset: get_start_method()
+  detail::portable_call initializer{};    // `init_fn` or `{init_fn, args...}`; runs in each worker
+  std::size_t max_tasks_per_child = 0;    // 0: workers live as long as the pool
+  duration_option task_timeout{};         // 0: none; an overrunning item's worker is killed
+};
+
+/// Called on the pool's service thread as items complete: (done, total). total is 0
+/// while the input's length is not known yet.
+using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
+
+struct map_options {
+  std::size_t chunksize = 0;  // 0: map picks as Python does; imap uses 1
+  progress_fn on_progress{};
+};
+
+/// Python's callback / error_callback for the *_async calls. They run on the pool's
+/// service thread: keep them short.
+template <class C = std::nullptr_t, class E = std::nullptr_t>
+struct callbacks {
+  C callback{};
+  E error_callback{};
+};
+
+namespace detail {
+
+template <class R>
+using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+// ------------------------------------------------------------------ results
+
+struct completion_listener {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::size_t> done;
+};
+
+struct async_state_base {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> listeners;
+  std::function<void(std::exception_ptr)> on_error;  // error_callback
+
+  void wait() {
+    std::unique_lock l(m);
+    cv.wait(l, [&] { return done; });
+  }
+  bool wait_for_ns(std::int64_t ns) {
+    std::unique_lock l(m);
+    return cv.wait_for(l, std::chrono::nanoseconds(ns), [&] { return done; });
+  }
+  [[nodiscard]] bool ready() {
+    std::lock_guard l(m);
+    return done;
+  }
+  /// Marks the result final; the value (if any) was stored before.
+  void finish(std::exception_ptr e) {
+    std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> ls;
+    {
+      std::lock_guard l(m);
+      if (done) return;
+      error = std::move(e);
+      done = true;
+      ls.swap(listeners);
+    }
+    cv.notify_all();
+    for (auto& [wl, idx] : ls)
+      if (auto lst = wl.lock()) {
+        {
+          std::lock_guard g(lst->m);
+          lst->done.push_back(idx);
+        }
+        lst->cv.notify_all();
+      }
+  }
+};
+
+template <class R>
+struct async_state : async_state_base {
+  stored_t<R> value{};
+  std::function<void(const stored_t<R>&)> on_value;  // callback
+};
+
+}  // namespace detail
+
+template <class R>
+class [[nodiscard]] AsyncResult {
+ public:
+  AsyncResult() = default;
+  explicit AsyncResult(std::shared_ptr<detail::async_state<R>> s) : s_(std::move(s)) {}
+
+  /// Waits for the result and returns it (again on every call); rethrows the task's
+  /// exception.
+  decltype(auto) get() const {
+    check();
+    s_->wait();
+    return take();
+  }
+  /// As get(), raising timeout_error when not ready within `timeout`; the result
+  /// can still be fetched later.
+  template <class Rep, class Period>
+  decltype(auto) get(std::chrono::duration<Rep, Period> timeout) const {
+    check();
+    if (!s_->wait_for_ns(detail::to_ns(timeout)))
+      throw timeout_error("AsyncResult::get: result not ready within the timeout");
+    return take();
+  }
+  void wait() const {
+    check();
+    s_->wait();
+  }
+  /// True when ready.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) const {
+    check();
+    return s_->wait_for_ns(detail::to_ns(timeout));
+  }
+  [[nodiscard]] bool ready() const {
+    check();
+    return s_->ready();
+  }
+  /// Whether the task completed without raising; raises state_error when not ready.
+  [[nodiscard]] bool successful() const {
+    check();
+    std::lock_guard l(s_->m);
+    if (!s_->done) throw state_error("AsyncResult::successful: the result is not ready");
+    return !s_->error;
+  }
+  [[nodiscard]] bool valid() const noexcept { return bool(s_); }
+
+  /// get() that moves the value out instead of copying it; the AsyncResult is
+  /// consumed (Pool::apply and Pool::map use it).
+  auto get_moved() && {
+    check();
+    s_->wait();
+    if (s_->error) std::rethrow_exception(s_->error);
+    auto s = std::move(s_);
+    if constexpr (std::is_void_v<R>)
+      return;
+    else
+      return R(std::move(s->value));
+  }
+
+  /// Internal: the shared state (used by as_completed).
+  [[nodiscard]] const std::shared_ptr<detail::async_state<R>>& state() const noexcept {
+    return s_;
+  }
+
+ private:
+  void check() const {
+    if (!s_) throw state_error("AsyncResult: empty (moved-from or default-constructed)");
+  }
+  decltype(auto) take() const {
+    if (s_->error) std::rethrow_exception(s_->error);
+    if constexpr (std::is_void_v<R>)
+      return;
+    else
+      return static_cast<const R&>(s_->value);
+  }
+  std::shared_ptr<detail::async_state<R>> s_;
+};
+
+/// Yields the given results as they complete (each as AsyncResult<R>&).
+template <class R>
+class as_completed {
+ public:
+  explicit as_completed(std::vector<AsyncResult<R>>& results)
+      : results_(results), listener_(std::make_shared<detail::completion_listener>()) {
+    for (std::size_t i = 0; i < results_.size(); ++i) {
+      auto& st = results_[i].state();
+      if (!st) throw state_error("as_completed: an AsyncResult is empty");
+      std::unique_lock l(st->m);
+      if (st->done) {
+        l.unlock();
+        listener_->done.push_back(i);
+      } else {
+        st->listeners.emplace_back(listener_, i);
+      }
+    }
+  }
+
+  class iterator {
+   public:
+    using value_type = AsyncResult<R>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(as_completed* o) : o_(o) { advance(); }
+    AsyncResult<R>& operator*() const { return o_->results_[cur_]; }
+    AsyncResult<R>* operator->() const { return &o_->results_[cur_]; }
+    iterator& operator++() {
+      advance();
+      return *this;
+    }
+    void operator++(int) { advance(); }
+    bool operator==(std::default_sentinel_t) const { return o_ == nullptr; }
+
+   private:
+    void advance() {
+      if (o_->yielded_ == o_->results_.size()) {
+        o_ = nullptr;
+        return;
+      }
+      std::unique_lock l(o_->listener_->m);
+      o_->listener_->cv.wait(l, [&] { return !o_->listener_->done.empty(); });
+      cur_ = o_->listener_->done.front();
+      o_->listener_->done.pop_front();
+      ++o_->yielded_;
+    }
+    as_completed* o_ = nullptr;
+    std::size_t cur_ = 0;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  std::vector<AsyncResult<R>>& results_;
+  std::shared_ptr<detail::completion_listener> listener_;
+  std::size_t yielded_ = 0;
+};
+
+namespace detail {
+
+// ------------------------------------------------------------------ wire layout
+
+struct alignas(64) pool_shared {
+  std::atomic<std::uint32_t> parent_waiting;  // the service thread is about to sleep
+};
+
+struct alignas(64) worker_ctl {
+  std::atomic<std::uint64_t> cur_job;
+  std::atomic<std::uint64_t> cur_item;
+  std::atomic<std::int64_t> cur_started_ns;  // 0 while between items
+  std::atomic<std::uint32_t> initialized;
+};
+
+enum class task_kind : std::uint32_t { chunk = 0, stop = 1 };
+enum class result_status : std::uint32_t { ok = 0, error = 1 };
+
+struct task_header {
+  std::uint32_t kind;
+  std::uint32_t count;
+  std::uint64_t job;
+  std::uint64_t first;
+  std::int64_t invoker;  // code address of invoke_chunk<...>, see callable.hpp
+  std::uint32_t callable_len;
+  std::uint32_t pad;
+};
+struct result_header {
+  std::uint64_t job;
+  std::uint64_t index;
+  std::uint32_t status;
+  std::uint32_t pad;
+};
+
+// ------------------------------------------------------------------ worker side
+
+class worker_context {
+ public:
+  worker_context(spsc_ring results, worker_ctl* ctl, pool_shared* shared, int wake_fd)
+      : results_(results), ctl_(ctl), shared_(shared), wake_fd_(wake_fd) {}
+
+  void begin_item(std::uint64_t job, std::uint64_t index) noexcept {
+    ctl_->cur_job.store(job, std::memory_order_relaxed);
+    ctl_->cur_item.store(index, std::memory_order_relaxed);
+    ctl_->cur_started_ns.store(monotonic_ns(), std::memory_order_release);
+  }
+  void end_item() noexcept { ctl_->cur_started_ns.store(0, std::memory_order_release); }
+
+  template <class V>
+  void emit_ok(std::uint64_t job, std::uint64_t index, const V& v) {
+    std::size_t n;
+    try {
+      n = encoded_size(v);
+    } catch (...) {
+      emit_error(job, index, std::current_exception());
+      return;
+    }
+    emit(job, index, result_status::ok, n, [&](std::byte* p) { encode_to(v, p); });
+  }
+
+  void emit_error(std::uint64_t job, std::uint64_t index, std::exception_ptr e) {
+    encoded_exception ex = capture_exception(std::move(e));
+    std::size_t n = encoded_size(ex);
+    emit(job, index, result_status::error, n, [&](std::byte* p) { encode_to(ex, p); });
+  }
+
+  /// Wakes the service thread if it sleeps (after results or freed task room).
+  void notify_parent() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (shared_->parent_waiting.load(std::memory_order_relaxed) &&
+        shared_->parent_waiting.exchange(0, std::memory_order_seq_cst)) {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto rc = ::write(wake_fd_, &one, sizeof one);
+    }
+  }
+
+ private:
+  template <class Fill>
+  void emit(std::uint64_t job, std::uint64_t index, result_status st, std::size_t n, Fill&& fill) {
+    result_header h{job, index, static_cast<std::uint32_t>(st), 0};
+    const std::size_t total = sizeof h + n;
+    if (total <= results_.max_fragment()) {
+      std::byte* p = results_.reserve_wait(total);
+      std::memcpy(p, &h, sizeof h);
+      fill(p + sizeof h);
+      results_.commit(total, 0);
+    } else {
+      scratch_.resize(total);
+      std::memcpy(scratch_.data(), &h, sizeof h);
+      fill(scratch_.data() + sizeof h);
+      results_.write_wait(scratch_, [this] { notify_parent(); });
+      scratch_.clear();
+      scratch_.shrink_to_fit();
+    }
+    notify_parent();
+  }
+
+  spsc_ring results_;
+  worker_ctl* ctl_;
+  pool_shared* shared_;
+  int wake_fd_;
+  std::vector<std::byte> scratch_;
+};
+
+struct task_view {
+  std::uint64_t job;
+  std::uint64_t first;
+  std::uint32_t count;
+  reader callable;
+  reader items;  // count x [u32 len][bytes]
+
+  reader next_item() {
+    std::uint32_t len;
+    items.get(&len, sizeof len, "task item length");
+    items.need(len, "task item");
+    reader r{items.p, items.p + len};
+    items.p += len;
+    return r;
+  }
+};
+
+using invoker_fn = void (*)(worker_context&, task_view&);
+
+template <class F, class Arg, bool Star>
+void invoke_chunk(worker_context& ctx, task_view& t) {
+  F f = decode_callable<F>(t.callable);
+  for (std::uint32_t k = 0; k < t.count; ++k) {
+    const std::uint64_t index = t.first + k;
+    ctx.begin_item(t.job, index);
+    try {
+      reader r = t.next_item();
+      Arg a{};
+      decode(r, a);
+      if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
+      auto call = [&]() -> decltype(auto) {
+        if constexpr (Star)
+          return std::apply(f, std::move(a));
+        else
+          return std::invoke(f, std::move(a));
+      };
+      using R = decltype(call());
+      if constexpr (std::is_void_v<R>) {
+        call();
+        ctx.emit_ok(t.job, index, std::monostate{});
+      } else {
+        const auto& res = call();
+        ctx.emit_ok(t.job, index, res);
+      }
+    } catch (...) {
+      ctx.emit_error(t.job, index, std::current_exception());
+    }
+    ctx.end_item();
+  }
+}
+
+inline std::atomic<unsigned>& pool_worker_counter() {
+  static std::atomic<unsigned> c{0};
+  return c;
+}
+
+/// Body of a pool worker process; returns its exit code.
+inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool_shared* shared,
+                       int wake_fd, const portable_call& initializer, std::size_t max_tasks,
+                       std::string name) {
+  process_name_storage() = std::move(name);
+  // Ctrl-C reaches the whole process group; the parent decides what happens.
+  ::signal(SIGINT, SIG_IGN);
+  if (initializer) initializer();
+  ctl->initialized.store(1, std::memory_order_release);
+  worker_context ctx(results, ctl, shared, wake_fd);
+  std::vector<std::byte> scratch;
+  std::size_t done = 0;
+  while (true) {
+    spsc_ring::record rec;
+    std::span<const std::byte> msg = tasks.read_wait(scratch, rec, [&] { ctx.notify_parent(); });
+    reader r{msg.data(), msg.data() + msg.size()};
+    task_header h;
+    r.get(&h, sizeof h, "task header");
+    if (h.kind == static_cast<std::uint32_t>(task_kind::stop)) break;
+    r.need(h.callable_len, "task callable");
+    task_view t{h.job, h.first, h.count, reader{r.p, r.p + h.callable_len},
+                reader{r.p + h.callable_len, r.end}};
+    auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
+    inv(ctx, t);
+    if (rec.data) tasks.release(rec);
+    ctx.notify_parent();
+    if (max_tasks && ++done >= max_tasks) break;
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------ parent side
+
+/// One map/imap/apply call as the service thread sees it.
+struct job_base {
+  std::uint64_t id = 0;
+  std::size_t chunksize = 1;
+  std::size_t dispatched = 0;  // items handed out
+  std::size_t completed = 0;   // items with a result or error
+  std::size_t known_total = 0; // 0 while unknown
+  bool input_done = false;
+  progress_fn on_progress;
+
+  virtual ~job_base() = default;
+  /// Serializes up to chunksize next items into buf (after a task_header placeholder
+  /// the caller fills); returns the number of items (0 when the input is exhausted).
+  virtual std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& item_offsets) = 0;
+  virtual bool may_dispatch() { return true; }  // imap back-pressure
+  virtual void deliver(std::uint64_t index, reader& r) = 0;
+  virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
+  /// All items are accounted for (or the pool is giving up: e set).
+  virtual void complete(std::exception_ptr e) = 0;
+  [[nodiscard]] bool finished() const { return input_done && completed == dispatched; }
+};
+
+template <class F, class Arg, bool Star>
+std::int64_t invoker_address() {
+  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star>));
+}
+
+/// Encodes items from an input range, chunk by chunk.
+template <class F, bool Star, class View>
+class input_feed {
+ public:
+  using value_t = std::ranges::range_value_t<View>;
+  using arg_t = wire_t<value_t>;
+
+  input_feed(F f, View v) : f_(std::move(f)), view_(std::move(v)), it_(std::ranges::begin(view_)) {
+    vector_writer w{&callable_};
+    encode_callable(w, f_);
+  }
+
+  /// True once the input has nothing more (checked right after each chunk, so a job
+  /// completes as soon as its last result arrives).
+  [[nodiscard]] bool exhausted() { return it_ == std::ranges::end(view_); }
+
+  std::uint32_t next_chunk(std::size_t chunksize, std::uint64_t first, std::uint64_t job,
+                           std::vector<std::byte>& buf, std::vector<std::uint32_t>& offsets) {
+    if (it_ == std::ranges::end(view_)) return 0;
+    buf.resize(sizeof(task_header));
+    buf.insert(buf.end(), callable_.begin(), callable_.end());
+    std::uint32_t n = 0;
+    offsets.clear();
+    for (; n < chunksize && it_ != std::ranges::end(view_); ++n, ++it_) {
+      const auto& v = *it_;
+      std::uint32_t len = static_cast<std::uint32_t>(encoded_size(v));
+      std::size_t at = buf.size();
+      offsets.push_back(static_cast<std::uint32_t>(at));
+      buf.resize(at + sizeof len + len);
+      std::memcpy(buf.data() + at, &len, sizeof len);
+      encode_to(v, buf.data() + at + sizeof len);
+    }
+    task_header h{static_cast<std::uint32_t>(task_kind::chunk), n, job, first,
+                  invoker_address<F, arg_t, Star>(), static_cast<std::uint32_t>(callable_.size()), 0};
+    std::memcpy(buf.data(), &h, sizeof h);
+    return n;
+  }
+
+ private:
+  F f_;
+  View view_;
+  std::ranges::iterator_t<View> it_;
+  std::vector<std::byte> callable_;
+};
+
+template <class F, class Arg>
+using star_result_t = decltype(std::apply(std::declval<F&>(), std::declval<Arg>()));
+
+template <class F, class Arg, bool Star>
+struct task_result {
+  static_assert(std::is_invocable_v<F&, Arg>,
+                "mproc: the function cannot be called with the element type of the inputs");
+  using type = std::invoke_result_t<F&, Arg>;
+};
+template <class F, class Arg>
+struct task_result<F, Arg, true> {
+  using type = star_result_t<F, Arg>;
+};
+
+/// map_async / starmap_async / apply_async: results gathered into one AsyncResult.
+template <class F, bool Star, class View, class R, bool Single>
+class gather_job final : public job_base {
+ public:
+  using out_t = std::conditional_t<Single, stored_t<R>, std::vector<stored_t<R>>>;
+  gather_job(F f, View v, std::shared_ptr<async_state<std::conditional_t<Single, R, std::vector<stored_t<R>>>>> st)
+      : feed_(std::move(f), std::move(v)), st_(std::move(st)) {
+    input_done = feed_.exhausted();  // an empty input completes at once
+  }
+
+  std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& offs) override {
+    std::uint32_t n = feed_.next_chunk(chunksize, dispatched, id, buf, offs);
+    if (feed_.exhausted()) {
+      input_done = true;
+      known_total = dispatched + n;
+    }
+    if constexpr (!Single) st_->value.resize(dispatched + n);
+    return n;
+  }
+  void deliver(std::uint64_t index, reader& r) override {
+    try {
+      if constexpr (Single)
+        decode(r, st_->value);
+      else
+        decode(r, st_->value[index]);
+    } catch (...) {
+      fail(index, std::current_exception());
+    }
+  }
+  void fail(std::uint64_t index, std::exception_ptr e) override {
+    if (!first_error_ || index < first_error_index_) {
+      first_error_ = std::move(e);
+      first_error_index_ = index;
+    }
+  }
+  void complete(std::exception_ptr e) override {
+    if (!e) e = first_error_;
+    if (e) {
+      if (st_->on_error) st_->on_error(e);
+    } else if constexpr (std::is_void_v<R> && Single) {
+      if (st_->on_value) st_->on_value(st_->value);
+    } else {
+      if (st_->on_value) st_->on_value(st_->value);
+    }
+    st_->finish(std::move(e));
+  }
+
+ private:
+  input_feed<F, Star, View> feed_;
+  std::shared_ptr<async_state<std::conditional_t<Single, R, std::vector<stored_t<R>>>>> st_;
+  std::exception_ptr first_error_;
+  std::uint64_t first_error_index_ = 0;
+};
+
+/// Shared between an imap_range and its job.
+template <class R>
+struct imap_state {
+  std::mutex m;
+  std::condition_variable cv;
+  bool ordered = true;
+  std::map<std::uint64_t, std::variant<stored_t<R>, std::exception_ptr>> ready;  // ordered
+  std::deque<std::variant<stored_t<R>, std::exception_ptr>> fifo;                // unordered
+  std::uint64_t next = 0;        // ordered: next index to yield
+  std::uint64_t consumed = 0;    // items handed to the caller
+  std::uint64_t total = UINT64_MAX;
+  std::exception_ptr fatal;      // the pool went away
+  std::atomic<bool> abandoned{false};
+  std::atomic<bool> blocked{false};  // the job waits for the consumer (back-pressure)
+  std::function<void()> wake_pool;
+};
+
+template <class F, bool Star, class View, class R>
+class imap_job final : public job_base {
+ public:
+  imap_job(F f, View v, std::shared_ptr<imap_state<R>> st, std::size_t window)
+      : feed_(std::move(f), std::move(v)), st_(std::move(st)), window_(window) {
+    if (feed_.exhausted()) {
+      input_done = true;
+      st_->total = 0;
+    }
+  }
+
+  std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& offs) override {
+    if (st_->abandoned.load()) {
+      input_done = true;
+      return 0;
+    }
+    std::uint32_t n = feed_.next_chunk(chunksize, dispatched, id, buf, offs);
+    if (feed_.exhausted()) {
+      input_done = true;
+      known_total = dispatched + n;
+      std::lock_guard l(st_->m);
+      st_->total = dispatched + n;
+      st_->cv.notify_all();
+    }
+    return n;
+  }
+  bool may_dispatch() override {
+    std::lock_guard l(st_->m);
+    bool ok = dispatched < st_->consumed + window_ || st_->abandoned.load();
+    st_->blocked.store(!ok);
+    return ok;
+  }
+  void deliver(std::uint64_t index, reader& r) override {
+    stored_t<R> v{};
+    try {
+      decode(r, v);
+    } catch (...) {
+      fail(index, std::current_exception());
+      return;
+    }
+    push(index, std::move(v));
+  }
+  void fail(std::uint64_t index, std::exception_ptr e) override { push(index, std::move(e)); }
+  void complete(std::exception_ptr e) override {
+    {
+      std::lock_guard l(st_->m);
+      if (st_->total == UINT64_MAX) st_->total = dispatched;
+      // Items already delivered are still yielded; the error surfaces after them.
+      if (e) st_->fatal = std::move(e);
+    }
+    st_->cv.notify_all();
+  }
+
+ private:
+  template <class V>
+  void push(std::uint64_t index, V&& v) {
+    if (st_->abandoned.load()) return;
+    {
+      std::lock_guard l(st_->m);
+      if (st_->ordered)
+        st_->ready.emplace(index, std::forward<V>(v));
+      else
+        st_->fifo.emplace_back(std::forward<V>(v));
+    }
+    st_->cv.notify_all();
+  }
+  input_feed<F, Star, View> feed_;
+  std::shared_ptr<imap_state<R>> st_;
+  std::size_t window_;
+};
+
+}  // namespace detail
+
+/// The lazy result sequence of imap / imap_unordered (an input range).
+template <class R>
+class imap_range {
+ public:
+  explicit imap_range(std::shared_ptr<detail::imap_state<R>> s) : s_(std::move(s)) {}
+  imap_range(imap_range&&) noexcept = default;
+  imap_range& operator=(imap_range&&) noexcept = default;
+  ~imap_range() {
+    if (s_) {
+      s_->abandoned.store(true);
+      if (s_->wake_pool) s_->wake_pool();
+    }
+  }
+
+  class iterator {
+   public:
+    using value_type = detail::stored_t<R>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(imap_range* r) : r_(r) { fetch(); }
+    value_type& operator*() const { return *cur_; }
+    value_type* operator->() const { return &*cur_; }
+    iterator& operator++() {
+      fetch();
+      return *this;
+    }
+    void operator++(int) { fetch(); }
+    bool operator==(std::default_sentinel_t) const { return r_ == nullptr; }
+
+   private:
+    void fetch() {
+      auto& s = *r_->s_;
+      std::variant<value_type, std::exception_ptr> item;
+      {
+        std::unique_lock l(s.m);
+        auto has = [&] {
+          if (s.consumed >= s.total) return true;
+          if (s.ordered) return !s.ready.empty() && s.ready.begin()->first == s.next;
+          return !s.fifo.empty();
+        };
+        s.cv.wait(l, [&] { return has() || s.fatal; });
+        if (!has()) std::rethrow_exception(s.fatal);
+        if (s.consumed >= s.total) {
+          r_ = nullptr;
+          cur_.reset();
+          return;
+        }
+        if (s.ordered) {
+          auto node = s.ready.extract(s.ready.begin());
+          item = std::move(node.mapped());
+          ++s.next;
+        } else {
+          item = std::move(s.fifo.front());
+          s.fifo.pop_front();
+        }
+        ++s.consumed;
+      }
+      if (s.blocked.load() && s.wake_pool) s.wake_pool();
+      if (auto* e = std::get_if<std::exception_ptr>(&item)) std::rethrow_exception(*e);
+      cur_ = std::move(std::get<value_type>(item));
+    }
+    imap_range* r_ = nullptr;
+    mutable std::optional<value_type> cur_;
+  };
+
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  std::shared_ptr<detail::imap_state<R>> s_;
+};
+
+namespace detail {
+
+struct outstanding_chunk {
+  job_base* job;
+  std::uint64_t first;
+  std::uint32_t count;
+  std::uint32_t done = 0;
+  std::vector<std::byte> bytes;            // the task message, kept to resend on a crash
+  std::vector<std::uint32_t> item_offsets; // where each item starts in bytes
+};
+
+struct worker_slot {
+  pid_t pid = -1;
+  unique_fd pidfd;
+  shm_region region;
+  worker_ctl* ctl = nullptr;
+  spsc_ring tasks, results;
+  std::deque<outstanding_chunk> outstanding;
+  std::size_t outstanding_items = 0;
+  std::size_t write_offset = 0;  // bytes of outstanding[write_index] already in the ring
+  std::size_t write_index = 0;   // first chunk not yet fully written
+  std::vector<std::byte> rx;     // reassembly of a fragmented result
+  bool stopping = false;         // a stop message was queued
+  bool timed_out = false;
+  std::uint64_t timed_out_item = 0, timed_out_job = 0;
+  unsigned number = 0;
+  std::int64_t avg_item_ns = 0;  // moving average, for the prefetch depth
+  std::int64_t last_result_ns = 0;
+};
+
+}  // namespace detail
+
+/// Worker pool. `basic_pool<Policy>` starts its workers with Policy; `Pool` reads the
+/// start method at run time. Not copyable; all members may be called from any thread.
+template <class Policy>
+class basic_pool {
+ public:
+  basic_pool() : basic_pool(pool_options{}) {}
+  explicit basic_pool(std::size_t processes) : basic_pool(pool_options{.processes = processes}) {}
+  explicit basic_pool(pool_options opts) : opts_(std::move(opts)) {
+    if (opts_.processes == 0) opts_.processes = cpu_count();
+    shared_region_ = detail::shm_region::create(sizeof(detail::pool_shared), "mproc-pool");
+    shared_ = new (shared_region_.data()) detail::pool_shared{};
+    wake_fd_.reset(static_cast<int>(
+        detail::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")));
+    workers_.resize(opts_.processes);
+    for (auto& w : workers_) start_worker(w);
+    detail::log(log_level::info, "pool started with %zu workers", workers_.size());
+    thread_ = std::thread([this] { service(); });
+  }
+
+  basic_pool(const basic_pool&) = delete;
+  basic_pool& operator=(const basic_pool&) = delete;
+
+  /// Closes and joins: outstanding work finishes, nothing is lost.
+  ~basic_pool() {
+    try {
+      if (!joined_) {
+        close();
+        join();
+      }
+    } catch (...) {
+      terminate();
+    }
+  }
+
+  [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
+
+  // ------------------------------------------------------------ map family
+
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
+    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, map_options o) {
+    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
+    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, map_options o) {
+    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return submit_gather<false>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto map_async(F f, In&& inputs, std::size_t chunksize) {
+    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return submit_gather<true>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
+    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+
+  /// Ordered lazy results; the input is consumed lazily with a bounded number of
+  /// tasks in flight, so an endless input works.
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, map_options o) {
+    return submit_imap<false>(f, std::forward<In>(inputs), std::move(o), true);
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap_unordered(f, std::forward<In>(inputs),
+                          map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, map_options o) {
+    return submit_imap<false>(f, std::forward<In>(inputs), std::move(o), false);
+  }
+
+  // ------------------------------------------------------------ single calls
+
+  template <class F, class... A>
+    requires(!detail::is_specialization_v<std::decay_t<F>, callbacks>)
+  auto apply_async(F f, A&&... args) {
+    return apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+  }
+  template <class C, class E, class F, class... A>
+  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using Tup = detail::args_tuple_t<A...>;
+    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
+    using R = detail::star_result_t<D, Tup>;
+    auto st = std::make_shared<detail::async_state<R>>();
+    set_callbacks<R>(*st, cb);
+    auto one = std::views::single(Tup(std::forward<A>(args)...));
+    auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
+        static_cast<D>(f), std::move(one), st);
+    job->chunksize = 1;
+    enqueue(std::move(job));
+    return AsyncResult<R>(std::move(st));
+  }
+  /// concurrent.futures spelling of apply_async.
+  template <class F, class... A>
+  auto submit(F f, A&&... args) {
+    return apply_async(f, std::forward<A>(args)...);
+  }
+  template <class F, class... A>
+  decltype(auto) apply(F f, A&&... args) {
+    auto r = apply_async(f, std::forward<A>(args)...);
+    return std::move(r).get_moved();
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  /// No more tasks may be submitted; running work continues.
+  void close() {
+    std::lock_guard l(m_);
+    if (state_ == run_state::running) state_ = run_state::closed;
+    wake();
+  }
+  /// Waits for the workers to finish everything and exit. Requires close() or
+  /// terminate() first, as in Python.
+  void join() {
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running)
+        throw state_error("Pool::join: call close() or terminate() first");
+    }
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+  /// Stops the workers now; unfinished tasks fail with pool_not_running.
+  void terminate() {
+    {
+      std::lock_guard l(m_);
+      state_ = run_state::terminating;
+      wake();
+    }
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+
+ private:
+  enum class run_state { running, closed, terminating };
+
+  template <class R, class C, class E>
+  static void set_callbacks(detail::async_state<R>& st, callbacks<C, E>& cb) {
+    if constexpr (!std::is_same_v<C, std::nullptr_t>) {
+      if constexpr (std::is_void_v<R>)
+        st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
+      else
+        st.on_value = std::move(cb.callback);
+    }
+    if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
+  }
+
+  template <class In>
+  static auto as_view(In&& in) {
+    return std::views::all(std::forward<In>(in));
+  }
+
+  template <bool Star, class F, class In, class C, class E>
+  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(as_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    using Out = std::vector<detail::stored_t<R>>;
+    auto st = std::make_shared<detail::async_state<Out>>();
+    set_callbacks<Out>(*st, cb);
+    std::size_t chunksize = o.chunksize;
+    std::size_t total = 0;
+    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
+      total = static_cast<std::size_t>(std::ranges::distance(inputs));
+      if (chunksize == 0) {
+        // Python: divmod(len, 4 * processes), rounded up
+        std::size_t d = 4 * opts_.processes;
+        chunksize = total / d + (total % d ? 1 : 0);
+      }
+    }
+    if (chunksize == 0) chunksize = 1;
+    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
+        static_cast<D>(f), as_view(std::forward<In>(inputs)), st);
+    job->chunksize = chunksize;
+    job->known_total = total;
+    job->on_progress = std::move(o.on_progress);
+    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
+    enqueue(std::move(job));
+    return AsyncResult<Out>(std::move(st));
+  }
+
+  template <bool Star, class F, class In>
+  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(as_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    auto st = std::make_shared<detail::imap_state<R>>();
+    st->ordered = ordered;
+    st->wake_pool = [this] { wake(); };
+    std::size_t chunksize = o.chunksize ? o.chunksize : 1;
+    // Enough in flight to keep every worker busy, little enough to bound memory.
+    std::size_t window = std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
+    auto job = std::make_unique<detail::imap_job<D, Star, V, R>>(
+        static_cast<D>(f), as_view(std::forward<In>(inputs)), st, window);
+    job->chunksize = chunksize;
+    job->on_progress = std::move(o.on_progress);
+    enqueue(std::move(job));
+    return imap_range<R>(std::move(st));
+  }
+
+  template <class D, class Arg, bool Star>
+  using result_of = typename detail::task_result<D, Arg, Star>::type;
+
+  void enqueue(std::unique_ptr<detail::job_base> job) {
+    {
+      std::lock_guard l(m_);
+      if (state_ != run_state::running)
+        throw pool_not_running("Pool: cannot submit work to a closed or terminated pool");
+      job->id = ++next_job_id_;
+      incoming_.push_back(std::move(job));
+      has_incoming_.store(true, std::memory_order_release);
+    }
+    wake();
+  }
+
+  void wake() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (shared_->parent_waiting.load(std::memory_order_relaxed) &&
+        shared_->parent_waiting.exchange(0, std::memory_order_seq_cst)) {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto rc = ::write(wake_fd_.get(), &one, sizeof one);
+    }
+  }
+
+  // ------------------------------------------------------------ workers
+
+  static constexpr std::size_t ring_capacity = 256 * 1024;
+
+  void start_worker(detail::worker_slot& w) {
+    using namespace detail;
+    const std::size_t ring_bytes = spsc_ring::bytes_needed(ring_capacity);
+    w.region = shm_region::create(sizeof(worker_ctl) + 2 * ring_bytes, "mproc-pool-worker");
+    auto* base = static_cast<std::byte*>(w.region.data());
+    w.ctl = new (base) worker_ctl{};
+    w.tasks = spsc_ring::init(base + sizeof(worker_ctl), ring_capacity);
+    w.results = spsc_ring::init(base + sizeof(worker_ctl) + ring_bytes, ring_capacity);
+    w.outstanding.clear();
+    w.outstanding_items = 0;
+    w.write_offset = w.write_index = 0;
+    w.rx.clear();
+    w.stopping = w.timed_out = false;
+    w.avg_item_ns = 0;
+    w.number = ++pool_worker_counter();
+    std::string name = "PoolWorker-" + std::to_string(w.number);
+    auto tasks = w.tasks, results = w.results;
+    auto* ctl = w.ctl;
+    auto* shared = shared_;
+    int wfd = wake_fd_.get();
+    const portable_call& init = opts_.initializer;
+    std::size_t max_tasks = opts_.max_tasks_per_child;
+    auto body = [&]() -> int {
+      return worker_main(tasks, results, ctl, shared, wfd, init, max_tasks, name);
+    };
+    launched_child child = Policy::launch(launch_request{name, true, opts_.method, body});
+    w.pid = child.pid;
+    w.pidfd = child.pidfd ? std::move(child.pidfd) : pidfd_open(w.pid);
+    log(log_level::debug, "started %s (pid %d)", name.c_str(), static_cast<int>(w.pid));
+  }
+
+  // ------------------------------------------------------------ service thread
+
+  void service() {
+    std::exception_ptr fatal;
+    try {
+      service_loop();
+    } catch (...) {
+      fatal = std::current_exception();
+      detail::log(log_level::error, "pool service thread failed");
+    }
+    shutdown_workers(fatal);
+  }
+
+  void service_loop() {
+    std::int64_t idle_since = 0;
+    std::size_t iterations = 0;
+    while (true) {
+      bool progress = false;
+      if (has_incoming_.load(std::memory_order_acquire)) {
+        std::lock_guard l(m_);
+        for (auto& j : incoming_) jobs_.push_back(std::move(j));
+        incoming_.clear();
+        has_incoming_.store(false, std::memory_order_relaxed);
+        progress = true;
+      }
+      run_state st;
+      {
+        std::lock_guard l(m_);
+        st = state_;
+      }
+      if (st == run_state::terminating) return;
+      for (auto& w : workers_) progress |= drain_results(w);
+      for (auto& w : workers_) progress |= feed(w);
+      finish_jobs();
+      if (st == run_state::closed && jobs_.empty() && retry_.empty()) {
+        std::lock_guard l(m_);
+        if (incoming_.empty()) return;
+      }
+      // Deaths and deadlines are checked on every sleep and every 256 busy rounds.
+      if (progress) {
+        idle_since = 0;
+        if (++iterations % 256 == 0) check_workers(0);
+        continue;
+      }
+      const std::int64_t now = detail::monotonic_ns();
+      if (idle_since == 0) idle_since = now;
+      if (now - idle_since < spin_ns) {
+        detail::cpu_relax();
+        continue;
+      }
+      // Sleep until a worker or a caller wakes us (or a worker dies / overruns).
+      shared_->parent_waiting.store(1, std::memory_order_seq_cst);
+      bool pending = has_incoming_.load(std::memory_order_seq_cst);
+      for (auto& w : workers_) pending |= !w.results.empty();
+      if (!pending) {
+        std::lock_guard l(m_);
+        pending = state_ != st;
+      }
+      check_workers(pending ? 0 : next_deadline_ms());
+      shared_->parent_waiting.store(0, std::memory_order_relaxed);
+      idle_since = 0;
+    }
+  }
+
+  static constexpr std::int64_t spin_ns = 30'000;
+
+  /// ms until the earliest task deadline, -1 if none.
+  int next_deadline_ms() {
+    if (!opts_.task_timeout) return -1;
+    std::int64_t best = -1;
+    const std::int64_t now = detail::monotonic_ns();
+    for (auto& w : workers_) {
+      std::int64_t s = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+      if (!s) continue;
+      std::int64_t left = s + opts_.task_timeout.ns() - now;
+      if (left < 0) left = 0;
+      if (best < 0 || left < best) best = left;
+    }
+    return best < 0 ? -1 : static_cast<int>(std::min<std::int64_t>(best / 1'000'000 + 1, 60'000));
+  }
+
+  /// poll() on the wake eventfd and every worker's pidfd; handles what it finds.
+  void check_workers(int timeout_ms) {
+    std::vector<pollfd> fds;
+    fds.reserve(workers_.size() + 1);
+    fds.push_back({wake_fd_.get(), POLLIN, 0});
+    for (auto& w : workers_) fds.push_back({w.pidfd.get(), POLLIN, 0});
+    int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout_ms); });
+    if (rc < 0) detail::throw_errno("poll(pool)");
+    if (fds[0].revents & POLLIN) {
+      std::uint64_t v;
+      [[maybe_unused]] auto r = ::read(wake_fd_.get(), &v, sizeof v);
+    }
+    for (std::size_t i = 0; i < workers_.size(); ++i)
+      if (fds[i + 1].revents) handle_exit(workers_[i]);
+    if (opts_.task_timeout) enforce_timeouts();
+  }
+
+  void enforce_timeouts() {
+    const std::int64_t now = detail::monotonic_ns();
+    for (auto& w : workers_) {
+      std::int64_t s = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+      if (!s || w.timed_out || now - s < opts_.task_timeout.ns()) continue;
+      w.timed_out = true;
+      w.timed_out_job = w.ctl->cur_job.load();
+      w.timed_out_item = w.ctl->cur_item.load();
+      detail::log(log_level::warning, "task overran task_timeout; killing worker %d",
+                  static_cast<int>(w.pid));
+      ::kill(w.pid, SIGKILL);
+    }
+  }
+
+  /// Reads every complete result a worker has published.
+  bool drain_results(detail::worker_slot& w) {
+    bool any = false;
+    detail::spsc_ring::record rec;
+    while (w.results.try_peek(rec)) {
+      any = true;
+      if (rec.flags & detail::spsc_ring::flag_more) {
+        w.rx.insert(w.rx.end(), rec.data, rec.data + rec.len);
+        w.results.release(rec);
+        continue;
+      }
+      if (!w.rx.empty()) {
+        w.rx.insert(w.rx.end(), rec.data, rec.data + rec.len);
+        w.results.release(rec);
+        handle_result(w, w.rx);
+        w.rx.clear();
+      } else {
+        handle_result(w, {rec.data, rec.len});
+        w.results.release(rec);
+      }
+    }
+    return any;
+  }
+
+  void handle_result(detail::worker_slot& w, std::span<const std::byte> msg) {
+    detail::reader r{msg.data(), msg.data() + msg.size()};
+    detail::result_header h;
+    r.get(&h, sizeof h, "result header");
+    if (w.outstanding.empty()) throw serialization_error("pool: result for no outstanding task");
+    auto& c = w.outstanding.front();
+    if (c.job->id != h.job || c.first + c.done != h.index)
+      throw serialization_error("pool: result out of order");
+    if (h.status == static_cast<std::uint32_t>(detail::result_status::ok)) {
+      c.job->deliver(h.index, r);
+    } else {
+      detail::encoded_exception ex;
+      std::exception_ptr e;
+      try {
+        detail::decode(r, ex);
+        e = detail::to_exception_ptr(ex, w.pid);
+      } catch (...) {
+        e = std::current_exception();
+      }
+      c.job->fail(h.index, std::move(e));
+    }
+    item_completed(w, c);
+  }
+
+  void item_completed(detail::worker_slot& w, detail::outstanding_chunk& c) {
+    const std::int64_t now = detail::monotonic_ns();
+    if (w.last_result_ns) {
+      std::int64_t dt = now - w.last_result_ns;
+      w.avg_item_ns = w.avg_item_ns ? (w.avg_item_ns * 7 + dt) / 8 : dt;
+    }
+    w.last_result_ns = now;
+    ++c.done;
+    --w.outstanding_items;
+    auto* job = c.job;
+    ++job->completed;
+    if (job->on_progress) job->on_progress(job->completed, job->input_done ? job->dispatched : job->known_total);
+    if (c.done == c.count) {
+      w.outstanding.pop_front();
+      if (w.write_index > 0) --w.write_index;
+    }
+  }
+
+  /// How many items a worker may hold: enough to hide the wake-up latency for tiny
+  /// tasks, few enough that slow tasks stay balanced across workers.
+  std::size_t prefetch_limit(const detail::worker_slot& w) const {
+    if (w.avg_item_ns <= 0) return 1;  // unknown cost: balance first, as Python does
+    std::int64_t n = 2'000'000 / std::max<std::int64_t>(w.avg_item_ns, 1);  // ~2 ms of work
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, 4096));
+  }
+
+  /// Gives a worker more work and pushes pending bytes into its ring.
+  bool feed(detail::worker_slot& w) {
+    bool any = false;
+    if (!w.stopping) {
+      while (w.outstanding.empty() || w.outstanding_items < prefetch_limit(w)) {
+        if (!take_chunk(w)) break;
+        any = true;
+        if (w.outstanding.size() > 64) break;
+      }
+    }
+    any |= push_bytes(w);
+    return any;
+  }
+
+  /// Moves the next chunk (a retried one first) onto a worker's outstanding list.
+  bool take_chunk(detail::worker_slot& w) {
+    if (!retry_.empty()) {
+      w.outstanding.push_back(std::move(retry_.front()));
+      retry_.pop_front();
+      w.outstanding_items += w.outstanding.back().count;
+      return true;
+    }
+    for (auto& j : jobs_) {
+      if (j->input_done || !j->may_dispatch()) continue;
+      detail::outstanding_chunk c;
+      c.job = j.get();
+      c.first = j->dispatched;
+      c.count = j->next_chunk(c.bytes, c.item_offsets);
+      if (c.count == 0) continue;
+      j->dispatched += c.count;
+      w.outstanding_items += c.count;
+      w.outstanding.push_back(std::move(c));
+      return true;
+    }
+    return false;
+  }
+
+  bool push_bytes(detail::worker_slot& w) {
+    bool any = false;
+    while (w.write_index < w.outstanding.size()) {
+      auto& c = w.outstanding[w.write_index];
+      const std::size_t left = c.bytes.size() - w.write_offset;
+      const std::size_t frag = std::min(left, w.tasks.max_fragment());
+      std::byte* p = w.tasks.try_reserve(frag);
+      if (!p) break;
+      std::memcpy(p, c.bytes.data() + w.write_offset, frag);
+      w.write_offset += frag;
+      const bool last = w.write_offset == c.bytes.size();
+      w.tasks.commit(frag, last ? 0 : detail::spsc_ring::flag_more);
+      any = true;
+      if (last) {
+        ++w.write_index;
+        w.write_offset = 0;
+      }
+    }
+    return any;
+  }
+
+  void finish_jobs() {
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+      auto& j = *it;
+      if (j->finished() && !chunks_reference(j.get())) {
+        j->complete(nullptr);
+        it = jobs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  bool chunks_reference(const detail::job_base* j) const {
+    for (auto& c : retry_)
+      if (c.job == j) return true;
+    return false;
+  }
+
+  /// A worker's pidfd fired: account for its tasks and start a replacement.
+  void handle_exit(detail::worker_slot& w) {
+    int status = 0;
+    pid_t r = detail::waitpid_eintr(w.pid, &status, WNOHANG);
+    if (r == 0) return;  // not actually gone yet
+    const int code = r > 0 ? detail::exitcode_from_status(status) : 255;
+    drain_results(w);  // results published before it died still count
+    const bool was_initialized = w.ctl->initialized.load(std::memory_order_acquire) != 0;
+    const std::int64_t started = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+    const std::uint64_t cur_job = w.ctl->cur_job.load(), cur_item = w.ctl->cur_item.load();
+    if (code != 0 || w.timed_out)
+      detail::log(log_level::warning, "pool worker %d died (exit code %d)",
+                  static_cast<int>(w.pid), code);
+    bool first = true;
+    for (auto& c : w.outstanding) {
+      std::uint32_t from = c.done;
+      if (first && (started || w.timed_out) && c.job->id == cur_job &&
+          c.first + c.done == cur_item) {
+        // The item it was running when it died: that one fails.
+        std::exception_ptr e;
+        if (w.timed_out && w.timed_out_item == cur_item && w.timed_out_job == cur_job) {
+          e = std::make_exception_ptr(timeout_error(
+              "task " + std::to_string(cur_item) + " exceeded task_timeout; its worker (pid " +
+              std::to_string(w.pid) + ") was killed"));
+        } else {
+          const int sig = code < 0 ? -code : 0;
+          std::string what = "worker process " + std::to_string(w.pid) +
+                             " died while running task " + std::to_string(cur_item) +
+                             (sig ? " (killed by signal " + std::to_string(sig) + ")"
+                                  : " (exit code " + std::to_string(code) + ")");
+          e = std::make_exception_ptr(worker_died(what, w.pid, code, sig));
+        }
+        c.job->fail(cur_item, std::move(e));
+        ++c.job->completed;
+        if (c.job->on_progress)
+          c.job->on_progress(c.job->completed, c.job->input_done ? c.job->dispatched : c.job->known_total);
+        from = c.done + 1;
+      }
+      first = false;
+      if (from < c.count) retry_.push_back(rebuild_chunk(c, from));
+    }
+    w.outstanding.clear();
+    std::lock_guard l(m_);
+    if (state_ == run_state::terminating) return;
+    if (!was_initialized && code != 0) {
+      if (++failed_starts_ >= 3) {
+        throw error("Pool: workers keep dying before they finish starting (exit code " +
+                    std::to_string(code) + "); is the initializer failing?");
+      }
+    } else {
+      failed_starts_ = 0;
+    }
+    if (w.stopping) {
+      w.pid = -1;
+      return;
+    }
+    start_worker(w);
+  }
+
+  /// A chunk holding items [from, count) of c, to run again elsewhere.
+  static detail::outstanding_chunk rebuild_chunk(const detail::outstanding_chunk& c,
+                                                 std::uint32_t from) {
+    detail::outstanding_chunk n;
+    n.job = c.job;
+    n.first = c.first + from;
+    n.count = c.count - from;
+    detail::task_header h;
+    std::memcpy(&h, c.bytes.data(), sizeof h);
+    const std::size_t prefix = sizeof h + h.callable_len;
+    n.bytes.assign(c.bytes.begin(), c.bytes.begin() + static_cast<std::ptrdiff_t>(prefix));
+    for (std::uint32_t k = from; k < c.count; ++k) {
+      const std::size_t begin = c.item_offsets[k];
+      const std::size_t end = k + 1 < c.count ? c.item_offsets[k + 1] : c.bytes.size();
+      n.item_offsets.push_back(static_cast<std::uint32_t>(n.bytes.size()));
+      n.bytes.insert(n.bytes.end(), c.bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                     c.bytes.begin() + static_cast<std::ptrdiff_t>(end));
+    }
+    h.first = n.first;
+    h.count = n.count;
+    std::memcpy(n.bytes.data(), &h, sizeof h);
+    return n;
+  }
+
+  /// Stops every worker: politely when all work is done, by SIGKILL otherwise.
+  void shutdown_workers(std::exception_ptr fatal) {
+    bool terminating;
+    {
+      std::lock_guard l(m_);
+      terminating = state_ == run_state::terminating || fatal;
+      if (fatal) state_ = run_state::terminating;
+    }
+    if (!terminating) {
+      for (auto& w : workers_) {
+        w.stopping = true;
+        detail::task_header h{static_cast<std::uint32_t>(detail::task_kind::stop), 0, 0, 0, 0, 0, 0};
+        std::byte* p = nullptr;
+        const std::int64_t deadline = detail::monotonic_ns() + 2'000'000'000;
+        while (!(p = w.tasks.try_reserve(sizeof h)) && detail::monotonic_ns() < deadline)
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        if (p) {
+          std::memcpy(p, &h, sizeof h);
+          w.tasks.commit(sizeof h, 0);
+        }
+      }
+    }
+    for (auto& w : workers_) {
+      if (w.pid <= 0) continue;
+      if (terminating) ::kill(w.pid, SIGKILL);
+      pollfd p{w.pidfd.get(), POLLIN, 0};
+      if (detail::retry_eintr([&] { return ::poll(&p, 1, 5000); }) == 0) {
+        ::kill(w.pid, SIGKILL);
+        detail::retry_eintr([&] { return ::poll(&p, 1, 5000); });
+      }
+      int status;
+      detail::waitpid_eintr(w.pid, &status, 0);
+      w.pid = -1;
+      w.pidfd.reset();
+    }
+    // Anything still pending can no longer run.
+    auto gone = fatal ? fatal
+                      : std::make_exception_ptr(
+                            pool_not_running("Pool: terminated before the task completed"));
+    std::vector<std::unique_ptr<detail::job_base>> all;
+    {
+      std::lock_guard l(m_);
+      for (auto& j : incoming_) all.push_back(std::move(j));
+      incoming_.clear();
+      state_ = run_state::terminating;
+    }
+    for (auto& j : jobs_) all.push_back(std::move(j));
+    jobs_.clear();
+    retry_.clear();
+    for (auto& j : all) j->complete(gone);
+    detail::log(log_level::info, "pool stopped");
+  }
+
+  pool_options opts_;
+  detail::shm_region shared_region_;
+  detail::pool_shared* shared_ = nullptr;
+  detail::unique_fd wake_fd_;
+  std::vector<detail::worker_slot> workers_;
+
+  std::mutex m_;  // guards state_ and incoming_
+  run_state state_ = run_state::running;
+  std::vector<std::unique_ptr<detail::job_base>> incoming_;
+  std::atomic<bool> has_incoming_{false};
+  std::uint64_t next_job_id_ = 0;
+
+  // Owned by the service thread.
+  std::deque<std::unique_ptr<detail::job_base>> jobs_;
+  std::deque<detail::outstanding_chunk> retry_;
+  int failed_starts_ = 0;
+
+  std::mutex join_m_;
+  std::thread thread_;
+  bool joined_ = false;
+};
+
+using Pool = basic_pool<dynamic_policy>;
+
+}  // namespace mproc
