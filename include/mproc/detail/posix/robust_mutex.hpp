@@ -1,0 +1,104 @@
+// A process-shared, robust, error-checking pthread mutex placed in shared memory.
+//
+// Why not boost::interprocess::interprocess_mutex: it is not robust, so a process
+// killed while holding it would deadlock every other process forever. Why not a
+// hand-made futex word with an owner pid: detecting a dead owner then needs polling
+// and is fooled by pid reuse, while the kernel's robust-futex list (which glibc's
+// robust mutexes use) marks the futex FUTEX_OWNER_DIED the moment the owner thread
+// exits, however it exits, and wakes a waiter.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "posix.hpp"
+
+namespace mproc::detail {
+
+enum class lock_result {
+  acquired,      // the caller now holds the mutex
+  owner_died,    // acquired; the previous owner died holding it (state made consistent)
+  already_mine,  // the calling thread holds it already (nothing changed)
+  timed_out,     // not acquired (also the result of a failed try)
+};
+
+class robust_mutex {
+ public:
+  /// Initialises the mutex in place; call once, in the process that creates the memory.
+  void init() {
+    pthread_mutexattr_t a;
+    check_rc(::pthread_mutexattr_init(&a), "pthread_mutexattr_init");
+    check_rc(::pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED), "pthread_mutexattr_setpshared");
+    check_rc(::pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST), "pthread_mutexattr_setrobust");
+    // Error checking gives EDEADLK on self-relock (recursion detection) and EPERM on
+    // unlock by a thread that does not hold it.
+    check_rc(::pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK), "pthread_mutexattr_settype");
+    int rc = ::pthread_mutex_init(&m_, &a);
+    ::pthread_mutexattr_destroy(&a);
+    check_rc(rc, "pthread_mutex_init");
+  }
+
+  /// timeout_ns < 0: wait forever; 0: try once.
+  lock_result lock(std::int64_t timeout_ns) {
+    int rc = ::pthread_mutex_trylock(&m_);
+    if (rc == EBUSY && timeout_ns != 0) {
+      if (timeout_ns < 0) {
+        rc = ::pthread_mutex_lock(&m_);
+      } else {
+        timespec abs = abs_monotonic(timeout_ns);
+        rc = ::pthread_mutex_clocklock(&m_, CLOCK_MONOTONIC, &abs);
+      }
+    }
+    switch (rc) {
+      case 0: return lock_result::acquired;
+      case EDEADLK: return lock_result::already_mine;
+      case EBUSY:
+      case ETIMEDOUT: return lock_result::timed_out;
+      case EOWNERDEAD:
+        // We hold it now; marking it consistent keeps it usable for everyone after us.
+        check_rc(::pthread_mutex_consistent(&m_), "pthread_mutex_consistent");
+        return lock_result::owner_died;
+      default: throw std::system_error(rc, std::generic_category(), "pthread_mutex_lock");
+    }
+  }
+
+  /// False when the calling thread does not hold the mutex.
+  [[nodiscard]] bool unlock() noexcept { return ::pthread_mutex_unlock(&m_) == 0; }
+
+  /// The kernel-maintained owner: for robust mutexes the futex word holds the owner's
+  /// thread id, so this needs no bookkeeping of our own that a crash could leave stale.
+  [[nodiscard]] pid_t owner_tid() const noexcept {
+    return static_cast<pid_t>(__atomic_load_n(&m_.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK);
+  }
+  [[nodiscard]] bool held_by_caller() const noexcept {
+    pid_t o = owner_tid();
+    return o != 0 && o == static_cast<pid_t>(::gettid());
+  }
+  /// True when a thread of this process holds the mutex.
+  [[nodiscard]] bool held_in_this_process() const noexcept {
+    pid_t o = owner_tid();
+    return o != 0 && ::syscall(SYS_tgkill, ::getpid(), o, 0) == 0;
+  }
+
+ private:
+  static void check_rc(int rc, const char* call) {
+    if (rc != 0) throw std::system_error(rc, std::generic_category(), call);
+  }
+  static timespec abs_monotonic(std::int64_t timeout_ns) noexcept {
+    std::int64_t now = monotonic_ns();
+    std::int64_t end = timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+    return timespec{static_cast<time_t>(end / 1'000'000'000), static_cast<long>(end % 1'000'000'000)};
+  }
+
+  pthread_mutex_t m_;
+};
+
+}  // namespace mproc::detail

@@ -1,0 +1,603 @@
+// Process-shared synchronization primitives: Lock, RLock, Semaphore,
+// BoundedSemaphore, Event, Condition, Barrier.
+//
+// Each object lives in anonymous shared memory (memfd, nothing in /dev/shm). The
+// classes are handles: copies, and copies inherited by a forked child, refer to the
+// same object. Every blocking call has a timeout variant on CLOCK_MONOTONIC.
+//
+// Locks are robust: a process (or thread) that dies holding a Lock or RLock does not
+// deadlock the others. The next acquire succeeds, owner_died() on that handle
+// reports true until the next acquire, and a warning is logged (mproc::log_to_stderr).
+// Data the dead owner was changing may be half-updated; owner_died() is the cue to
+// repair it.
+//
+// Differences from Python, by design:
+//  - Lock and RLock are owned by the thread that acquired them; release() from any
+//    other thread or process raises mproc::lock_error (Python allows another process
+//    to release a Lock; use a Semaphore(1) for that hand-off pattern).
+//  - A blocking acquire() of a Lock the calling thread already holds raises
+//    lock_error instead of deadlocking; a timed or non-blocking one returns false at
+//    once.
+//  - Condition::wait may return true without a matching notify (a spurious wakeup,
+//    as with std::condition_variable), and notify(n) may wake more than n waiters;
+//    wait_for(pred, timeout) is the robust form.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <new>
+#include <stdexcept>
+#include <memory>
+#include <string>
+
+#include "detail/log.hpp"
+#include "detail/posix/posix.hpp"
+#include "detail/posix/robust_mutex.hpp"
+#include "detail/shared_block.hpp"
+#include "errors.hpp"
+
+namespace mproc {
+
+/// Misuse of a lock or semaphore: releasing a lock the thread does not hold,
+/// re-acquiring a non-recursive Lock, releasing a BoundedSemaphore too many times,
+/// waiting on or notifying a Condition without holding its lock.
+struct lock_error : error {
+  using error::error;
+};
+
+/// A Barrier was aborted, reset while parties were waiting, or timed out.
+struct broken_barrier_error : error {
+  using error::error;
+};
+
+namespace detail {
+
+/// Shared state of a Lock or RLock. Kept within one cache line.
+struct alignas(64) mutex_state {
+  robust_mutex m;
+  std::atomic<std::uint32_t> owner_died{0};  // set by the acquire that recovered
+  std::uint32_t depth = 0;                   // RLock recursion; touched by the owner only
+};
+static_assert(sizeof(mutex_state) <= 64);
+
+/// Implementation shared by Lock and RLock (Condition holds either through it).
+class basic_lock {
+ public:
+  /// The underlying state at `offset` of an existing block (Value/Array keep their
+  /// lock next to the data: one region, one descriptor).
+  basic_lock(std::shared_ptr<shared_block> block, std::size_t offset, bool recursive, bool init)
+      : block_(std::move(block)), st_(block_->at<mutex_state>(offset)), recursive_(recursive) {
+    if (init) {
+      new (st_) mutex_state;
+      st_->m.init();
+      block_->set_mutex(&st_->m);
+    }
+  }
+  explicit basic_lock(bool recursive)
+      : basic_lock(make_block(sizeof(mutex_state), recursive ? "mproc-rlock" : "mproc-lock"), 0,
+                   recursive, true) {}
+
+  /// timeout_ns < 0 blocks; 0 tries once.
+  bool acquire_ns(std::int64_t timeout_ns) {
+    switch (st_->m.lock(timeout_ns)) {
+      case lock_result::acquired:
+        st_->owner_died.store(0, std::memory_order_relaxed);
+        st_->depth = 1;
+        return true;
+      case lock_result::owner_died:
+        st_->owner_died.store(1, std::memory_order_relaxed);
+        st_->depth = 1;
+        detail::log(log_level::warning,
+                    "%s: previous owner died holding it; acquired, protected data may be inconsistent",
+                    kind());
+        return true;
+      case lock_result::already_mine:
+        if (recursive_) {
+          ++st_->depth;
+          return true;
+        }
+        if (timeout_ns < 0)
+          throw lock_error("Lock.acquire(): the calling thread already holds this Lock, which is "
+                           "not recursive (this would deadlock; use RLock)");
+        return false;
+      case lock_result::timed_out: return false;
+    }
+    return false;
+  }
+
+  void release() {
+    if (!st_->m.held_by_caller())
+      throw lock_error(std::string(kind()) +
+                       ".release(): the calling thread does not hold this lock");
+    if (recursive_ && --st_->depth > 0) return;
+    st_->depth = 0;
+    if (!st_->m.unlock())
+      throw lock_error(std::string(kind()) + ".release(): pthread_mutex_unlock refused (not owner)");
+  }
+
+  /// Releases every level held by the caller (for Condition::wait); returns the depth.
+  std::uint32_t release_all(const char* who) {
+    if (!st_->m.held_by_caller())
+      throw lock_error(std::string(who) + ": cannot wait on an un-acquired lock");
+    std::uint32_t d = st_->depth;
+    st_->depth = 0;
+    (void)st_->m.unlock();
+    return d;
+  }
+  void reacquire(std::uint32_t depth) {
+    acquire_ns(-1);
+    st_->depth = depth;
+  }
+
+  [[nodiscard]] bool held_by_caller() const noexcept { return st_->m.held_by_caller(); }
+  /// True when the acquire that gave the current holder the lock found its previous
+  /// owner dead. Meaningful to the holder; cleared by the next acquire.
+  [[nodiscard]] bool owner_died() const noexcept {
+    return st_->owner_died.load(std::memory_order_relaxed) != 0;
+  }
+  [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
+  [[nodiscard]] bool same_object(const basic_lock& o) const noexcept { return st_ == o.st_; }
+
+ protected:
+  const char* kind() const noexcept { return recursive_ ? "RLock" : "Lock"; }
+
+  std::shared_ptr<shared_block> block_;
+  mutex_state* st_;
+  bool recursive_;
+};
+
+/// The Lockable / TimedLockable surface shared by every acquire/release type.
+template <class Derived>
+class lockable_api {
+ public:
+  void lock() { self().acquire(); }
+  void unlock() { self().release(); }
+  [[nodiscard]] bool try_lock() { return self().acquire(false); }
+  template <class Rep, class Period>
+  [[nodiscard]] bool try_lock_for(std::chrono::duration<Rep, Period> d) {
+    return self().acquire(true, d);
+  }
+  template <class Clock, class Dur>
+  [[nodiscard]] bool try_lock_until(std::chrono::time_point<Clock, Dur> tp) {
+    return self().acquire(true, tp - Clock::now());
+  }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+};
+
+}  // namespace detail
+
+/// Non-recursive, process-shared, robust mutex.
+class Lock : public detail::basic_lock, public detail::lockable_api<Lock> {
+ public:
+  Lock() : basic_lock(false) {}
+  Lock(detail::adopt_region_t, std::shared_ptr<detail::shared_block> b, std::size_t offset, bool init)
+      : basic_lock(std::move(b), offset, false, init) {}
+
+  /// Blocks until acquired; raises lock_error if this thread already holds it.
+  bool acquire() { return acquire_ns(-1); }
+  /// Python's acquire(block): non-blocking tries once.
+  bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return acquire_ns(detail::block_timeout_ns(block, timeout));
+  }
+  using basic_lock::release;
+  using lockable_api<Lock>::lock;
+  using lockable_api<Lock>::unlock;
+  using lockable_api<Lock>::try_lock;
+  using lockable_api<Lock>::try_lock_for;
+  using lockable_api<Lock>::try_lock_until;
+};
+
+/// Recursive, process-shared, robust mutex: the owning thread may acquire it again
+/// and must release it as many times.
+class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
+ public:
+  RLock() : basic_lock(true) {}
+  RLock(detail::adopt_region_t, std::shared_ptr<detail::shared_block> b, std::size_t offset, bool init)
+      : basic_lock(std::move(b), offset, true, init) {}
+
+  bool acquire() { return acquire_ns(-1); }
+  bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return acquire_ns(detail::block_timeout_ns(block, timeout));
+  }
+  using basic_lock::release;
+  /// Levels held by the calling thread (0 when it does not hold the lock).
+  [[nodiscard]] unsigned recursion_depth() const noexcept {
+    return held_by_caller() ? st_->depth : 0;
+  }
+};
+
+namespace detail {
+
+struct alignas(64) semaphore_state {
+  std::atomic<std::uint32_t> value;    // futex word
+  std::atomic<std::uint32_t> waiters;  // sleepers, so release can skip the syscall
+  std::uint32_t max;                   // 0: unbounded
+};
+
+class basic_semaphore {
+ public:
+  basic_semaphore(unsigned initial, unsigned max, const char* label)
+      : block_(make_block(sizeof(semaphore_state), label)), st_(block_->at<semaphore_state>(0)) {
+    if (max != 0 && initial > max)
+      throw std::invalid_argument("BoundedSemaphore: initial value " + std::to_string(initial) +
+                                  " exceeds its bound " + std::to_string(max));
+    if (initial > static_cast<unsigned>(INT32_MAX))
+      throw std::invalid_argument("Semaphore: initial value " + std::to_string(initial) +
+                                  " is too large");
+    new (st_) semaphore_state{{initial}, {0}, max};
+  }
+
+  bool acquire_ns(std::int64_t timeout_ns) {
+    deadline dl = deadline::after(timeout_ns);
+    for (;;) {
+      std::uint32_t v = st_->value.load(std::memory_order_relaxed);
+      while (v > 0) {
+        if (st_->value.compare_exchange_weak(v, v - 1, std::memory_order_acquire,
+                                             std::memory_order_relaxed))
+          return true;
+      }
+      if (timeout_ns == 0 || dl.expired()) return false;
+      st_->waiters.fetch_add(1, std::memory_order_seq_cst);
+      bool in_time = futex_wait(&st_->value, 0, dl.remaining());
+      st_->waiters.fetch_sub(1, std::memory_order_relaxed);
+      if (!in_time && st_->value.load(std::memory_order_relaxed) == 0) return false;
+    }
+  }
+
+  void release(unsigned n = 1) {
+    std::uint32_t v = st_->value.load(std::memory_order_relaxed);
+    for (;;) {
+      std::uint64_t next = std::uint64_t(v) + n;
+      if (st_->max != 0 && next > st_->max)
+        throw lock_error("BoundedSemaphore.release(): released too many times (value " +
+                         std::to_string(v) + ", bound " + std::to_string(st_->max) + ")");
+      if (next > INT32_MAX) throw lock_error("Semaphore.release(): value would overflow");
+      if (st_->value.compare_exchange_weak(v, static_cast<std::uint32_t>(next),
+                                           std::memory_order_seq_cst, std::memory_order_relaxed))
+        break;
+    }
+    if (st_->waiters.load(std::memory_order_seq_cst) != 0)
+      futex_wake(&st_->value, static_cast<int>(n));
+  }
+
+  /// Current value (Python's get_value()).
+  [[nodiscard]] unsigned get_value() const noexcept {
+    return st_->value.load(std::memory_order_relaxed);
+  }
+  [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
+
+ protected:
+  std::shared_ptr<shared_block> block_;
+  semaphore_state* st_;
+};
+
+}  // namespace detail
+
+/// Counting semaphore shared between processes.
+class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Semaphore> {
+ public:
+  explicit Semaphore(unsigned value = 1) : basic_semaphore(value, 0, "mproc-semaphore") {}
+
+  bool acquire() { return acquire_ns(-1); }
+  bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return acquire_ns(detail::block_timeout_ns(block, timeout));
+  }
+
+ protected:
+  Semaphore(unsigned value, unsigned max) : basic_semaphore(value, max, "mproc-bsemaphore") {}
+};
+
+/// A Semaphore whose value may never exceed its initial value: an extra release()
+/// raises lock_error.
+class BoundedSemaphore : public Semaphore {
+ public:
+  explicit BoundedSemaphore(unsigned value = 1) : Semaphore(value, value) {}
+};
+
+namespace detail {
+struct alignas(64) event_state {
+  std::atomic<std::uint32_t> flag{0};     // futex word
+  std::atomic<std::uint32_t> waiters{0};  // lets set() skip the syscall when idle
+};
+}  // namespace detail
+
+/// A flag processes can wait for.
+class Event {
+ public:
+  Event()
+      : block_(detail::make_block(sizeof(detail::event_state), "mproc-event")),
+        st_(new (block_->at<void>(0)) detail::event_state) {}
+
+  void set() noexcept {
+    flag()->store(1, std::memory_order_seq_cst);
+    if (waiters()->load(std::memory_order_seq_cst) != 0) detail::futex_wake(flag());
+  }
+  void clear() noexcept { flag()->store(0, std::memory_order_seq_cst); }
+  [[nodiscard]] bool is_set() const noexcept { return flag()->load(std::memory_order_acquire) != 0; }
+
+  /// Blocks until the flag is set.
+  bool wait() { return wait_ns(-1); }
+  /// Returns the flag: false when the timeout passed first.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) {
+    return wait_ns(detail::to_ns(timeout));
+  }
+  [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
+
+ private:
+  bool wait_ns(std::int64_t timeout_ns) {
+    detail::deadline dl = detail::deadline::after(timeout_ns);
+    while (!is_set()) {
+      if (dl.expired()) return false;
+      waiters()->fetch_add(1, std::memory_order_seq_cst);
+      detail::futex_wait(flag(), 0, dl.remaining());
+      waiters()->fetch_sub(1, std::memory_order_relaxed);
+    }
+    return true;
+  }
+  std::atomic<std::uint32_t>* flag() const noexcept { return &st_->flag; }
+  std::atomic<std::uint32_t>* waiters() const noexcept { return &st_->waiters; }
+
+  std::shared_ptr<detail::shared_block> block_;
+  detail::event_state* st_;
+};
+
+namespace detail {
+
+/// Condition variable state. Waiters sleep on `seq`, read while holding the lock;
+/// notify bumps it, so a waiter that has released the lock but not yet slept cannot
+/// miss a notification, and notify_all wakes everyone waiting at that moment. No
+/// waiter is needed for anyone else to make progress, so a process that dies inside
+/// wait() cannot block notify().
+struct alignas(64) condition_state {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> waiters{0};  // lets notify skip the syscall when idle
+};
+
+class condition_core {
+ public:
+  condition_core()
+      : block_(make_block(sizeof(condition_state), "mproc-condition")),
+        st_(new (block_->at<void>(0)) condition_state) {}
+
+  /// The caller holds the lock. Returns false on timeout.
+  bool wait(basic_lock& lk, std::int64_t timeout_ns) {
+    deadline dl = deadline::after(timeout_ns);
+    const std::uint32_t s = st_->seq.load(std::memory_order_seq_cst);
+    st_->waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::uint32_t depth;
+    try {
+      depth = lk.release_all("Condition.wait()");
+    } catch (...) {
+      st_->waiters.fetch_sub(1, std::memory_order_seq_cst);
+      throw;
+    }
+    bool woken;
+    while (!(woken = st_->seq.load(std::memory_order_seq_cst) != s) && !dl.expired())
+      futex_wait(&st_->seq, s, dl.remaining());
+    st_->waiters.fetch_sub(1, std::memory_order_seq_cst);
+    lk.reacquire(depth);
+    return woken;
+  }
+
+  /// The caller holds the lock. Wakes at least min(n, waiters) waiters; waiters that
+  /// had not yet gone to sleep may wake too.
+  void notify(std::uint32_t n) {
+    if (st_->waiters.load(std::memory_order_seq_cst) == 0) return;
+    st_->seq.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(&st_->seq, n > INT32_MAX ? INT32_MAX : static_cast<int>(n));
+  }
+
+  [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
+
+ private:
+  std::shared_ptr<shared_block> block_;
+  condition_state* st_;
+};
+
+}  // namespace detail
+
+/// A condition variable shared between processes, with its lock (an RLock unless
+/// one is given). wait(), notify() and notify_all() require the caller to hold it.
+class Condition : public detail::lockable_api<Condition> {
+ public:
+  Condition() : lock_(RLock()) {}
+  explicit Condition(const Lock& l) : lock_(l) {}
+  explicit Condition(const RLock& l) : lock_(l) {}
+
+  bool acquire() { return lock_.acquire_ns(-1); }
+  bool acquire(bool block) { return lock_.acquire_ns(block ? -1 : 0); }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return lock_.acquire_ns(detail::block_timeout_ns(block, timeout));
+  }
+  void release() { lock_.release(); }
+
+  /// Releases the lock, sleeps until notified, re-acquires it.
+  void wait() { (void)core_.wait(lock_, -1); }
+  /// False when the timeout passed without a notification.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) {
+    return core_.wait(lock_, detail::to_ns(timeout));
+  }
+  /// Waits until pred() holds; returns pred()'s last value (false on timeout).
+  template <class Pred>
+  bool wait_for(Pred pred) {
+    while (!pred()) core_.wait(lock_, -1);
+    return true;
+  }
+  template <class Pred, class Rep, class Period>
+  bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) {
+    detail::deadline dl = detail::deadline::after(detail::to_ns(timeout));
+    bool ok = pred();
+    while (!ok) {
+      if (dl.expired()) break;
+      core_.wait(lock_, dl.remaining());
+      ok = pred();
+    }
+    return ok;
+  }
+
+  void notify(unsigned n = 1) {
+    require_owned("Condition.notify()");
+    core_.notify(n);
+  }
+  void notify_all() {
+    require_owned("Condition.notify_all()");
+    core_.notify(UINT32_MAX);
+  }
+
+ private:
+  void require_owned(const char* who) const {
+    if (!lock_.held_by_caller()) throw lock_error(std::string(who) + ": cannot notify on an un-acquired lock");
+  }
+
+  detail::basic_lock lock_;
+  detail::condition_core core_;
+};
+
+namespace detail {
+
+struct alignas(64) barrier_state {
+  mutex_state lock;                     // guards the fields below
+  std::atomic<std::uint32_t> seq{0};    // futex word; bumped on every state change
+  std::int32_t state = 0;               // 0 filling, 1 draining, -1 resetting, -2 broken
+  std::uint32_t count = 0;              // parties inside wait()
+  std::uint32_t parties = 0;
+};
+
+}  // namespace detail
+
+/// A barrier for a fixed number of parties (Python's Barrier). wait() returns each
+/// party's arrival index (0 .. parties-1); a timeout, abort() or reset() while parties
+/// wait breaks it, and every waiter then raises broken_barrier_error.
+///
+/// A party that dies inside wait() never arrives: the others then time out (when they
+/// gave a timeout) and the barrier is broken, which reset() repairs once no party is
+/// left inside.
+class Barrier {
+ public:
+  explicit Barrier(unsigned parties, std::function<void()> action = {})
+      : block_(detail::make_block(sizeof(detail::barrier_state), "mproc-barrier")),
+        st_(new (block_->at<void>(0)) detail::barrier_state),
+        lock_(detail::adopt_region, block_, 0, true),
+        action_(std::move(action)) {
+    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
+    st_->parties = parties;
+  }
+
+  /// Blocks until all parties have called wait().
+  unsigned wait() { return wait_ns(-1); }
+  /// Raises broken_barrier_error when the timeout passes first (and breaks the barrier,
+  /// as Python does).
+  template <class Rep, class Period>
+  unsigned wait(std::chrono::duration<Rep, Period> timeout) {
+    return wait_ns(detail::to_ns(timeout));
+  }
+
+  /// Puts the barrier back to its initial state; parties waiting now get
+  /// broken_barrier_error.
+  void reset() {
+    std::lock_guard g(lock_);
+    if (st_->count > 0) {
+      if (st_->state == 0 || st_->state == -2) st_->state = -1;
+    } else {
+      st_->state = 0;
+    }
+    notify_all();
+  }
+  /// Breaks the barrier: current and future wait() calls raise broken_barrier_error
+  /// until reset().
+  void abort() {
+    std::lock_guard g(lock_);
+    break_barrier();
+  }
+
+  [[nodiscard]] unsigned parties() const noexcept { return st_->parties; }
+  [[nodiscard]] unsigned n_waiting() {
+    std::lock_guard g(lock_);
+    return st_->state == 0 ? st_->count : 0;
+  }
+  [[nodiscard]] bool broken() {
+    std::lock_guard g(lock_);
+    return st_->state == -2;
+  }
+  [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
+
+ private:
+  unsigned wait_ns(std::int64_t timeout_ns) {
+    detail::deadline dl = detail::deadline::after(timeout_ns);
+    std::unique_lock g(lock_);
+    // Wait while a previous round drains or resets.
+    if (!wait_until_locked(g, dl, [&] { return st_->state != 1 && st_->state != -1; })) {
+      break_barrier();
+      throw broken_barrier_error("Barrier.wait(): timed out while the previous round drained");
+    }
+    if (st_->state < 0) throw broken_barrier_error("Barrier.wait(): the barrier is broken");
+    unsigned index = st_->count++;
+    struct leave {
+      Barrier* b;
+      ~leave() {
+        if (--b->st_->count == 0 && (b->st_->state == 1 || b->st_->state == -1)) {
+          b->st_->state = 0;
+          b->notify_all();
+        }
+      }
+    } on_exit{this};
+    if (index + 1 == st_->parties) {
+      try {
+        if (action_) action_();
+      } catch (...) {
+        break_barrier();
+        throw;
+      }
+      st_->state = 1;
+      notify_all();
+      return index;
+    }
+    if (!wait_until_locked(g, dl, [&] { return st_->state != 0; })) {
+      break_barrier();
+      throw broken_barrier_error("Barrier.wait(): timed out waiting for " +
+                                 std::to_string(st_->parties - st_->count) + " more parties");
+    }
+    if (st_->state < 0) throw broken_barrier_error("Barrier.wait(): the barrier was broken while waiting");
+    return index;
+  }
+
+  template <class Pred>
+  bool wait_until_locked(std::unique_lock<RLock>& g, const detail::deadline& dl, Pred pred) {
+    while (!pred()) {
+      if (dl.expired()) return false;
+      std::uint32_t s = st_->seq.load(std::memory_order_seq_cst);
+      g.unlock();
+      detail::futex_wait(&st_->seq, s, dl.remaining());
+      g.lock();
+    }
+    return true;
+  }
+  void notify_all() noexcept {
+    st_->seq.fetch_add(1, std::memory_order_seq_cst);
+    detail::futex_wake(&st_->seq);
+  }
+  void break_barrier() noexcept {
+    st_->state = -2;
+    notify_all();
+  }
+
+  std::shared_ptr<detail::shared_block> block_;
+  detail::barrier_state* st_;
+  RLock lock_;
+  std::function<void()> action_;
+};
+
+}  // namespace mproc
