@@ -72,8 +72,8 @@ class basic_lock {
     if (init) {
       new (st_) mutex_state;
       st_->m.init();
-      block_->set_mutex(&st_->m);
     }
+    block_->set_mutex(&st_->m);
   }
   explicit basic_lock(bool recursive)
       : basic_lock(make_block(sizeof(mutex_state), recursive ? "mproc-rlock" : "mproc-lock"), 0,

@@ -1,0 +1,200 @@
+// Value, Array, RawValue, RawArray: contents, bounds checks, and sharing with
+// forked children (copies and inherited handles are the same memory).
+#include <catch2/catch.hpp>
+
+#include <mproc/detail/posix/fork.hpp>
+#include <mproc/sharedctypes.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <dirent.h>
+#include <list>
+#include <mutex>
+#include <numeric>
+#include <poll.h>
+#include <vector>
+
+using namespace std::chrono_literals;
+namespace d = mproc::detail;
+
+namespace {
+
+constexpr int kTimedOut = 1000;
+
+int join_child(pid_t pid, std::chrono::milliseconds timeout = 20s) {
+  d::unique_fd pfd = d::pidfd_open(pid);
+  pollfd p{pfd.get(), POLLIN, 0};
+  int rc = d::retry_eintr([&] { return ::poll(&p, 1, static_cast<int>(timeout.count())); });
+  int status = 0;
+  if (rc == 0) {
+    ::kill(pid, SIGKILL);
+    d::waitpid_eintr(pid, &status, 0);
+    return kTimedOut;
+  }
+  d::waitpid_eintr(pid, &status, 0);
+  return d::exitcode_from_status(status);
+}
+
+std::size_t count_fds() {
+  std::size_t n = 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
+  ::closedir(dir);
+  return n - 1;
+}
+
+struct point {
+  double x = 1.5;
+  int y = 7;
+};
+
+}  // namespace
+
+TEST_CASE("Value: initial value, load/store, lock") {
+  mproc::Value<int> v(41);
+  CHECK(v.value() == 41);
+  v.value() += 1;
+  CHECK(v.load() == 42);
+  v.store(5);
+  CHECK(v.value() == 5);
+  mproc::Value<int> zero;
+  CHECK(zero.value() == 0);
+  mproc::Value<point> p;  // default member initialisers apply
+  CHECK(p.value().x == 1.5);
+  CHECK(p.value().y == 7);
+  {
+    std::scoped_lock g(v.get_lock());
+    CHECK(v.get_lock().recursion_depth() == 1);
+    std::scoped_lock again(v.get_lock());  // an RLock, as in Python
+    CHECK(v.get_lock().recursion_depth() == 2);
+  }
+  CHECK(v.get_lock().recursion_depth() == 0);
+  static_assert(std::is_same_v<decltype(v.get_lock()), mproc::RLock&>);
+  // The data is kept off the lock's cache line.
+  auto lock_addr = reinterpret_cast<std::uintptr_t>(v.shared_region().data());
+  auto data_addr = reinterpret_cast<std::uintptr_t>(&v.value());
+  CHECK(data_addr - lock_addr >= 64);
+  CHECK(data_addr % 64 == 0);
+}
+
+TEST_CASE("Value incremented under its lock by 4 processes") {
+  mproc::Value<long> counter(0);
+  constexpr int per = 10000;
+  std::vector<pid_t> kids;
+  for (int c = 0; c < 4; ++c)
+    kids.push_back(d::fork_child([counter] {  // a copy of the handle: same memory
+      for (int i = 0; i < per; ++i) {
+        std::scoped_lock g(counter.get_lock());
+        counter.value() += 1;
+      }
+      return 0;
+    }));
+  for (pid_t k : kids) CHECK(join_child(k) == 0);
+  CHECK(counter.value() == 4 * per);
+}
+
+TEST_CASE("Array construction, access and bounds") {
+  mproc::Array<int> a(5);
+  CHECK(a.size() == 5);
+  CHECK(a.to_vector() == std::vector<int>{0, 0, 0, 0, 0});
+  mproc::Array<double> b({1.0, 2.0});
+  CHECK(b.size() == 2);
+  CHECK(b[1] == 2.0);
+  mproc::Array c{1, 2, 3};
+  static_assert(std::is_same_v<decltype(c), mproc::Array<int>>);
+  CHECK(std::accumulate(c.begin(), c.end(), 0) == 6);
+  std::list<short> src{4, 5, 6, 7};
+  mproc::Array<int> d(src);
+  CHECK(d.to_vector() == std::vector<int>{4, 5, 6, 7});
+  mproc::Array<int> e(std::views::iota(0, 10) | std::views::filter([](int i) { return i % 2 == 0; }));
+  CHECK(e.to_vector() == std::vector<int>{0, 2, 4, 6, 8});
+  mproc::Array<int> f(3, 9);
+  CHECK(f.to_vector() == std::vector<int>{9, 9, 9});
+  CHECK_THROWS_AS(a.at(5), std::out_of_range);
+  a.at(4) = 3;
+  std::span<int> s = a;
+  CHECK(s.size() == 5);
+  CHECK(s[4] == 3);
+  mproc::Array<int> empty(0);
+  CHECK(empty.empty());
+  CHECK(empty.begin() == empty.end());
+  mproc::Array<point> pts(2);
+  CHECK(pts[1].y == 7);
+}
+
+TEST_CASE("Array filled by a child is seen by the parent; copies alias") {
+  mproc::Array<int> arr(5);
+  mproc::Array<int> alias = arr;
+  pid_t k = d::fork_child([&] {
+    for (std::size_t i = 0; i < arr.size(); ++i) arr[i] = 3 * int(i + 1);
+    return 0;
+  });
+  CHECK(join_child(k) == 0);
+  CHECK(alias.to_vector() == std::vector<int>{3, 6, 9, 12, 15});
+  alias[0] = -1;
+  CHECK(arr[0] == -1);
+}
+
+TEST_CASE("Array guarded by its lock across processes") {
+  mproc::Array<int> arr(4);
+  std::vector<pid_t> kids;
+  for (int c = 0; c < 3; ++c)
+    kids.push_back(d::fork_child([&] {
+      for (int i = 0; i < 5000; ++i) {
+        std::scoped_lock g(arr.get_lock());
+        for (auto& x : arr) x += 1;  // all four move together under the lock
+      }
+      return 0;
+    }));
+  for (pid_t k : kids) CHECK(join_child(k) == 0);
+  CHECK(arr.to_vector() == std::vector<int>(4, 15000));
+}
+
+TEST_CASE("RawValue and RawArray share memory without a lock") {
+  mproc::RawValue<double> rv(2.5);
+  mproc::RawArray<char> ra(8);
+  pid_t k = d::fork_child([&] {
+    rv.value() *= 2;
+    ra[0] = 'o';
+    ra[1] = 'k';
+    return 0;
+  });
+  CHECK(join_child(k) == 0);
+  CHECK(rv.value() == 5.0);
+  CHECK(ra[0] == 'o');
+  CHECK(ra[1] == 'k');
+  CHECK(ra[2] == 0);
+  mproc::RawArray ri{1, 2};
+  CHECK(ri.size() == 2);
+}
+
+TEST_CASE("A region adopted by another handle sees the same data") {
+  mproc::Array<int> arr({10, 20, 30});
+  // As a spawned child would: map the same memfd again and adopt it.
+  d::unique_fd dup(::fcntl(arr.shared_region().fd(), F_DUPFD_CLOEXEC, 0));
+  auto region = d::shm_region::map(std::move(dup), arr.shared_region().size());
+  mproc::Array<int> other(d::adopt_region, std::move(region));
+  CHECK(other.to_vector() == std::vector<int>{10, 20, 30});
+  other[1] = 21;
+  CHECK(arr[1] == 21);
+  {
+    std::scoped_lock g(arr.get_lock());
+    CHECK(other.get_lock().held_by_caller());
+  }
+  d::unique_fd dup2(::fcntl(arr.shared_region().fd(), F_DUPFD_CLOEXEC, 0));
+  auto r2 = d::shm_region::map(std::move(dup2), arr.shared_region().size());
+  CHECK_THROWS_AS(mproc::Value<int>(d::adopt_region, std::move(r2)), std::invalid_argument);
+}
+
+TEST_CASE("Values and Arrays leak no descriptors") {
+  std::size_t before = count_fds();
+  {
+    mproc::Value<int> v(1);
+    mproc::Array<double> a(1000);
+    mproc::RawValue<int> rv;
+    mproc::RawArray<int> ra(3);
+    std::vector<mproc::Value<int>> copies(5, v);
+    CHECK(count_fds() == before + 4);
+  }
+  CHECK(count_fds() == before);
+}
