@@ -95,6 +95,48 @@ struct callbacks {
   E error_callback{};
 };
 
+/// A ready on_progress: a throttled bar with rate and ETA on stderr, or plain lines
+/// (at most one a second, and the last) when stderr is not a terminal.
+inline progress_fn progress_bar(std::string label = "") {
+  struct state {
+    std::string label;
+    bool tty = ::isatty(2) == 1;
+    std::int64_t start = detail::monotonic_ns();
+    std::int64_t last = 0;
+    bool finished = false;
+  };
+  auto st = std::make_shared<state>();
+  st->label = std::move(label);
+  return [st](std::size_t done, std::size_t total) {
+    const std::int64_t now = detail::monotonic_ns();
+    const bool end = total && done >= total;
+    if (st->finished || (!end && now - st->last < (st->tty ? 100'000'000 : 1'000'000'000))) return;
+    st->last = now;
+    st->finished = end;
+    const double secs = double(now - st->start) / 1e9;
+    const double rate = secs > 0 ? double(done) / secs : 0.0;
+    char line[256];
+    int n = 0;
+    const char* lead = st->label.empty() ? "" : st->label.c_str();
+    const char* sep = st->label.empty() ? "" : " ";
+    if (total) {
+      const double frac = std::min(1.0, double(done) / double(total));
+      char bar[31];
+      const int filled = static_cast<int>(frac * 30);
+      for (int i = 0; i < 30; ++i) bar[i] = i < filled ? '#' : '-';
+      bar[30] = 0;
+      const double eta = rate > 0 ? double(total - std::min(done, total)) / rate : 0.0;
+      n = std::snprintf(line, sizeof line, "%s%s%s[%s] %zu/%zu %3.0f%% %.1f/s ETA %dm%02ds%s",
+                        st->tty ? "\r" : "", lead, sep, bar, done, total, frac * 100, rate,
+                        int(eta) / 60, int(eta) % 60, st->tty && !end ? "" : "\n");
+    } else {
+      n = std::snprintf(line, sizeof line, "%s%s%s%zu done %.1f/s%s", st->tty ? "\r" : "", lead,
+                        sep, done, rate, st->tty ? "" : "\n");
+    }
+    if (n > 0) [[maybe_unused]] auto rc = ::write(2, line, std::min<std::size_t>(std::size_t(n), sizeof line - 1));
+  };
+}
+
 namespace detail {
 
 template <class R>

@@ -167,10 +167,15 @@ class spsc_ring {
   }
 
   /// Waits until a record is available (consumer side). Returns false on timeout.
-  bool wait_data(std::int64_t timeout_ns, int spins = 20000) {
-    for (int i = 0; i < spins; ++i) {
+  /// Spins for up to spin_ns first: a reply that comes within that time costs no
+  /// system call, and on a small machine a longer spin only steals a core.
+  bool wait_data(std::int64_t timeout_ns, std::int64_t spin_ns = 50'000) {
+    if (!empty()) return true;
+    const std::int64_t spin_end = monotonic_ns() + spin_ns;
+    for (unsigned i = 1;; ++i) {
       if (!empty()) return true;
       cpu_relax();
+      if ((i & 63) == 0 && monotonic_ns() >= spin_end) break;
     }
     const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
     while (true) {
