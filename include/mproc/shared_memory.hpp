@@ -1,0 +1,223 @@
+// SharedMemory: a named POSIX shared memory segment (/dev/shm), as Python's
+// multiprocessing.shared_memory.SharedMemory.
+//
+//   mproc::SharedMemory shm(mproc::create, 1 << 20);            // generated name
+//   mproc::SharedMemory named(mproc::create, 4096, "my_data");  // O_CREAT|O_EXCL, 0600
+//   mproc::SharedMemory attach("my_data");                       // existing segment
+//   std::span<double> v = named.as<double>();
+//
+// A SharedMemory is a handle: copies share one mapping (close() on any of them
+// closes it for all). close() and destruction unmap but never unlink; unlink()
+// removes the name. Segments this program creates are registered with the resource
+// tracker, which unlinks whatever is still there when the program ends, even by
+// SIGKILL, and warns about each on stderr. Attaching does not register: only the
+// creator owns the name.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+
+#include "detail/tracker.hpp"
+#include "errors.hpp"
+
+namespace mproc {
+
+/// Tag selecting SharedMemory's creating constructors.
+struct create_t {
+  explicit create_t() = default;
+};
+inline constexpr create_t create{};
+
+class SharedMemory {
+ public:
+  /// Creates a segment of `size` bytes with a generated, unguessable name
+  /// ("mproc_" and 16 random hex digits).
+  SharedMemory(create_t, std::size_t size) {
+    check_size(size);
+    for (int attempt = 0;; ++attempt) {
+      try {
+        open(random_name(), size, true);
+        return;
+      } catch (const std::system_error& e) {
+        // A collision of 64 random bits means something else is going on after a few.
+        if (e.code() != std::errc::file_exists || attempt == 8) throw;
+      }
+    }
+  }
+  /// Creates a segment named `name` (Python's name: no leading slash needed); raises
+  /// std::system_error(EEXIST) naming shm_open and the name if it exists.
+  SharedMemory(create_t, std::size_t size, std::string_view name) {
+    check_size(size);
+    open(checked_name(name), size, true);
+  }
+  /// Attaches to an existing segment; raises std::system_error(ENOENT) naming shm_open
+  /// and the name if there is none.
+  explicit SharedMemory(std::string_view name) { open(checked_name(name), 0, false); }
+
+  /// The name as the user gave it (no leading slash), as Python reports it.
+  [[nodiscard]] const std::string& name() const noexcept { return s_->name; }
+  /// Size of the segment in bytes.
+  [[nodiscard]] std::size_t size() const noexcept { return s_->size; }
+  [[nodiscard]] bool closed() const noexcept { return !s_->region; }
+
+  /// The mapped bytes. Raises state_error after close().
+  [[nodiscard]] std::span<std::byte> buf() const {
+    require_open("buf()");
+    return {static_cast<std::byte*>(s_->region->get_address()), s_->size};
+  }
+  /// The segment viewed as `size() / sizeof(T)` objects of T; raises
+  /// std::invalid_argument when the size is not a multiple of sizeof(T).
+  template <class T>
+  [[nodiscard]] std::span<T> as() const {
+    static_assert_element<T>();
+    if (s_->size % sizeof(T) != 0)
+      throw std::invalid_argument("SharedMemory '" + s_->name + "': size " + std::to_string(s_->size) +
+                                  " is not a multiple of sizeof(T) = " + std::to_string(sizeof(T)) +
+                                  "; use as<T>(count)");
+    return as<T>(s_->size / sizeof(T));
+  }
+  /// The first `count` objects of T; raises std::invalid_argument when they do not fit.
+  template <class T>
+  [[nodiscard]] std::span<T> as(std::size_t count) const {
+    static_assert_element<T>();
+    require_open("as<T>()");
+    if (count > s_->size / sizeof(T))
+      throw std::invalid_argument("SharedMemory '" + s_->name + "': " + std::to_string(count) +
+                                  " objects of " + std::to_string(sizeof(T)) + " bytes do not fit in " +
+                                  std::to_string(s_->size) + " bytes");
+    void* p = s_->region->get_address();
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0)
+      throw std::invalid_argument("SharedMemory '" + s_->name + "': mapping is not aligned for T");
+    return {static_cast<T*>(p), count};
+  }
+
+  /// Unmaps the segment in this process (for every copy of this handle). The segment
+  /// and its name stay. Idempotent.
+  void close() noexcept { s_->region.reset(); }
+
+  /// Removes the name; the memory lives until every process has unmapped it. Raises
+  /// std::system_error(ENOENT) if the name is already gone.
+  void unlink() {
+    if (::shm_unlink(s_->shm_name.c_str()) != 0)
+      detail::throw_errno(("shm_unlink('" + s_->shm_name + "')").c_str());
+    detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);
+  }
+
+ private:
+  struct state {
+    std::string name;      // as given by the user
+    std::string shm_name;  // with the leading slash
+    std::size_t size = 0;
+    std::unique_ptr<boost::interprocess::mapped_region> region;
+  };
+
+  template <class T>
+  static constexpr void static_assert_element() {
+    static_assert(std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>,
+                  "SharedMemory::as<T>: T must be trivially copyable and not a pointer: the bytes "
+                  "are shared as they are with other processes");
+  }
+
+  static void check_size(std::size_t size) {
+    if (size == 0) throw std::invalid_argument("SharedMemory: size must be a positive number of bytes");
+  }
+
+  static std::string checked_name(std::string_view name) {
+    std::string_view bare = name;
+    if (!bare.empty() && bare.front() == '/') bare.remove_prefix(1);
+    if (bare.empty()) throw std::invalid_argument("SharedMemory: empty name");
+    if (bare.size() > 250)
+      throw std::invalid_argument("SharedMemory: name '" + std::string(name) + "' is longer than 250 characters");
+    if (bare.find('/') != std::string_view::npos || bare.find('\0') != std::string_view::npos ||
+        bare == "." || bare == "..")
+      throw std::invalid_argument("SharedMemory: name '" + std::string(name) +
+                                  "' may not contain '/' or NUL after its optional leading '/'");
+    return std::string(name);
+  }
+
+  static std::string random_name() {
+    unsigned char bytes[8];
+    std::size_t got = 0;
+    while (got < sizeof bytes) {
+      ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) detail::throw_errno("getrandom");
+      got += static_cast<std::size_t>(n);
+    }
+    static const char hex[] = "0123456789abcdef";
+    std::string s = "mproc_";
+    for (unsigned char b : bytes) {
+      s += hex[b >> 4];
+      s += hex[b & 15];
+    }
+    return s;
+  }
+
+  void open(std::string name, std::size_t size, bool creating) {
+    namespace bip = boost::interprocess;
+    s_ = std::make_shared<state>();
+    s_->name = name.front() == '/' ? name.substr(1) : name;
+    s_->shm_name = "/" + s_->name;
+    const char* call = creating ? "shm_open(O_CREAT|O_EXCL, 0600)" : "shm_open";
+    try {
+      bip::shared_memory_object obj;
+      if (creating) {
+        bip::permissions perm(0600);
+        bip::shared_memory_object created(bip::create_only, s_->name.c_str(), bip::read_write, perm);
+        obj.swap(created);
+        try {
+          // Registered as soon as the name exists, so that a failure below (or a
+          // kill) still gets it removed.
+          detail::resource_tracker::instance().register_name("shared_memory", s_->shm_name);
+          call = "ftruncate";
+          obj.truncate(static_cast<bip::offset_t>(size));
+        } catch (...) {
+          ::shm_unlink(s_->shm_name.c_str());
+          detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);
+          throw;
+        }
+      } else {
+        bip::shared_memory_object attached(bip::open_only, s_->name.c_str(), bip::read_write);
+        obj.swap(attached);
+        bip::offset_t sz = 0;
+        call = "fstat";
+        if (!obj.get_size(sz)) detail::throw_errno(("fstat('" + s_->shm_name + "')").c_str());
+        if (sz <= 0)
+          throw error("SharedMemory '" + s_->name + "': the segment has size 0 and cannot be mapped");
+        size = static_cast<std::size_t>(sz);
+      }
+      call = "mmap";
+      s_->region = std::make_unique<bip::mapped_region>(obj, bip::read_write, 0, size);
+      s_->size = size;
+      // The descriptor is closed when obj goes out of scope; the mapping stays valid.
+    } catch (const bip::interprocess_exception& e) {
+      int err = e.get_native_error();
+      if (err == 0) err = e.get_error_code() == bip::already_exists_error ? EEXIST : EIO;
+      throw std::system_error(err, std::generic_category(),
+                              std::string(call) + " '" + s_->shm_name + "'");
+    }
+  }
+
+  void require_open(const char* what) const {
+    if (!s_->region)
+      throw state_error("SharedMemory '" + s_->name + "': " + what + " after close()");
+  }
+
+  std::shared_ptr<state> s_;
+};
+
+}  // namespace mproc
