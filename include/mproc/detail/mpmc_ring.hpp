@@ -1,0 +1,635 @@
+// Multi-producer multi-consumer message ring in shared memory: the engine behind
+// Queue, JoinableQueue and SimpleQueue.
+//
+// Layout: one memfd holds a header page (counters, futex words, two robust mutexes)
+// followed by a power-of-two byte ring mapped twice back to back (mirror_map), so a
+// record is always one contiguous span. Records are 8-byte aligned:
+//   u32 payload length | u32 kind | payload (a type-tagged message, see serialization)
+// Producers serialise under the put lock and consumers under the get lock, so a
+// producer and a consumer never contend with each other; the hand-off is a release
+// store of tail (producers) or head (consumers). Values are encoded straight into the
+// ring and decoded straight out of it.
+//
+// Messages larger than a quarter of the ring are streamed as fragments
+// (first/middle/last) while the producer keeps the put lock, so any size gets through
+// a small ring and fragments of different messages never interleave. Fragmenting was
+// chosen over a side buffer per message because a side buffer would need its
+// descriptor handed to whichever process consumes it, which unrelated processes
+// cannot do without a socket of their own.
+//
+// Waiting: a short spin, then a futex wait on a sequence word. Waiter counts let the
+// other side skip the wake-up syscall when nobody sleeps.
+//
+// Crashes: both mutexes are robust. A producer that dies mid-record published nothing
+// (tail only moves after a record is complete); one that dies between fragments of a
+// large message leaves a partial message, which the next lock holder ends with an
+// abort record so consumers drop it. Every fragment leaves room for that abort record,
+// so it can always be written. A consumer that dies while reading a single record
+// loses nothing (head moves only after decoding); one that dies in the middle of a
+// fragmented message loses that message: its remaining fragments are skipped.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "../errors.hpp"
+#include "../serialization.hpp"
+#include "log.hpp"
+#include "posix/mirror_map.hpp"
+#include "posix/posix.hpp"
+#include "posix/robust_mutex.hpp"
+#include "posix/shm_region.hpp"
+
+namespace mproc::detail {
+
+#if defined(__x86_64__) || defined(__i386__)
+inline void ring_spin_pause() noexcept { __builtin_ia32_pause(); }
+#else
+inline void ring_spin_pause() noexcept {}
+#endif
+
+/// Absolute CLOCK_MONOTONIC deadline in ns; -1 = wait forever. A deadline already
+/// passed means "try once, do not wait".
+using deadline_t = std::int64_t;
+inline constexpr deadline_t no_deadline = -1;
+
+template <class Rep, class Period>
+deadline_t deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+  std::int64_t ns = to_ns(d);
+  std::int64_t now = monotonic_ns();
+  if (ns >= INT64_MAX - now) return no_deadline;  // too far away to matter
+  return now + ns;
+}
+inline deadline_t deadline_now() noexcept { return monotonic_ns(); }
+
+/// Nanoseconds left until a deadline (-1: forever, 0: passed).
+inline std::int64_t ns_left(deadline_t d) noexcept {
+  if (d == no_deadline) return -1;
+  std::int64_t left = d - monotonic_ns();
+  return left > 0 ? left : 0;
+}
+
+struct mpmc_ring_header {
+  static constexpr std::uint64_t magic_value = 0x6d70726f63515545ull;  // "mprocQUE"
+  std::uint64_t magic;
+  std::uint64_t capacity;  // ring bytes, a power of two
+  std::uint64_t maxsize;   // messages, 0 = no limit
+  std::uint32_t joinable;
+  robust_mutex put_lock;
+  robust_mutex get_lock;
+
+  alignas(64) std::atomic<std::uint64_t> tail;  // end of the last published record
+  std::atomic<std::uint64_t> put_count;         // complete messages published
+  std::atomic<std::uint32_t> in_message;        // first fragment out, last one not yet
+  alignas(64) std::atomic<std::uint64_t> head;  // end of the last consumed record
+  std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
+  alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
+  std::atomic<std::uint32_t> data_waiters;
+  std::atomic<std::uint32_t> closed;
+  alignas(64) std::atomic<std::uint32_t> space_seq;  // bumped on consume / close
+  std::atomic<std::uint32_t> space_waiters;
+  alignas(64) std::atomic<std::uint32_t> unfinished;  // JoinableQueue tasks; futex word
+  std::atomic<std::uint32_t> join_waiters;
+};
+
+class mpmc_ring {
+ public:
+  static constexpr std::size_t header_bytes = 4096;
+  static constexpr std::size_t record_header = 8;
+  static constexpr std::size_t min_capacity = 64 * 1024;
+  static constexpr std::size_t default_capacity = 4 * 1024 * 1024;
+
+  enum kind : std::uint32_t { k_single = 1, k_first = 2, k_middle = 3, k_last = 4, k_abort = 5 };
+  enum class status { ok, timed_out, closed };
+
+  /// A new ring of at least `capacity` bytes (rounded up to a power of two).
+  static std::shared_ptr<mpmc_ring> create(std::size_t capacity, std::size_t maxsize, bool joinable) {
+    std::size_t cap = min_capacity;
+    while (cap < capacity) {
+      if (cap > (std::size_t(1) << 40)) throw std::invalid_argument("mproc: queue capacity too large");
+      cap <<= 1;
+    }
+    shm_region hdr = shm_region::create(header_bytes + cap, "mproc-queue");
+    auto* h = new (hdr.data()) mpmc_ring_header{};
+    h->capacity = cap;
+    h->maxsize = maxsize;
+    h->joinable = joinable ? 1 : 0;
+    h->put_lock.init();
+    h->get_lock.init();
+    h->magic = mpmc_ring_header::magic_value;
+    return std::shared_ptr<mpmc_ring>(new mpmc_ring(std::move(hdr)));
+  }
+
+  /// Maps a ring whose descriptor was inherited or received (spawned children).
+  static std::shared_ptr<mpmc_ring> attach(unique_fd fd) {
+    shm_region first = shm_region::map(std::move(fd), header_bytes);
+    auto* h = first.as<mpmc_ring_header>();
+    if (h->magic != mpmc_ring_header::magic_value)
+      throw std::invalid_argument("mproc: descriptor does not hold a queue");
+    std::size_t cap = h->capacity;
+    // Remap header and ring together so the region object owns the whole file.
+    unique_fd again(::fcntl(first.fd(), F_DUPFD_CLOEXEC, 0));
+    if (!again) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+    shm_region whole = shm_region::map(std::move(again), header_bytes + cap);
+    return std::shared_ptr<mpmc_ring>(new mpmc_ring(std::move(whole)));
+  }
+
+  mpmc_ring(const mpmc_ring&) = delete;
+  mpmc_ring& operator=(const mpmc_ring&) = delete;
+
+  [[nodiscard]] int fd() const noexcept { return region_.fd(); }
+  [[nodiscard]] std::size_t capacity() const noexcept { return cap_; }
+  [[nodiscard]] std::size_t maxsize() const noexcept { return h_->maxsize; }
+  [[nodiscard]] bool joinable() const noexcept { return h_->joinable != 0; }
+
+  /// Messages put and not yet taken (approximate while others are active, as in Python).
+  [[nodiscard]] std::size_t qsize() const noexcept {
+    auto got = h_->get_count.load(std::memory_order_acquire);
+    auto put = h_->put_count.load(std::memory_order_acquire);
+    return put > got ? static_cast<std::size_t>(put - got) : 0;
+  }
+  [[nodiscard]] bool closed() const noexcept { return h_->closed.load(std::memory_order_acquire) != 0; }
+
+  void close() noexcept {
+    h_->closed.store(1, std::memory_order_release);
+    // Sleepers re-check and see the flag.
+    h_->data_seq.fetch_add(1, std::memory_order_acq_rel);
+    futex_wake(&h_->data_seq);
+    h_->space_seq.fetch_add(1, std::memory_order_acq_rel);
+    futex_wake(&h_->space_seq);
+  }
+
+  // ------------------------------------------------------------------ put
+
+  /// Publishes v as one message. Returns timed_out (nothing enqueued) if the deadline
+  /// passes first; raises state_error on a closed queue.
+  template <class U>
+  status put(const U& v, deadline_t deadline) {
+    const std::size_t len = message_size(v);  // also sizes Boost archives once
+    lock_guard g(h_->put_lock, deadline, [this] { recover_producer(); });
+    if (!g.locked) return status::timed_out;
+    if (closed()) throw_closed();
+    if (h_->maxsize) {
+      auto room = [&] {
+        return h_->put_count.load(std::memory_order_relaxed) -
+                       h_->get_count.load(std::memory_order_acquire) <
+                   h_->maxsize ||
+               closed();
+      };
+      if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline))
+        return status::timed_out;
+      if (closed()) throw_closed();
+    }
+    const std::size_t rec = align8(record_header + len);
+    if (rec <= max_record()) {
+      if (!wait_for_space(rec + record_header, deadline)) return status::timed_out;
+      if (closed()) throw_closed();
+      std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+      std::byte* p = ring_.data() + (t & mask_);
+      write_header(p, static_cast<std::uint32_t>(len), k_single);
+      write_message(v, p + record_header);
+      publish(t + rec, k_single);
+      return status::ok;
+    }
+    return put_streamed(v, len, deadline);
+  }
+
+  // ------------------------------------------------------------------ get
+
+  /// Takes the next message into `out`. timed_out: nothing taken before the deadline;
+  /// closed: the queue is closed and empty.
+  template <class T>
+  status get(std::optional<T>& out, deadline_t deadline) {
+    lock_guard g(h_->get_lock, deadline, [this] {
+      log(log_level::warning, "queue: a consumer died holding the queue; continuing");
+    });
+    if (!g.locked) return status::timed_out;
+    for (;;) {
+      std::uint64_t h = h_->head.load(std::memory_order_relaxed);
+      status s = wait_for_record(h, deadline);
+      if (s != status::ok) return s;
+      auto [len, k] = read_header(h);
+      const std::size_t rec = align8(record_header + len);
+      const std::byte* payload = ring_.data() + (h & mask_) + record_header;
+      switch (k) {
+        case k_single: {
+          try {
+            out.emplace(read_message<T>({payload, len}));
+          } catch (...) {
+            // A message that cannot be decoded as T is consumed all the same, so the
+            // queue stays usable (as Connection::recv does).
+            consumed(h + rec, true);
+            throw;
+          }
+          consumed(h + rec, true);
+          return status::ok;
+        }
+        case k_first:
+          if (get_streamed(out, h, len)) return status::ok;
+          continue;
+        case k_last:
+          // The tail of a message whose reader died: dropped (see header comment).
+          consumed(h + rec, true);
+          message_lost();
+          continue;
+        case k_middle:
+        case k_abort:
+          consumed(h + rec, false);
+          continue;
+        default:
+          throw serialization_error("corrupt queue record kind " + std::to_string(k));
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ JoinableQueue
+
+  void task_done() {
+    auto u = h_->unfinished.load(std::memory_order_acquire);
+    do {
+      if (u == 0) throw state_error("JoinableQueue::task_done() called more times than items were put");
+    } while (!h_->unfinished.compare_exchange_weak(u, u - 1, std::memory_order_acq_rel));
+    if (u == 1) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (h_->join_waiters.load(std::memory_order_relaxed)) futex_wake(&h_->unfinished);
+    }
+  }
+
+  /// Waits until every message put has been matched by task_done(); false on timeout.
+  bool join(deadline_t deadline) {
+    if (h_->unfinished.load(std::memory_order_acquire) == 0) return true;
+    h_->join_waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    struct dec {
+      std::atomic<std::uint32_t>& w;
+      ~dec() { w.fetch_sub(1, std::memory_order_relaxed); }
+    } d{h_->join_waiters};
+    for (;;) {
+      auto u = h_->unfinished.load(std::memory_order_acquire);
+      if (u == 0) return true;
+      std::int64_t left = ns_left(deadline);
+      if (left == 0) return false;
+      futex_wait(&h_->unfinished, u, left);
+    }
+  }
+
+  [[nodiscard]] std::uint32_t unfinished_tasks() const noexcept {
+    return h_->unfinished.load(std::memory_order_acquire);
+  }
+
+ private:
+  explicit mpmc_ring(shm_region region)
+      : region_(std::move(region)),
+        h_(region_.as<mpmc_ring_header>()),
+        cap_(h_->capacity),
+        mask_(cap_ - 1),
+        ring_(region_.fd(), header_bytes, cap_) {}
+
+  static constexpr std::size_t align8(std::size_t n) noexcept { return (n + 7) & ~std::size_t(7); }
+  [[nodiscard]] std::size_t max_record() const noexcept { return cap_ / 4; }
+
+  [[noreturn]] static void throw_closed() { throw state_error("put() on a closed queue"); }
+
+  /// Robust lock held for one operation. A deadline that passes while waiting for
+  /// the lock is a timeout like any other.
+  struct lock_guard {
+    robust_mutex& m;
+    bool locked = false;
+    template <class OnOwnerDied>
+    lock_guard(robust_mutex& mu, deadline_t deadline, OnOwnerDied&& on_died) : m(mu) {
+      switch (m.lock(ns_left(deadline))) {
+        case lock_result::acquired: locked = true; break;
+        case lock_result::owner_died:
+          locked = true;
+          try {
+            on_died();
+          } catch (...) {
+            (void)m.unlock();
+            throw;
+          }
+          break;
+        case lock_result::already_mine:
+          throw state_error("queue operation re-entered on the same thread");
+        case lock_result::timed_out: break;
+      }
+    }
+    ~lock_guard() {
+      if (locked) (void)m.unlock();
+    }
+    lock_guard(const lock_guard&) = delete;
+    lock_guard& operator=(const lock_guard&) = delete;
+  };
+
+  /// Spins briefly, then sleeps on `seq` until cond() holds or the deadline passes.
+  template <class Cond>
+  static bool wait_until(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& waiters,
+                         Cond&& cond, deadline_t deadline) {
+    if (cond()) return true;
+    if (deadline != no_deadline && monotonic_ns() >= deadline) return false;
+    for (int i = 0; i < spin_rounds; ++i) {
+      ring_spin_pause();
+      if (cond()) return true;
+    }
+    waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    struct dec {
+      std::atomic<std::uint32_t>& w;
+      ~dec() { w.fetch_sub(1, std::memory_order_relaxed); }
+    } d{waiters};
+    for (;;) {
+      // Read the sequence before the condition: a publish after this read changes
+      // the word, so the futex wait cannot sleep through it.
+      std::uint32_t s = seq.load(std::memory_order_acquire);
+      if (cond()) return true;
+      std::int64_t left = ns_left(deadline);
+      if (left == 0) return false;
+      futex_wait(&seq, s, left);
+    }
+  }
+
+  static void notify(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& waiters) noexcept {
+    // Pairs with the fence in wait_until: either the sleeper sees our store, or we
+    // see its waiter count and wake it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (waiters.load(std::memory_order_relaxed)) {
+      seq.fetch_add(1, std::memory_order_release);
+      futex_wake(&seq);
+    }
+  }
+
+  static constexpr int spin_rounds = 400;
+
+  void write_header(std::byte* p, std::uint32_t len, std::uint32_t k) noexcept {
+    std::memcpy(p, &len, 4);
+    std::memcpy(p + 4, &k, 4);
+  }
+  std::pair<std::uint32_t, std::uint32_t> read_header(std::uint64_t h) const {
+    const std::byte* p = ring_.data() + (h & mask_);
+    std::uint32_t len, k;
+    std::memcpy(&len, p, 4);
+    std::memcpy(&k, p + 4, 4);
+    if (align8(record_header + std::size_t(len)) > cached_tail_ - h)
+      throw serialization_error("corrupt queue record: length " + std::to_string(len) +
+                                " exceeds the published data");
+    return {len, k};
+  }
+
+  std::size_t free_bytes(std::uint64_t tail) noexcept {
+    // A view of head older than one ring's worth (e.g. inherited across fork) says
+    // nothing; report no room so the caller refreshes it.
+    std::uint64_t used = tail - cached_head_;
+    return used > cap_ ? 0 : cap_ - static_cast<std::size_t>(used);
+  }
+
+  /// Waits until `need` bytes are free after tail (producer side, put lock held).
+  bool wait_for_space(std::size_t need, deadline_t deadline) {
+    const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+    if (free_bytes(t) >= need) return true;
+    auto room = [&] {
+      cached_head_ = h_->head.load(std::memory_order_acquire);
+      return free_bytes(t) >= need || closed();
+    };
+    return wait_until(h_->space_seq, h_->space_waiters, room, deadline);
+  }
+
+  /// Makes the record(s) up to `new_tail` visible; `k` is the kind of the last one.
+  void publish(std::uint64_t new_tail, std::uint32_t k) noexcept {
+    if (k == k_single || k == k_last) {
+      h_->put_count.store(h_->put_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      if (h_->joinable) h_->unfinished.fetch_add(1, std::memory_order_relaxed);
+      if (k == k_last) h_->in_message.store(0, std::memory_order_relaxed);
+    } else if (k == k_first) {
+      h_->in_message.store(1, std::memory_order_relaxed);
+    }
+    h_->tail.store(new_tail, std::memory_order_release);
+    notify(h_->data_seq, h_->data_waiters);
+  }
+
+  /// Ends a partly published message with an abort record (put lock held). There is
+  /// always room: every fragment was written leaving record_header bytes free.
+  void abort_message() noexcept {
+    if (!h_->in_message.load(std::memory_order_relaxed)) return;
+    std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+    write_header(ring_.data() + (t & mask_), 0, k_abort);
+    h_->in_message.store(0, std::memory_order_relaxed);
+    h_->tail.store(t + record_header, std::memory_order_release);
+    notify(h_->data_seq, h_->data_waiters);
+  }
+
+  void recover_producer() noexcept {
+    log(log_level::warning, "queue: a producer died holding the queue; %s",
+        h_->in_message.load() ? "its partly sent message is dropped" : "nothing was lost");
+    abort_message();
+  }
+
+  // Streams a message too large for one record as first/middle/last fragments.
+  struct stream_writer {
+    mpmc_ring& r;
+    deadline_t deadline;
+    std::size_t remaining;  // message bytes not yet written
+    std::uint64_t pos;      // where the open fragment starts
+    std::byte* cur = nullptr;
+    std::size_t room = 0;   // payload bytes left in the open fragment
+    std::size_t filled = 0; // payload bytes in the open fragment
+    bool first = true;
+    std::uint64_t total;
+
+    struct timed_out {};
+    struct closed_now {};
+
+    void open() {
+      const std::size_t extra = first ? 8 : 0;
+      const std::size_t frag_max = r.max_record();
+      const std::size_t want = std::min(align8(record_header + extra + remaining), frag_max);
+      // Do not cut tiny fragments out of a nearly full ring: wait for a useful slice.
+      const std::size_t at_least = std::min(want, r.cap_ / 16);
+      if (!r.wait_for_space(at_least + record_header, deadline)) throw timed_out{};
+      if (r.closed()) throw closed_now{};
+      std::size_t avail = r.free_bytes(pos) - record_header;
+      std::size_t frag = std::min(avail, frag_max) & ~std::size_t(7);
+      std::byte* p = r.ring_.data() + (pos & r.mask_);
+      cur = p + record_header;
+      if (first) {
+        std::memcpy(cur, &total, 8);
+        cur += 8;
+      }
+      room = frag - record_header - extra;
+      filled = extra;
+    }
+
+    void put(const void* src, std::size_t len) {
+      const auto* s = static_cast<const std::byte*>(src);
+      while (len) {
+        if (room == 0) {
+          close_fragment(first ? k_first : k_middle);
+          open();
+        }
+        std::size_t n = std::min(len, room);
+        std::memcpy(cur, s, n);
+        cur += n;
+        s += n;
+        len -= n;
+        room -= n;
+        filled += n;
+        remaining -= n;
+      }
+    }
+
+    void close_fragment(std::uint32_t k) {
+      std::byte* p = r.ring_.data() + (pos & r.mask_);
+      r.write_header(p, static_cast<std::uint32_t>(filled), k);
+      pos += align8(record_header + filled);
+      r.publish(pos, k);
+      first = false;
+    }
+
+    void finish() {
+      if (first) {  // cannot happen with fragments <= max_record, but stay well formed
+        close_fragment(k_first);
+        open();
+      }
+      close_fragment(k_last);
+    }
+  };
+
+  template <class U>
+  status put_streamed(const U& v, std::size_t len, deadline_t deadline) {
+    stream_writer w{*this, deadline, len, h_->tail.load(std::memory_order_relaxed), nullptr, 0, 0, true, len};
+    try {
+      w.open();
+      std::uint64_t tag = type_tag<wire_t<U>>::value;
+      w.put(&tag, sizeof tag);
+      encode(w, v);
+      w.finish();
+    } catch (const typename stream_writer::timed_out&) {
+      abort_message();
+      return status::timed_out;
+    } catch (const typename stream_writer::closed_now&) {
+      abort_message();
+      throw_closed();
+    } catch (...) {
+      abort_message();
+      throw;
+    }
+    return status::ok;
+  }
+
+  // ------------------------------------------------------------------ consumer side
+
+  /// Waits for a record at h. closed: queue closed and nothing left.
+  status wait_for_record(std::uint64_t h, deadline_t deadline) {
+    // cached_tail_ may lag behind h (another process consumed since we looked).
+    if (cached_tail_ > h) return status::ok;
+    auto ready = [&] {
+      cached_tail_ = h_->tail.load(std::memory_order_acquire);
+      return cached_tail_ > h || closed();
+    };
+    if (!wait_until(h_->data_seq, h_->data_waiters, ready, deadline)) return status::timed_out;
+    if (cached_tail_ > h) return status::ok;
+    return status::closed;
+  }
+
+  void consumed(std::uint64_t new_head, bool ends_message) noexcept {
+    if (ends_message)
+      h_->get_count.store(h_->get_count.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    h_->head.store(new_head, std::memory_order_release);
+    notify(h_->space_seq, h_->space_waiters);
+  }
+
+  /// A message was dropped unread: keep JoinableQueue.join() from waiting for it.
+  void message_lost() noexcept {
+    log(log_level::warning, "queue: dropped the rest of a message whose reader died");
+    if (!h_->joinable) return;
+    auto u = h_->unfinished.load(std::memory_order_acquire);
+    while (u && !h_->unfinished.compare_exchange_weak(u, u - 1, std::memory_order_acq_rel)) {
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (u == 1 && h_->join_waiters.load(std::memory_order_relaxed)) futex_wake(&h_->unfinished);
+  }
+
+  /// Reassembles a fragmented message starting with the `first` record at h.
+  /// Returns false when the message was aborted by its producer (nothing taken).
+  template <class T>
+  bool get_streamed(std::optional<T>& out, std::uint64_t h, std::uint32_t len) {
+    if (len < 8) throw serialization_error("corrupt queue record: short first fragment");
+    const std::byte* payload = ring_.data() + (h & mask_) + record_header;
+    std::uint64_t total;
+    std::memcpy(&total, payload, 8);
+    std::unique_ptr<std::byte[]> buf(new std::byte[total]);  // no zero fill
+    std::size_t got = 0;
+    auto take = [&](const std::byte* src, std::size_t n) {
+      if (n > total - got) throw serialization_error("corrupt queue record: fragments exceed message");
+      std::memcpy(buf.get() + got, src, n);
+      got += n;
+    };
+    take(payload + 8, len - 8);
+    consumed(h + align8(record_header + len), false);
+    for (;;) {
+      h = h_->head.load(std::memory_order_relaxed);
+      wait_for_fragment(h);
+      auto [flen, k] = read_header(h);
+      const std::byte* p = ring_.data() + (h & mask_) + record_header;
+      const std::uint64_t next = h + align8(record_header + flen);
+      switch (k) {
+        case k_middle:
+          take(p, flen);
+          consumed(next, false);
+          break;
+        case k_last:
+          take(p, flen);
+          if (got != total) throw serialization_error("corrupt queue record: message short");
+          consumed(next, true);
+          out.emplace(read_message<T>({buf.get(), total}));
+          return true;
+        case k_abort:
+          consumed(next, false);
+          return false;
+        default:
+          // Another message's start: this one can never complete.
+          return false;
+      }
+    }
+  }
+
+  /// Waits for the next fragment of a message already begun. Its producer holds the
+  /// put lock until the last fragment, so this does not time out while that producer
+  /// lives; a dead one is detected through the robust lock and its message aborted.
+  void wait_for_fragment(std::uint64_t h) {
+    constexpr std::int64_t check_every = 100'000'000;  // 100 ms
+    for (;;) {
+      auto ready = [&] {
+        cached_tail_ = h_->tail.load(std::memory_order_acquire);
+        return cached_tail_ > h;
+      };
+      if (wait_until(h_->data_seq, h_->data_waiters, ready, monotonic_ns() + check_every)) return;
+      switch (h_->put_lock.lock(0)) {
+        case lock_result::owner_died:
+          recover_producer();
+          (void)h_->put_lock.unlock();
+          break;
+        case lock_result::acquired: (void)h_->put_lock.unlock(); break;
+        default: break;  // held by a live producer: keep waiting
+      }
+    }
+  }
+
+  shm_region region_;
+  mpmc_ring_header* h_;
+  std::size_t cap_;
+  std::size_t mask_;
+  mirror_map ring_;
+  // Per-process views of the other side's position, refreshed only when they are not
+  // enough; each is touched only under the matching lock.
+  std::uint64_t cached_head_ = 0;
+  std::uint64_t cached_tail_ = 0;
+};
+
+}  // namespace mproc::detail

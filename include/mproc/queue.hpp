@@ -1,0 +1,192 @@
+// Queue, JoinableQueue and SimpleQueue: process-safe FIFOs on a shared-memory ring.
+//
+// Differences from Python worth knowing:
+//  - put() returns once the message is in shared memory. There is no feeder thread,
+//    so a producer may exit right after put() and nothing is lost, and "put, join the
+//    producer, then get" works.
+//  - The ring has a byte capacity (queue_options::capacity, default 4 MiB). When it
+//    is full, put() waits for consumers even on an unbounded queue (maxsize 0): bytes
+//    in flight are bounded like a pipe's. A message larger than a quarter of the ring
+//    streams through in fragments, so any size gets through, but only while someone
+//    reads; size the ring for put-then-join patterns with large payloads.
+//  - close() closes the queue for every process: later puts raise state_error, and a
+//    get on a closed queue that is empty raises eof_error instead of blocking forever
+//    (try_get returns nullopt). Messages put before close() can still be taken.
+//  - A producer killed mid-put does not wedge the queue: a partly written message is
+//    dropped and the others carry on. A consumer killed while reading a large
+//    (fragmented) message loses that message; one killed reading a small one loses
+//    nothing.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "detail/mpmc_ring.hpp"
+#include "errors.hpp"
+#include "serialization.hpp"
+
+namespace mproc {
+
+struct queue_options {
+  std::size_t maxsize = 0;  // messages; 0 = no limit
+  std::size_t capacity = detail::mpmc_ring::default_capacity;  // ring bytes (rounded up to 2^k)
+};
+
+namespace detail {
+/// U is put as T: the same wire type, e.g. a string literal on a Queue<std::string>.
+template <class U, class T>
+concept sends_as = std::same_as<wire_t<U>, T>;
+}  // namespace detail
+
+template <class T>
+class Queue {
+  static_assert(std::is_same_v<detail::wire_t<T>, T>,
+                "mproc::Queue<T>: T is what get() returns, so use the received type "
+                "(std::string rather than const char*)");
+  static_assert(detail::encodable<T>, "mproc::Queue<T>: T cannot cross a process boundary");
+
+ public:
+  using value_type = T;
+
+  Queue() : Queue(queue_options{}) {}
+  explicit Queue(std::size_t maxsize) : Queue(queue_options{.maxsize = maxsize}) {}
+  explicit Queue(const queue_options& o)
+      : ring_(detail::mpmc_ring::create(o.capacity, o.maxsize, false)) {}
+  /// Adopts an existing ring (a queue received by a spawned child).
+  explicit Queue(std::shared_ptr<detail::mpmc_ring> ring) : ring_(std::move(ring)) {}
+
+  // -------------------------------------------------------------- put
+  /// Blocks while the queue is full. Raises state_error after close().
+  void put(const T& x) { put_until(x, detail::no_deadline); }
+  template <detail::sends_as<T> U>
+  void put(const U& x) {
+    put_until(x, detail::no_deadline);
+  }
+  /// Raises queue_full if the message is not in the queue within `timeout`.
+  template <class Rep, class Period>
+  void put(const T& x, std::chrono::duration<Rep, Period> timeout) {
+    put_until(x, detail::deadline_after(timeout));
+  }
+  template <detail::sends_as<T> U, class Rep, class Period>
+  void put(const U& x, std::chrono::duration<Rep, Period> timeout) {
+    put_until(x, detail::deadline_after(timeout));
+  }
+  /// Raises queue_full unless the message fits right now.
+  void put_nowait(const T& x) { put_until(x, detail::deadline_now()); }
+  template <detail::sends_as<T> U>
+  void put_nowait(const U& x) {
+    put_until(x, detail::deadline_now());
+  }
+
+  // -------------------------------------------------------------- get
+  /// Blocks until a message arrives. Raises eof_error on a closed, empty queue.
+  [[nodiscard]] T get() { return get_until(detail::no_deadline); }
+  /// Raises queue_empty if nothing arrives within `timeout`.
+  template <class Rep, class Period>
+  [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
+    return get_until(detail::deadline_after(timeout));
+  }
+  [[nodiscard]] T get_nowait() { return get_until(detail::deadline_now()); }
+  /// The next message if one is there now; nullopt when empty (or closed and empty).
+  [[nodiscard]] std::optional<T> try_get() {
+    std::optional<T> out;
+    (void)ring_->get(out, detail::deadline_now());
+    return out;
+  }
+  /// As try_get, waiting up to `timeout`.
+  template <class Rep, class Period>
+  [[nodiscard]] std::optional<T> try_get(std::chrono::duration<Rep, Period> timeout) {
+    std::optional<T> out;
+    (void)ring_->get(out, detail::deadline_after(timeout));
+    return out;
+  }
+
+  // -------------------------------------------------------------- state
+  /// Messages waiting (approximate while other processes use the queue, as in Python).
+  [[nodiscard]] std::size_t qsize() const noexcept { return ring_->qsize(); }
+  [[nodiscard]] bool empty() const noexcept { return qsize() == 0; }
+  /// True when maxsize messages wait. An unbounded queue is never full.
+  [[nodiscard]] bool full() const noexcept {
+    return ring_->maxsize() != 0 && qsize() >= ring_->maxsize();
+  }
+  [[nodiscard]] std::size_t maxsize() const noexcept { return ring_->maxsize(); }
+  [[nodiscard]] std::size_t capacity_bytes() const noexcept { return ring_->capacity(); }
+  /// No more puts, by any process; getters drain what is left, then get eof_error.
+  void close() noexcept { ring_->close(); }
+  [[nodiscard]] bool closed() const noexcept { return ring_->closed(); }
+
+  /// The shared ring (its descriptor is what a spawned child inherits).
+  [[nodiscard]] const std::shared_ptr<detail::mpmc_ring>& ring() const noexcept { return ring_; }
+
+ protected:
+  template <class U>
+  void put_until(const U& x, detail::deadline_t deadline) {
+    if (ring_->put(x, deadline) != detail::mpmc_ring::status::ok)
+      throw queue_full("Queue::put: no room in the queue before the timeout");
+  }
+  T get_until(detail::deadline_t deadline) {
+    std::optional<T> out;
+    switch (ring_->get(out, deadline)) {
+      case detail::mpmc_ring::status::ok: return std::move(*out);
+      case detail::mpmc_ring::status::closed: throw eof_error("Queue::get: the queue is closed and empty");
+      default: throw queue_empty("Queue::get: no message before the timeout");
+    }
+  }
+
+  std::shared_ptr<detail::mpmc_ring> ring_;
+};
+
+/// A Queue whose consumers confirm each message with task_done(); join() waits until
+/// every message put has been confirmed.
+template <class T>
+class JoinableQueue : public Queue<T> {
+ public:
+  JoinableQueue() : JoinableQueue(queue_options{}) {}
+  explicit JoinableQueue(std::size_t maxsize) : JoinableQueue(queue_options{.maxsize = maxsize}) {}
+  explicit JoinableQueue(const queue_options& o)
+      : Queue<T>(detail::mpmc_ring::create(o.capacity, o.maxsize, true)) {}
+  explicit JoinableQueue(std::shared_ptr<detail::mpmc_ring> ring) : Queue<T>(std::move(ring)) {}
+
+  /// Raises state_error when called more often than messages were put.
+  void task_done() { this->ring_->task_done(); }
+  void join() { (void)this->ring_->join(detail::no_deadline); }
+  /// False if messages are still unconfirmed after `timeout`.
+  template <class Rep, class Period>
+  bool join(std::chrono::duration<Rep, Period> timeout) {
+    return this->ring_->join(detail::deadline_after(timeout));
+  }
+  [[nodiscard]] std::size_t unfinished_tasks() const noexcept { return this->ring_->unfinished_tasks(); }
+};
+
+/// The minimal queue: unbounded put, get, empty, close (as Python's SimpleQueue).
+template <class T>
+class SimpleQueue {
+ public:
+  using value_type = T;
+  SimpleQueue() = default;
+  explicit SimpleQueue(const queue_options& o) : q_(o) {}
+
+  void put(const T& x) { q_.put(x); }
+  template <detail::sends_as<T> U>
+  void put(const U& x) {
+    q_.put(x);
+  }
+  [[nodiscard]] T get() { return q_.get(); }
+  template <class Rep, class Period>
+  [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
+    return q_.get(timeout);
+  }
+  [[nodiscard]] std::optional<T> try_get() { return q_.try_get(); }
+  [[nodiscard]] bool empty() const noexcept { return q_.empty(); }
+  void close() noexcept { q_.close(); }
+  [[nodiscard]] const std::shared_ptr<detail::mpmc_ring>& ring() const noexcept { return q_.ring(); }
+
+ private:
+  Queue<T> q_;
+};
+
+}  // namespace mproc

@@ -1,0 +1,433 @@
+// Queue, JoinableQueue, SimpleQueue: values, limits, timeouts, many processes, large
+// messages, crashes, and no leaked descriptors or /dev/shm entries.
+#include <catch2/catch.hpp>
+
+#include <mproc/queue.hpp>
+#include <mproc/detail/posix/fork.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <dirent.h>
+#include <map>
+#include <numeric>
+#include <poll.h>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+/// Waits up to `timeout` for a child; kills it if it is still running. Returns the
+/// Python-style exit code (-9 when it had to be killed).
+int wait_child(pid_t pid, std::chrono::milliseconds timeout = 20s) {
+  auto fd = mproc::detail::pidfd_open(pid);
+  pollfd p{fd.get(), POLLIN, 0};
+  int rc = mproc::detail::retry_eintr([&] { return ::poll(&p, 1, int(timeout.count())); });
+  if (rc == 0) ::kill(pid, SIGKILL);
+  int status = 0;
+  mproc::detail::waitpid_eintr(pid, &status, 0);
+  return mproc::detail::exitcode_from_status(status);
+}
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+std::set<std::string> dev_shm() {
+  std::set<std::string> s;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (auto* e = ::readdir(d)) s.insert(e->d_name);
+    ::closedir(d);
+  }
+  return s;
+}
+
+struct point {
+  int x;
+  double y;
+  bool operator==(const point&) const = default;
+};
+
+struct person {
+  std::string name;
+  std::vector<int> scores;
+  template <class Ar>
+  void serialize(Ar& ar, unsigned) {
+    ar & name & scores;
+  }
+  bool operator==(const person&) const = default;
+};
+
+std::uint64_t fnv(const std::string& s) { return mproc::detail::fnv1a(s); }
+
+std::string pattern(std::size_t n, std::size_t seed) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = char((i * 131 + seed * 7) & 0xff);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("single process FIFO and handle copies", "[queue]") {
+  mproc::Queue<int> q;
+  for (int i = 0; i < 1000; ++i) q.put(i);
+  CHECK(q.qsize() == 1000);
+  mproc::Queue<int> copy = q;  // same queue
+  for (int i = 0; i < 1000; ++i) REQUIRE(copy.get() == i);
+  CHECK(q.empty());
+  CHECK_FALSE(q.full());
+}
+
+TEST_CASE("many value types", "[queue]") {
+  SECTION("string and literals") {
+    mproc::Queue<std::string> q;
+    q.put("literal");
+    const char* c = "c-string";
+    q.put(c);
+    q.put(std::string(100000, 'z'));
+    q.put(std::string());
+    CHECK(q.get() == "literal");
+    CHECK(q.get() == "c-string");
+    CHECK(q.get() == std::string(100000, 'z'));
+    CHECK(q.get().empty());
+  }
+  SECTION("containers, tuples, optionals, variants, user types") {
+    mproc::Queue<std::tuple<std::string, int, double>> t;
+    t.put(std::tuple{"add", 10, 0.5});
+    CHECK(t.get() == std::tuple<std::string, int, double>{"add", 10, 0.5});
+
+    mproc::Queue<std::map<std::string, std::vector<int>>> m;
+    std::map<std::string, std::vector<int>> mv{{"a", {1, 2}}, {"b", {}}};
+    m.put(mv);
+    CHECK(m.get() == mv);
+
+    mproc::Queue<std::optional<std::variant<int, std::string>>> o;
+    o.put(std::optional<std::variant<int, std::string>>{});
+    o.put(std::optional<std::variant<int, std::string>>{std::string("v")});
+    CHECK_FALSE(o.get().has_value());
+    CHECK(std::get<std::string>(*o.get()) == "v");
+
+    mproc::Queue<point> p;
+    p.put(point{3, 4.5});
+    CHECK(p.get() == point{3, 4.5});
+
+    mproc::Queue<person> b;
+    b.put(person{"ann", {1, 2, 3}});
+    CHECK(b.get() == person{"ann", {1, 2, 3}});
+
+    mproc::Queue<std::vector<double>> v;
+    v.put(std::vector<double>(5000, 1.25));
+    CHECK(v.get() == std::vector<double>(5000, 1.25));
+
+    mproc::Queue<std::pair<std::chrono::milliseconds, bool>> d;
+    d.put({250ms, true});
+    CHECK(d.get() == std::pair{250ms, true});
+  }
+}
+
+TEST_CASE("a message of another type is reported and consumed", "[queue]") {
+  mproc::Queue<int> qi;
+  mproc::Queue<std::string> qs(qi.ring());  // same ring, other element type
+  qs.put("text");
+  qi.put(7);
+  CHECK_THROWS_AS(qi.get(), mproc::serialization_error);
+  CHECK(qi.get() == 7);
+}
+
+TEST_CASE("bounded queue: full, put timeout, nowait", "[queue]") {
+  mproc::Queue<int> q(2);
+  CHECK(q.maxsize() == 2);
+  q.put(1);
+  q.put_nowait(2);
+  CHECK(q.full());
+  CHECK(q.qsize() == 2);
+  CHECK_THROWS_AS(q.put_nowait(3), mproc::queue_full);
+  CHECK_THROWS_AS(q.put(3, 20ms), mproc::queue_full);
+  CHECK(q.get() == 1);
+  q.put(3, 1s);
+  CHECK(q.get() == 2);
+  CHECK(q.get() == 3);
+  CHECK(q.empty());
+}
+
+TEST_CASE("get timeout, get_nowait and try_get on an empty queue", "[queue]") {
+  mproc::Queue<int> q;
+  CHECK_THROWS_AS(q.get(20ms), mproc::queue_empty);
+  CHECK_THROWS_AS(q.get_nowait(), mproc::queue_empty);
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK_FALSE(q.try_get(10ms).has_value());
+  q.put(5);
+  CHECK(q.try_get() == std::optional<int>(5));
+  q.put(6);
+  CHECK(q.get_nowait() == 6);
+  q.put(8);
+  CHECK(q.get(1s) == 8);
+}
+
+TEST_CASE("threads of one process share a queue", "[queue]") {
+  mproc::Queue<int> q(64);
+  std::atomic<long> sum{0};
+  std::vector<std::thread> ts;
+  for (int c = 0; c < 3; ++c)
+    ts.emplace_back([&] {
+      for (;;) {
+        int v = q.get(10s);
+        if (v < 0) return;
+        sum += v;
+      }
+    });
+  std::vector<std::thread> ps;
+  for (int p = 0; p < 3; ++p)
+    ps.emplace_back([&] {
+      for (int i = 1; i <= 10000; ++i) q.put(i, 10s);
+    });
+  for (auto& t : ps) t.join();
+  for (int c = 0; c < 3; ++c) q.put(-1);
+  for (auto& t : ts) t.join();
+  CHECK(sum == 3L * 10000 * 10001 / 2);
+}
+
+TEST_CASE("4 producers x 4 consumers across processes: every message exactly once", "[queue][process]") {
+  constexpr int producers = 4, consumers = 4, per_producer = 20000;
+  mproc::Queue<int> work(1000);
+  mproc::Queue<std::vector<int>> seen;
+  std::vector<pid_t> pids;
+  for (int c = 0; c < consumers; ++c)
+    pids.push_back(mproc::detail::fork_child([&] {
+      std::vector<int> got;
+      for (;;) {
+        int v = work.get(30s);
+        if (v < 0) break;
+        got.push_back(v);
+      }
+      seen.put(got);
+      return 0;
+    }));
+  std::vector<pid_t> prod;
+  for (int p = 0; p < producers; ++p)
+    prod.push_back(mproc::detail::fork_child([&, p] {
+      for (int i = 0; i < per_producer; ++i) work.put(p * 1'000'000 + i, 30s);
+      return 0;
+    }));
+  for (pid_t pid : prod) REQUIRE(wait_child(pid) == 0);
+  for (int c = 0; c < consumers; ++c) work.put(-1);
+  std::vector<int> all;
+  for (int c = 0; c < consumers; ++c) {
+    auto v = seen.get(30s);
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  for (pid_t pid : pids) CHECK(wait_child(pid) == 0);
+  REQUIRE(all.size() == std::size_t(producers * per_producer));
+  std::sort(all.begin(), all.end());
+  CHECK(std::adjacent_find(all.begin(), all.end()) == all.end());
+  std::vector<int> expected;
+  for (int p = 0; p < producers; ++p)
+    for (int i = 0; i < per_producer; ++i) expected.push_back(p * 1'000'000 + i);
+  CHECK(all == expected);
+  CHECK(work.empty());
+}
+
+TEST_CASE("messages from 0 B to 64 MiB, bigger than the ring, across processes", "[queue][process]") {
+  const std::vector<std::size_t> sizes{0, 1, 7, 8, 9, 4096, 65535, (1u << 20) - 1, (1u << 20) + 1,
+                                       5u << 20, 64u << 20};
+  mproc::Queue<std::string> in({.capacity = 4u << 20});
+  mproc::Queue<std::pair<std::size_t, std::uint64_t>> out;
+  pid_t child = mproc::detail::fork_child([&] {
+    for (;;) {
+      std::string s = in.get(60s);
+      if (s == "stop") return 0;
+      out.put(std::pair{s.size(), fnv(s)});
+    }
+  });
+  for (std::size_t i = 0; i < sizes.size(); ++i) in.put(pattern(sizes[i], i), 60s);
+  in.put("stop");
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    auto [n, h] = out.get(60s);
+    CHECK(n == sizes[i]);
+    CHECK(h == fnv(pattern(sizes[i], i)));
+  }
+  CHECK(wait_child(child) == 0);
+}
+
+TEST_CASE("a producer that exits right after put loses nothing (put, join, get)", "[queue][process]") {
+  mproc::Queue<std::string> q;
+  pid_t child = mproc::detail::fork_child([&] {
+    for (int i = 0; i < 1000; ++i) q.put("msg-" + std::to_string(i));
+    q.put(std::string(1u << 20, 'b'));  // a large record too: still within the ring
+    ::_exit(0);                          // no flushing, no destructors
+    return 0;
+  });
+  REQUIRE(wait_child(child) == 0);
+  for (int i = 0; i < 1000; ++i) REQUIRE(q.get(1s) == "msg-" + std::to_string(i));
+  CHECK(q.get(1s) == std::string(1u << 20, 'b'));
+  CHECK(q.empty());
+}
+
+TEST_CASE("a timed-out streamed put leaves nothing behind", "[queue]") {
+  mproc::Queue<std::string> q({.capacity = 64 * 1024});
+  CHECK_THROWS_AS(q.put(std::string(1u << 20, 'x'), 30ms), mproc::queue_full);
+  CHECK_THROWS_AS(q.put_nowait(std::string(1u << 20, 'x')), mproc::queue_full);
+  CHECK(q.qsize() == 0);
+  // The aborted fragments still fill the ring until a getter skips them.
+  CHECK_FALSE(q.try_get().has_value());
+  q.put("after", 1s);
+  CHECK(q.get(1s) == "after");
+  CHECK(q.empty());
+}
+
+TEST_CASE("JoinableQueue: join waits for task_done", "[queue][process]") {
+  mproc::JoinableQueue<int> jq;
+  CHECK(jq.join(10ms));  // nothing put yet
+  for (int i = 0; i < 100; ++i) jq.put(i);
+  CHECK(jq.unfinished_tasks() == 100);
+  CHECK_FALSE(jq.join(20ms));
+  pid_t child = mproc::detail::fork_child([&] {
+    for (int i = 0; i < 100; ++i) {
+      if (jq.get(10s) != i) return 2;
+      jq.task_done();
+    }
+    return 0;
+  });
+  CHECK(jq.join(20s));
+  CHECK(jq.unfinished_tasks() == 0);
+  CHECK(wait_child(child) == 0);
+  CHECK_THROWS_AS(jq.task_done(), mproc::state_error);
+  jq.put(1);
+  (void)jq.get();
+  jq.task_done();
+  jq.join();
+}
+
+TEST_CASE("close: puts raise, getters drain then see eof, sleepers wake", "[queue][process]") {
+  SECTION("single process") {
+    mproc::Queue<int> q;
+    q.put(1);
+    q.close();
+    CHECK(q.closed());
+    CHECK_THROWS_AS(q.put(2), mproc::state_error);
+    CHECK(q.get() == 1);
+    CHECK_THROWS_AS(q.get(), mproc::eof_error);
+    CHECK_THROWS_AS(q.get(10ms), mproc::eof_error);
+    CHECK_FALSE(q.try_get().has_value());
+  }
+  SECTION("a blocked getter in another process is woken") {
+    mproc::Queue<int> q;
+    mproc::Queue<int> ready;
+    pid_t child = mproc::detail::fork_child([&] {
+      ready.put(1);
+      try {
+        (void)q.get(30s);
+      } catch (const mproc::eof_error&) {
+        return 0;
+      } catch (...) {
+        return 3;
+      }
+      return 4;
+    });
+    CHECK(ready.get(10s) == 1);
+    std::this_thread::sleep_for(50ms);  // let it block (correct either way)
+    q.close();
+    CHECK(wait_child(child) == 0);
+  }
+  SECTION("a producer blocked on a full queue is woken") {
+    mproc::Queue<int> q(1);
+    q.put(0);
+    std::thread t([&] { std::this_thread::sleep_for(50ms); q.close(); });
+    CHECK_THROWS_AS(q.put(1, 10s), mproc::state_error);
+    t.join();
+  }
+}
+
+TEST_CASE("SimpleQueue", "[queue]") {
+  mproc::SimpleQueue<std::string> sq;
+  CHECK(sq.empty());
+  sq.put("a");
+  sq.put(std::string("b"));
+  CHECK_FALSE(sq.empty());
+  CHECK(sq.get() == "a");
+  CHECK(sq.get(1s) == "b");
+  CHECK_FALSE(sq.try_get().has_value());
+  CHECK_THROWS_AS(sq.get(10ms), mproc::queue_empty);
+  sq.close();
+  CHECK_THROWS_AS(sq.get(), mproc::eof_error);
+}
+
+TEST_CASE("a producer SIGKILLed mid-message does not wedge the queue", "[queue][process]") {
+  // The child streams 16 MiB messages through a 1 MiB ring; nobody reads, so it
+  // blocks in the middle of a message holding the put lock. Killing it there loses
+  // that partial message only; the queue then works for everyone else.
+  mproc::Queue<std::string> q({.capacity = 1u << 20});
+  mproc::Queue<int> started;
+  pid_t child = mproc::detail::fork_child([&]() -> int {
+    started.put(1);
+    for (;;) q.put(std::string(16u << 20, 'k'));
+  });
+  REQUIRE(started.get(10s) == 1);
+  std::this_thread::sleep_for(100ms);  // lets it fill the ring (correct either way)
+  ::kill(child, SIGKILL);
+  CHECK(wait_child(child) == -SIGKILL);
+  // The getter finds the dead producer's partial message, sees through the robust
+  // put lock that its writer died, and drops it, freeing the ring.
+  CHECK_FALSE(q.try_get().has_value());
+  q.put("after", 5s);
+  std::string s = q.get(5s);
+  CHECK(s == "after");  // the partial message was dropped
+  CHECK(q.empty());
+}
+
+TEST_CASE("a producer SIGKILLed while others produce: the survivors' messages all arrive",
+          "[queue][process]") {
+  mproc::Queue<int> q(100);
+  pid_t victim = mproc::detail::fork_child([&]() -> int {
+    for (int i = 0;; ++i) q.put(-1000 - i);
+  });
+  pid_t survivor = mproc::detail::fork_child([&] {
+    for (int i = 0; i < 5000; ++i) q.put(i, 20s);
+    return 0;
+  });
+  std::set<int> got;
+  int taken = 0;
+  while (got.size() < 5000) {
+    int v = q.get(20s);
+    if (++taken == 2000) ::kill(victim, SIGKILL);
+    if (v >= 0) REQUIRE(got.insert(v).second);
+  }
+  CHECK(wait_child(victim) == -SIGKILL);
+  CHECK(wait_child(survivor) == 0);
+  CHECK(*got.rbegin() == 4999);
+}
+
+TEST_CASE("no descriptor leaks and no /dev/shm entries", "[queue]") {
+  auto fds = open_fds();
+  auto shm = dev_shm();
+  {
+    mproc::Queue<int> a;
+    mproc::JoinableQueue<std::string> b(10);
+    mproc::SimpleQueue<double> c;
+    auto a2 = a;
+    a.put(1);
+    b.put("x");
+    c.put(1.5);
+    CHECK(a2.get() == 1);
+    CHECK(open_fds() > fds);
+  }
+  CHECK(open_fds() == fds);
+  CHECK(dev_shm() == shm);
+}
+
+TEST_CASE("bad construction arguments", "[queue]") {
+  CHECK_THROWS_AS(mproc::Queue<int>(mproc::queue_options{.capacity = std::size_t(1) << 62}),
+                  std::invalid_argument);
+}
