@@ -56,9 +56,9 @@ namespace mproc {
 struct manager_options {
   /// "" (default): local use only, through a Unix socket in a private directory.
   /// "host:port" additionally listens on TCP (port 0 picks one; see Manager::port()).
-  std::string address;
+  std::string address{};
   /// Shared secret for the HMAC challenge; empty picks 32 random bytes.
-  std::string authkey;
+  std::string authkey{};
   /// Size of the shared segment. Memory is committed only as objects fill it; an
   /// operation that does not fit raises manager_error.
   std::size_t capacity = std::size_t(256) << 20;

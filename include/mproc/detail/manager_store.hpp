@@ -368,7 +368,7 @@ class store {
     if (it == root_->objects.end())
       throw manager_error("mproc::Manager: no object with id " + std::to_string(id));
     object& o = *it->second;
-    if (o.k != k)
+    if (o.k != k && !(k == kind::dict && o.k == kind::ns))  // a Namespace is a dict by name
       throw manager_error(std::string("mproc::Manager: object ") + std::to_string(id) + " is a " +
                           kind_name(o.k) + ", not a " + kind_name(k));
     return o;

@@ -1,0 +1,458 @@
+// Manager and its proxies: every operation, use across processes (forked, exec'd,
+// remote over TCP), atomic update, authentication, hostile peers, a vanished server,
+// and no leaks.
+#include <catch2/catch.hpp>
+
+#include <mproc/managers.hpp>
+#include <mproc/process.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MPROC_TEST_HELPER_DIR
+#define MPROC_TEST_HELPER_DIR "tests/helpers"
+#endif
+
+using namespace std::chrono_literals;
+namespace mgr = mproc::detail::mgr;
+
+namespace {
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+std::size_t live_children() {
+  std::ifstream in("/proc/self/task/" + std::to_string(::getpid()) + "/children");
+  std::size_t n = 0;
+  std::string pid;
+  while (in >> pid) ++n;
+  return n;
+}
+
+/// Runs a started child to completion within `limit`; kills it otherwise.
+int finish(mproc::Process& p, std::chrono::seconds limit = 30s) {
+  if (!p.join(limit)) {
+    p.kill();
+    p.join();
+    return -1000;
+  }
+  return p.exitcode().value_or(-999);
+}
+
+/// exec()s a helper program and returns its exit code (-1000 if it had to be killed).
+int run_helper(std::vector<std::string> args, std::chrono::seconds limit = 30s) {
+  std::string path = std::string(MPROC_TEST_HELPER_DIR) + "/manager_client";
+  args.insert(args.begin(), path);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(path.c_str(), argv.data());
+    ::_exit(127);
+  }
+  auto fd = mproc::detail::pidfd_open(pid);
+  pollfd p{fd.get(), POLLIN, 0};
+  int rc = ::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(limit).count()));
+  if (rc != 1) ::kill(pid, SIGKILL);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return rc == 1 ? mproc::detail::exitcode_from_status(st) : -1000;
+}
+
+void expect(bool ok, const char* what) {
+  if (!ok) throw std::runtime_error(what);  // exit code 1 from a Process child
+}
+
+}  // namespace
+
+TEST_CASE("DictProxy operations", "[managers]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  CHECK(d.size() == 0);
+  CHECK(d.empty());
+  d.set("b", 2);
+  d.set("a", 1);
+  d.set("c", 3);
+  d.set("b", 20);  // overwrite keeps the first insertion position
+  CHECK(d.get("b") == 20);
+  CHECK(d.get("zz", -1) == -1);
+  CHECK_THROWS_AS(d.get("zz"), std::out_of_range);
+  CHECK(d.try_get("a") == std::optional<int>(1));
+  CHECK_FALSE(d.try_get("zz").has_value());
+  CHECK(d.contains("a"));
+  CHECK_FALSE(d.contains("zz"));
+  CHECK(d.size() == 3);
+  CHECK(d.items() == std::vector<std::pair<std::string, int>>{{"b", 20}, {"a", 1}, {"c", 3}});
+  CHECK(d.keys() == std::vector<std::string>{"b", "a", "c"});
+  CHECK(d.values() == std::vector<int>{20, 1, 3});
+  CHECK(d.to_map() == std::map<std::string, int>{{"a", 1}, {"b", 20}, {"c", 3}});
+  CHECK(d.erase("a"));
+  CHECK_FALSE(d.erase("a"));
+  CHECK(d.pop("c") == 3);
+  CHECK_THROWS_AS(d.pop("c"), std::out_of_range);
+  CHECK(d.update("n", [](int v) { return v + 5; }, 10) == 15);
+  CHECK(d.update("n", [](int v) { return v * 2; }, 10) == 30);
+  int calls = 0;  // locally any callable works, stateful ones included
+  CHECK(d.update("n", [&calls](int v) { ++calls; return v - 1; }, 0) == 29);
+  CHECK(calls == 1);
+  // A throwing update leaves the value untouched.
+  CHECK_THROWS_AS(d.update("n", [](int) -> int { throw std::logic_error("no"); }, 0), std::logic_error);
+  CHECK(d.get("n") == 29);
+  d.clear();
+  CHECK(d.size() == 0);
+
+  // Copies are the same dict; structured values work.
+  auto d2 = m.dict<int, std::map<std::string, int>>();
+  auto copy = d2;
+  copy.set(7, {{"words", 9}, {"chars", 43}});
+  CHECK(d2.get(7).at("chars") == 43);
+  CHECK(copy.id() == d2.id());
+  CHECK(m.dict<int, int>().id() != d2.id());
+}
+
+TEST_CASE("update() must not call the manager from inside the function", "[managers]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  CHECK_THROWS_AS(d.update("k", [&d](int v) { return v + d.get("k", 0); }, 0), std::system_error);
+  d.set("k", 1);  // the manager is still usable afterwards
+  CHECK(d.get("k") == 1);
+}
+
+TEST_CASE("ListProxy operations", "[managers]") {
+  mproc::Manager m;
+  auto l = m.list<int>();
+  CHECK(l.size() == 0);
+  l.append(3);
+  l.append(4);
+  l.extend(std::vector<int>{5, 6, 7});
+  CHECK(l.size() == 5);
+  CHECK(l.get(0) == 3);
+  CHECK(l.get(-1) == 7);
+  l.set(0, 30);
+  l.set(-2, 60);
+  CHECK(l.items() == std::vector<int>{30, 4, 5, 60, 7});
+  CHECK_THROWS_AS(l.get(5), std::out_of_range);
+  CHECK_THROWS_AS(l.get(-6), std::out_of_range);
+  CHECK_THROWS_AS(l.set(9, 1), std::out_of_range);
+  CHECK(l.pop() == 7);
+  CHECK(l.pop(0) == 30);
+  CHECK(l.items() == std::vector<int>{4, 5, 60});
+  l.clear();
+  CHECK(l.empty());
+  CHECK_THROWS_AS(l.pop(), std::out_of_range);
+
+  auto s = m.list<std::string>();
+  s.append(std::string(100000, 'x'));  // large elements are fine
+  CHECK(s.get(0).size() == 100000);
+}
+
+TEST_CASE("NamespaceProxy is type-checked", "[managers]") {
+  mproc::Manager m;
+  auto ns = m.Namespace();
+  ns.set("label", "run-1");  // a C string is stored as std::string
+  ns.set("count", 3);
+  ns.set("ratio", 0.5);
+  CHECK(ns.get<std::string>("label") == "run-1");
+  CHECK(ns.get<int>("count") == 3);
+  CHECK(ns.get<double>("ratio") == 0.5);
+  CHECK_THROWS_AS(ns.get<std::string>("count"), mproc::serialization_error);
+  try {
+    (void)ns.get<long>("label");
+  } catch (const mproc::serialization_error& e) {
+    CHECK(std::string(e.what()).find("std::") != std::string::npos);  // names the stored type
+  }
+  CHECK_THROWS_AS(ns.get<int>("missing"), std::out_of_range);
+  CHECK(ns.has("label"));
+  CHECK(ns.names() == std::vector<std::string>{"label", "count", "ratio"});
+  ns.set("count", std::string("three"));  // re-binding may change the type, as in Python
+  CHECK(ns.get<std::string>("count") == "three");
+  CHECK(ns.erase("count"));
+  CHECK_FALSE(ns.has("count"));
+}
+
+TEST_CASE("QueueProxy, LockProxy and ValueProxy", "[managers]") {
+  mproc::Manager m;
+  auto q = m.Queue<std::string>();
+  q.put("a");
+  q.put("b", 1s);
+  CHECK(q.qsize() == 2);
+  CHECK(q.get() == "a");
+  CHECK(q.get(1s) == "b");
+  CHECK(q.empty());
+  CHECK_THROWS_AS(q.get_nowait(), mproc::queue_empty);
+  CHECK_THROWS_AS(q.get(50ms), mproc::queue_empty);
+  CHECK_FALSE(q.try_get().has_value());
+
+  auto bounded = m.Queue<int>(1);
+  bounded.put_nowait(1);
+  CHECK_THROWS_AS(bounded.put_nowait(2), mproc::queue_full);
+  CHECK_THROWS_AS(bounded.put(2, 50ms), mproc::queue_full);
+  CHECK(bounded.get() == 1);
+
+  auto lk = m.Lock();
+  CHECK(lk.acquire());
+  CHECK_FALSE(lk.acquire(false));
+  CHECK_FALSE(lk.acquire(true, 50ms));
+  lk.release();
+  CHECK_THROWS_AS(lk.release(), mproc::state_error);
+  {
+    std::scoped_lock g(lk);
+    CHECK_FALSE(lk.try_lock());
+  }
+  CHECK(lk.try_lock());
+  lk.unlock();
+
+  auto v = m.Value<int>(5);
+  CHECK(v.get() == 5);
+  v.set(6);
+  CHECK(v.value() == 6);
+  auto named = m.Value<std::string>("cfg", std::string("first"));
+  auto again = m.Value<std::string>("cfg", std::string("ignored"));  // exists: not reset
+  CHECK(again.get() == "first");
+  CHECK(named.id() == again.id());
+}
+
+TEST_CASE("named objects: same object by name, kind and types checked", "[managers]") {
+  mproc::Manager m;
+  auto a = m.dict<std::string, int>("scores");
+  a.set("x", 1);
+  auto b = m.dict<std::string, int>("scores");
+  CHECK(b.get("x") == 1);
+  CHECK(a.id() == b.id());
+  CHECK_THROWS_AS((m.dict<std::string, double>("scores")), mproc::serialization_error);
+  CHECK_THROWS_AS(m.list<int>("scores"), mproc::manager_error);
+  CHECK(m.list<int>("other").size() == 0);
+}
+
+TEST_CASE("proxies work in forked Process children", "[managers][process]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  auto l = m.list<int>();
+  auto q = m.Queue<int>();
+  auto reply = m.Queue<int>();
+  auto ns = m.Namespace();
+  auto lk = m.Lock();
+  auto v = m.Value<int>(0);
+  lk.acquire();
+  mproc::Process p(
+      [](mproc::DictProxy<std::string, int> d, mproc::ListProxy<int> l, mproc::QueueProxy<int> q,
+         mproc::QueueProxy<int> reply, mproc::NamespaceProxy ns, mproc::LockProxy lk, mproc::ValueProxy<int> v) {
+        d.set("child", ::getpid());
+        l.append(1);
+        l.append(2);
+        ns.set("who", std::string("child"));
+        v.set(99);
+        q.put(41);
+        expect(reply.get(10s) == 42, "parent's reply");
+        expect(lk.acquire(true, 10s), "lock released by the parent");
+        lk.release();
+      },
+      d, l, q, reply, ns, lk, v);
+  p.start();
+  CHECK(q.get(10s) == 41);
+  CHECK(d.get("child") == p.pid());
+  CHECK(l.items() == std::vector<int>{1, 2});
+  CHECK(ns.get<std::string>("who") == "child");
+  CHECK(v.get() == 99);
+  reply.put(42);
+  lk.release();
+  CHECK(finish(p) == 0);
+}
+
+TEST_CASE("update() is atomic: 4 processes x 1000 increments", "[managers][process]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, long>();
+  std::vector<mproc::Process> ps;
+  for (int i = 0; i < 4; ++i)
+    ps.emplace_back(
+        [](mproc::DictProxy<std::string, long> d) {
+          for (int k = 0; k < 1000; ++k) d.update("count", [](long v) { return v + 1; }, 0L);
+        },
+        d);
+  for (auto& p : ps) p.start();
+  for (auto& p : ps) CHECK(finish(p) == 0);
+  CHECK(d.get("count") == 4000);
+}
+
+TEST_CASE("a serialized proxy works in an exec'd process (attaches over the Unix socket)", "[managers]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  d.set("counter", 5);
+  auto bytes = mproc::serialize(d);
+  std::string hex = mproc::detail::hex(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+  CHECK(run_helper({"proxy", hex}) == 0);
+  CHECK(d.get("from_proxy") == 7);
+  CHECK(d.get("counter") == 50);
+  // And within this process a decoded proxy shares the existing mapping.
+  auto back = mproc::deserialize<mproc::DictProxy<std::string, int>>(bytes);
+  CHECK(back.get("from_proxy") == 7);
+}
+
+TEST_CASE("TCP: a remote client in another process, by name", "[managers][tcp]") {
+  std::string key = "s3cret-key";
+  mproc::Manager m({.address = "127.0.0.1:0", .authkey = key});
+  REQUIRE(m.port() > 0);
+  CHECK(m.address() == "127.0.0.1:" + std::to_string(m.port()));
+  auto d = m.dict<std::string, int>("shared");
+  d.set("counter", 1000);
+  std::string hexkey = mproc::detail::hex(key);
+  CHECK(run_helper({"tcp", m.address(), hexkey, "shared"}) == 0);
+  CHECK(d.get("remote") == 42);
+  CHECK(d.get("counter") == 1100);
+  CHECK(m.list<std::string>("log").size() == 1);
+
+  // A client in this process too: every operation goes over the socket.
+  auto c = mproc::Manager::connect(m.address(), key);
+  auto rd = c.dict<std::string, int>("shared");
+  CHECK(rd.get("remote") == 42);
+  CHECK(rd.update("counter", [](int v) { return v + 1; }, 0) == 1101);
+  CHECK_THROWS_AS(rd.get("nope"), std::out_of_range);
+  auto rq = c.Queue<int>("jobs");
+  CHECK_THROWS_AS(rq.get(50ms), mproc::queue_empty);
+  m.Queue<int>("jobs").put(9);
+  CHECK(rq.get(5s) == 9);
+  auto rl = c.list<int>("nums");
+  rl.extend(std::vector<int>{1, 2, 3});
+  CHECK(m.list<int>("nums").items() == std::vector<int>{1, 2, 3});
+  CHECK_THROWS_AS(rl.get(10), std::out_of_range);
+  // A remote proxy passed to a forked child opens its own connection there.
+  mproc::Process p([](mproc::DictProxy<std::string, int> rd) { rd.set("from_child", 1); }, rd);
+  p.start();
+  CHECK(finish(p) == 0);
+  CHECK(d.get("from_child") == 1);
+}
+
+TEST_CASE("wrong authkey raises authentication_error", "[managers][auth]") {
+  mproc::Manager m({.address = "127.0.0.1:0", .authkey = "right"});
+  CHECK_THROWS_AS(mproc::Manager::connect(m.address(), "wrong"), mproc::authentication_error);
+  CHECK_THROWS_AS(mproc::Manager::connect(m.unix_address(), "wrong"), mproc::authentication_error);
+  CHECK(run_helper({"badkey", m.address(), mproc::detail::hex("wrong")}) == 0);
+  // The server survives bad clients.
+  auto ok = mproc::Manager::connect(m.address(), "right");
+  CHECK(ok.dict<int, int>("x").size() == 0);
+}
+
+TEST_CASE("oversized message headers close the connection without allocating", "[managers][hostile]") {
+  // Server side: authenticate as a client would, then announce a 4 GiB request.
+  mproc::Manager m({.authkey = "k"});
+  auto fd = mgr::connect_to(m.unix_address(), mgr::deadline_after(5'000'000'000));
+  auto d = mgr::deadline_after(5'000'000'000);
+  mgr::answer_challenge(fd.get(), "k", d);
+  mgr::deliver_challenge(fd.get(), "k", d);
+  std::uint32_t huge = 0xFFFFFFFFu;
+  mgr::write_all(fd.get(), &huge, 4, d);
+  char c;
+  pollfd p{fd.get(), POLLIN, 0};
+  REQUIRE(::poll(&p, 1, 5000) == 1);
+  CHECK(::recv(fd.get(), &c, 1, 0) == 0);  // closed by the server
+  // An unauthenticated peer cannot even get that far: the handshake frame is capped.
+  auto fd2 = mgr::connect_to(m.unix_address(), d);
+  (void)mgr::read_frame(fd2.get(), 256, d);  // the challenge
+  mgr::write_all(fd2.get(), &huge, 4, d);
+  pollfd p2{fd2.get(), POLLIN, 0};
+  REQUIRE(::poll(&p2, 1, 5000) == 1);
+  CHECK(::recv(fd2.get(), &c, 1, 0) == 0);
+
+  // Client side: a reply announcing more than the cap raises serialization_error.
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  mproc::detail::unique_fd a(sv[0]), b(sv[1]);
+  mgr::write_all(a.get(), &huge, 4, d);
+  CHECK_THROWS_AS(mgr::read_frame(b.get(), 1 << 20, d), mproc::serialization_error);
+  // A corrupt request body is answered with an error, not a crash.
+  CHECK_THROWS_AS(mgr::request::decode("\x01\x02"), mproc::serialization_error);
+  CHECK(m.dict<int, int>().size() == 0);  // server still fine
+}
+
+TEST_CASE("a vanished server gives a clear error, never a hang", "[managers][death]") {
+  SECTION("local proxies") {
+    mproc::Manager m;
+    auto d = m.dict<std::string, int>();
+    auto q = m.Queue<int>();
+    d.set("a", 1);
+    REQUIRE(::kill(m.server_pid(), SIGKILL) == 0);
+    // Wait for the kernel to finish the death (robust-list release).
+    int st;
+    ::waitpid(m.server_pid(), &st, 0);
+    CHECK_THROWS_AS(d.get("a"), mproc::manager_error);
+    CHECK_THROWS_AS(d.set("a", 2), mproc::manager_error);
+    CHECK_THROWS_AS(q.get(), mproc::manager_error);  // an untimed wait notices too
+  }
+  SECTION("remote proxies") {
+    mproc::Manager m({.address = "127.0.0.1:0", .authkey = "k"});
+    auto c = mproc::Manager::connect(m.address(), "k");
+    auto d = c.dict<std::string, int>("d");
+    auto q = c.Queue<int>("q");
+    d.set("a", 1);
+    mproc::Process p([](mproc::QueueProxy<int> q) { (void)q.get(); }, q);  // blocked in the server
+    p.start();
+    std::this_thread::sleep_for(100ms);
+    REQUIRE(::kill(m.server_pid(), SIGKILL) == 0);
+    CHECK(finish(p) == 1);  // its get() raised instead of hanging
+    CHECK_THROWS_AS(d.get("a"), mproc::eof_error);
+    CHECK_THROWS(d.get("a"));  // and stays failed (reconnecting is refused)
+  }
+  SECTION("shutdown()") {
+    mproc::Manager m;
+    auto d = m.dict<int, int>();
+    m.shutdown();
+    CHECK_THROWS_AS(d.size(), mproc::manager_error);
+    m.shutdown();  // idempotent
+  }
+}
+
+TEST_CASE("no descriptor, process or socket leaks", "[managers][leaks]") {
+  auto fds_before = open_fds();
+  auto children_before = live_children();
+  std::string dir;
+  {
+    mproc::Manager m({.address = "127.0.0.1:0"});
+    dir = std::filesystem::path(m.unix_address()).parent_path();
+    CHECK((std::filesystem::status(dir).permissions() & std::filesystem::perms::all) ==
+          std::filesystem::perms::owner_all);
+    auto d = m.dict<int, int>();
+    d.set(1, 2);
+    auto c = mproc::Manager::connect(m.address(), m.authkey());
+    CHECK(c.dict<int, int>("n").size() == 0);
+    auto u = mproc::Manager::connect(m.unix_address(), m.authkey());
+    CHECK(u.list<int>("l").size() == 0);
+    mproc::Process p([](mproc::DictProxy<int, int> d) { d.set(2, 3); }, d);
+    p.start();
+    CHECK(finish(p) == 0);
+    CHECK(live_children() == children_before + 1);  // the server
+  }
+  CHECK(open_fds() == fds_before);
+  CHECK(live_children() == children_before);
+  CHECK_FALSE(std::filesystem::exists(dir));
+}
+
+TEST_CASE("option and input errors are typed", "[managers]") {
+  CHECK_THROWS_AS(mproc::Manager({.address = "no-port"}), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Manager::connect("/nonexistent/mproc.sock", "k"), std::system_error);
+  CHECK_THROWS_AS((mproc::DictProxy<int, int>().size()), mproc::state_error);
+  mproc::Manager small({.capacity = 1 << 20});
+  auto l = small.list<std::string>();
+  CHECK_THROWS_AS(
+      [&] {
+        for (int i = 0; i < 100; ++i) l.append(std::string(64 << 10, 'x'));
+      }(),
+      mproc::manager_error);
+  l.clear();  // still usable after running out of room
+  l.append("ok");
+  CHECK(l.get(0) == "ok");
+}
