@@ -39,9 +39,9 @@ enum class start_method { fork, spawn, forkserver };
 
 /// Options of a Process. Fields stay in this order (designated initializers).
 struct process_options {
-  std::string name;                    // empty: "Process-N"
+  std::string name{};                  // empty: "Process-N"
   bool daemon = false;                 // terminated when the parent exits
-  std::optional<start_method> method;  // empty: get_start_method()
+  std::optional<start_method> method{};  // empty: get_start_method()
 };
 
 namespace detail {
