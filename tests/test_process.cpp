@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -562,6 +563,9 @@ TEST_CASE("at exit, daemon children are terminated and others joined", "[process
 
 TEST_CASE("children die with a SIGKILLed parent (also grandchildren and thread-started ones)",
           "[process][helper]") {
+  // Orphans are reparented to the nearest subreaper; becoming one lets the test reap
+  // them (an init that never waits would otherwise keep them as zombies).
+  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
   int out = -1;
   pid_t helper = launch_helper("proc_orphan_parent", &out);
   auto lines = read_lines(out, 5, 15s);
@@ -572,5 +576,10 @@ TEST_CASE("children die with a SIGKILLed parent (also grandchildren and thread-s
   for (pid_t k : kids) CHECK_FALSE(is_dead(k));
   ::kill(helper, SIGKILL);
   CHECK(wait_with_limit(helper, 10s) == -SIGKILL);
-  for (pid_t k : kids) CHECK(wait_dead(k, 3000ms));
+  for (pid_t k : kids) {
+    CHECK(wait_dead(k, 3000ms));
+    ::waitpid(k, nullptr, WNOHANG);
+  }
+  ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+  CHECK(zombie_children().empty());
 }
