@@ -549,6 +549,30 @@ std::byte* encode_to(const T& v, std::byte* out) {
 
 // ---------------------------------------------------------------- reading
 
+// Error paths live out of line so the decoders' hot paths stay a compare and a copy.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_truncated(const char* what,
+                                                                  std::size_t needed,
+                                                                  std::size_t left) {
+  throw serialization_error(std::string("truncated message: ") + what + " needs " +
+                            std::to_string(needed) + " bytes, " + std::to_string(left) +
+                            " left");
+}
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_bad_count(const char* what,
+                                                                  std::uint64_t claimed,
+                                                                  std::uint64_t cap) {
+  throw serialization_error(std::string("corrupt message: ") + what + " claims " +
+                            std::to_string(claimed) + " elements, at most " +
+                            std::to_string(cap) + " fit in what is left");
+}
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_corrupt(const char* what) {
+  throw serialization_error(std::string("corrupt message: ") + what);
+}
+template <class T>
+[[noreturn, gnu::cold, gnu::noinline]] void throw_trailing(std::size_t left) {
+  throw serialization_error("corrupt message: " + std::to_string(left) +
+                            " trailing bytes after " + type_name<T>());
+}
+
 /// Bounds-checked cursor over untrusted bytes.
 struct reader {
   const std::byte* p;
@@ -556,10 +580,7 @@ struct reader {
 
   [[nodiscard]] std::size_t remaining() const noexcept { return std::size_t(end - p); }
   void need(std::size_t n, const char* what) const {
-    if (n > remaining())
-      throw serialization_error(std::string("truncated message: ") + what + " needs " +
-                                std::to_string(n) + " bytes, " + std::to_string(remaining()) +
-                                " left");
+    if (n > remaining()) throw_truncated(what, n, remaining());
   }
   void get(void* dst, std::size_t n, const char* what) {
     need(n, what);
@@ -576,10 +597,7 @@ struct reader {
     std::uint64_t n = get_u64(what);
     // Elements that encode to nothing could make a tiny message claim a huge count.
     const std::uint64_t cap = min_bytes ? remaining() / min_bytes : (std::uint64_t(1) << 20);
-    if (n > cap)
-      throw serialization_error(std::string("corrupt message: ") + what + " claims " +
-                                std::to_string(n) + " elements, at most " + std::to_string(cap) +
-                                " fit in what is left");
+    if (n > cap) throw_bad_count(what, n, cap);
     return static_cast<std::size_t>(n);
   }
 };
@@ -640,7 +658,7 @@ void decode(reader& r, T& v) {
     // only 0 and 1 are valid object representations of bool
     std::uint8_t raw;
     r.get(&raw, 1, "bool");
-    if (raw > 1) throw serialization_error("corrupt message: invalid bool");
+    if (raw > 1) throw_corrupt("invalid bool");
     v = raw != 0;
   } else if constexpr (std::is_same_v<U, std::string>) {
     auto n = r.get_count(1, "string");
@@ -679,7 +697,7 @@ void decode(reader& r, T& v) {
   } else if constexpr (is_specialization_v<U, std::optional>) {
     std::uint8_t has;
     r.get(&has, 1, "optional");
-    if (has > 1) throw serialization_error("corrupt message: invalid optional flag");
+    if (has > 1) throw_corrupt("invalid optional flag");
     if (has) {
       typename U::value_type e{};
       decode(r, e);
@@ -816,20 +834,22 @@ std::byte* write_message(const T& v, std::byte* out) {
   return encode_to(v, out + sizeof tag);
 }
 
+template <class T>
+[[noreturn, gnu::cold, gnu::noinline]] void throw_type_mismatch(std::uint64_t tag) {
+  throw serialization_error("type mismatch: expected " + type_name<T>() + ", message holds " +
+                            tag_name(tag));
+}
+
 /// Checks the tag and decodes; a message of another type raises serialization_error
 /// naming both types. The whole message must be consumed.
 template <class T>
 T read_message(std::span<const std::byte> bytes) {
   reader r{bytes.data(), bytes.data() + bytes.size()};
   std::uint64_t tag = r.get_u64("type tag");
-  if (tag != tag_of<T>())
-    throw serialization_error("type mismatch: expected " + type_name<T>() + ", message holds " +
-                              tag_name(tag));
+  if (tag != tag_of<T>()) throw_type_mismatch<T>(tag);
   T v{};
   decode(r, v);
-  if (r.remaining())
-    throw serialization_error("corrupt message: " + std::to_string(r.remaining()) +
-                              " trailing bytes after " + type_name<T>());
+  if (r.remaining()) detail::throw_trailing<T>(r.remaining());
   return v;
 }
 
@@ -850,9 +870,7 @@ T deserialize(std::span<const std::byte> bytes) {
   detail::reader r{bytes.data(), bytes.data() + bytes.size()};
   T v{};
   detail::decode(r, v);
-  if (r.remaining())
-    throw serialization_error("corrupt message: " + std::to_string(r.remaining()) +
-                              " trailing bytes after " + type_name<T>());
+  if (r.remaining()) detail::throw_trailing<T>(r.remaining());
   return v;
 }
 
