@@ -145,8 +145,10 @@ inline std::size_t read_some(connection_state& s, void* p, std::size_t n, std::i
 
 inline void fill_read_ahead(connection_state& s, std::int64_t deadline, const char* what) {
   if (!s.in) s.in = std::make_unique_for_overwrite<std::byte[]>(read_ahead_size);
+  // Only called with the buffer drained; it stays consistent if read_some throws.
+  std::size_t n = read_some(s, s.in.get(), read_ahead_size, deadline, what);
   s.in_begin = 0;
-  s.in_end = read_some(s, s.in.get(), read_ahead_size, deadline, what);
+  s.in_end = n;
 }
 
 /// Receives one whole frame body. On timeout the partial frame is kept, so a later

@@ -1,0 +1,427 @@
+// mproc::Pipe / mproc::Connection: values, errors, framing under stress, descriptors.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <dirent.h>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/serialization/vector.hpp>
+
+#include <mproc/connection.hpp>
+#include <mproc/process.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int count_fds() {
+  int n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  while (auto* e = ::readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(d);
+  return n - 1;
+}
+
+struct point {
+  int x = 0;
+  std::string label;
+  std::vector<double> samples;
+  template <class Archive>
+  void serialize(Archive& ar, unsigned) {
+    ar & x & label & samples;
+  }
+  bool operator==(const point&) const = default;
+};
+
+/// Writes all of [p, p+n) with plain write() calls (a peer that is not an mproc Connection).
+void raw_write(int fd, const void* p, std::size_t n) {
+  auto* c = static_cast<const char*>(p);
+  while (n) {
+    ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) std::_Exit(90);
+    c += w;
+    n -= std::size_t(w);
+  }
+}
+
+void join_or_kill(mproc::Process& p) {
+  if (!p.join(60s)) {
+    p.kill();
+    p.join(5s);
+  }
+}
+
+std::atomic<int> g_signals{0};
+void count_signal(int) { ++g_signals; }
+
+}  // namespace
+
+TEST_CASE("values of many types round-trip", "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  a.send(42);
+  CHECK(b.recv<int>() == 42);
+  a.send(3.5);
+  CHECK(b.recv<double>() == 3.5);
+  a.send(true);
+  CHECK(b.recv<bool>() == true);
+  a.send("literal");
+  CHECK(b.recv<std::string>() == "literal");
+  const char* cstr = "c string";
+  a.send(cstr);
+  CHECK(b.recv<std::string>() == "c string");
+  a.send(std::tuple{"add", 10, 5});
+  CHECK(b.recv<std::tuple<std::string, int, int>>() == std::tuple<std::string, int, int>{"add", 10, 5});
+  a.send(std::vector<int>{1, 2, 3});
+  CHECK(b.recv<std::vector<int>>() == std::vector<int>{1, 2, 3});
+  a.send(std::vector<int>{});
+  CHECK(b.recv<std::vector<int>>().empty());
+  std::map<std::string, std::vector<double>> m{{"a", {1.0}}, {"b", {2.0, 3.0}}};
+  a.send(m);
+  CHECK(b.recv<decltype(m)>() == m);
+  a.send(std::optional<std::string>{});
+  CHECK_FALSE(b.recv<std::optional<std::string>>().has_value());
+  std::variant<int, std::string> v = std::string("alt");
+  a.send(v);
+  CHECK(b.recv<std::variant<int, std::string>>() == v);
+  a.send(std::pair{1, std::string("x")});
+  CHECK(b.recv<std::pair<int, std::string>>() == std::pair{1, std::string("x")});
+  a.send(250ms);
+  CHECK(b.recv<std::chrono::milliseconds>() == 250ms);
+  a.send(std::array<int, 3>{7, 8, 9});
+  CHECK(b.recv<std::array<int, 3>>() == std::array<int, 3>{7, 8, 9});
+  point p{3, "pt", {0.5, 1.5}};
+  a.send(p);
+  CHECK(b.recv<point>() == p);
+  // duplex: the other direction too
+  b.send(std::string(100000, 'z'));
+  CHECK(a.recv<std::string>() == std::string(100000, 'z'));
+}
+
+TEST_CASE("a message of another type raises serialization_error naming both; the connection "
+          "stays usable",
+          "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  a.send(std::string("text"));
+  a.send(5);
+  try {
+    (void)b.recv<int>();
+    FAIL("no exception");
+  } catch (const mproc::serialization_error& e) {
+    std::string what = e.what();
+    CHECK_THAT(what, Catch::Contains("int"));
+    CHECK_THAT(what, Catch::Contains("std::__cxx11::basic_string") || Catch::Contains("std::string"));
+  }
+  CHECK(b.recv<int>() == 5);
+  // raw bytes carry no type tag
+  a.send_bytes(std::string_view("abc"));
+  CHECK_THROWS_AS(b.recv<std::vector<int>>(), mproc::serialization_error);
+  a.send(6);
+  CHECK(b.recv<int>() == 6);
+}
+
+TEST_CASE("send_bytes / recv_bytes", "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  a.send_bytes("abc");  // a literal is its characters, without the terminating NUL
+  CHECK(b.recv_bytes().size() == 3);
+  std::string s = "hello";
+  a.send_bytes(s);
+  auto got = b.recv_bytes();
+  CHECK(std::string(reinterpret_cast<const char*>(got.data()), got.size()) == "hello");
+  std::vector<unsigned char> u{1, 2, 255};
+  a.send_bytes(u);
+  auto gu = b.recv_bytes();
+  REQUIRE(gu.size() == 3);
+  CHECK(gu[2] == std::byte{255});
+  std::vector<std::byte> bytes(70000, std::byte{7});
+  a.send_bytes(std::span<const std::byte>(bytes));
+  CHECK(b.recv_bytes() == bytes);
+  a.send_bytes(std::span<const std::byte>());
+  CHECK(b.recv_bytes().empty());
+  a.send_bytes(std::span<const std::byte>(bytes), 1s);
+  CHECK(b.recv_bytes(1s) == bytes);
+}
+
+TEST_CASE("eof after the peer closes, also when the peer is a process that exited",
+          "[connection]") {
+  {
+    auto [a, b] = mproc::Pipe();
+    a.send(1);
+    a.close();
+    CHECK(a.closed());
+    CHECK(b.recv<int>() == 1);  // what was sent before the close still arrives
+    CHECK(b.poll());            // EOF is "something to receive"
+    CHECK_THROWS_AS(b.recv<int>(), mproc::eof_error);
+    CHECK_THROWS_AS(b.recv_bytes(1s), mproc::eof_error);
+  }
+  {
+    auto [a, b] = mproc::Pipe();
+    mproc::Process p([](mproc::Connection c) { c.send(std::string("bye")); }, b);
+    p.start();
+    b.close();  // the parent's copy: afterwards only the child holds that end
+    CHECK(a.recv<std::string>(10s) == "bye");
+    CHECK_THROWS_AS(a.recv<std::string>(10s), mproc::eof_error);
+    join_or_kill(p);
+    CHECK(p.exitcode() == 0);
+  }
+}
+
+TEST_CASE("sending to a closed peer raises eof_error and never SIGPIPE", "[connection]") {
+  auto old = std::signal(SIGPIPE, SIG_DFL);
+  {
+    auto [a, b] = mproc::Pipe();
+    b.close();
+    CHECK_THROWS_AS(a.send(1), mproc::eof_error);
+    CHECK_THROWS_AS(a.send_bytes(std::string_view("x")), mproc::eof_error);
+    CHECK_THROWS_AS(a.send(std::string(1 << 20, 'x')), mproc::eof_error);
+  }
+  {
+    auto [rx, tx] = mproc::Pipe(false);
+    rx.close();
+    CHECK_THROWS_AS(tx.send(1), mproc::eof_error);
+  }
+  std::signal(SIGPIPE, old);
+}
+
+TEST_CASE("timeouts and poll", "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  CHECK_FALSE(b.poll());
+  CHECK_FALSE(b.poll(20ms));
+  CHECK_THROWS_AS(b.recv<int>(30ms), mproc::timeout_error);
+  CHECK_THROWS_AS(b.recv_bytes(std::chrono::duration<double>(0.01)), mproc::timeout_error);
+  CHECK_THROWS_AS(b.recv<int>(0ms), mproc::timeout_error);
+  a.send(9);
+  CHECK(b.poll());
+  CHECK(b.poll(1s));
+  CHECK(b.recv<int>(1s) == 9);
+
+  // A message that is half there when the timeout passes is completed by a later call.
+  std::vector<std::byte> payload(10);
+  for (int i = 0; i < 10; ++i) payload[i] = std::byte(i);
+  std::uint64_t len = payload.size();
+  raw_write(a.fileno(), &len, 5);
+  CHECK_THROWS_AS(b.recv_bytes(30ms), mproc::timeout_error);
+  raw_write(a.fileno(), reinterpret_cast<char*>(&len) + 5, 3);
+  raw_write(a.fileno(), payload.data(), 4);
+  CHECK_THROWS_AS(b.recv_bytes(30ms), mproc::timeout_error);
+  raw_write(a.fileno(), payload.data() + 4, 6);
+  CHECK(b.recv_bytes(1s) == payload);
+
+  // send with a timeout when the peer never reads: times out before writing anything.
+  std::string big(64 * 1024, 'x');
+  int sent = 0;
+  bool timed_out = false;
+  for (; sent < 1000 && !timed_out; ++sent) {
+    try {
+      a.send(big, 20ms);
+    } catch (const mproc::timeout_error&) {
+      timed_out = true;
+    }
+  }
+  CHECK(timed_out);
+  for (int i = 0; i < sent - 1; ++i) CHECK(b.recv<std::string>(1s).size() == big.size());
+  CHECK_FALSE(b.poll());  // the timed-out send left nothing behind
+}
+
+TEST_CASE("one-way pipes and handle semantics", "[connection]") {
+  auto [rx, tx] = mproc::Pipe(false);
+  CHECK(rx.readable());
+  CHECK_FALSE(rx.writable());
+  CHECK(tx.writable());
+  CHECK_FALSE(tx.readable());
+  CHECK_THROWS_AS(rx.send(1), mproc::state_error);
+  CHECK_THROWS_AS(tx.recv<int>(), mproc::state_error);
+  CHECK_THROWS_AS(tx.poll(), mproc::state_error);
+  tx.send(std::string("one way"));
+  CHECK(rx.recv<std::string>() == "one way");
+
+  mproc::Connection copy = rx;
+  CHECK(copy.fileno() == rx.fileno());
+  copy.close();
+  CHECK(rx.closed());
+  CHECK_THROWS_AS(rx.recv<int>(), mproc::state_error);
+  CHECK_THROWS_AS(rx.fileno(), mproc::state_error);
+  mproc::Connection empty;
+  CHECK(empty.closed());
+  CHECK_THROWS_AS(empty.send(1), mproc::state_error);
+}
+
+TEST_CASE("oversized messages are refused without allocating and skipped", "[connection]") {
+  auto [a, b] = mproc::Pipe(true, {.max_message_size = 1024});
+  CHECK(b.max_message_size() == 1024);
+  a.send(std::string(2000, 'x'));
+  a.send(7);
+  CHECK_THROWS_WITH(b.recv<std::string>(), Catch::Contains("exceeds the limit of 1024"));
+  CHECK(b.recv<int>() == 7);  // the refused message was skipped, the stream is in sync
+
+  // A hostile header claiming 2^62 bytes: refused at once.
+  auto [c, d] = mproc::Pipe();
+  std::uint64_t huge = std::uint64_t(1) << 62;
+  raw_write(c.fileno(), &huge, sizeof huge);
+  CHECK_THROWS_AS(d.recv_bytes(1s), mproc::serialization_error);
+}
+
+TEST_CASE("a 256 MiB message gets through both ways", "[connection][large]") {
+  constexpr std::size_t size = std::size_t(256) << 20;
+  auto [a, b] = mproc::Pipe();
+  mproc::Process p(
+      [](mproc::Connection c) {
+        std::vector<std::uint8_t> v(size);
+        for (std::size_t i = 0; i < size; i += 4096) v[i] = std::uint8_t(i >> 12);
+        v.back() = 0xAB;
+        c.send(v);
+        // and receive one back as raw bytes, reporting what arrived
+        auto bytes = c.recv_bytes(60s);
+        std::uint64_t sum = 0;
+        for (std::size_t i = 0; i < bytes.size(); i += 4096) sum += std::to_integer<unsigned>(bytes[i]);
+        c.send(std::pair<std::uint64_t, std::uint64_t>{bytes.size(), sum});
+      },
+      b);
+  p.start();
+  {
+    auto v = a.recv<std::vector<std::uint8_t>>(60s);
+    REQUIRE(v.size() == size);
+    bool ok = v.back() == 0xAB;
+    for (std::size_t i = 0; i < size; i += 4096) ok &= v[i] == std::uint8_t(i >> 12);
+    CHECK(ok);
+  }
+  std::uint64_t expect = 0;
+  {
+    std::vector<std::byte> out(size, std::byte{3});
+    for (std::size_t i = 0; i < size; i += 4096) expect += 3;
+    a.send_bytes(std::span<const std::byte>(out));
+  }
+  auto [n, sum] = a.recv<std::pair<std::uint64_t, std::uint64_t>>(60s);
+  CHECK(n == size);
+  CHECK(sum == expect);
+  join_or_kill(p);
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("a message written a byte at a time by another process arrives whole",
+          "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  mproc::Process p(
+      [](mproc::Connection c) {
+        std::string text(3000, 'q');
+        for (std::size_t i = 0; i < text.size(); ++i) text[i] = char('a' + i % 26);
+        std::vector<std::byte> frame(8 + mproc::detail::message_size(text));
+        std::uint64_t len = frame.size() - 8;
+        std::memcpy(frame.data(), &len, 8);
+        mproc::detail::write_message(text, frame.data() + 8);
+        for (int round = 0; round < 3; ++round)
+          for (auto byte : frame) raw_write(c.fileno(), &byte, 1);
+      },
+      b);
+  p.start();
+  for (int round = 0; round < 3; ++round) {
+    auto s = a.recv<std::string>(30s);
+    REQUIRE(s.size() == 3000);
+    CHECK(s[0] == 'a');
+    CHECK(s[2999] == char('a' + 2999 % 26));
+  }
+  join_or_kill(p);
+}
+
+TEST_CASE("a signal without SA_RESTART during a blocking recv is retried, not an error",
+          "[connection]") {
+  struct sigaction sa {}, old{};
+  sa.sa_handler = count_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: the blocked recvmsg/ppoll returns EINTR
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  g_signals = 0;
+  auto [a, b] = mproc::Pipe();
+  pid_t parent = ::getpid();
+  mproc::Process p(
+      [parent](mproc::Connection c) {
+        for (int i = 0; i < 3; ++i) {
+          std::this_thread::sleep_for(50ms);
+          ::kill(parent, SIGUSR1);
+        }
+        std::this_thread::sleep_for(50ms);
+        c.send(11);
+        for (int i = 0; i < 3; ++i) {
+          std::this_thread::sleep_for(50ms);
+          ::kill(parent, SIGUSR1);
+        }
+        std::this_thread::sleep_for(50ms);
+        c.send(12);
+      },
+      b);
+  p.start();
+  int first = a.recv<int>();     // blocking recvmsg
+  int second = a.recv<int>(30s);  // ppoll with a deadline
+  join_or_kill(p);
+  ::sigaction(SIGUSR1, &old, nullptr);
+  CHECK(first == 11);
+  CHECK(second == 12);
+  CHECK(g_signals == 6);
+}
+
+TEST_CASE("file descriptors pass between processes", "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  int mfd = ::memfd_create("conn-test", MFD_CLOEXEC);
+  REQUIRE(mfd >= 0);
+  mproc::Process p(
+      [](mproc::Connection c) {
+        auto fd = c.recv_fd(10s);
+        raw_write(fd.get(), "from child", 10);
+        c.send(fd.get() >= 0);
+      },
+      b);
+  p.start();
+  a.send_fd(mfd);
+  CHECK(a.recv<bool>(10s));
+  join_or_kill(p);
+  char buf[16] = {};
+  CHECK(::pread(mfd, buf, 10, 0) == 10);
+  CHECK(std::string(buf) == "from child");
+
+  // in-process, with ordinary messages around it
+  a.send(1);
+  a.send_fd(mfd);
+  a.send(2);
+  CHECK(b.recv<int>() == 1);
+  auto got = b.recv_fd(1s);
+  CHECK(got.get() != mfd);
+  CHECK((::fcntl(got.get(), F_GETFD) & FD_CLOEXEC) != 0);
+  CHECK(b.recv<int>() == 2);
+  ::close(mfd);
+  CHECK_THROWS_AS(a.send_fd(-1), std::invalid_argument);
+}
+
+TEST_CASE("no descriptor leaks", "[connection]") {
+  int before = count_fds();
+  {
+    auto [a, b] = mproc::Pipe();
+    auto c = a;
+    a.send(1);
+    CHECK(b.recv<int>() == 1);
+    auto [x, y] = mproc::Pipe(false);
+    y.send(2);
+    CHECK(x.recv<int>() == 2);
+    int mfd = ::memfd_create("leak-test", MFD_CLOEXEC);
+    a.send_fd(mfd);
+    a.send_fd(mfd);
+    ::close(mfd);
+    auto got = b.recv_fd();
+    // the second descriptor is never taken: it closes with the connection
+  }
+  CHECK(count_fds() == before);
+}
