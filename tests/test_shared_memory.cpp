@@ -184,6 +184,7 @@ TEST_CASE("SharedMemory errors name the call and the segment") {
     CHECK_THAT(e.what(), Catch::Contains("shm_open") && Catch::Contains(name));
   }
   shm.unlink();
+  shm.close();
   try {
     mproc::SharedMemory missing(name);
     FAIL("attaching a missing name must fail");
@@ -198,12 +199,29 @@ TEST_CASE("SharedMemory errors name the call and the segment") {
   CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, std::string(300, 'x')), std::invalid_argument);
   CHECK_THROWS_AS(mproc::SharedMemory("no/such"), std::invalid_argument);
 
+  CHECK_THROWS_AS(shm.populate(), mproc::state_error);  // unlinked is fine, closed is not
   mproc::SharedMemory odd(mproc::create, 12);
   CHECK_THROWS_AS(odd.as<double>(), std::invalid_argument);
   CHECK(odd.as<double>(1).size() == 1);
   CHECK_THROWS_AS(odd.as<double>(2), std::invalid_argument);
   CHECK(odd.as<std::uint32_t>().size() == 3);
   odd.unlink();
+}
+
+TEST_CASE("SharedMemory populate maps pages without changing them") {
+  mproc::SharedMemory shm(mproc::create, 1 << 20);
+  shm.as<int>()[1000] = 42;
+  pid_t k = d::fork_child([&] {
+    // The child faults the shared pages in separately; populate does it in one call.
+    if (!shm.populate(4000, 100000)) return 2;
+    if (!shm.populate(0, SIZE_MAX) || !shm.populate(5u << 20)) return 3;
+    if (shm.as<int>()[1000] != 42) return 4;
+    shm.as<int>()[2000] = 7;
+    return 0;
+  });
+  CHECK(join_child(k) == 0);
+  CHECK(shm.as<int>()[2000] == 7);
+  shm.unlink();
 }
 
 TEST_CASE("SharedMemory shared with a forked child") {

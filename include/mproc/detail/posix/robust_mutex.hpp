@@ -23,6 +23,23 @@
 
 namespace mproc::detail {
 
+/// The calling thread's id, cached: gettid() is a system call and ownership checks
+/// sit on every release. The cache is per thread and cleared in a forked child (whose
+/// only thread has a new id).
+inline pid_t& cached_tid_slot() noexcept {
+  static thread_local pid_t tid = 0;
+  return tid;
+}
+inline void forget_cached_tid() noexcept { cached_tid_slot() = 0; }
+inline pid_t current_tid() noexcept {
+  pid_t& t = cached_tid_slot();
+  if (t == 0) {
+    [[maybe_unused]] static const int registered = ::pthread_atfork(nullptr, nullptr, &forget_cached_tid);
+    t = static_cast<pid_t>(::gettid());
+  }
+  return t;
+}
+
 enum class lock_result {
   acquired,      // the caller now holds the mutex
   owner_died,    // acquired; the previous owner died holding it (state made consistent)
@@ -80,7 +97,7 @@ class robust_mutex {
   }
   [[nodiscard]] bool held_by_caller() const noexcept {
     pid_t o = owner_tid();
-    return o != 0 && o == static_cast<pid_t>(::gettid());
+    return o != 0 && o == current_tid();
   }
   /// True when a thread of this process holds the mutex.
   [[nodiscard]] bool held_in_this_process() const noexcept {
