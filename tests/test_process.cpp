@@ -230,8 +230,12 @@ TEST_CASE("exit codes follow Python's convention", "[process]") {
     raw_pipe gate;
     mproc::Process t([&] { block_on(gate); });
     mproc::Process k([&] { block_on(gate); });
+    // Children inherit signal handlers (as with fork in Python): give them SIGTERM's
+    // default action from the start, not Catch's reporting handler.
+    auto old = std::signal(SIGTERM, SIG_DFL);
     t.start();
     k.start();
+    std::signal(SIGTERM, old);
     t.terminate();
     k.kill();
     REQUIRE(t.join(10s));

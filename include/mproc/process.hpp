@@ -274,22 +274,13 @@ inline void enter_child(const std::string& name, std::vector<int> identity, bool
   g.daemon = daemon;
 }
 
-inline void flush_std_streams() noexcept {
-  try {
-    std::fflush(nullptr);
-  } catch (...) {
-  }
-}
-
 /// std::exit() in a child must not run the parent's atexit handlers and static
 /// destructors (they belong to the parent); on_exit sees the status, so the child's
 /// own exit duties are done here and the process leaves with _exit(status).
 inline void child_exit_hook(int status, void*) {
   join_children_at_exit();
   log(log_level::info, "process exiting with exitcode %d", status);
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
+  flush_all_output();
   ::_exit(status);
 }
 
@@ -315,8 +306,7 @@ inline void report_uncaught(const std::string& name) noexcept {
   msg += type;
   if (!what.empty()) msg += ": " + what;
   msg += '\n';
-  std::cout.flush();
-  std::fflush(stdout);
+  flush_all_output();
   std::size_t off = 0;
   while (off < msg.size()) {
     ssize_t n = ::write(2, msg.data() + off, msg.size() - off);

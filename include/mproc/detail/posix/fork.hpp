@@ -7,6 +7,10 @@
 #include <exception>
 #include <iostream>
 
+#if defined(__GLIBCXX__)
+#include <ext/stdio_sync_filebuf.h>
+#endif
+
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -31,6 +35,25 @@ inline void die_with_parent(pid_t expected_parent) noexcept {
   if (::getppid() != expected_parent) ::_exit(128 + SIGKILL);
 }
 
+/// Flushes std::cout, std::cerr and every stdio stream. When the iostreams are
+/// synchronised with stdio (the default) they hold no buffer of their own and the
+/// stdio flush covers them; skipping their flush() then matters in a fresh child,
+/// where touching the iostream objects costs copy-on-write page faults.
+inline void flush_all_output() noexcept {
+  try {
+#if defined(__GLIBCXX__)
+    using sync_buf = __gnu_cxx::stdio_sync_filebuf<char>;
+    if (!dynamic_cast<sync_buf*>(std::cout.rdbuf())) std::cout.flush();
+    if (!dynamic_cast<sync_buf*>(std::cerr.rdbuf())) std::cerr.flush();
+#else
+    std::cout.flush();
+    std::cerr.flush();
+#endif
+  } catch (...) {
+  }
+  std::fflush(nullptr);
+}
+
 /// Forks; the child runs body() and _exit()s with its int result (an exception
 /// escaping body gives exit code 1). Returns the child's pid to the parent.
 /// PR_SET_PDEATHSIG fires when the *thread* that forked exits, so long-lived threads
@@ -39,9 +62,7 @@ template <class Body>
 pid_t fork_child(Body&& body) {
   const pid_t parent = ::getpid();
   // Unflushed output would otherwise be written twice: once by each process.
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
+  flush_all_output();
   pid_t pid = ::fork();
   if (pid == -1) throw_errno("fork");
   if (pid == 0) {
@@ -54,9 +75,7 @@ pid_t fork_child(Body&& body) {
     }
     // _exit skips the parent's atexit handlers and static destructors, which belong
     // to the parent; the child's own output still has to reach its destination.
-    std::cout.flush();
-    std::cerr.flush();
-    std::fflush(nullptr);
+    flush_all_output();
     ::_exit(code);
   }
   return pid;
