@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <mproc/detail/posix/fork.hpp>
+#include <mproc/process.hpp>
 #include <mproc/sharedctypes.hpp>
 
 #include <chrono>
@@ -43,6 +44,27 @@ std::size_t count_fds() {
   return n - 1;
 }
 
+/// Joins a Process with a timeout, killing it if it overruns.
+int join_process(mproc::Process& p, std::chrono::milliseconds timeout = 20s) {
+  if (!p.join(timeout)) {
+    p.kill();
+    p.join();
+    return kTimedOut;
+  }
+  return p.exitcode().value_or(kTimedOut);
+}
+
+void increment(mproc::Value<long> counter, int n) {
+  for (int i = 0; i < n; ++i) {
+    std::scoped_lock g(counter.get_lock());
+    counter.value() += 1;
+  }
+}
+
+void fill_array(mproc::Array<int> arr, int val) {
+  for (std::size_t i = 0; i < arr.size(); ++i) arr[i] = val * int(i + 1);
+}
+
 struct point {
   double x = 1.5;
   int y = 7;
@@ -77,19 +99,13 @@ TEST_CASE("Value: initial value, load/store, lock") {
   CHECK(data_addr % 64 == 0);
 }
 
-TEST_CASE("Value incremented under its lock by 4 processes") {
+TEST_CASE("Value incremented under its lock by 4 Processes") {
   mproc::Value<long> counter(0);
   constexpr int per = 10000;
-  std::vector<pid_t> kids;
-  for (int c = 0; c < 4; ++c)
-    kids.push_back(d::fork_child([counter] {  // a copy of the handle: same memory
-      for (int i = 0; i < per; ++i) {
-        std::scoped_lock g(counter.get_lock());
-        counter.value() += 1;
-      }
-      return 0;
-    }));
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
+  std::vector<mproc::Process> procs;
+  for (int c = 0; c < 4; ++c) procs.emplace_back(increment, counter, per);  // a copy: same memory
+  for (auto& p : procs) p.start();
+  for (auto& p : procs) CHECK(join_process(p) == 0);
   CHECK(counter.value() == 4 * per);
 }
 
@@ -122,14 +138,12 @@ TEST_CASE("Array construction, access and bounds") {
   CHECK(pts[1].y == 7);
 }
 
-TEST_CASE("Array filled by a child is seen by the parent; copies alias") {
+TEST_CASE("Array filled by a Process is seen by the parent; copies alias") {
   mproc::Array<int> arr(5);
   mproc::Array<int> alias = arr;
-  pid_t k = d::fork_child([&] {
-    for (std::size_t i = 0; i < arr.size(); ++i) arr[i] = 3 * int(i + 1);
-    return 0;
-  });
-  CHECK(join_child(k) == 0);
+  mproc::Process p(fill_array, arr, 3);
+  p.start();
+  CHECK(join_process(p) == 0);
   CHECK(alias.to_vector() == std::vector<int>{3, 6, 9, 12, 15});
   alias[0] = -1;
   CHECK(arr[0] == -1);

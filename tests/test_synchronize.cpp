@@ -5,6 +5,7 @@
 
 #include <mproc/detail/posix/fork.hpp>
 #include <mproc/detail/posix/shm_region.hpp>
+#include <mproc/process.hpp>
 #include <mproc/synchronize.hpp>
 
 #include <atomic>
@@ -54,9 +55,43 @@ struct shared_ints {
   int* raw() const { return r.as<int>(); }
 };
 
+int join_process(mproc::Process& p, std::chrono::milliseconds timeout = 20s) {
+  if (!p.join(timeout)) {
+    p.kill();
+    p.join();
+    return kTimedOut;
+  }
+  return p.exitcode().value_or(kTimedOut);
+}
+
+void locked_increments(mproc::Lock lock, d::shm_region mem, int n) {
+  for (int i = 0; i < n; ++i) {
+    std::scoped_lock g(lock);
+    // A non-atomic read-modify-write: only the lock keeps it exact.
+    volatile int* p = mem.as<int>();
+    *p = *p + 1;
+  }
+}
+
+void wait_for_event(mproc::Event ev, mproc::Event ready) {
+  ready.set();
+  if (!ev.wait(10s)) std::exit(2);
+}
+
 }  // namespace
 
-TEST_CASE("Lock protects a counter incremented by 4 processes") {
+TEST_CASE("Lock protects a counter incremented by 4 Processes") {
+  mproc::Lock lock;
+  shared_ints mem;
+  constexpr int per_child = 20000;
+  std::vector<mproc::Process> procs;
+  for (int c = 0; c < 4; ++c) procs.emplace_back(locked_increments, lock, mem.r, per_child);
+  for (auto& p : procs) p.start();
+  for (auto& p : procs) CHECK(join_process(p) == 0);
+  CHECK(mem.raw()[0] == 4 * per_child);
+}
+
+TEST_CASE("Lock protects a counter incremented by 4 forked children") {
   mproc::Lock lock;
   shared_ints mem;
   constexpr int per_child = 20000;
@@ -265,14 +300,12 @@ TEST_CASE("Event wakes a waiter in another process") {
   CHECK_FALSE(ev.is_set());
   CHECK_FALSE(ev.wait(20ms));
   mproc::Event child_ready;
-  pid_t k = d::fork_child([&] {
-    child_ready.set();
-    return ev.wait(10s) ? 0 : 2;
-  });
+  mproc::Process p(wait_for_event, ev, child_ready);
+  p.start();
   REQUIRE(child_ready.wait(10s));
   std::this_thread::sleep_for(20ms);
   ev.set();
-  CHECK(join_child(k) == 0);
+  CHECK(join_process(p) == 0);
   CHECK(ev.is_set());
   CHECK(ev.wait(0ms));
   ev.clear();

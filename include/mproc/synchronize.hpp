@@ -11,6 +11,13 @@
 // Data the dead owner was changing may be half-updated; owner_died() is the cue to
 // repair it.
 //
+// Built on futex words in the shared region (Semaphore, Event, Condition, Barrier)
+// and robust pthread mutexes (Lock, RLock; see detail/posix/robust_mutex.hpp) rather
+// than Boost.Interprocess's primitives: interprocess_mutex is not robust, its
+// semaphore times out against CLOCK_REALTIME (a clock step changes the wait), and its
+// condition is a process-shared pthread condvar, whose notify can block for good on a
+// waiter that was killed inside wait().
+//
 // Differences from Python, by design:
 //  - Lock and RLock are owned by the thread that acquired them; release() from any
 //    other thread or process raises mproc::lock_error (Python allows another process
