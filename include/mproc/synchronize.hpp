@@ -189,7 +189,7 @@ class Lock : public detail::basic_lock, public detail::lockable_api<Lock> {
   /// Python's acquire(block): non-blocking tries once.
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
   template <class Rep, class Period>
-  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+  [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
   }
   using basic_lock::release;
@@ -211,7 +211,7 @@ class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
   bool acquire() { return acquire_ns(-1); }
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
   template <class Rep, class Period>
-  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+  [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
   }
   using basic_lock::release;
@@ -296,7 +296,7 @@ class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Se
   bool acquire() { return acquire_ns(-1); }
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
   template <class Rep, class Period>
-  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+  [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
   }
 
@@ -336,7 +336,7 @@ class Event {
   bool wait() { return wait_ns(-1); }
   /// Returns the flag: false when the timeout passed first.
   template <class Rep, class Period>
-  bool wait(std::chrono::duration<Rep, Period> timeout) {
+  [[nodiscard]] bool wait(std::chrono::duration<Rep, Period> timeout) {
     return wait_ns(detail::to_ns(timeout));
   }
   [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
@@ -425,7 +425,7 @@ class Condition : public detail::lockable_api<Condition> {
   bool acquire() { return lock_.acquire_ns(-1); }
   bool acquire(bool block) { return lock_.acquire_ns(block ? -1 : 0); }
   template <class Rep, class Period>
-  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+  [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return lock_.acquire_ns(detail::block_timeout_ns(block, timeout));
   }
   void release() { lock_.release(); }
