@@ -212,3 +212,19 @@ TEST_CASE("Values and Arrays leak no descriptors") {
   }
   CHECK(count_fds() == before);
 }
+
+TEST_CASE("A moved-from handle still refers to the same object") {
+  mproc::Value<int> v(3);
+  mproc::Value<int> w = std::move(v);
+  CHECK(v.value() == 3);  // NOLINT(bugprone-use-after-move): handles copy on move
+  w.value() = 4;
+  CHECK(v.value() == 4);
+  mproc::Array<int> a(2);
+  mproc::Array<int> b(std::move(a));
+  b[1] = 9;
+  CHECK(a[1] == 9);  // NOLINT(bugprone-use-after-move)
+  mproc::Lock l;
+  mproc::Lock m = std::move(l);
+  std::scoped_lock g(l);  // NOLINT(bugprone-use-after-move)
+  CHECK(m.held_by_caller());
+}

@@ -69,6 +69,10 @@ class SharedMemory {
   /// Attaches to an existing segment; raises std::system_error(ENOENT) naming shm_open
   /// and the name if there is none.
   explicit SharedMemory(std::string_view name) { open(checked_name(name), 0, false); }
+  // Copies share the mapping; there is no separate move, so a moved-from handle
+  // stays usable (and refers to the same segment).
+  SharedMemory(const SharedMemory&) = default;
+  SharedMemory& operator=(const SharedMemory&) = default;
 
   /// The name as the user gave it (no leading slash), as Python reports it.
   [[nodiscard]] const std::string& name() const noexcept { return s_->name; }

@@ -93,7 +93,13 @@ class shared_storage {
   }
 
  public:
+  // Copies share the object; there is no separate move, so a moved-from handle
+  // stays usable instead of holding a dangling pointer.
+  shared_storage(const shared_storage&) = default;
+  shared_storage& operator=(const shared_storage&) = default;
+
   /// The region holding this object, for passing it to another process.
+
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
 
  protected:

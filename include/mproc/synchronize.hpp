@@ -85,6 +85,10 @@ class basic_lock {
   explicit basic_lock(bool recursive)
       : basic_lock(make_block(sizeof(mutex_state), recursive ? "mproc-rlock" : "mproc-lock"), 0,
                    recursive, true) {}
+  // Handles copy (sharing the object) and have no separate move: a moved-from
+  // handle stays usable instead of holding a dangling pointer.
+  basic_lock(const basic_lock&) = default;
+  basic_lock& operator=(const basic_lock&) = default;
 
   /// timeout_ns < 0 blocks; 0 tries once.
   bool acquire_ns(std::int64_t timeout_ns) {
@@ -241,6 +245,8 @@ class basic_semaphore {
                                   " is too large");
     new (st_) semaphore_state{{initial}, {0}, max};
   }
+  basic_semaphore(const basic_semaphore&) = default;
+  basic_semaphore& operator=(const basic_semaphore&) = default;
 
   bool acquire_ns(std::int64_t timeout_ns) {
     deadline dl = deadline::after(timeout_ns);
@@ -324,6 +330,8 @@ class Event {
   Event()
       : block_(detail::make_block(sizeof(detail::event_state), "mproc-event")),
         st_(new (block_->at<void>(0)) detail::event_state) {}
+  Event(const Event&) = default;
+  Event& operator=(const Event&) = default;
 
   void set() noexcept {
     flag()->store(1, std::memory_order_seq_cst);
@@ -376,6 +384,8 @@ class condition_core {
   condition_core()
       : block_(make_block(sizeof(condition_state), "mproc-condition")),
         st_(new (block_->at<void>(0)) condition_state) {}
+  condition_core(const condition_core&) = default;
+  condition_core& operator=(const condition_core&) = default;
 
   /// The caller holds the lock. Returns false on timeout.
   bool wait(basic_lock& lk, std::int64_t timeout_ns) {
@@ -502,6 +512,8 @@ class Barrier {
     if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
     st_->parties = parties;
   }
+  Barrier(const Barrier&) = default;
+  Barrier& operator=(const Barrier&) = default;
 
   /// Blocks until all parties have called wait().
   unsigned wait() { return wait_ns(-1); }
