@@ -188,7 +188,6 @@ TEST_CASE("A waiter blocked on a Lock is woken when the owner dies") {
   lock.acquire();
   // The owner is a child; the parent blocks in acquire while it is killed.
   mproc::Event held;
-  mproc::Lock gate;
   pid_t owner = d::fork_child([&] {
     lock.acquire();  // blocks until the parent releases below
     held.set();

@@ -99,7 +99,6 @@ class shared_storage {
   shared_storage& operator=(const shared_storage&) = default;
 
   /// The region holding this object, for passing it to another process.
-
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
 
  protected:

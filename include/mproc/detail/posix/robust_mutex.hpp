@@ -21,6 +21,16 @@
 
 #include "posix.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define MPROC_DETAIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#include <sanitizer/tsan_interface.h>
+#define MPROC_DETAIL_TSAN 1
+#endif
+#endif
+
 namespace mproc::detail {
 
 /// The calling thread's id, cached: gettid() is a system call and ownership checks
@@ -72,6 +82,14 @@ class robust_mutex {
       } else {
         timespec abs = abs_monotonic(timeout_ns);
         rc = ::pthread_mutex_clocklock(&m_, CLOCK_MONOTONIC, &abs);
+#ifdef MPROC_DETAIL_TSAN
+        // ThreadSanitizer does not intercept pthread_mutex_clocklock; without this
+        // it would report the matching unlock as an unlock of an unlocked mutex.
+        if (rc == 0 || rc == EOWNERDEAD) {
+          __tsan_mutex_pre_lock(&m_, 0);
+          __tsan_mutex_post_lock(&m_, 0, 0);
+        }
+#endif
       }
     }
     switch (rc) {
