@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <dirent.h>
 #include <fstream>
+#include <memory>
 #include <poll.h>
 #include <spawn.h>
 #include <sstream>
@@ -435,6 +436,29 @@ TEST_CASE("any callable with copied arguments; handles are shared with the child
   q.start();
   REQUIRE(q.join(10s));
   CHECK(q.exitcode() == 4);
+}
+
+TEST_CASE("move-only arguments reach a target taking them by value", "[process]") {
+  auto code = std::make_unique<int>(21);
+  mproc::Process p([](std::unique_ptr<int> c) { std::exit(*c); }, std::move(code));
+  p.start();
+  REQUIRE(p.join(10s));
+  CHECK(p.exitcode() == 21);
+}
+
+TEST_CASE("with SIGCHLD ignored the kernel reaps children: join returns, the code is unknown",
+          "[process]") {
+  auto old = std::signal(SIGCHLD, SIG_IGN);
+  mproc::Process p([] { std::exit(3); });
+  p.start();
+  bool joined = p.join(10s);
+  auto code = p.exitcode();
+  bool alive = p.is_alive();
+  std::signal(SIGCHLD, old);
+  CHECK(joined);
+  CHECK_FALSE(code.has_value());
+  CHECK_FALSE(alive);
+  CHECK(mproc::active_children().empty());
 }
 
 TEST_CASE("std::vector<Process> of movable processes", "[process]") {

@@ -326,10 +326,19 @@ struct target_impl final : target_base {
   std::tuple<Args...> args;
   template <class FF, class... AA>
   explicit target_impl(FF&& ff, AA&&... aa) : f(std::forward<FF>(ff)), args(std::forward<AA>(aa)...) {}
+  // The target runs once per child: arguments go in as lvalues (so `T&` parameters
+  // bind), or as rvalues when only that works (move-only arguments taken by value).
   void run() override {
-    std::apply([this](auto&... a) { std::invoke(f, a...); }, args);
+    if constexpr (std::is_invocable_v<F&, Args&...>)
+      std::apply([this](auto&... a) { std::invoke(f, a...); }, args);
+    else
+      std::apply([this](auto&... a) { std::invoke(std::move(f), std::move(a)...); }, args);
   }
 };
+
+template <class F, class... Args>
+concept process_target = std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...> ||
+                         std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>;
 
 /// The body of every Process child: set up the child's state, run the target, join
 /// the child's own children, and return the Python-style exit code.
@@ -360,12 +369,12 @@ template <start_policy Policy>
 class basic_process {
  public:
   template <class F, class... Args>
-    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+    requires detail::process_target<F, Args...>
   explicit basic_process(F&& target, Args&&... args)
       : basic_process(process_options{}, std::forward<F>(target), std::forward<Args>(args)...) {}
 
   template <class F, class... Args>
-    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+    requires detail::process_target<F, Args...>
   basic_process(process_options options, F&& target, Args&&... args)
       : options_(std::move(options)),
         target_(std::make_unique<detail::target_impl<std::decay_t<F>, std::decay_t<Args>...>>(
