@@ -9,6 +9,7 @@
 #include <chrono>
 #include <csignal>
 #include <dirent.h>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <numeric>
@@ -64,6 +65,26 @@ void increment(mproc::Value<long> counter, int n) {
 void fill_array(mproc::Array<int> arr, int val) {
   for (std::size_t i = 0; i < arr.size(); ++i) arr[i] = val * int(i + 1);
 }
+
+/// An input range whose size is unknown up front (0, 2, 4, ... below `limit`).
+struct even_numbers_below {
+  int limit;
+  struct iterator {
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+    int v, limit;
+    int operator*() const { return v; }
+    iterator& operator++() {
+      v += 2;
+      return *this;
+    }
+    void operator++(int) { v += 2; }
+    bool operator==(std::default_sentinel_t) const { return v >= limit; }
+  };
+  iterator begin() const { return {0, limit}; }
+  std::default_sentinel_t end() const { return {}; }
+};
 
 struct point {
   double x = 1.5;
@@ -122,7 +143,7 @@ TEST_CASE("Array construction, access and bounds") {
   std::list<short> src{4, 5, 6, 7};
   mproc::Array<int> d(src);
   CHECK(d.to_vector() == std::vector<int>{4, 5, 6, 7});
-  mproc::Array<int> e(std::views::iota(0, 10) | std::views::filter([](int i) { return i % 2 == 0; }));
+  mproc::Array<int> e(even_numbers_below{10});  // a single-pass range of unknown size
   CHECK(e.to_vector() == std::vector<int>{0, 2, 4, 6, 8});
   mproc::Array<int> f(3, 9);
   CHECK(f.to_vector() == std::vector<int>{9, 9, 9});
