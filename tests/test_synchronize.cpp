@@ -208,6 +208,42 @@ TEST_CASE("A waiter blocked on a Lock is woken when the owner dies") {
   lock.release();
 }
 
+TEST_CASE("A Lock held by a thread that exited is recovered") {
+  mproc::Lock lock;
+  std::thread t([&] { lock.acquire(); });
+  t.join();
+  REQUIRE(lock.acquire(true, 5s));
+  CHECK(lock.owner_died());
+  lock.release();
+}
+
+TEST_CASE("A waiter killed inside Condition.wait does not block the others") {
+  mproc::Condition cond;
+  shared_ints mem;  // [0] waiters ready, [1] go
+  pid_t victim = d::fork_child([&] {
+    std::scoped_lock g(cond);
+    ++mem[0];
+    (void)cond.wait(30s);
+    return 0;
+  });
+  pid_t survivor = d::fork_child([&] {
+    std::scoped_lock g(cond);
+    ++mem[0];
+    return cond.wait_for([&] { return mem[1].load() != 0; }, 10s) ? 0 : 2;
+  });
+  auto until = std::chrono::steady_clock::now() + 10s;
+  while (mem[0].load() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+  ::kill(victim, SIGKILL);
+  CHECK(join_child(victim) == -SIGKILL);
+  {
+    REQUIRE(cond.acquire(true, 5s));
+    mem[1] = 1;
+    cond.notify_all();
+    cond.release();
+  }
+  CHECK(join_child(survivor) == 0);
+}
+
 TEST_CASE("RLock recursion and ownership") {
   mproc::RLock r;
   r.acquire();
@@ -292,6 +328,10 @@ TEST_CASE("BoundedSemaphore rejects an extra release") {
   CHECK(b.get_value() == 2);
   mproc::Semaphore big(1);
   CHECK_THROWS_AS(big.release(0x7fffffffu), mproc::lock_error);
+  mproc::BoundedSemaphore zero(0);
+  CHECK_FALSE(zero.acquire(false));
+  CHECK_THROWS_AS(zero.release(), mproc::lock_error);
+  CHECK_THROWS_AS(mproc::Semaphore(-1), std::invalid_argument);
 }
 
 TEST_CASE("Event wakes a waiter in another process") {

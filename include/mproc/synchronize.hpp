@@ -227,22 +227,24 @@ class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
 
 namespace detail {
 
+inline constexpr std::uint32_t unbounded_semaphore = UINT32_MAX;
+
 struct alignas(64) semaphore_state {
   std::atomic<std::uint32_t> value;    // futex word
   std::atomic<std::uint32_t> waiters;  // sleepers, so release can skip the syscall
-  std::uint32_t max;                   // 0: unbounded
+  std::uint32_t max;                   // the bound; unbounded_semaphore for none
 };
 
 class basic_semaphore {
  public:
   basic_semaphore(unsigned initial, unsigned max, const char* label)
       : block_(make_block(sizeof(semaphore_state), label)), st_(block_->at<semaphore_state>(0)) {
-    if (max != 0 && initial > max)
-      throw std::invalid_argument("BoundedSemaphore: initial value " + std::to_string(initial) +
-                                  " exceeds its bound " + std::to_string(max));
     if (initial > static_cast<unsigned>(INT32_MAX))
       throw std::invalid_argument("Semaphore: initial value " + std::to_string(initial) +
-                                  " is too large");
+                                  " is negative or too large (at most 2147483647)");
+    if (max != unbounded_semaphore && initial > max)
+      throw std::invalid_argument("BoundedSemaphore: initial value " + std::to_string(initial) +
+                                  " exceeds its bound " + std::to_string(max));
     new (st_) semaphore_state{{initial}, {0}, max};
   }
   basic_semaphore(const basic_semaphore&) = default;
@@ -269,7 +271,7 @@ class basic_semaphore {
     std::uint32_t v = st_->value.load(std::memory_order_relaxed);
     for (;;) {
       std::uint64_t next = std::uint64_t(v) + n;
-      if (st_->max != 0 && next > st_->max)
+      if (st_->max != unbounded_semaphore && next > st_->max)
         throw lock_error("BoundedSemaphore.release(): released too many times (value " +
                          std::to_string(v) + ", bound " + std::to_string(st_->max) + ")");
       if (next > INT32_MAX) throw lock_error("Semaphore.release(): value would overflow");
@@ -297,7 +299,8 @@ class basic_semaphore {
 /// Counting semaphore shared between processes.
 class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Semaphore> {
  public:
-  explicit Semaphore(unsigned value = 1) : basic_semaphore(value, 0, "mproc-semaphore") {}
+  explicit Semaphore(unsigned value = 1)
+      : basic_semaphore(value, detail::unbounded_semaphore, "mproc-semaphore") {}
 
   bool acquire() { return acquire_ns(-1); }
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
@@ -410,7 +413,7 @@ class condition_core {
   /// The caller holds the lock. Wakes at least min(n, waiters) waiters; waiters that
   /// had not yet gone to sleep may wake too.
   void notify(std::uint32_t n) {
-    if (st_->waiters.load(std::memory_order_seq_cst) == 0) return;
+    if (n == 0 || st_->waiters.load(std::memory_order_seq_cst) == 0) return;
     st_->seq.fetch_add(1, std::memory_order_seq_cst);
     futex_wake(&st_->seq, n > INT32_MAX ? INT32_MAX : static_cast<int>(n));
   }
