@@ -431,7 +431,7 @@ TEST_CASE("any callable with copied arguments; handles are shared with the child
   REQUIRE(p.join(10s));
   CHECK(p.exitcode() == 0);
 
-  auto lambda_with_capture = [data, &a] { (void)a; std::exit(int(data.size())); };
+  auto lambda_with_capture = [data] { std::exit(int(data.size())); };
   mproc::Process q(lambda_with_capture);
   q.start();
   REQUIRE(q.join(10s));
@@ -497,6 +497,23 @@ TEST_CASE("no zombies: dropped processes are reaped; active_children", "[process
   CHECK(gone);
   CHECK(proc_state(dropped_pid) == 0);  // reaped, not a zombie
   CHECK(zombie_children().empty());
+}
+
+TEST_CASE("a dropped process that exited is reaped by the next start", "[process]") {
+  pid_t dropped;
+  {
+    mproc::Process p([] {});
+    p.start();
+    dropped = p.pid();
+  }
+  auto end = std::chrono::steady_clock::now() + 10s;
+  while (proc_state(dropped) != 'Z' && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(2ms);
+  REQUIRE(proc_state(dropped) == 'Z');  // exited, not yet reaped
+  mproc::Process next([] {});
+  next.start();
+  CHECK(proc_state(dropped) == 0);
+  REQUIRE(next.join(10s));
 }
 
 TEST_CASE("no descriptor leaks across start/join/close", "[process]") {

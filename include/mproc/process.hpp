@@ -218,9 +218,19 @@ inline std::vector<std::shared_ptr<process_state>> children_snapshot() {
   return g.children;
 }
 
-/// Reaps every finished child (Python's _cleanup).
-inline void reap_finished() {
-  for (auto& c : children_snapshot()) reap_nohang(*c);
+/// Reaps finished children (Python's _cleanup). With only_abandoned, just those whose
+/// Process object is gone (the registry holds the last reference): the others are
+/// reaped by their owners, and polling every running child on each start would make
+/// starting N processes cost O(N^2) waitpid calls.
+inline void reap_finished(bool only_abandoned = false) {
+  std::vector<std::shared_ptr<process_state>> todo;
+  {
+    auto& g = process_registry();
+    std::lock_guard lk(g.m);
+    for (auto& c : g.children)
+      if (!only_abandoned || c.use_count() == 1) todo.push_back(c);
+  }
+  for (auto& c : todo) reap_nohang(*c);
 }
 
 /// At exit (of the program, or of a child process when its target ends): daemon
@@ -395,7 +405,7 @@ class basic_process {
   void start() {
     check_usable("start");
     if (state_) throw state_error("mproc: cannot start process '" + name_ + "' twice");
-    detail::reap_finished();
+    detail::reap_finished(/*only_abandoned=*/true);
     detail::ensure_exit_handler();
     auto child_main = [this]() -> int {
       return detail::run_child(name_, identity_, options_.daemon, *target_);
