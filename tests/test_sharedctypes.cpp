@@ -155,6 +155,8 @@ TEST_CASE("Array construction, access and bounds") {
   mproc::Array<int> empty(0);
   CHECK(empty.empty());
   CHECK(empty.begin() == empty.end());
+  CHECK_THROWS_AS(mproc::Array<double>(SIZE_MAX / 4), std::length_error);
+  CHECK_THROWS_AS(mproc::RawArray<char>(SIZE_MAX - 10), std::length_error);
   mproc::Array<point> pts(2);
   CHECK(pts[1].y == 7);
 }

@@ -54,8 +54,7 @@ template <class T, bool Locked>
 class shared_storage {
  protected:
   explicit shared_storage(std::size_t n)
-      : block_(make_block(shared_data_offset + std::max<std::size_t>(n, 1) * sizeof(T),
-                          Locked ? "mproc-array" : "mproc-rawarray")),
+      : block_(make_block(bytes_for(n), Locked ? "mproc-array" : "mproc-rawarray")),
         lock_(make_lock(block_, true)),
         data_(block_->at<T>(shared_data_offset)),
         size_(n) {
@@ -78,6 +77,13 @@ class shared_storage {
       throw std::invalid_argument("mproc shared array: adopted region of " + std::to_string(bytes) +
                                   " bytes cannot hold " + std::to_string(size_) + " elements of " +
                                   std::to_string(sizeof(T)) + " bytes");
+  }
+
+  static std::size_t bytes_for(std::size_t n) {
+    if (n > (SIZE_MAX - shared_data_offset) / sizeof(T))
+      throw std::length_error("mproc Array: " + std::to_string(n) + " elements of " +
+                              std::to_string(sizeof(T)) + " bytes do not fit in memory");
+    return shared_data_offset + std::max<std::size_t>(n, 1) * sizeof(T);
   }
 
   static std::conditional_t<Locked, RLock, int> make_lock(const std::shared_ptr<shared_block>& b,
