@@ -269,7 +269,12 @@ inline void exit_handler() noexcept {
 
 inline void ensure_exit_handler() {
   auto& g = process_registry();
-  if (!g.exit_handler_registered.exchange(true)) std::atexit(&exit_handler);
+  if (!g.exit_handler_registered.exchange(true)) {
+    // Statics the handler uses must be constructed before it is registered, so that
+    // they are destroyed after it runs.
+    (void)process_name_storage();
+    std::atexit(&exit_handler);
+  }
 }
 
 // ---- child side
