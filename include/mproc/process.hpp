@@ -412,19 +412,25 @@ class basic_process {
     if (state_) throw state_error("mproc: cannot start process '" + name_ + "' twice");
     detail::reap_finished(/*only_abandoned=*/true);
     detail::ensure_exit_handler();
+    // Everything the parent needs is allocated before fork(): pages the parent writes
+    // while the child still shares them are copied (copy-on-write).
+    auto st = std::make_shared<detail::process_state>();
+    st->owner = ::getpid();
+    st->name = name_;
+    st->daemon = options_.daemon;
+    auto& g = detail::process_registry();
+    {
+      std::lock_guard lk(g.m);
+      g.children.reserve(g.children.size() + 1);
+    }
     auto child_main = [this]() -> int {
       return detail::run_child(name_, identity_, options_.daemon, *target_);
     };
     launch_request req{name_, options_.daemon, options_.method, child_main};
     launched_child child = Policy::launch(req);
-    auto st = std::make_shared<detail::process_state>();
     st->pid = child.pid;
-    st->owner = ::getpid();
-    st->name = name_;
-    st->daemon = options_.daemon;
     st->pidfd.store(child.pidfd ? child.pidfd.release() : detail::try_pidfd_open(child.pid).release());
     {
-      auto& g = detail::process_registry();
       std::lock_guard lk(g.m);
       g.children.push_back(st);
     }
