@@ -5,7 +5,11 @@
 
 #include <mproc/serialization.hpp>
 
+#include <boost/serialization/base_object.hpp>
+#include <boost/serialization/export.hpp>
+#include <boost/serialization/shared_ptr.hpp>
 #include <boost/serialization/string.hpp>
+#include <boost/serialization/unique_ptr.hpp>
 #include <boost/serialization/vector.hpp>
 
 #include <chrono>
@@ -81,6 +85,69 @@ struct fields_type {
   bool operator==(const fields_type&) const = default;
 };
 
+// Pointers through Boost: owned, shared (aliased), and a tree whose children point
+// back at their parent.
+struct holder {
+  std::unique_ptr<point> owned;
+  std::shared_ptr<account> first, second;  // may alias
+  std::unique_ptr<point> none;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & owned & first & second & none;
+  }
+};
+struct node {
+  int value = 0;
+  node* parent = nullptr;  // observes, never owns
+  std::vector<std::unique_ptr<node>> children;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & value & parent & children;
+  }
+};
+struct tree {
+  std::unique_ptr<node> root;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & root;
+  }
+};
+
+// Polymorphic classes through base pointers (exported).
+struct shape {
+  virtual ~shape() = default;
+  virtual double area() const = 0;
+  int id = 0;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & id;
+  }
+};
+struct circle : shape {
+  double r = 0;
+  double area() const override { return 3 * r * r; }
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & boost::serialization::base_object<shape>(*this) & r;
+  }
+};
+struct square : shape {
+  double s = 0;
+  double area() const override { return s * s; }
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & boost::serialization::base_object<shape>(*this) & s;
+  }
+};
+struct scene {
+  std::vector<std::unique_ptr<shape>> shapes;
+  std::shared_ptr<shape> favourite, also_favourite;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & shapes & favourite & also_favourite;
+  }
+};
+
 struct empty_tag {
   bool operator==(const empty_tag&) const = default;
 };
@@ -94,6 +161,9 @@ struct not_serializable {
 };
 
 }  // namespace user
+
+BOOST_CLASS_EXPORT(user::circle)
+BOOST_CLASS_EXPORT(user::square)
 
 namespace {
 
@@ -300,6 +370,83 @@ TEST_CASE("user types with Boost serialize(), nested both ways") {
   check_round_trip(std::variant<int, user::account>{sample_account()});
   check_round_trip(user::fields_type{7, "named", {1, std::nullopt, 3}});
   check_round_trip(std::vector<user::fields_type>{{}, {1, "x", {}}});
+}
+
+namespace {
+user::holder sample_holder() {
+  user::holder h;
+  h.owned = std::make_unique<user::point>(sample_point());
+  h.first = std::make_shared<user::account>(sample_account());
+  h.second = h.first;
+  return h;
+}
+user::tree sample_tree() {
+  user::tree t;
+  t.root = std::make_unique<user::node>();
+  t.root->value = 1;
+  for (int i = 0; i < 3; ++i) {
+    auto c = std::make_unique<user::node>();
+    c->value = 10 + i;
+    c->parent = t.root.get();
+    auto g = std::make_unique<user::node>();
+    g->value = 100 + i;
+    g->parent = c.get();
+    c->children.push_back(std::move(g));
+    t.root->children.push_back(std::move(c));
+  }
+  return t;
+}
+user::scene sample_scene() {
+  user::scene sc;
+  auto c = std::make_unique<user::circle>();
+  c->id = 1;
+  c->r = 2;
+  sc.shapes.push_back(std::move(c));
+  auto q = std::make_unique<user::square>();
+  q->id = 2;
+  q->s = 3;
+  sc.shapes.push_back(std::move(q));
+  auto f = std::make_shared<user::square>();
+  f->id = 3;
+  f->s = 1.5;
+  sc.favourite = f;
+  sc.also_favourite = f;
+  return sc;
+}
+}  // namespace
+
+TEST_CASE("pointers inside Boost-serialized types: ownership and sharing survive") {
+  auto h = round_trip(sample_holder());
+  REQUIRE(h.owned);
+  CHECK(*h.owned == sample_point());
+  REQUIRE(h.first);
+  CHECK(*h.first == sample_account());
+  CHECK(h.first == h.second);  // still one shared object
+  CHECK(h.first.use_count() == 2);
+  CHECK_FALSE(h.none);
+
+  auto sc = round_trip(sample_scene());
+  REQUIRE(sc.shapes.size() == 2);
+  CHECK(dynamic_cast<user::circle*>(sc.shapes[0].get()) != nullptr);
+  CHECK(sc.shapes[0]->area() == 12.0);
+  CHECK(sc.shapes[1]->area() == 9.0);
+  CHECK(sc.shapes[1]->id == 2);
+  REQUIRE(sc.favourite);
+  CHECK(sc.favourite == sc.also_favourite);
+  CHECK(sc.favourite->area() == 2.25);
+
+  auto t = round_trip(sample_tree());
+  REQUIRE(t.root);
+  CHECK(t.root->parent == nullptr);
+  REQUIRE(t.root->children.size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    auto& c = *t.root->children[std::size_t(i)];
+    CHECK(c.value == 10 + i);
+    CHECK(c.parent == t.root.get());
+    REQUIRE(c.children.size() == 1);
+    CHECK(c.children[0]->value == 100 + i);
+    CHECK(c.children[0]->parent == &c);
+  }
 }
 
 TEST_CASE("large values round-trip") {
@@ -525,6 +672,9 @@ TEST_CASE("hostile bytes inside Boost archives never crash") {
   torture(sample_account(), 3000);
   torture(sample_ledger(), 3000);
   torture(std::vector<user::account>{sample_account(), {}}, 1000);
+  torture(sample_holder(), 3000);
+  torture(sample_tree(), 3000);
+  torture(sample_scene(), 3000);
 }
 
 TEST_CASE("encode_to writes exactly encoded_size bytes, also for archived values") {

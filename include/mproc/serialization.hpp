@@ -349,10 +349,27 @@ class bounded_iarchive
   friend class boost::archive::basic_binary_iarchive<bounded_iarchive>;
   friend class boost::archive::load_access;
 
+  enum class owner : std::uint8_t { raw, unique, shared };
+  struct pointer_frame {
+    bool new_class;      // the class id read is a new one, registered by load_pointer
+    bool loaded_object;  // the pointee was read (a fresh object, not a back-reference)
+    owner who;           // the kind of pointer being loaded
+    std::size_t object_depth;
+    const boost::archive::detail::basic_pointer_iserializer* bpis;  // what the caller expects
+    const boost::archive::detail::basic_pointer_iserializer* (*finder)(
+        const boost::serialization::extended_type_info&);
+  };
+  struct pointee {
+    owner who;     // which kind of pointer owns it
+    bool aliased;  // a back-reference to it was handed out
+    const boost::archive::detail::basic_iserializer* serializer;  // destroys it
+  };
+
  public:
   bounded_iarchive(std::streambuf& sb, unsigned flags) : base(sb, flags) { init(flags); }
 
   // Public because Boost's own templates call these through the most derived type.
+
   // Elements that archive to nothing (empty classes) are legitimate, so a count may
   // exceed the bytes left by this much; the waste a lying count can cause stays small.
   static constexpr std::uint64_t slack = 1u << 16;
@@ -377,6 +394,122 @@ class bounded_iarchive
   void load_override(boost::serialization::collection_size_type& t) {
     base::load_override(t);
     check_count(std::uint64_t(std::size_t(t)), 0, "collection");
+  }
+
+  // Class ids. Boost indexes its class table with the id read from the stream and only
+  // asserts (debug builds) that a new id is the next one, so a corrupt id reads and
+  // writes out of bounds. The table is mirrored here: every class registration reaches
+  // the archive through load_object, register_basic_serializer or load_pointer.
+  void load_override(boost::archive::class_id_type& t) {
+    base::load_override(t);
+    const int id = static_cast<int_least16_t>(t);
+    if (id == -1) return;  // null pointer
+    const std::size_t known = classes_.size() + pending_new_classes_;
+    if (id < 0 || std::size_t(id) > known)
+      throw serialization_error("corrupt archive: class id " + std::to_string(id) + ", " +
+                                std::to_string(known) + " classes known");
+    if (std::size_t(id) == known) {
+      // Only a pointer to a polymorphic class can introduce a class, and only one not yet
+      // registered (checked once its name is read): Boost would otherwise register an
+      // existing class under the new id and index past the end of its table.
+      const bool may_be_new = !pointer_frames_.empty() && !pointer_frames_.back().new_class &&
+                              (pointer_frames_.back().bpis == nullptr ||
+                               pointer_frames_.back().bpis->get_basic_serializer().is_polymorphic());
+      if (!may_be_new)
+        throw serialization_error("corrupt archive: unexpected new class id " +
+                                  std::to_string(id));
+      pointer_frames_.back().new_class = true;  // load_pointer will register it
+      ++pending_new_classes_;
+    }
+  }
+  void load_override(boost::archive::class_name_type& t) {
+    base::load_override(t);
+    if (pointer_frames_.empty() || !pointer_frames_.back().new_class) return;
+    const auto* eti = boost::serialization::extended_type_info::find(static_cast<char*>(t));
+    if (eti == nullptr) return;  // Boost reports the unregistered class itself
+    const auto* found = pointer_frames_.back().finder(*eti);
+    if (found && classes_.count(&found->get_basic_serializer()))
+      throw serialization_error("corrupt archive: new class id for a known class");
+  }
+  void load_object(void* t, const boost::archive::detail::basic_iserializer& bis) {
+    classes_.insert(&bis);
+    if (!pointer_frames_.empty() && !pointer_frames_.back().loaded_object &&
+        pointer_frames_.back().object_depth == objects_.size()) {
+      // The pointee is being read: a fresh object. Known from now on, so pointers inside
+      // it may refer back to it (a child's raw pointer to its parent).
+      pointer_frames_.back().loaded_object = true;
+      loaded_by_pointer_[t] = {pointer_frames_.back().who, false, &bis};
+    }
+    objects_.push_back(&bis);
+    boost::archive::detail::basic_iarchive::load_object(t, bis);
+    objects_.pop_back();
+  }
+  void register_basic_serializer(const boost::archive::detail::basic_iserializer& bis) {
+    classes_.insert(&bis);
+    boost::archive::detail::basic_iarchive::register_basic_serializer(bis);
+  }
+
+  // Pointers. Boost reads "same object as before" back-references from the stream and
+  // hands the earlier address to whatever smart pointer is loading, so a corrupt stream
+  // could make a unique_ptr and a shared_ptr (or two unique_ptrs) own one object.
+  owner enclosing_owner() const {
+    if (objects_.empty()) return owner::raw;
+    std::string_view name = objects_.back()->get_debug_info();
+    if (name.starts_with("St10unique_ptr")) return owner::unique;
+    if (name.starts_with("St10shared_ptr") || name.starts_with("N5boost10shared_ptr"))
+      return owner::shared;
+    return owner::raw;
+  }
+  const boost::archive::detail::basic_pointer_iserializer* load_pointer(
+      void*& t, const boost::archive::detail::basic_pointer_iserializer* bpis,
+      const boost::archive::detail::basic_pointer_iserializer* (*finder)(
+          const boost::serialization::extended_type_info&)) {
+    pointer_frames_.push_back({false, false, enclosing_owner(), objects_.size(), bpis, finder});
+    const boost::archive::detail::basic_pointer_iserializer* result = nullptr;
+    try {
+      result = boost::archive::detail::basic_iarchive::load_pointer(t, bpis, finder);
+    } catch (...) {
+      discard_partial_pointee(t);
+      throw;
+    }
+    const pointer_frame frame = pointer_frames_.back();
+    pointer_frames_.pop_back();
+    if (frame.new_class) {
+      classes_.insert(&result->get_basic_serializer());
+      --pending_new_classes_;
+    }
+    if (t == nullptr || frame.loaded_object) return result;  // null, or a fresh object
+    // A back-reference to an object read earlier. Raw pointers own nothing and may refer
+    // to anything (a child's pointer to its parent). A unique_ptr never shares. A
+    // shared_ptr may join other shared_ptrs or adopt an object only raw pointers refer
+    // to, never one owned by a unique_ptr or by an enclosing object (a member).
+    const owner who = frame.who;
+    if (who == owner::raw) return result;
+    auto it = loaded_by_pointer_.find(t);
+    const bool ok =
+        who == owner::shared && it != loaded_by_pointer_.end() && it->second.who != owner::unique;
+    if (!ok) {
+      t = nullptr;  // never hand the alias to the pointer being loaded
+      throw serialization_error(
+          "corrupt archive: a pointer refers back to an object it cannot share");
+    }
+    it->second.who = owner::shared;
+    it->second.aliased = true;
+    return result;
+  }
+
+  // Boost leaks a pointee whose own load fails (it is already constructed but owned by
+  // nobody). Destroy it, unless a pointer inside it already refers back to it.
+  void discard_partial_pointee(void*& t) noexcept {
+    const pointer_frame frame = pointer_frames_.back();
+    pointer_frames_.pop_back();
+    if (!frame.loaded_object || t == nullptr) return;
+    auto it = loaded_by_pointer_.find(t);
+    if (it == loaded_by_pointer_.end() || it->second.aliased) return;
+    const auto* serializer = it->second.serializer;
+    loaded_by_pointer_.erase(it);
+    serializer->destroy(t);
+    t = nullptr;
   }
 
   using primitive::load;
@@ -407,6 +540,14 @@ class bounded_iarchive
   [[noreturn]] void load(wchar_t*) {
     throw serialization_error("mproc does not load raw wchar_t* strings from archives");
   }
+
+ private:
+  std::set<const boost::archive::detail::basic_iserializer*> classes_;  // registered
+  std::vector<pointer_frame> pointer_frames_;  // one per nested load_pointer
+  std::size_t pending_new_classes_ = 0;
+  std::vector<const boost::archive::detail::basic_iserializer*> objects_;  // being loaded
+  std::map<const void*, pointee> loaded_by_pointer_;
+
 };
 
 }  // namespace detail
