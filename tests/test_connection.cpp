@@ -181,6 +181,22 @@ TEST_CASE("eof after the peer closes, also when the peer is a process that exite
   }
 }
 
+TEST_CASE("a peer that dies in the middle of a message gives eof_error", "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  mproc::Process p(
+      [](mproc::Connection c) {
+        std::uint64_t len = 1000;
+        raw_write(c.fileno(), &len, sizeof len);
+        raw_write(c.fileno(), "partial", 7);
+        ::_exit(0);
+      },
+      b);
+  p.start();
+  b.close();
+  CHECK_THROWS_WITH(a.recv_bytes(10s), Catch::Contains("in the middle of a message"));
+  join_or_kill(p);
+}
+
 TEST_CASE("sending to a closed peer raises eof_error and never SIGPIPE", "[connection]") {
   auto old = std::signal(SIGPIPE, SIG_DFL);
   {

@@ -601,9 +601,13 @@ TEST_CASE("at exit, daemon children are terminated and others joined", "[process
   int code = wait_with_limit(helper, 15s);
   CHECK(code == 0);
   CHECK_THAT(text, Catch::Contains("worker done"));
-  pid_t daemon_pid = std::atoi(text.c_str());
+  std::istringstream in(text);
+  pid_t daemon_pid = 0, stubborn_pid = 0;
+  in >> daemon_pid >> stubborn_pid;
   REQUIRE(daemon_pid > 0);
+  REQUIRE(stubborn_pid > 0);
   CHECK(wait_dead(daemon_pid, 3000ms));
+  CHECK(wait_dead(stubborn_pid, 3000ms));
 }
 
 TEST_CASE("children die with a SIGKILLed parent (also grandchildren and thread-started ones)",

@@ -1,6 +1,7 @@
 // Returns from main with a daemon child that would sleep forever and a non-daemon
 // child still working: at exit the daemon is terminated and the other one joined.
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <thread>
 
@@ -14,6 +15,12 @@ int main(int argc, char** argv) {
     for (;;) ::pause();
   });
   daemon.start();
+  // A daemon that ignores SIGTERM is killed after a grace period: exit never hangs.
+  mproc::Process stubborn({.daemon = true}, [] {
+    std::signal(SIGTERM, SIG_IGN);
+    for (;;) ::pause();
+  });
+  stubborn.start();
   {
     // Destroyed while running: the registry still joins it at exit.
     mproc::Process worker([] {
@@ -22,7 +29,7 @@ int main(int argc, char** argv) {
     });
     worker.start();
   }
-  std::printf("%d\n", int(daemon.pid()));
+  std::printf("%d\n%d\n", int(daemon.pid()), int(stubborn.pid()));
   std::fflush(stdout);
   return 0;
 }
