@@ -9,6 +9,7 @@
 // type is reported with both type names.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -428,11 +429,11 @@ class bounded_iarchive
     const auto* eti = boost::serialization::extended_type_info::find(static_cast<char*>(t));
     if (eti == nullptr) return;  // Boost reports the unregistered class itself
     const auto* found = pointer_frames_.back().finder(*eti);
-    if (found && classes_.count(&found->get_basic_serializer()))
+    if (found && known_class(&found->get_basic_serializer()))
       throw serialization_error("corrupt archive: new class id for a known class");
   }
   void load_object(void* t, const boost::archive::detail::basic_iserializer& bis) {
-    classes_.insert(&bis);
+    add_class(&bis);
     if (!pointer_frames_.empty() && !pointer_frames_.back().loaded_object &&
         pointer_frames_.back().object_depth == objects_.size()) {
       // The pointee is being read: a fresh object. Known from now on, so pointers inside
@@ -445,7 +446,7 @@ class bounded_iarchive
     objects_.pop_back();
   }
   void register_basic_serializer(const boost::archive::detail::basic_iserializer& bis) {
-    classes_.insert(&bis);
+    add_class(&bis);
     boost::archive::detail::basic_iarchive::register_basic_serializer(bis);
   }
 
@@ -475,7 +476,7 @@ class bounded_iarchive
     const pointer_frame frame = pointer_frames_.back();
     pointer_frames_.pop_back();
     if (frame.new_class) {
-      classes_.insert(&result->get_basic_serializer());
+      add_class(&result->get_basic_serializer());
       --pending_new_classes_;
     }
     if (t == nullptr || frame.loaded_object) return result;  // null, or a fresh object
@@ -542,7 +543,14 @@ class bounded_iarchive
   }
 
  private:
-  std::set<const boost::archive::detail::basic_iserializer*> classes_;  // registered
+  // Registered classes: a handful per archive, so a vector beats a set.
+  std::vector<const boost::archive::detail::basic_iserializer*> classes_;
+  bool known_class(const boost::archive::detail::basic_iserializer* c) const {
+    return std::find(classes_.begin(), classes_.end(), c) != classes_.end();
+  }
+  void add_class(const boost::archive::detail::basic_iserializer* c) {
+    if (!known_class(c)) classes_.push_back(c);
+  }
   std::vector<pointer_frame> pointer_frames_;  // one per nested load_pointer
   std::size_t pending_new_classes_ = 0;
   std::vector<const boost::archive::detail::basic_iserializer*> objects_;  // being loaded
@@ -568,11 +576,33 @@ void boost_save(const T& v, std::vector<std::byte>& out) {
   ar << v;
 }
 
-/// Boost archives cannot be sized without running them; the bytes of the last value
-/// sized are kept per thread so the write pass does not serialize twice.
+/// Boost archives cannot be sized without running them. The sizing pass keeps each
+/// archived value's bytes (per thread, in visiting order) so the write pass that follows
+/// copies them instead of archiving again; a value the write pass finds out of step
+/// (another address) is simply archived again.
 struct boost_scratch {
-  const void* value = nullptr;
-  std::vector<std::byte> bytes;
+  struct entry {
+    const void* value;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<entry> entries;  // the first `used` hold this sizing pass's archives
+  std::size_t used = 0;
+  std::size_t next = 0;  // write pass cursor
+
+  std::vector<std::byte>& add(const void* value) {
+    if (used == entries.size()) entries.push_back({});
+    entry& e = entries[used++];
+    e.value = value;
+    e.bytes.clear();
+    return e.bytes;
+  }
+  void reset() noexcept {
+    // Buffers are reused by the next message (no allocation per call); big ones go back.
+    if (entries.size() > 64 || (!entries.empty() && entries.front().bytes.capacity() > (1u << 20)))
+      std::vector<entry>().swap(entries);
+    used = 0;
+    next = 0;
+  }
 };
 inline boost_scratch& scratch() {
   thread_local boost_scratch s;
@@ -654,19 +684,24 @@ void encode(W& w, const T& v) {
   } else if constexpr (boost_serializable<U>) {
     auto& s = scratch();
     if constexpr (std::is_same_v<W, size_counter>) {
-      s.bytes.clear();
-      boost_save(v, s.bytes);
-      s.value = std::addressof(v);
-      put_u64(w, s.bytes.size());
-      w.put(nullptr, s.bytes.size());
+      auto& bytes = s.add(std::addressof(v));
+      boost_save(v, bytes);
+      put_u64(w, bytes.size());
+      w.put(nullptr, bytes.size());
     } else {
-      if (s.value != std::addressof(v)) {
-        s.bytes.clear();
-        boost_save(v, s.bytes);
+      // Only the write pass of encode_to follows its own sizing pass; other writers
+      // (growable buffers) always archive afresh.
+      if (std::is_same_v<W, byte_writer> && s.next < s.used &&
+          s.entries[s.next].value == std::addressof(v)) {
+        const auto& bytes = s.entries[s.next++].bytes;
+        put_u64(w, bytes.size());
+        w.put(bytes.data(), bytes.size());
+      } else {
+        std::vector<std::byte> bytes;
+        boost_save(v, bytes);
+        put_u64(w, bytes.size());
+        w.put(bytes.data(), bytes.size());
       }
-      s.value = nullptr;
-      put_u64(w, s.bytes.size());
-      w.put(s.bytes.data(), s.bytes.size());
     }
   }
 }
@@ -675,16 +710,30 @@ void encode(W& w, const T& v) {
 template <class T>
 std::size_t encoded_size(const T& v) {
   size_counter c;
+  if constexpr (!trivially_copyable_value<std::remove_cvref_t<T>>) scratch().reset();
   encode(c, v);
   return c.n;
 }
 
 /// Writes v at out (which has room for encoded_size(v) bytes); returns the end.
-/// Boost-archived values must be sized first with encoded_size on the same thread.
+/// Values holding Boost-archived types are archived once when encoded_size(v) was the
+/// last sizing on this thread, twice otherwise; the bytes are the same either way.
 template <class T>
 std::byte* encode_to(const T& v, std::byte* out) {
   byte_writer w{out};
-  encode(w, v);
+  if constexpr (trivially_copyable_value<std::remove_cvref_t<T>>) {
+    encode(w, v);
+  } else {
+    auto& s = scratch();
+    s.next = 0;
+    try {
+      encode(w, v);
+    } catch (...) {
+      s.reset();
+      throw;
+    }
+    s.reset();
+  }
   return w.p;
 }
 
