@@ -261,6 +261,30 @@ TEST_CASE("messages from 0 B to 64 MiB, bigger than the ring, across processes",
   CHECK(wait_child(child) == 0);
 }
 
+TEST_CASE("large messages: raw-copy and generic decode paths, and type mismatch", "[queue]") {
+  // A producer thread streams; this thread takes. Contiguous values (strings,
+  // vectors of trivially copyable elements) are copied straight into the result, the
+  // rest are reassembled then decoded.
+  mproc::Queue<std::vector<int>> vi({.capacity = 1u << 20});
+  mproc::Queue<std::vector<std::string>> vs({.capacity = 1u << 20});
+  mproc::Queue<std::string> str(vi.ring());  // same ring as vi
+  std::vector<int> ints(3'000'000);
+  std::iota(ints.begin(), ints.end(), 0);
+  std::vector<std::string> strings(50'000, std::string(100, 's'));
+  std::thread producer([&] {
+    vi.put(ints, 20s);
+    vs.put(strings, 20s);
+    str.put(std::string(3u << 20, 'm'), 20s);  // read below as the wrong type
+    vi.put(std::vector<int>{1, 2, 3}, 20s);
+  });
+  CHECK(vi.get(20s) == ints);
+  CHECK(vs.get(20s) == strings);
+  CHECK_THROWS_AS(vi.get(20s), mproc::serialization_error);  // consumed all the same
+  CHECK(vi.get(20s) == std::vector<int>{1, 2, 3});
+  producer.join();
+  CHECK(vi.empty());
+}
+
 TEST_CASE("a producer that exits right after put loses nothing (put, join, get)", "[queue][process]") {
   mproc::Queue<std::string> q;
   pid_t child = mproc::detail::fork_child([&] {

@@ -77,23 +77,28 @@ inline std::int64_t ns_left(deadline_t d) noexcept {
   return left > 0 ? left : 0;
 }
 
+// Each side's hot fields sit on cache lines of their own: a line written by producers
+// and read by consumers on every message would bounce between cores.
 struct mpmc_ring_header {
   static constexpr std::uint64_t magic_value = 0x6d70726f63515545ull;  // "mprocQUE"
+  // Read-mostly.
   std::uint64_t magic;
   std::uint64_t capacity;  // ring bytes, a power of two
   std::uint64_t maxsize;   // messages, 0 = no limit
   std::uint32_t joinable;
-  robust_mutex put_lock;
-  robust_mutex get_lock;
-
+  std::atomic<std::uint32_t> closed;
+  // Producers.
+  alignas(64) robust_mutex put_lock;
   alignas(64) std::atomic<std::uint64_t> tail;  // end of the last published record
   std::atomic<std::uint64_t> put_count;         // complete messages published
   std::atomic<std::uint32_t> in_message;        // first fragment out, last one not yet
+  // Consumers.
+  alignas(64) robust_mutex get_lock;
   alignas(64) std::atomic<std::uint64_t> head;  // end of the last consumed record
   std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
+  // Sleeping.
   alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
   std::atomic<std::uint32_t> data_waiters;
-  std::atomic<std::uint32_t> closed;
   alignas(64) std::atomic<std::uint32_t> space_seq;  // bumped on consume / close
   std::atomic<std::uint32_t> space_waiters;
   alignas(64) std::atomic<std::uint32_t> unfinished;  // JoinableQueue tasks; futex word
@@ -147,8 +152,8 @@ class mpmc_ring {
 
   [[nodiscard]] int fd() const noexcept { return region_.fd(); }
   [[nodiscard]] std::size_t capacity() const noexcept { return cap_; }
-  [[nodiscard]] std::size_t maxsize() const noexcept { return h_->maxsize; }
-  [[nodiscard]] bool joinable() const noexcept { return h_->joinable != 0; }
+  [[nodiscard]] std::size_t maxsize() const noexcept { return maxsize_; }
+  [[nodiscard]] bool joinable() const noexcept { return joinable_; }
 
   /// Messages put and not yet taken (approximate while others are active, as in Python).
   [[nodiscard]] std::size_t qsize() const noexcept {
@@ -177,11 +182,11 @@ class mpmc_ring {
     lock_guard g(h_->put_lock, deadline, [this] { recover_producer(); });
     if (!g.locked) return status::timed_out;
     if (closed()) throw_closed();
-    if (h_->maxsize) {
+    if (maxsize_) {
       auto room = [&] {
         return h_->put_count.load(std::memory_order_relaxed) -
                        h_->get_count.load(std::memory_order_acquire) <
-                   h_->maxsize ||
+                   maxsize_ ||
                closed();
       };
       if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline))
@@ -291,6 +296,8 @@ class mpmc_ring {
         h_(region_.as<mpmc_ring_header>()),
         cap_(h_->capacity),
         mask_(cap_ - 1),
+        maxsize_(h_->maxsize),
+        joinable_(h_->joinable != 0),
         ring_(region_.fd(), header_bytes, cap_) {}
 
   static constexpr std::size_t align8(std::size_t n) noexcept { return (n + 7) & ~std::size_t(7); }
@@ -404,7 +411,7 @@ class mpmc_ring {
   void publish(std::uint64_t new_tail, std::uint32_t k) noexcept {
     if (k == k_single || k == k_last) {
       h_->put_count.store(h_->put_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      if (h_->joinable) h_->unfinished.fetch_add(1, std::memory_order_relaxed);
+      if (joinable_) h_->unfinished.fetch_add(1, std::memory_order_relaxed);
       if (k == k_last) h_->in_message.store(0, std::memory_order_relaxed);
     } else if (k == k_first) {
       h_->in_message.store(1, std::memory_order_relaxed);
@@ -547,13 +554,26 @@ class mpmc_ring {
   /// A message was dropped unread: keep JoinableQueue.join() from waiting for it.
   void message_lost() noexcept {
     log(log_level::warning, "queue: dropped the rest of a message whose reader died");
-    if (!h_->joinable) return;
+    if (!joinable_) return;
     auto u = h_->unfinished.load(std::memory_order_acquire);
     while (u && !h_->unfinished.compare_exchange_weak(u, u - 1, std::memory_order_acq_rel)) {
     }
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (u == 1 && h_->join_waiters.load(std::memory_order_relaxed)) futex_wake(&h_->unfinished);
   }
+
+  /// Strings and vectors of trivially copyable elements are their length followed by
+  /// raw bytes: a large one is copied from the fragments straight into the result.
+  template <class T>
+  static constexpr bool raw_contiguous_impl() {
+    if constexpr (std::is_same_v<T, std::string>) return true;
+    else if constexpr (is_specialization_v<T, std::vector>)
+      return trivially_copyable_value<typename T::value_type> &&
+             !std::is_same_v<typename T::value_type, bool>;
+    else return false;
+  }
+  template <class T>
+  static constexpr bool raw_contiguous = raw_contiguous_impl<T>();
 
   /// Reassembles a fragmented message starting with the `first` record at h.
   /// Returns false when the message was aborted by its producer (nothing taken).
@@ -563,14 +583,52 @@ class mpmc_ring {
     const std::byte* payload = ring_.data() + (h & mask_) + record_header;
     std::uint64_t total;
     std::memcpy(&total, payload, 8);
+    if constexpr (raw_contiguous<T>) {
+      constexpr std::size_t prefix = message_header_size + 8;  // type tag, element count
+      std::uint64_t tag, count;
+      if (len - 8 >= prefix) {
+        std::memcpy(&tag, payload + 8, 8);
+        std::memcpy(&count, payload + 16, 8);
+        using E = typename T::value_type;
+        if (tag == type_tag<T>::value && total >= prefix && (total - prefix) % sizeof(E) == 0 &&
+            count == (total - prefix) / sizeof(E)) {
+          T v;
+          v.resize(count);
+          auto* dst = reinterpret_cast<std::byte*>(v.data());
+          bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
+            // The first `prefix` bytes are the tag and count, already checked.
+            if (at < prefix) {
+              std::size_t skip = std::min(n, prefix - at);
+              at += skip;
+              src += skip;
+              n -= skip;
+            }
+            if (n) std::memcpy(dst + (at - prefix), src, n);
+          });
+          if (done) out.emplace(std::move(v));
+          return done;
+        }
+      }
+    }
     std::unique_ptr<std::byte[]> buf(new std::byte[total]);  // no zero fill
+    bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
+      std::memcpy(buf.get() + at, src, n);
+    });
+    if (done) out.emplace(read_message<T>({buf.get(), total}));
+    return done;
+  }
+
+  /// Feeds the bytes of a fragmented message to sink(offset, bytes, n), releasing
+  /// each fragment's ring space as soon as it is copied. False if it was aborted.
+  template <class Sink>
+  bool stream_fragments(std::uint64_t h, std::uint32_t len, std::uint64_t total, Sink&& sink) {
     std::size_t got = 0;
     auto take = [&](const std::byte* src, std::size_t n) {
       if (n > total - got) throw serialization_error("corrupt queue record: fragments exceed message");
-      std::memcpy(buf.get() + got, src, n);
+      sink(got, src, n);
       got += n;
     };
-    take(payload + 8, len - 8);
+    take(ring_.data() + (h & mask_) + record_header + 8, len - 8);
     consumed(h + align8(record_header + len), false);
     for (;;) {
       h = h_->head.load(std::memory_order_relaxed);
@@ -587,7 +645,6 @@ class mpmc_ring {
           take(p, flen);
           if (got != total) throw serialization_error("corrupt queue record: message short");
           consumed(next, true);
-          out.emplace(read_message<T>({buf.get(), total}));
           return true;
         case k_abort:
           consumed(next, false);
@@ -625,6 +682,8 @@ class mpmc_ring {
   mpmc_ring_header* h_;
   std::size_t cap_;
   std::size_t mask_;
+  std::size_t maxsize_;
+  bool joinable_;
   mirror_map ring_;
   // Per-process views of the other side's position, refreshed only when they are not
   // enough; each is touched only under the matching lock.
