@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <mproc/managers.hpp>
+#include <mproc/pool.hpp>
 #include <mproc/process.hpp>
 
 #include <atomic>
@@ -455,4 +456,60 @@ TEST_CASE("option and input errors are typed", "[managers]") {
   l.clear();  // still usable after running out of room
   l.append("ok");
   CHECK(l.get(0) == "ok");
+}
+
+TEST_CASE("an owner killed without shutdown: its server exits and removes the socket directory",
+          "[managers][death]") {
+  int pfd[2];
+  REQUIRE(::pipe2(pfd, O_CLOEXEC) == 0);
+  mproc::detail::unique_fd rd(pfd[0]), wr(pfd[1]);
+  pid_t owner = mproc::detail::fork_child([&]() -> int {
+    mproc::Manager m;
+    std::string path = m.unix_address() + "\n";
+    if (::write(wr.get(), path.data(), path.size()) != static_cast<ssize_t>(path.size())) return 2;
+    ::pause();
+    return 0;
+  });
+  wr.reset();
+  std::string path;
+  char c;
+  pollfd p{rd.get(), POLLIN, 0};
+  while (::poll(&p, 1, 10000) == 1 && ::read(rd.get(), &c, 1) == 1 && c != '\n') path += c;
+  ::kill(owner, SIGKILL);
+  ::waitpid(owner, nullptr, 0);
+  REQUIRE_FALSE(path.empty());
+  auto dir = std::filesystem::path(path).parent_path();
+  for (int i = 0; i < 500 && std::filesystem::exists(dir); ++i) std::this_thread::sleep_for(10ms);
+  CHECK_FALSE(std::filesystem::exists(dir));
+}
+
+namespace {
+int record_square(std::tuple<int, mproc::DictProxy<int, int>> args) {
+  auto& [x, d] = args;
+  d.set(x, x * x);
+  d.update(-1, [](int v) { return v + 1; }, 0);
+  return x;
+}
+}  // namespace
+
+TEST_CASE("proxies passed to Pool tasks", "[managers][pool]") {
+  // Workers started before the manager did not inherit its segment: they attach
+  // through the Unix socket when the first proxy arrives.
+  mproc::Pool early(2);
+  mproc::Manager m;
+  auto d = m.dict<int, int>();
+  std::vector<std::tuple<int, mproc::DictProxy<int, int>>> args;
+  for (int i = 0; i < 20; ++i) args.emplace_back(i, d);
+  auto r = early.map(record_square, args);
+  CHECK(r.size() == 20);
+  CHECK(d.get(-1) == 20);
+  for (int i = 0; i < 20; ++i) CHECK(d.get(i) == i * i);
+  {
+    mproc::Pool late(2);  // workers forked after the manager: the mapping is inherited
+    auto r2 = late.map(record_square, args);
+    CHECK(r2.size() == 20);
+  }
+  CHECK(d.get(-1) == 40);
+  early.close();
+  early.join();
 }

@@ -39,6 +39,8 @@
 #include <vector>
 
 #include <poll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -299,6 +301,7 @@ inline void close_all_but(std::vector<int> keep) {
 struct server_config {
   std::shared_ptr<store> st;
   std::string authkey, uuid;
+  std::string dir;  // the private socket directory, removed if the owner dies
   std::size_t max_message;
   std::int64_t handshake_timeout_ns;
 };
@@ -360,24 +363,43 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
   }
 }
 
-[[noreturn]] inline void server_main(server_config cfg, int unix_fd, int tcp_fd, int ready_fd) {
+/// Removes the socket directory and exits: the owner died without shutting us down.
+[[noreturn]] inline void server_orphaned(const server_config& cfg) {
+  std::error_code ec;
+  std::filesystem::remove_all(cfg.dir, ec);
+  ::_exit(0);
+}
+
+[[noreturn]] inline void server_main(server_config cfg, pid_t owner, int unix_fd, int tcp_fd, int ready_fd) {
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the owner shuts us down
   ::signal(SIGPIPE, SIG_IGN);
   detail::process_name_storage() = "SyncManager";
   close_all_but({0, 1, 2, cfg.st->fd(), unix_fd, tcp_fd, ready_fd});
+  // The owner removes the socket directory at shutdown; if it is killed instead, the
+  // parent-death signal becomes SIGTERM (received here through a signalfd) so the
+  // directory does not outlive it. Shutdown itself uses SIGKILL.
+  sigset_t term;
+  ::sigemptyset(&term);
+  ::sigaddset(&term, SIGTERM);
+  ::pthread_sigmask(SIG_BLOCK, &term, nullptr);  // before any thread: they inherit the mask
+  int sfd = ::signalfd(-1, &term, SFD_CLOEXEC);
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (::getppid() != owner) server_orphaned(cfg);
   cfg.st->hold_life();
   char one = 1;
   [[maybe_unused]] auto w = ::write(ready_fd, &one, 1);
   ::close(ready_fd);
-  pollfd p[2] = {{unix_fd, POLLIN, 0}, {tcp_fd, POLLIN, 0}};
-  nfds_t n = tcp_fd >= 0 ? 2 : 1;
+  pollfd p[3] = {{unix_fd, POLLIN, 0}, {sfd, POLLIN, 0}, {tcp_fd, POLLIN, 0}};
+  nfds_t n = tcp_fd >= 0 ? 3 : 2;
   for (;;) {
     int rc = ::poll(p, n, -1);
     if (rc == -1) {
       if (errno == EINTR) continue;
       ::_exit(3);
     }
+    if (p[1].revents & POLLIN) server_orphaned(cfg);
     for (nfds_t i = 0; i < n; ++i) {
+      if (i == 1) continue;
       if (!(p[i].revents & POLLIN)) continue;
       int c = ::accept4(p[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (c == -1) continue;  // the client gave up, or transient resource shortage
@@ -736,9 +758,10 @@ class Manager {
       int pfd[2];
       detail::check(::pipe2(pfd, O_CLOEXEC), "pipe2");
       detail::unique_fd ready_r(pfd[0]), ready_w(pfd[1]);
-      server_config cfg{st, opts_.authkey, uuid_, opts_.max_message, timeout_ns};
+      server_config cfg{st, opts_.authkey, uuid_, dir_, opts_.max_message, timeout_ns};
       int u = ufd.get(), t = tfd.get(), w = ready_w.get();
-      server_pid_ = detail::fork_child([&]() -> int { server_main(cfg, u, t, w); });
+      pid_t me = ::getpid();
+      server_pid_ = detail::fork_child([&]() -> int { server_main(cfg, me, u, t, w); });
       ready_w.reset();
       char c;
       pollfd p{ready_r.get(), POLLIN, 0};
