@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <typeinfo>
 
 #if defined(__GLIBCXX__)
 #include <ext/stdio_sync_filebuf.h>
@@ -42,9 +43,15 @@ inline void die_with_parent(pid_t expected_parent) noexcept {
 inline void flush_all_output() noexcept {
   try {
 #if defined(__GLIBCXX__)
+    // typeid compares inline; dynamic_cast would run library code whose pages a fresh
+    // child has not mapped yet (one more page fault per child).
     using sync_buf = __gnu_cxx::stdio_sync_filebuf<char>;
-    if (!dynamic_cast<sync_buf*>(std::cout.rdbuf())) std::cout.flush();
-    if (!dynamic_cast<sync_buf*>(std::cerr.rdbuf())) std::cerr.flush();
+    auto synced = [](std::ostream& os) {
+      auto* b = os.rdbuf();
+      return b && typeid(*b) == typeid(sync_buf);
+    };
+    if (!synced(std::cout)) std::cout.flush();
+    if (!synced(std::cerr)) std::cerr.flush();
 #else
     std::cout.flush();
     std::cerr.flush();
