@@ -98,9 +98,9 @@ struct mpmc_ring_header {
   std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
   // Sleeping.
   alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
-  std::atomic<std::uint32_t> data_waiters;
+  std::atomic<std::uint32_t> data_waiters;  // a consumer may sleep on data_seq
   alignas(64) std::atomic<std::uint32_t> space_seq;  // bumped on consume / close
-  std::atomic<std::uint32_t> space_waiters;
+  std::atomic<std::uint32_t> space_waiters;  // a producer may sleep on space_seq
   alignas(64) std::atomic<std::uint32_t> unfinished;  // JoinableQueue tasks; futex word
   std::atomic<std::uint32_t> join_waiters;
 };
@@ -336,8 +336,11 @@ class mpmc_ring {
   };
 
   /// Spins briefly, then sleeps on `seq` until cond() holds or the deadline passes.
+  /// `sleeping` is a flag, not a count: the notifier clears it when it wakes, so a
+  /// sleeper that is woken but not yet running (or that died) costs at most one
+  /// wake-up syscall, not one per message.
   template <class Cond>
-  static bool wait_until(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& waiters,
+  static bool wait_until(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleeping,
                          Cond&& cond, deadline_t deadline) {
     if (cond()) return true;
     if (deadline != no_deadline && monotonic_ns() >= deadline) return false;
@@ -345,13 +348,9 @@ class mpmc_ring {
       ring_spin_pause();
       if (cond()) return true;
     }
-    waiters.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    struct dec {
-      std::atomic<std::uint32_t>& w;
-      ~dec() { w.fetch_sub(1, std::memory_order_relaxed); }
-    } d{waiters};
     for (;;) {
+      sleeping.store(1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       // Read the sequence before the condition: a publish after this read changes
       // the word, so the futex wait cannot sleep through it.
       std::uint32_t s = seq.load(std::memory_order_acquire);
@@ -362,11 +361,11 @@ class mpmc_ring {
     }
   }
 
-  static void notify(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& waiters) noexcept {
+  static void notify(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleeping) noexcept {
     // Pairs with the fence in wait_until: either the sleeper sees our store, or we
-    // see its waiter count and wake it.
+    // see its flag and wake it.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (waiters.load(std::memory_order_relaxed)) {
+    if (sleeping.load(std::memory_order_relaxed) && sleeping.exchange(0, std::memory_order_acq_rel)) {
       seq.fetch_add(1, std::memory_order_release);
       futex_wake(&seq);
     }
