@@ -8,6 +8,7 @@
 #include <mproc/process.hpp>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -74,6 +75,8 @@ int run_helper(std::vector<std::string> args, std::chrono::seconds limit = 30s) 
   ::waitpid(pid, &st, 0);
   return rc == 1 ? mproc::detail::exitcode_from_status(st) : -1000;
 }
+
+int add_ten(int v) { return v + 10; }
 
 void expect(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(what);  // exit code 1 from a Process child
@@ -322,6 +325,14 @@ TEST_CASE("TCP: a remote client in another process, by name", "[managers][tcp]")
   auto rd = c.dict<std::string, int>("shared");
   CHECK(rd.get("remote") == 42);
   CHECK(rd.update("counter", [](int v) { return v + 1; }, 0) == 1101);
+  // Function pointers travel as offsets within this executable (checked by build-id).
+  CHECK(rd.update("counter", &add_ten, 0) == 1111);
+  CHECK(rd.update("counter", add_ten, 0) == 1121);
+  // A function outside the executable (here: in libc) cannot be sent.
+  CHECK_THROWS_AS(rd.update("counter", static_cast<int (*)(int)>(&::abs), 0), mproc::manager_error);
+  int step = 3;
+  CHECK_THROWS_AS(rd.update("counter", [step](int v) { return v + step; }, 0), mproc::manager_error);
+  CHECK(d.get("counter") == 1121);
   CHECK_THROWS_AS(rd.get("nope"), std::out_of_range);
   auto rq = c.Queue<int>("jobs");
   CHECK_THROWS_AS(rq.get(50ms), mproc::queue_empty);

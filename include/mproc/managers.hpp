@@ -18,7 +18,9 @@
 // proxies run fn in the calling process, so any callable works. Over TCP the server
 // runs it: fn must then be a captureless lambda or stateless function object, sent as
 // a stable id of its type that the server (the same program) resolves in its own
-// image (the id is registered at start-up in every process running the program).
+// image (the id is registered at start-up in every process running the program), or
+// a function pointer, sent as an offset from a known function of the executable and
+// used only if the server's executable has the same GNU build-id.
 #pragma once
 
 #include <chrono>
@@ -38,6 +40,9 @@
 #include <utility>
 #include <vector>
 
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -283,6 +288,114 @@ struct registered_updater {
   static inline const std::uint64_t id = compute();
 };
 
+// Function pointers travel as an offset from a known function of the program image
+// (valid in any process running the same executable, whatever its load address),
+// together with the image's GNU build-id, which the server compares with its own
+// before using the offset: a different program is refused, never called into.
+inline void code_anchor() noexcept {}
+
+inline int build_id_note(dl_phdr_info* info, std::size_t, void* out) {
+  auto* id = static_cast<std::string*>(out);
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_NOTE) continue;
+    const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+    const char* end = p + ph.p_memsz;
+    while (p + sizeof(ElfW(Nhdr)) <= end) {
+      ElfW(Nhdr) nh;
+      std::memcpy(&nh, p, sizeof nh);
+      const char* name = p + sizeof nh;
+      const char* desc = name + ((nh.n_namesz + 3) & ~3u);
+      if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0 &&
+          desc + nh.n_descsz <= end) {
+        id->assign(desc, nh.n_descsz);
+        return 1;
+      }
+      p = desc + ((nh.n_descsz + 3) & ~3u);
+    }
+  }
+  return 1;  // the first entry is the main program: stop there
+}
+
+/// The executable's GNU build-id (empty when it was linked without one).
+inline const std::string& own_build_id() {
+  static const std::string id = [] {
+    std::string out;
+    ::dl_iterate_phdr(&build_id_note, &out);
+    return out;
+  }();
+  return id;
+}
+
+/// Offset of fn from code_anchor, if both lie in the main executable.
+inline std::optional<std::int64_t> code_offset(const void* fn) {
+  Dl_info a{}, f{};
+  if (!::dladdr(reinterpret_cast<const void*>(&code_anchor), &a) || !::dladdr(fn, &f) ||
+      a.dli_fbase != f.dli_fbase)
+    return std::nullopt;
+  return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(fn) -
+                                   reinterpret_cast<std::uintptr_t>(&code_anchor));
+}
+
+using raw_fnptr_updater = std::string (*)(const void* fn, const std::string_view*, std::string_view);
+inline std::map<std::uint64_t, raw_fnptr_updater>& fnptr_updater_registry() {
+  static std::map<std::uint64_t, raw_fnptr_updater> r;
+  return r;
+}
+
+/// Calls a function pointer of type P on a decoded V; registered per (V, P).
+template <class V, class P>
+struct fnptr_updater {
+  static std::string run(const void* fn, const std::string_view* cur, std::string_view dflt) {
+    V v = cur ? dec<V>(*cur) : dec<V>(dflt);
+    return enc(static_cast<V>(reinterpret_cast<P>(const_cast<void*>(fn))(std::move(v))));
+  }
+  static std::uint64_t compute() {
+    std::uint64_t h = fnv1a(typeid(fnptr_updater).name());
+    std::lock_guard g(updater_mutex());
+    fnptr_updater_registry().emplace(h, &run);
+    return h;
+  }
+  static inline const std::uint64_t id = compute();
+};
+
+/// The update function a remote request names (server side).
+inline updater remote_updater_for(const request& q) {
+  if (q.list.empty()) {
+    raw_updater fn = nullptr;
+    {
+      std::lock_guard g(updater_mutex());
+      auto it = updater_registry().find(static_cast<std::uint64_t>(q.n));
+      if (it != updater_registry().end()) fn = it->second;
+    }
+    if (!fn)
+      throw manager_error(
+          "mproc::Manager: update function unknown to the server (over TCP the server must run the "
+          "same program, and the function must be a function pointer, captureless lambda or stateless "
+          "function object)");
+    return fn;
+  }
+  if (q.list.size() != 2 || q.list[0].size() != sizeof(std::int64_t))
+    throw serialization_error("manager: malformed function-pointer update");
+  if (own_build_id().empty() || q.list[1] != own_build_id())
+    throw manager_error(
+        "mproc::Manager: a function pointer can only be sent to a server running the same executable "
+        "(its build-id differs or is missing)");
+  raw_fnptr_updater tramp = nullptr;
+  {
+    std::lock_guard g(updater_mutex());
+    auto it = fnptr_updater_registry().find(static_cast<std::uint64_t>(q.n));
+    if (it != fnptr_updater_registry().end()) tramp = it->second;
+  }
+  if (!tramp) throw manager_error("mproc::Manager: update function type unknown to the server");
+  std::int64_t off;
+  std::memcpy(&off, q.list[0].data(), sizeof off);
+  const void* fn = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(&code_anchor) +
+                                                 static_cast<std::uintptr_t>(off));
+  if (!code_offset(fn)) throw manager_error("mproc::Manager: function pointer outside the executable");
+  return [tramp, fn](const std::string_view* cur, std::string_view d) { return tramp(fn, cur, d); };
+}
+
 // ------------------------------------------------------------------ server
 
 /// Closes every descriptor but `keep` (the server must not hold the user's pipes
@@ -334,17 +447,7 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
         } else if (q.o == op::hello) {
           r.a = cfg.uuid;
         } else if (q.o == op::dict_update) {
-          raw_updater fn = nullptr;
-          {
-            std::lock_guard g(updater_mutex());
-            auto it = updater_registry().find(static_cast<std::uint64_t>(q.n));
-            if (it != updater_registry().end()) fn = it->second;
-          }
-          if (!fn)
-            throw manager_error(
-                "mproc::Manager: update function unknown to the server (over TCP the server must run the "
-                "same program, and the function must be a captureless lambda or stateless function object)");
-          updater u = fn;
+          updater u = remote_updater_for(q);
           r = execute(*cfg.st, q, &u);
         } else {
           r = execute(*cfg.st, q, nullptr);
@@ -529,8 +632,10 @@ class DictProxy : public BaseProxy {
 
   /// Atomically sets d[k] = fn(d.get(k, dflt)) and returns the new value; no other
   /// operation on the manager interleaves. fn must not use the manager itself. Locally
-  /// any callable works; through a TCP connection fn must be a captureless lambda or a
-  /// stateless function object (the server runs it).
+  /// (including spawned or attaching processes) any callable works; through a TCP
+  /// connection the server runs fn, so it must be a captureless lambda or stateless
+  /// function object, or a function pointer into the same executable (checked by
+  /// build-id), and the server must run the same program.
   template <class F>
   V update(const K& k, F&& fn, const V& dflt) {
     static_assert(std::is_invocable_v<F&, V>, "mproc::DictProxy::update: fn must be callable as fn(V)");
@@ -545,13 +650,27 @@ class DictProxy : public BaseProxy {
       return detail::mgr::dec<V>(b.call(q, &u).a);
     }
     using Fn = std::remove_cvref_t<F>;
-    if constexpr (std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>) {
+    if constexpr (std::is_function_v<Fn> ||
+                  (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>)) {
+      using P = std::conditional_t<std::is_function_v<Fn>, Fn*, Fn>;
+      P ptr = fn;
+      auto off = detail::mgr::code_offset(reinterpret_cast<const void*>(ptr));
+      if (!off || detail::mgr::own_build_id().empty())
+        throw manager_error(
+            "mproc::DictProxy::update over TCP: the function must be defined in the executable "
+            "(not a shared library) and the executable must carry a build-id");
+      q.n = static_cast<std::int64_t>(detail::mgr::fnptr_updater<V, P>::id);
+      std::string o(sizeof(std::int64_t), '\0');
+      std::memcpy(o.data(), &*off, sizeof(std::int64_t));
+      q.list = {std::move(o), detail::mgr::own_build_id()};
+      return detail::mgr::dec<V>(b.call(q, nullptr).a);
+    } else if constexpr (std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>) {
       q.n = static_cast<std::int64_t>(detail::mgr::registered_updater<V, Fn>::id);
       return detail::mgr::dec<V>(b.call(q, nullptr).a);
     } else {
       throw manager_error(
-          "mproc::DictProxy::update over TCP needs a captureless lambda or stateless function object "
-          "(the server runs it); wrap the function in a lambda");
+          "mproc::DictProxy::update over TCP needs a function pointer, captureless lambda or stateless "
+          "function object (the server runs it, so it cannot carry state)");
     }
   }
 

@@ -14,6 +14,8 @@
 
 namespace {
 
+int triple(int v) { return 3 * v; }
+
 std::string unhex(const std::string& h) {
   std::string out;
   for (std::size_t i = 0; i + 1 < h.size(); i += 2) out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
@@ -32,6 +34,11 @@ int run(int argc, char** argv) {
       // This program is not the server's: its update functions are unknown there.
       d.update("counter", [](int v) { return v + 1; }, 0);
       return 5;
+    } catch (const mproc::manager_error&) {
+    }
+    try {
+      d.update("counter", &triple, 0);  // a function pointer into another executable
+      return 6;
     } catch (const mproc::manager_error&) {
     }
     d.set("counter", d.get("counter") + 100);
