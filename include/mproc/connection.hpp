@@ -207,6 +207,21 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
   }
 }
 
+/// If a whole frame sits in the read-ahead buffer, consumes it and returns its body
+/// (valid until the next read): small messages are decoded in place, with no copy
+/// and no allocation.
+inline std::optional<std::span<const std::byte>> take_buffered_frame(connection_state& s) {
+  if (s.in_body || s.hdr_got || s.discard) return std::nullopt;
+  std::size_t avail = s.in_end - s.in_begin;
+  if (avail < frame_header_size) return std::nullopt;
+  std::uint64_t len;
+  std::memcpy(&len, s.in.get() + s.in_begin, sizeof len);
+  if (len > s.max_message || len > avail - frame_header_size) return std::nullopt;
+  std::span<const std::byte> body(s.in.get() + s.in_begin + frame_header_size, std::size_t(len));
+  s.in_begin += frame_header_size + std::size_t(len);
+  return body;
+}
+
 /// Writes all iovecs (MSG_NOSIGNAL). With a deadline, times out only if nothing of
 /// the frame has been written yet: a started frame is always completed, so the
 /// stream never holds half a message.
@@ -295,13 +310,13 @@ class Connection {
   /// raises eof_error.
   template <class T>
   [[nodiscard]] T recv() {
-    return detail::read_message<T>(frame(-1, "recv"));
+    return recv_impl<T>(-1);
   }
   /// As recv<T>(); raises timeout_error when no whole message arrives in time (a
   /// partly received message is kept for the next call).
   template <class T, class Rep, class Period>
   [[nodiscard]] T recv(std::chrono::duration<Rep, Period> timeout) {
-    return detail::read_message<T>(frame(detail::to_ns(timeout), "recv"));
+    return recv_impl<T>(detail::to_ns(timeout));
   }
 
   /// Sends raw bytes as one message (received whole by recv_bytes).
@@ -389,6 +404,17 @@ class Connection {
   std::vector<std::byte> frame(std::int64_t timeout_ns, const char* what) {
     auto& s = readable_state(what);
     return detail::read_frame(s, detail::deadline_after(timeout_ns), what);
+  }
+
+  template <class T>
+  T recv_impl(std::int64_t timeout_ns) {
+    auto& s = readable_state("recv");
+    const std::int64_t deadline = detail::deadline_after(timeout_ns);
+    if (s.in_end == s.in_begin && !s.in_body && !s.hdr_got && !s.discard)
+      detail::fill_read_ahead(s, deadline, "recv");
+    // The frame is consumed before decoding: a type mismatch still removes it.
+    if (auto body = detail::take_buffered_frame(s)) return detail::read_message<T>(*body);
+    return detail::read_message<T>(detail::read_frame(s, deadline, "recv"));
   }
 
   template <class T>
