@@ -148,6 +148,15 @@ struct scene {
   }
 };
 
+// A pointer to an object held by value (not through a pointer): refused on receipt.
+struct rooted_by_value {
+  node root;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & root;
+  }
+};
+
 struct empty_tag {
   bool operator==(const empty_tag&) const = default;
 };
@@ -449,6 +458,17 @@ TEST_CASE("pointers inside Boost-serialized types: ownership and sharing survive
   }
 }
 
+TEST_CASE("a pointer to an object held by value is refused, not mis-decoded") {
+  user::rooted_by_value r;
+  r.root.value = 1;
+  auto child = std::make_unique<user::node>();
+  child->parent = &r.root;
+  r.root.children.push_back(std::move(child));
+  auto bytes = mproc::serialize(r);
+  CHECK_THROWS_WITH(mproc::deserialize<user::rooted_by_value>(bytes),
+                    Catch::Contains("refers back to an object it cannot share"));
+}
+
 TEST_CASE("large values round-trip") {
   std::vector<double> big(10 * 1024 * 1024 / sizeof(double));
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = double(i) * 0.5;
@@ -695,4 +715,14 @@ TEST_CASE("encode_to writes exactly encoded_size bytes, also for archived values
   (void)mproc::detail::encoded_size(sample_point());  // the scratch now holds another value
   mproc::detail::encode_to(ledger, a.data());
   CHECK(mproc::deserialize<user::ledger>(a) == ledger);
+
+  // A growable writer never reuses bytes archived by an earlier sizing pass, even for
+  // the same object changed since.
+  user::point p = sample_point();
+  (void)mproc::detail::encoded_size(p);
+  p.label = "changed after sizing";
+  std::vector<std::byte> grown;
+  mproc::detail::vector_writer vw{&grown};
+  mproc::detail::encode(vw, p);
+  CHECK(mproc::deserialize<user::point>(grown).label == "changed after sizing");
 }

@@ -1,12 +1,26 @@
 // The wire format. Values cross process boundaries as bytes:
-//  - trivially copyable values, and contiguous ranges of them, are copied with memcpy;
+//  - trivially copyable values, and contiguous ranges of them, are copied with memcpy
+//    (a trivially copyable type that also has serialize() is copied too: memcpy wins);
 //  - standard containers, strings, pairs, tuples, optionals, variants, durations and
-//    paths are encoded element by element (length prefixed);
+//    paths are encoded element by element (length prefixed); so are bool, optional and
+//    variant even where trivially copyable, because not every byte pattern is valid;
+//  - a type with `auto mproc_fields() { return std::tie(a, b); }` is encoded as that tuple;
 //  - any other type with a Boost.Serialization serialize() goes through a binary archive.
 // Decoding treats the bytes as untrusted: every length is checked against what is left
 // before it is used, so corrupt input raises serialization_error and never reads out of
-// bounds. Messages (Pipe, Queue) add an 8-byte type tag so that a recv<T> of the wrong
-// type is reported with both type names.
+// bounds or allocates more than a small multiple of the input. Messages (Pipe, Queue)
+// add an 8-byte type tag so that a recv<T> of the wrong type is reported with both type
+// names.
+//
+// Boost archives are read by bounded_iarchive, which checks collection counts, string
+// lengths, bools, class ids and pointer back-references before Boost acts on them.
+// What remains trusted there: a user's own serialize()/load_construct_data code (it sees
+// whatever values the bytes hold), raw pointers loaded from an archive (they own
+// nothing here; a user type that deletes them must trust its input), recursion depth of
+// recursive user types (a deep enough chain of nested pointers exhausts the stack), and
+// a collection count within bounds times a large element type (bounded by 64 Ki extra
+// elements; an allocation failure is reported as serialization_error). Raw bytes of
+// trivially copyable user structs are taken as they come (a bool member may hold 2).
 #pragma once
 
 #include <algorithm>
@@ -480,20 +494,24 @@ class bounded_iarchive
       --pending_new_classes_;
     }
     if (t == nullptr || frame.loaded_object) return result;  // null, or a fresh object
-    // A back-reference to an object read earlier. Raw pointers own nothing and may refer
-    // to anything (a child's pointer to its parent). A unique_ptr never shares. A
-    // shared_ptr may join other shared_ptrs or adopt an object only raw pointers refer
-    // to, never one owned by a unique_ptr or by an enclosing object (a member).
+    // A back-reference to an object read earlier through a pointer, which must be of the
+    // class the stream claims (else a pointer of one type would point at another).
+    // Raw pointers own nothing and may refer to any such object (a child's pointer to
+    // its parent). A unique_ptr never shares. A shared_ptr may join other shared_ptrs or
+    // adopt an object only raw pointers refer to, never one a unique_ptr owns. Objects
+    // read as members (not through a pointer) cannot be pointed to: their addresses are
+    // not tracked here.
     const owner who = frame.who;
-    if (who == owner::raw) return result;
     auto it = loaded_by_pointer_.find(t);
-    const bool ok =
-        who == owner::shared && it != loaded_by_pointer_.end() && it->second.who != owner::unique;
+    const bool ok = it != loaded_by_pointer_.end() &&
+                    it->second.serializer == &result->get_basic_serializer() &&
+                    (who == owner::raw || (who == owner::shared && it->second.who != owner::unique));
     if (!ok) {
       t = nullptr;  // never hand the alias to the pointer being loaded
       throw serialization_error(
           "corrupt archive: a pointer refers back to an object it cannot share");
     }
+    if (who == owner::raw) return result;
     it->second.who = owner::shared;
     it->second.aliased = true;
     return result;
