@@ -289,9 +289,10 @@ template <class T>
 constexpr void require_encodable() {
   static_assert(encodable<T>,
                 "mproc: this type cannot cross a process boundary. Make it trivially copyable, "
-                "use standard containers of serializable types, or give it a Boost.Serialization "
-                "member `template <class Archive> void serialize(Archive& ar, unsigned) { ar & "
-                "field1 & field2; }`.");
+                "use standard containers of serializable types, list its members with "
+                "`auto mproc_fields() { return std::tie(field1, field2); }`, or give it a "
+                "Boost.Serialization member `template <class Archive> void serialize(Archive& "
+                "ar, unsigned) { ar & field1 & field2; }`.");
 }
 
 // ---------------------------------------------------------------- writing
