@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 std::string factorial(int number) {
   std::uint64_t result = 1;

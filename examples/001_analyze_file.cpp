@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 struct file_report {
   std::string file;

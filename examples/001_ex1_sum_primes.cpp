@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 /// Sum of the primes in [lo, hi): a segmented sieve, crossing off multiples of every
 /// prime up to sqrt(hi) inside the segment only.

@@ -22,7 +22,7 @@
 
 #include <openssl/evp.h>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 namespace fs = std::filesystem;
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 std::int64_t isqrt(std::int64_t x) {
   // The double estimate can be off by one near perfect squares; correct it.

@@ -9,7 +9,7 @@
 #include <variant>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 using namespace std::chrono_literals;
 

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 std::int64_t cpu_intensive(int n) {
   std::int64_t total = 0;

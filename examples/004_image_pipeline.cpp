@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 using image = std::vector<int>;
 

@@ -9,7 +9,7 @@
 
 #include <unistd.h>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 std::pair<int, double> slow_process(int item) {
   // Each worker draws from its own stream (as Python reseeds random in a forked child).

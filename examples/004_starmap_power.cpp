@@ -4,7 +4,7 @@
 #include <utility>
 #include <vector>
 
-#include <mproc/mproc.hpp>
+#include <mproc/pool.hpp>
 
 std::int64_t power(std::int64_t base, int exp) {
   std::int64_t r = 1;
