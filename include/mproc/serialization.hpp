@@ -39,6 +39,7 @@
 #include <streambuf>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <typeinfo>
@@ -1020,9 +1021,14 @@ std::uint64_t tag_of() {
 }
 
 inline std::string tag_name(std::uint64_t tag) {
-  std::lock_guard g(tag_names_mutex());
-  auto it = tag_names().find(tag);
-  if (it != tag_names().end()) return it->second;
+  // Only ever contended at start-up. A child forked while another thread held the lock
+  // would wait forever on it, so give up after a while and report the tag by number.
+  std::unique_lock g(tag_names_mutex(), std::defer_lock);
+  for (int attempt = 0; attempt < 10000 && !g.try_lock(); ++attempt) std::this_thread::yield();
+  if (g.owns_lock()) {
+    auto it = tag_names().find(tag);
+    if (it != tag_names().end()) return it->second;
+  }
   char buf[40];
   std::snprintf(buf, sizeof buf, "<unknown type 0x%016llx>", static_cast<unsigned long long>(tag));
   return buf;
