@@ -150,21 +150,78 @@ struct completion_listener {
   std::deque<std::size_t> done;
 };
 
+/// A thread waiting for a result drives the pool itself for a short while instead of
+/// sleeping: the task path then has no thread hand-off at all (caller -> worker ->
+/// caller), which is what makes a round trip cost about one process wake-up. After
+/// a short time without progress it gives the work back to the pool's service
+/// thread and sleeps.
+struct pool_helper {
+  std::mutex m;          // held while stepping; the pool clears `pool` under it
+  void* pool = nullptr;
+  bool (*try_step)(void*) = nullptr;
+  void (*end_help)(void*) = nullptr;
+  void (*wake)(void*) = nullptr;
+
+  static void wake_pool(const std::weak_ptr<pool_helper>& wh) {
+    if (auto h = wh.lock()) {
+      std::lock_guard l(h->m);
+      if (h->pool) h->wake(h->pool);
+    }
+  }
+};
+
+/// Helps until done() or `deadline_ns` (monotonic, -1: none) or ~50 us pass with
+/// nothing to do.
+template <class Done>
+void help_while_waiting(const std::weak_ptr<pool_helper>& wh, Done&& done, std::int64_t deadline_ns) {
+  auto h = wh.lock();
+  if (!h) return;
+  bool helped = false;
+  std::int64_t last = monotonic_ns();
+  while (!done()) {
+    bool progress = false;
+    {
+      std::unique_lock hl(h->m, std::try_to_lock);
+      if (hl && h->pool) {
+        progress = h->try_step(h->pool);
+        helped = true;
+      }
+    }
+    const std::int64_t now = monotonic_ns();
+    if (progress)
+      last = now;
+    else if (now - last > 50'000)
+      break;
+    if (deadline_ns >= 0 && now >= deadline_ns) break;
+    if (!progress) cpu_relax();
+  }
+  if (helped) {
+    std::lock_guard hl(h->m);
+    if (h->pool) h->end_help(h->pool);
+  }
+}
+
 struct async_state_base {
   std::mutex m;
   std::condition_variable cv;
   bool done = false;
+  std::atomic<bool> done_flag{false};  // done, readable without the mutex
   std::exception_ptr error;
   std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> listeners;
   std::function<void(std::exception_ptr)> on_error;  // error_callback
+  std::weak_ptr<pool_helper> helper;
 
   void wait() {
+    help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, -1);
     std::unique_lock l(m);
     cv.wait(l, [&] { return done; });
   }
   bool wait_for_ns(std::int64_t ns) {
+    const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(ns, INT64_MAX / 4);
+    help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, deadline);
     std::unique_lock l(m);
-    return cv.wait_for(l, std::chrono::nanoseconds(ns), [&] { return done; });
+    const std::int64_t left = std::max<std::int64_t>(0, deadline - monotonic_ns());
+    return cv.wait_for(l, std::chrono::nanoseconds(left), [&] { return done; });
   }
   [[nodiscard]] bool ready() {
     std::lock_guard l(m);
@@ -178,6 +235,7 @@ struct async_state_base {
       if (done) return;
       error = std::move(e);
       done = true;
+      done_flag.store(true, std::memory_order_release);
       ls.swap(listeners);
     }
     cv.notify_all();
@@ -377,9 +435,19 @@ class worker_context {
       : results_(results), ctl_(ctl), shared_(shared), wake_fd_(wake_fd) {}
 
   void begin_item(std::uint64_t job, std::uint64_t index) noexcept {
+    const std::int64_t now = monotonic_ns();
+    // Results are published in batches; a long chunk still shows progress regularly.
+    if (now - last_publish_ns_ > 100'000 && results_.unpublished()) flush(now);
     ctl_->cur_job.store(job, std::memory_order_relaxed);
     ctl_->cur_item.store(index, std::memory_order_relaxed);
-    ctl_->cur_started_ns.store(monotonic_ns(), std::memory_order_release);
+    ctl_->cur_started_ns.store(now, std::memory_order_release);
+  }
+
+  /// Publishes every result written so far and wakes the service thread if it sleeps.
+  void flush(std::int64_t now = 0) noexcept {
+    results_.publish();
+    last_publish_ns_ = now ? now : monotonic_ns();
+    notify_parent();
   }
   void end_item() noexcept { ctl_->cur_started_ns.store(0, std::memory_order_release); }
 
@@ -417,10 +485,11 @@ class worker_context {
     result_header h{job, index, static_cast<std::uint32_t>(st), 0};
     const std::size_t total = sizeof h + n;
     if (total <= results_.max_fragment()) {
-      std::byte* p = results_.reserve_wait(total);
+      std::byte* p = results_.reserve_wait(total, [this] { notify_parent(); });
       std::memcpy(p, &h, sizeof h);
       fill(p + sizeof h);
       results_.commit(total, 0);
+      return;
     } else {
       scratch_.resize(total);
       std::memcpy(scratch_.data(), &h, sizeof h);
@@ -431,6 +500,7 @@ class worker_context {
     }
     notify_parent();
   }
+  std::int64_t last_publish_ns_ = 0;
 
   spsc_ring results_;
   worker_ctl* ctl_;
@@ -519,8 +589,11 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
                 reader{r.p + h.callable_len, r.end}};
     auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
     inv(ctx, t);
-    if (rec.data) tasks.release(rec);
-    ctx.notify_parent();
+    if (rec.data) {
+      tasks.release(rec);
+      tasks.publish_release();
+    }
+    ctx.flush();
     if (max_tasks && ++done >= max_tasks) break;
   }
   return 0;
@@ -537,6 +610,7 @@ struct job_base {
   std::size_t known_total = 0; // 0 while unknown
   bool input_done = false;
   progress_fn on_progress;
+  std::int64_t avg_item_ns = 0;  // measured cost of one item, for the prefetch depth
 
   virtual ~job_base() = default;
   /// Serializes up to chunksize next items into buf (after a task_header placeholder
@@ -682,7 +756,7 @@ struct imap_state {
   std::exception_ptr fatal;      // the pool went away
   std::atomic<bool> abandoned{false};
   std::atomic<bool> blocked{false};  // the job waits for the consumer (back-pressure)
-  std::function<void()> wake_pool;
+  std::weak_ptr<pool_helper> helper;
 };
 
 template <class F, bool Star, class View, class R>
@@ -768,7 +842,7 @@ class imap_range {
   ~imap_range() {
     if (s_) {
       s_->abandoned.store(true);
-      if (s_->wake_pool) s_->wake_pool();
+      detail::pool_helper::wake_pool(s_->helper);
     }
   }
 
@@ -791,13 +865,20 @@ class imap_range {
     void fetch() {
       auto& s = *r_->s_;
       std::variant<value_type, std::exception_ptr> item;
+      auto has = [&] {
+        if (s.consumed >= s.total) return true;
+        if (s.ordered) return !s.ready.empty() && s.ready.begin()->first == s.next;
+        return !s.fifo.empty();
+      };
+      detail::help_while_waiting(
+          s.helper,
+          [&] {
+            std::lock_guard l(s.m);
+            return has() || bool(s.fatal);
+          },
+          -1);
       {
         std::unique_lock l(s.m);
-        auto has = [&] {
-          if (s.consumed >= s.total) return true;
-          if (s.ordered) return !s.ready.empty() && s.ready.begin()->first == s.next;
-          return !s.fifo.empty();
-        };
         s.cv.wait(l, [&] { return has() || s.fatal; });
         if (!has()) std::rethrow_exception(s.fatal);
         if (s.consumed >= s.total) {
@@ -815,7 +896,7 @@ class imap_range {
         }
         ++s.consumed;
       }
-      if (s.blocked.load() && s.wake_pool) s.wake_pool();
+      if (s.blocked.load()) detail::pool_helper::wake_pool(s.helper);
       if (auto* e = std::get_if<std::exception_ptr>(&item)) std::rethrow_exception(*e);
       cur_ = std::move(std::get<value_type>(item));
     }
@@ -856,7 +937,6 @@ struct worker_slot {
   bool timed_out = false;
   std::uint64_t timed_out_item = 0, timed_out_job = 0;
   unsigned number = 0;
-  std::int64_t avg_item_ns = 0;  // moving average, for the prefetch depth
   std::int64_t last_result_ns = 0;
 };
 
@@ -875,6 +955,11 @@ class basic_pool {
     shared_ = new (shared_region_.data()) detail::pool_shared{};
     wake_fd_.reset(static_cast<int>(
         detail::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")));
+    helper_ = std::make_shared<detail::pool_helper>();
+    helper_->pool = this;
+    helper_->try_step = &helper_try_step;
+    helper_->end_help = &helper_end_help;
+    helper_->wake = &helper_wake;
     workers_.resize(opts_.processes);
     for (auto& w : workers_) start_worker(w);
     detail::log(log_level::info, "pool started with %zu workers", workers_.size());
@@ -894,6 +979,8 @@ class basic_pool {
     } catch (...) {
       terminate();
     }
+    std::lock_guard hl(helper_->m);  // results outliving the pool stop driving it
+    helper_->pool = nullptr;
   }
 
   [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
@@ -969,6 +1056,7 @@ class basic_pool {
     static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
     using R = detail::star_result_t<D, Tup>;
     auto st = std::make_shared<detail::async_state<R>>();
+    st->helper = helper_;
     set_callbacks<R>(*st, cb);
     auto one = std::views::single(Tup(std::forward<A>(args)...));
     auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
@@ -1049,6 +1137,7 @@ class basic_pool {
     using R = result_of<D, Arg, Star>;
     using Out = std::vector<detail::stored_t<R>>;
     auto st = std::make_shared<detail::async_state<Out>>();
+    st->helper = helper_;
     set_callbacks<Out>(*st, cb);
     std::size_t chunksize = o.chunksize;
     std::size_t total = 0;
@@ -1081,7 +1170,7 @@ class basic_pool {
     using R = result_of<D, Arg, Star>;
     auto st = std::make_shared<detail::imap_state<R>>();
     st->ordered = ordered;
-    st->wake_pool = [this] { wake(); };
+    st->helper = helper_;
     std::size_t chunksize = o.chunksize ? o.chunksize : 1;
     // Enough in flight to keep every worker busy, little enough to bound memory.
     std::size_t window = std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
@@ -1134,7 +1223,7 @@ class basic_pool {
     w.write_offset = w.write_index = 0;
     w.rx.clear();
     w.stopping = w.timed_out = false;
-    w.avg_item_ns = 0;
+    w.last_result_ns = 0;
     w.number = ++pool_worker_counter();
     std::string name = "PoolWorker-" + std::to_string(w.number);
     auto tasks = w.tasks, results = w.results;
@@ -1152,7 +1241,84 @@ class basic_pool {
     log(log_level::debug, "started %s (pid %d)", name.c_str(), static_cast<int>(w.pid));
   }
 
-  // ------------------------------------------------------------ service thread
+  // ------------------------------------------------------------ the engine
+  //
+  // All service state (worker slots, jobs) is guarded by engine_m_. The service thread
+  // holds it while it steps; a caller waiting for a result may take it too and step
+  // itself (try_step), which keeps the service thread asleep. Only the service thread
+  // sleeps in poll() and handles worker exits.
+
+  /// One pass: accept new jobs, collect results, hand out work, complete jobs.
+  bool step() {
+    bool progress = false;
+    if (has_incoming_.load(std::memory_order_acquire)) {
+      std::lock_guard l(m_);
+      for (auto& j : incoming_) jobs_.push_back(std::move(j));
+      incoming_.clear();
+      has_incoming_.store(false, std::memory_order_relaxed);
+      progress = true;
+    }
+    for (auto& w : workers_) progress |= drain_results(w);
+    for (auto& w : workers_) progress |= feed(w);
+    finish_jobs();  // also completes jobs whose last item failed with a worker's death
+    if (opts_.task_timeout) enforce_timeouts();
+    active_.store(!jobs_.empty() || !retry_.empty(), std::memory_order_release);
+    return progress;
+  }
+
+  static bool helper_try_step(void* self) { return static_cast<basic_pool*>(self)->try_step(); }
+  static void helper_end_help(void* self) { static_cast<basic_pool*>(self)->end_help(); }
+  static void helper_wake(void* self) { static_cast<basic_pool*>(self)->wake(); }
+
+  bool try_step() {
+    if (engine_owner_.load(std::memory_order_relaxed) == std::this_thread::get_id())
+      return false;  // a callback running inside step() is waiting on a result
+    std::unique_lock el(engine_m_, std::try_to_lock);
+    if (!el) return false;
+    engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    // The service thread sleeps while we drive; workers need not wake it.
+    shared_->parent_waiting.store(0, std::memory_order_relaxed);
+    bool p = false;
+    try {
+      p = step();
+    } catch (...) {
+      engine_owner_.store({}, std::memory_order_relaxed);
+      throw;
+    }
+    engine_owner_.store({}, std::memory_order_relaxed);
+    return p;
+  }
+
+  /// A caller stops driving: if work is still in flight, make sure the service thread
+  /// hears of results (the same arm-then-recheck protocol it uses before sleeping).
+  void end_help() {
+    if (!active_.load(std::memory_order_acquire) && !has_incoming_.load(std::memory_order_acquire))
+      return;
+    shared_->parent_waiting.store(1, std::memory_order_seq_cst);
+    if (opts_.task_timeout) {  // deadlines must be re-armed by the service thread
+      force_wake();
+      return;
+    }
+    // Anything a worker did before the flag was armed is seen by one more step; what
+    // it does after will wake the service thread. A busy engine belongs to the
+    // service thread or another helper, which run this same protocol before leaving.
+    std::unique_lock el(engine_m_, std::try_to_lock);
+    if (!el) return;
+    engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    bool p = false;
+    try {
+      p = step();
+    } catch (...) {
+      p = true;
+    }
+    engine_owner_.store({}, std::memory_order_relaxed);
+    if (p) force_wake();
+  }
+
+  void force_wake() {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto rc = ::write(wake_fd_.get(), &one, sizeof one);
+  }
 
   void service() {
     std::exception_ptr fatal;
@@ -1162,56 +1328,69 @@ class basic_pool {
       fatal = std::current_exception();
       detail::log(log_level::error, "pool service thread failed");
     }
+    std::lock_guard el(engine_m_);
     shutdown_workers(fatal);
   }
 
   void service_loop() {
     std::int64_t idle_since = 0;
     std::size_t iterations = 0;
+    std::vector<pollfd> fds;
     while (true) {
-      bool progress = false;
-      if (has_incoming_.load(std::memory_order_acquire)) {
-        std::lock_guard l(m_);
-        for (auto& j : incoming_) jobs_.push_back(std::move(j));
-        incoming_.clear();
-        has_incoming_.store(false, std::memory_order_relaxed);
-        progress = true;
-      }
+      std::unique_lock el(engine_m_);
+      engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
       run_state st;
       {
         std::lock_guard l(m_);
         st = state_;
       }
       if (st == run_state::terminating) return;
-      for (auto& w : workers_) progress |= drain_results(w);
-      for (auto& w : workers_) progress |= feed(w);
-      finish_jobs();
+      const bool progress = step();
       if (st == run_state::closed && jobs_.empty() && retry_.empty()) {
         std::lock_guard l(m_);
         if (incoming_.empty()) return;
       }
-      // Deaths and deadlines are checked on every sleep and every 256 busy rounds.
+      // Deaths are seen on every sleep and every 256 busy rounds.
       if (progress) {
         idle_since = 0;
-        if (++iterations % 256 == 0) check_workers(0);
+        if (++iterations % 256 == 0) handle_events(poll_events(fds, 0));
+        engine_owner_.store({}, std::memory_order_relaxed);
         continue;
       }
       const std::int64_t now = detail::monotonic_ns();
       if (idle_since == 0) idle_since = now;
       if (now - idle_since < spin_ns) {
+        engine_owner_.store({}, std::memory_order_relaxed);
+        el.unlock();
         detail::cpu_relax();
         continue;
       }
-      // Sleep until a worker or a caller wakes us (or a worker dies / overruns).
+      // Sleep until a worker or a caller wakes us, a worker exits or a deadline passes.
+      // Arm the flag, then look once more: a worker that published results or freed
+      // ring room before it saw the flag is caught by this step.
       shared_->parent_waiting.store(1, std::memory_order_seq_cst);
-      bool pending = has_incoming_.load(std::memory_order_seq_cst);
-      for (auto& w : workers_) pending |= !w.results.empty();
-      if (!pending) {
+      if (step()) {
+        shared_->parent_waiting.store(0, std::memory_order_relaxed);
+        engine_owner_.store({}, std::memory_order_relaxed);
+        idle_since = 0;
+        continue;
+      }
+      bool pending;
+      {
         std::lock_guard l(m_);
         pending = state_ != st;
       }
-      check_workers(pending ? 0 : next_deadline_ms());
+      const int timeout = pending ? 0 : next_deadline_ms();
+      build_pollfds(fds);
+      engine_owner_.store({}, std::memory_order_relaxed);
+      el.unlock();  // callers may drive while we sleep; worker slots only change here
+      int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout); });
+      if (rc < 0) detail::throw_errno("poll(pool)");
+      el.lock();
+      engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
       shared_->parent_waiting.store(0, std::memory_order_relaxed);
+      handle_events(fds);
+      engine_owner_.store({}, std::memory_order_relaxed);
       idle_since = 0;
     }
   }
@@ -1230,24 +1409,31 @@ class basic_pool {
       if (left < 0) left = 0;
       if (best < 0 || left < best) best = left;
     }
+    if (best < 0 && active_.load()) best = opts_.task_timeout.ns();  // work may start soon
     return best < 0 ? -1 : static_cast<int>(std::min<std::int64_t>(best / 1'000'000 + 1, 60'000));
   }
 
-  /// poll() on the wake eventfd and every worker's pidfd; handles what it finds.
-  void check_workers(int timeout_ms) {
-    std::vector<pollfd> fds;
-    fds.reserve(workers_.size() + 1);
+  void build_pollfds(std::vector<pollfd>& fds) {
+    fds.clear();
     fds.push_back({wake_fd_.get(), POLLIN, 0});
     for (auto& w : workers_) fds.push_back({w.pidfd.get(), POLLIN, 0});
+  }
+
+  std::vector<pollfd>& poll_events(std::vector<pollfd>& fds, int timeout_ms) {
+    build_pollfds(fds);
     int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout_ms); });
     if (rc < 0) detail::throw_errno("poll(pool)");
+    return fds;
+  }
+
+  /// Acts on poll results: drains the wake counter, handles worker exits.
+  void handle_events(std::vector<pollfd>& fds) {
     if (fds[0].revents & POLLIN) {
       std::uint64_t v;
       [[maybe_unused]] auto r = ::read(wake_fd_.get(), &v, sizeof v);
     }
-    for (std::size_t i = 0; i < workers_.size(); ++i)
+    for (std::size_t i = 0; i + 1 < fds.size() && i < workers_.size(); ++i)
       if (fds[i + 1].revents) handle_exit(workers_[i]);
-    if (opts_.task_timeout) enforce_timeouts();
   }
 
   void enforce_timeouts() {
@@ -1266,13 +1452,15 @@ class basic_pool {
 
   /// Reads every complete result a worker has published.
   bool drain_results(detail::worker_slot& w) {
-    bool any = false;
+    std::size_t n = 0;
+    last_job_ = nullptr;
     detail::spsc_ring::record rec;
     while (w.results.try_peek(rec)) {
-      any = true;
+      ++n;
       if (rec.flags & detail::spsc_ring::flag_more) {
         w.rx.insert(w.rx.end(), rec.data, rec.data + rec.len);
         w.results.release(rec);
+        w.results.publish_release();  // the worker streams the rest into this room
         continue;
       }
       if (!w.rx.empty()) {
@@ -1285,7 +1473,16 @@ class basic_pool {
         w.results.release(rec);
       }
     }
-    return any;
+    if (!n) return false;
+    w.results.publish_release();
+    const std::int64_t now = detail::monotonic_ns();
+    if (w.last_result_ns && last_job_) {
+      const std::int64_t per = (now - w.last_result_ns) / std::int64_t(n);
+      auto& avg = last_job_->avg_item_ns;
+      avg = avg ? (avg * 3 + per) / 4 : per;
+    }
+    w.last_result_ns = now;
+    return true;
   }
 
   void handle_result(detail::worker_slot& w, std::span<const std::byte> msg) {
@@ -1296,6 +1493,7 @@ class basic_pool {
     auto& c = w.outstanding.front();
     if (c.job->id != h.job || c.first + c.done != h.index)
       throw serialization_error("pool: result out of order");
+    last_job_ = c.job;
     if (h.status == static_cast<std::uint32_t>(detail::result_status::ok)) {
       c.job->deliver(h.index, r);
     } else {
@@ -1313,12 +1511,6 @@ class basic_pool {
   }
 
   void item_completed(detail::worker_slot& w, detail::outstanding_chunk& c) {
-    const std::int64_t now = detail::monotonic_ns();
-    if (w.last_result_ns) {
-      std::int64_t dt = now - w.last_result_ns;
-      w.avg_item_ns = w.avg_item_ns ? (w.avg_item_ns * 7 + dt) / 8 : dt;
-    }
-    w.last_result_ns = now;
     ++c.done;
     --w.outstanding_items;
     auto* job = c.job;
@@ -1330,49 +1522,50 @@ class basic_pool {
     }
   }
 
-  /// How many items a worker may hold: enough to hide the wake-up latency for tiny
-  /// tasks, few enough that slow tasks stay balanced across workers.
-  std::size_t prefetch_limit(const detail::worker_slot& w) const {
-    if (w.avg_item_ns <= 0) return 1;  // unknown cost: balance first, as Python does
-    std::int64_t n = 2'000'000 / std::max<std::int64_t>(w.avg_item_ns, 1);  // ~2 ms of work
+  /// How many items a worker may hold for a job: enough to hide the wake-up latency
+  /// for tiny tasks, few enough that slow or unknown ones stay balanced (Python hands
+  /// out one task at a time).
+  static std::size_t prefetch_limit(const detail::job_base* j) {
+    if (!j || j->avg_item_ns <= 0) return 1;
+    std::int64_t n = 2'000'000 / std::max<std::int64_t>(j->avg_item_ns, 1);  // ~2 ms of work
     return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, 4096));
   }
 
   /// Gives a worker more work and pushes pending bytes into its ring.
   bool feed(detail::worker_slot& w) {
     bool any = false;
-    if (!w.stopping) {
-      while (w.outstanding.empty() || w.outstanding_items < prefetch_limit(w)) {
-        if (!take_chunk(w)) break;
+    while (!w.stopping) {
+      if (!retry_.empty()) {
+        if (!w.outstanding.empty()) break;  // re-sent work goes one chunk at a time
+        w.outstanding.push_back(std::move(retry_.front()));
+        retry_.pop_front();
+        w.outstanding_items += w.outstanding.back().count;
         any = true;
-        if (w.outstanding.size() > 64) break;
+        continue;
       }
+      detail::job_base* j = next_job();
+      if (!j) break;
+      if (!w.outstanding.empty() && w.outstanding_items >= prefetch_limit(j)) break;
+      detail::outstanding_chunk c;
+      c.job = j;
+      c.first = j->dispatched;
+      c.count = j->next_chunk(c.bytes, c.item_offsets);
+      if (c.count == 0) continue;  // input ended exactly at a chunk boundary
+      j->dispatched += c.count;
+      w.outstanding_items += c.count;
+      w.outstanding.push_back(std::move(c));
+      any = true;
+      if (w.outstanding.size() > 256) break;
     }
     any |= push_bytes(w);
     return any;
   }
 
-  /// Moves the next chunk (a retried one first) onto a worker's outstanding list.
-  bool take_chunk(detail::worker_slot& w) {
-    if (!retry_.empty()) {
-      w.outstanding.push_back(std::move(retry_.front()));
-      retry_.pop_front();
-      w.outstanding_items += w.outstanding.back().count;
-      return true;
-    }
-    for (auto& j : jobs_) {
-      if (j->input_done || !j->may_dispatch()) continue;
-      detail::outstanding_chunk c;
-      c.job = j.get();
-      c.first = j->dispatched;
-      c.count = j->next_chunk(c.bytes, c.item_offsets);
-      if (c.count == 0) continue;
-      j->dispatched += c.count;
-      w.outstanding_items += c.count;
-      w.outstanding.push_back(std::move(c));
-      return true;
-    }
-    return false;
+  /// The oldest job that can hand out more items.
+  detail::job_base* next_job() {
+    for (auto& j : jobs_)
+      if (!j->input_done && j->may_dispatch()) return j.get();
+    return nullptr;
   }
 
   bool push_bytes(detail::worker_slot& w) {
@@ -1391,8 +1584,11 @@ class basic_pool {
       if (last) {
         ++w.write_index;
         w.write_offset = 0;
+      } else {
+        w.tasks.publish();  // the worker reassembles as it goes, making room
       }
     }
+    if (any) w.tasks.publish();
     return any;
   }
 
@@ -1515,6 +1711,7 @@ class basic_pool {
         if (p) {
           std::memcpy(p, &h, sizeof h);
           w.tasks.commit(sizeof h, 0);
+          w.tasks.publish();
         }
       }
     }
@@ -1564,7 +1761,13 @@ class basic_pool {
   // Owned by the service thread.
   std::deque<std::unique_ptr<detail::job_base>> jobs_;
   std::deque<detail::outstanding_chunk> retry_;
+  detail::job_base* last_job_ = nullptr;  // job of the last result handled
   int failed_starts_ = 0;
+
+  std::mutex engine_m_;  // guards everything the service thread owns
+  std::atomic<std::thread::id> engine_owner_{};
+  std::atomic<bool> active_{false};  // jobs in flight (readable without engine_m_)
+  std::shared_ptr<detail::pool_helper> helper_;
 
   std::mutex join_m_;
   std::thread thread_;

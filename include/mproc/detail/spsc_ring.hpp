@@ -62,6 +62,8 @@ class spsc_ring {
     r.h_ = static_cast<ring_header*>(mem);
     r.buf_ = reinterpret_cast<std::byte*>(r.h_ + 1);
     r.cap_ = r.h_->capacity;
+    r.local_head_ = r.h_->head.load(std::memory_order_relaxed);
+    r.local_tail_ = r.h_->tail.load(std::memory_order_relaxed);
     return r;
   }
 
@@ -73,7 +75,7 @@ class spsc_ring {
   /// Room for a record of `len` payload bytes, contiguous, or nullptr if the ring
   /// is too full right now. Must be followed by commit() with the same len.
   std::byte* try_reserve(std::size_t len) noexcept {
-    const std::uint64_t head = h_->head.load(std::memory_order_relaxed);
+    const std::uint64_t head = local_head_;
     const std::uint64_t tail = h_->tail.load(std::memory_order_acquire);
     const std::size_t need = record_header + pad(len);
     const std::size_t pos = head % cap_;
@@ -91,17 +93,34 @@ class spsc_ring {
     return buf_ + record_header;
   }
 
+  /// Adds the reserved record to the batch; the reader sees it after publish().
   void commit(std::size_t len, std::uint32_t flags) noexcept {
-    std::uint64_t head = h_->head.load(std::memory_order_relaxed) + wrap_pending_;
+    std::uint64_t head = local_head_ + wrap_pending_;
     wrap_pending_ = 0;
     write_header(head % cap_, static_cast<std::uint32_t>(len), flags);
-    h_->head.store(head + record_header + pad(len), std::memory_order_release);
+    local_head_ = head + record_header + pad(len);
+  }
+
+  /// Makes every committed record visible and wakes a sleeping reader. Batching
+  /// records under one publish keeps the shared cache lines from bouncing per record.
+  void publish() noexcept {
+    if (h_->head.load(std::memory_order_relaxed) == local_head_) return;
+    h_->head.store(local_head_, std::memory_order_release);
     h_->data_seq.fetch_add(1, std::memory_order_seq_cst);
     if (h_->data_waiters.load(std::memory_order_seq_cst)) futex_wake(&h_->data_seq);
   }
+  [[nodiscard]] bool unpublished() const noexcept {
+    return h_->head.load(std::memory_order_relaxed) != local_head_;
+  }
 
   /// Blocking reserve for a producer that may wait (a worker writing results).
-  std::byte* reserve_wait(std::size_t len) {
+  /// on_block runs once before waiting (to wake a reader that does not sleep on
+  /// this ring's futex).
+  template <class OnBlock = void (*)()>
+  std::byte* reserve_wait(std::size_t len, OnBlock&& on_block = [] {}) {
+    if (auto* p = try_reserve(len)) return p;
+    publish();  // the reader can only make room by consuming what it can see
+    on_block();
     for (int spin = 0;; ++spin) {
       if (auto* p = try_reserve(len)) return p;
       if (spin < 2000) {
@@ -126,10 +145,11 @@ class spsc_ring {
     const std::size_t frag = max_fragment();
     do {
       std::size_t n = std::min(frag, msg.size());
-      std::byte* p = reserve_wait(n);
+      std::byte* p = reserve_wait(n, on_commit);
       std::memcpy(p, msg.data(), n);
       msg = msg.subspan(n);
       commit(n, msg.empty() ? 0 : flag_more);
+      publish();
       on_commit();
     } while (!msg.empty());
   }
@@ -137,12 +157,12 @@ class spsc_ring {
   // ------------------------------------------------------------ consumer
 
   [[nodiscard]] bool empty() const noexcept {
-    return h_->head.load(std::memory_order_acquire) == h_->tail.load(std::memory_order_relaxed);
+    return h_->head.load(std::memory_order_acquire) == local_tail_;
   }
 
   /// The oldest unreleased record after `from` (the tail if 0), if any.
   bool try_peek(record& r, std::uint64_t from = UINT64_MAX) noexcept {
-    std::uint64_t pos = from == UINT64_MAX ? h_->tail.load(std::memory_order_relaxed) : from;
+    std::uint64_t pos = from == UINT64_MAX ? local_tail_ : from;
     const std::uint64_t head = h_->head.load(std::memory_order_acquire);
     if (pos == head) return false;
     std::uint32_t len, flags;
@@ -159,9 +179,13 @@ class spsc_ring {
     return true;
   }
 
-  /// Frees everything up to and including r.
-  void release(const record& r) noexcept {
-    h_->tail.store(r.end, std::memory_order_release);
+  /// Frees everything up to and including r; the writer sees the room after
+  /// publish_release().
+  void release(const record& r) noexcept { local_tail_ = r.end; }
+
+  void publish_release() noexcept {
+    if (h_->tail.load(std::memory_order_relaxed) == local_tail_) return;
+    h_->tail.store(local_tail_, std::memory_order_release);
     h_->space_seq.fetch_add(1, std::memory_order_seq_cst);
     if (h_->space_waiters.load(std::memory_order_seq_cst)) futex_wake(&h_->space_seq);
   }
@@ -218,6 +242,7 @@ class spsc_ring {
       }
       scratch.insert(scratch.end(), r.data, r.data + r.len);
       release(r);
+      publish_release();
       on_release();
       if (!(r.flags & flag_more)) {
         out_record = record{};
@@ -243,6 +268,8 @@ class spsc_ring {
   std::byte* buf_ = nullptr;
   std::size_t cap_ = 0;
   std::size_t wrap_pending_ = 0;
+  std::uint64_t local_head_ = 0;  // producer: end of committed records
+  std::uint64_t local_tail_ = 0;  // consumer: end of released records
 };
 
 }  // namespace mproc::detail
