@@ -10,6 +10,7 @@
 #include <chrono>
 #include <csignal>
 #include <dirent.h>
+#include <sys/stat.h>
 #include <map>
 #include <numeric>
 #include <poll.h>
@@ -242,7 +243,9 @@ TEST_CASE("4 producers x 4 consumers across processes: every message exactly onc
 TEST_CASE("messages from 0 B to 64 MiB, bigger than the ring, across processes", "[queue][process]") {
   const std::vector<std::size_t> sizes{0, 1, 7, 8, 9, 4096, 65535, (1u << 20) - 1, (1u << 20) + 1,
                                        5u << 20, 64u << 20};
-  mproc::Queue<std::string> in({.capacity = 4u << 20});
+  auto spill = GENERATE(true, false);
+  CAPTURE(spill);
+  mproc::Queue<std::string> in({.capacity = 4u << 20, .spill = spill});
   mproc::Queue<std::pair<std::size_t, std::uint64_t>> out;
   pid_t child = mproc::detail::fork_child([&] {
     for (;;) {
@@ -265,8 +268,8 @@ TEST_CASE("large messages: raw-copy and generic decode paths, and type mismatch"
   // A producer thread streams; this thread takes. Contiguous values (strings,
   // vectors of trivially copyable elements) are copied straight into the result, the
   // rest are reassembled then decoded.
-  mproc::Queue<std::vector<int>> vi({.capacity = 1u << 20});
-  mproc::Queue<std::vector<std::string>> vs({.capacity = 1u << 20});
+  mproc::Queue<std::vector<int>> vi({.capacity = 1u << 20, .spill = false});
+  mproc::Queue<std::vector<std::string>> vs({.capacity = 1u << 20, .spill = false});
   mproc::Queue<std::string> str(vi.ring());  // same ring as vi
   std::vector<int> ints(3'000'000);
   std::iota(ints.begin(), ints.end(), 0);
@@ -299,8 +302,59 @@ TEST_CASE("a producer that exits right after put loses nothing (put, join, get)"
   CHECK(q.empty());
 }
 
+TEST_CASE("unbounded: put never blocks when the ring is full; memory is given back", "[queue]") {
+  mproc::Queue<int> q({.capacity = 64 * 1024});
+  constexpr int n = 300'000;  // ~7 MB of records, 100x the ring
+  for (int i = 0; i < n; ++i) q.put_nowait(i);
+  CHECK(q.qsize() == std::size_t(n));
+  struct stat st {};
+  REQUIRE(::fstat(q.ring()->fd(), &st) == 0);
+  CHECK(std::size_t(st.st_blocks) * 512 > std::size_t(6) << 20);
+  for (int i = 0; i < n; ++i) REQUIRE(q.get_nowait() == i);
+  CHECK(q.empty());
+  REQUIRE(::fstat(q.ring()->fd(), &st) == 0);
+  CHECK(std::size_t(st.st_blocks) * 512 < std::size_t(2) << 20);  // ring + a page or two
+  // and the ring is used again afterwards
+  q.put(7);
+  CHECK(q.get() == 7);
+}
+
+TEST_CASE("put 64 MiB, join the producer, then get", "[queue][process]") {
+  mproc::Queue<std::string> q;
+  pid_t child = mproc::detail::fork_child([&] {
+    q.put(pattern(64u << 20, 3));
+    q.put("small after");
+    return 0;
+  });
+  REQUIRE(wait_child(child, 60s) == 0);
+  CHECK(fnv(q.get(10s)) == fnv(pattern(64u << 20, 3)));
+  CHECK(q.get(10s) == "small after");
+}
+
+TEST_CASE("FIFO order holds across ring and overflow hand-overs", "[queue][process]") {
+  // A tiny ring and a mix of sizes make the producer switch between the ring and the
+  // overflow area all the time while a consumer in another process reads.
+  mproc::Queue<std::pair<int, std::string>> q({.capacity = 64 * 1024});
+  constexpr int n = 30000;
+  pid_t child = mproc::detail::fork_child([&] {
+    for (int i = 0; i < n; ++i) {
+      std::size_t size = i % 1000 == 0 ? 40'000 : i % 7 == 0 ? 3000 : 10;
+      q.put(std::pair{i, std::string(size, char('a' + i % 26))});
+    }
+    return 0;
+  });
+  int bad = 0;
+  for (int i = 0; i < n; ++i) {
+    auto [seq, s] = q.get(30s);
+    if (seq != i || s.empty() || s[0] != char('a' + i % 26)) ++bad;
+  }
+  CHECK(bad == 0);
+  CHECK(wait_child(child) == 0);
+  CHECK(q.empty());
+}
+
 TEST_CASE("a timed-out streamed put leaves nothing behind", "[queue]") {
-  mproc::Queue<std::string> q({.capacity = 64 * 1024});
+  mproc::Queue<std::string> q({.capacity = 64 * 1024, .spill = false});
   CHECK_THROWS_AS(q.put(std::string(1u << 20, 'x'), 30ms), mproc::queue_full);
   CHECK_THROWS_AS(q.put_nowait(std::string(1u << 20, 'x')), mproc::queue_full);
   CHECK(q.qsize() == 0);
@@ -392,7 +446,7 @@ TEST_CASE("a producer SIGKILLed mid-message does not wedge the queue", "[queue][
   // The child streams 16 MiB messages through a 1 MiB ring; nobody reads, so it
   // blocks in the middle of a message holding the put lock. Killing it there loses
   // that partial message only; the queue then works for everyone else.
-  mproc::Queue<std::string> q({.capacity = 1u << 20});
+  mproc::Queue<std::string> q({.capacity = 1u << 20, .spill = false});
   mproc::Queue<int> started;
   pid_t child = mproc::detail::fork_child([&]() -> int {
     started.put(1);

@@ -3,12 +3,14 @@
 // Differences from Python worth knowing:
 //  - put() returns once the message is in shared memory. There is no feeder thread,
 //    so a producer may exit right after put() and nothing is lost, and "put, join the
-//    producer, then get" works.
-//  - The ring has a byte capacity (queue_options::capacity, default 4 MiB). When it
-//    is full, put() waits for consumers even on an unbounded queue (maxsize 0): bytes
-//    in flight are bounded like a pipe's. A message larger than a quarter of the ring
-//    streams through in fragments, so any size gets through, but only while someone
-//    reads; size the ring for put-then-join patterns with large payloads.
+//    producer, then get" works at any size: the Python deadlock does not exist.
+//  - Messages go into a ring (queue_options::capacity, default 4 MiB). When it is
+//    full, or a message is larger than a quarter of it, messages go to an overflow
+//    area in the same shared memory that takes memory only for what is queued and
+//    gives it back as it is read, so an unbounded queue (maxsize 0) never blocks put.
+//    With queue_options::spill = false there is no overflow area: put() waits for
+//    room in the ring like a pipe, and large messages stream through the ring in
+//    fragments while a consumer reads them.
 //  - close() closes the queue for every process: later puts raise state_error, and a
 //    get on a closed queue that is empty raises eof_error instead of blocking forever
 //    (try_get returns nullopt). Messages put before close() can still be taken.
@@ -34,6 +36,7 @@ namespace mproc {
 struct queue_options {
   std::size_t maxsize = 0;  // messages; 0 = no limit
   std::size_t capacity = detail::mpmc_ring::default_capacity;  // ring bytes (rounded up to 2^k)
+  bool spill = true;  // overflow area beyond the ring (see above); false: put waits for room
 };
 
 namespace detail {
@@ -55,7 +58,7 @@ class Queue {
   Queue() : Queue(queue_options{}) {}
   explicit Queue(std::size_t maxsize) : Queue(queue_options{.maxsize = maxsize}) {}
   explicit Queue(const queue_options& o)
-      : ring_(detail::mpmc_ring::create(o.capacity, o.maxsize, false)) {}
+      : ring_(detail::mpmc_ring::create(o.capacity, o.maxsize, false, overflow_of(o))) {}
   /// Adopts an existing ring (a queue received by a spawned child).
   explicit Queue(std::shared_ptr<detail::mpmc_ring> ring) : ring_(std::move(ring)) {}
 
@@ -123,6 +126,9 @@ class Queue {
   [[nodiscard]] const std::shared_ptr<detail::mpmc_ring>& ring() const noexcept { return ring_; }
 
  protected:
+  static std::size_t overflow_of(const queue_options& o) noexcept {
+    return o.spill ? detail::mpmc_ring::default_overflow : 0;
+  }
   template <class U>
   void put_until(const U& x, detail::deadline_t deadline) {
     if (ring_->put(x, deadline) != detail::mpmc_ring::status::ok)
@@ -148,7 +154,7 @@ class JoinableQueue : public Queue<T> {
   JoinableQueue() : JoinableQueue(queue_options{}) {}
   explicit JoinableQueue(std::size_t maxsize) : JoinableQueue(queue_options{.maxsize = maxsize}) {}
   explicit JoinableQueue(const queue_options& o)
-      : Queue<T>(detail::mpmc_ring::create(o.capacity, o.maxsize, true)) {}
+      : Queue<T>(detail::mpmc_ring::create(o.capacity, o.maxsize, true, Queue<T>::overflow_of(o))) {}
   explicit JoinableQueue(std::shared_ptr<detail::mpmc_ring> ring) : Queue<T>(std::move(ring)) {}
 
   /// Raises state_error when called more often than messages were put.

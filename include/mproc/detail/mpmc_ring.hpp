@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <span>
@@ -47,6 +48,7 @@
 #include "posix/posix.hpp"
 #include "posix/robust_mutex.hpp"
 #include "posix/shm_region.hpp"
+#include "posix/sparse_map.hpp"
 
 namespace mproc::detail {
 
@@ -87,15 +89,20 @@ struct mpmc_ring_header {
   std::uint64_t maxsize;   // messages, 0 = no limit
   std::uint32_t joinable;
   std::atomic<std::uint32_t> closed;
+  std::uint64_t overflow_bytes;  // size of the overflow window, 0 = none
   // Producers.
   alignas(64) robust_mutex put_lock;
   alignas(64) std::atomic<std::uint64_t> tail;  // end of the last published record
   std::atomic<std::uint64_t> put_count;         // complete messages published
   std::atomic<std::uint32_t> in_message;        // first fragment out, last one not yet
+  std::uint32_t overflow_active;                // new messages go to the overflow area
+  std::atomic<std::uint64_t> o_tail;            // end of the last overflow record
   // Consumers.
   alignas(64) robust_mutex get_lock;
   alignas(64) std::atomic<std::uint64_t> head;  // end of the last consumed record
   std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
+  std::atomic<std::uint64_t> o_head;            // end of the last consumed overflow record
+  std::uint64_t o_punched;                      // overflow bytes below this are released
   // Sleeping.
   alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
   std::atomic<std::uint32_t> data_waiters;  // a consumer may sleep on data_seq
@@ -112,19 +119,29 @@ class mpmc_ring {
   static constexpr std::size_t min_capacity = 64 * 1024;
   static constexpr std::size_t default_capacity = 4 * 1024 * 1024;
 
-  enum kind : std::uint32_t { k_single = 1, k_first = 2, k_middle = 3, k_last = 4, k_abort = 5 };
+  /// Overflow window: virtual size only; memory follows what is actually queued.
+  static constexpr std::size_t default_overflow = std::size_t(64) << 30;
+  static constexpr std::size_t punch_every = 1u << 20;
+
+  enum kind : std::uint32_t { k_single = 1, k_first = 2, k_middle = 3, k_last = 4, k_abort = 5, k_pad = 6 };
   enum class status { ok, timed_out, closed };
 
   /// A new ring of at least `capacity` bytes (rounded up to a power of two).
-  static std::shared_ptr<mpmc_ring> create(std::size_t capacity, std::size_t maxsize, bool joinable) {
+  /// `overflow`: bytes of sparse overflow area (0: none; put then waits for ring room
+  /// and large messages stream in fragments).
+  static std::shared_ptr<mpmc_ring> create(std::size_t capacity, std::size_t maxsize, bool joinable,
+                                           std::size_t overflow = default_overflow) {
     std::size_t cap = min_capacity;
     while (cap < capacity) {
       if (cap > (std::size_t(1) << 40)) throw std::invalid_argument("mproc: queue capacity too large");
       cap <<= 1;
     }
+    overflow &= ~std::size_t(4095);
     shm_region hdr = shm_region::create(header_bytes + cap, "mproc-queue");
+    if (overflow) grow_sparse(hdr.fd(), header_bytes + cap + overflow);
     auto* h = new (hdr.data()) mpmc_ring_header{};
     h->capacity = cap;
+    h->overflow_bytes = overflow;
     h->maxsize = maxsize;
     h->joinable = joinable ? 1 : 0;
     h->put_lock.init();
@@ -194,18 +211,149 @@ class mpmc_ring {
       if (closed()) throw_closed();
     }
     const std::size_t rec = align8(record_header + len);
+    if (over_bytes_) {
+      if (h_->overflow_active &&
+          h_->o_head.load(std::memory_order_acquire) == h_->o_tail.load(std::memory_order_relaxed))
+        h_->overflow_active = 0;  // drained: the ring is empty too, order is kept
+      // The ring is the fast path while consumers keep up; only when it stays full
+      // for spill_delay (nobody reading, say) do messages go to the overflow area,
+      // whose fresh pages cost page faults. A timeout here is no failure: the
+      // overflow area takes the message without waiting.
+      if (!h_->overflow_active && rec <= over_bytes_ / 4) {
+        const deadline_t d = spill_deadline(deadline);
+        if (rec <= max_record()) {
+          if (wait_for_space(rec + record_header, d)) {
+            if (closed()) throw_closed();
+            write_single(v, len, rec);
+            return status::ok;
+          }
+          if (closed()) throw_closed();
+        } else if (put_streamed(v, len, deadline, spill_delay_ns * 5) == status::ok) {
+          return status::ok;
+        }
+      }
+      if (rec <= over_bytes_ / 4) {
+        if (!h_->overflow_active)
+          log(log_level::debug, "queue: no room in the ring; %zu-byte message goes to the overflow area", len);
+        return put_overflow(v, len, rec, deadline);
+      }
+      // Too large even for the overflow area: it must follow what is queued there.
+      if (h_->overflow_active) {
+        auto drained = [&] {
+          return h_->o_head.load(std::memory_order_acquire) == h_->o_tail.load(std::memory_order_relaxed) ||
+                 closed();
+        };
+        if (!wait_until(h_->space_seq, h_->space_waiters, drained, deadline)) return status::timed_out;
+        if (closed()) throw_closed();
+        h_->overflow_active = 0;
+      }
+    }
     if (rec <= max_record()) {
       if (!wait_for_space(rec + record_header, deadline)) return status::timed_out;
       if (closed()) throw_closed();
-      std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
-      std::byte* p = ring_.data() + (t & mask_);
-      write_header(p, static_cast<std::uint32_t>(len), k_single);
-      write_message(v, p + record_header);
-      publish(t + rec, k_single);
+      write_single(v, len, rec);
       return status::ok;
     }
     return put_streamed(v, len, deadline);
   }
+
+ private:
+  template <class U>
+  void write_single(const U& v, std::size_t len, std::size_t rec) {
+    std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+    std::byte* p = ring_.data() + (t & mask_);
+    write_header(p, static_cast<std::uint32_t>(len), k_single);
+    write_message(v, p + record_header);
+    publish(t + rec, k_single);
+  }
+
+  static constexpr std::int64_t spill_delay_ns = 10'000'000;
+
+  static deadline_t spill_deadline(deadline_t user) noexcept {
+    deadline_t d = monotonic_ns() + spill_delay_ns;
+    return user != no_deadline && user < d ? user : d;
+  }
+
+  std::byte* overflow_area() {
+    std::call_once(over_once_, [&] { over_ = sparse_map(region_.fd(), header_bytes + cap_, over_bytes_); });
+    return over_.data();
+  }
+
+  /// The ring is full (or the message large): the message goes to the overflow area,
+  /// and so do the ones after it until consumers have drained that area, which keeps
+  /// FIFO order (consumers take the ring first, and the ring gets nothing new while
+  /// the overflow area is in use).
+  template <class U>
+  status put_overflow(const U& v, std::size_t len, std::size_t rec, deadline_t deadline) {
+    std::byte* area = overflow_area();
+    std::uint64_t t = h_->o_tail.load(std::memory_order_relaxed);
+    const std::size_t off = std::size_t(t % over_bytes_);
+    const std::size_t pad = off + rec > over_bytes_ ? over_bytes_ - off : 0;  // a record never wraps
+    auto room = [&] {
+      return over_bytes_ - std::size_t(t - h_->o_head.load(std::memory_order_acquire)) >= pad + rec || closed();
+    };
+    if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline)) return status::timed_out;
+    if (closed()) throw_closed();
+    if (pad) {
+      write_header(area + off, static_cast<std::uint32_t>(pad - record_header), k_pad);
+      t += pad;
+    }
+    std::byte* p = area + std::size_t(t % over_bytes_);
+    write_header(p, static_cast<std::uint32_t>(len), k_single);
+    write_message(v, p + record_header);
+    h_->overflow_active = 1;
+    h_->put_count.store(h_->put_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    if (joinable_) h_->unfinished.fetch_add(1, std::memory_order_relaxed);
+    h_->o_tail.store(t + rec, std::memory_order_release);
+    notify(h_->data_seq, h_->data_waiters);
+    return status::ok;
+  }
+
+  /// Takes the overflow record at oh (get lock held). False: it was padding.
+  template <class T>
+  bool take_overflow(std::optional<T>& out, std::uint64_t oh, std::uint64_t ot) {
+    const std::byte* p = overflow_area() + std::size_t(oh % over_bytes_);
+    std::uint32_t len, k;
+    std::memcpy(&len, p, 4);
+    std::memcpy(&k, p + 4, 4);
+    const std::uint64_t next = oh + align8(record_header + std::size_t(len));
+    if (next > ot) throw serialization_error("corrupt queue overflow record: length " + std::to_string(len));
+    if (k == k_pad) {
+      overflow_consumed(next, ot, false);
+      return false;
+    }
+    if (k != k_single) throw serialization_error("corrupt queue overflow record kind " + std::to_string(k));
+    try {
+      out.emplace(read_message<T>({p + record_header, len}));
+    } catch (...) {
+      overflow_consumed(next, ot, true);
+      throw;
+    }
+    overflow_consumed(next, ot, true);
+    return true;
+  }
+
+  void overflow_consumed(std::uint64_t next, std::uint64_t ot, bool ends_message) {
+    // Release pages before publishing the new head: once producers see it they may
+    // write into those very pages again.
+    const std::uint64_t floor = next & ~std::uint64_t(4095);
+    if (floor > h_->o_punched && (floor - h_->o_punched >= punch_every || next == ot)) {
+      std::uint64_t from = h_->o_punched;
+      std::size_t n = std::size_t(floor - from);
+      std::size_t off = std::size_t(from % over_bytes_);
+      std::size_t first = std::min(n, over_bytes_ - off);
+      const std::size_t base = header_bytes + cap_;
+      punch_hole(region_.fd(), base + off, first);
+      punch_hole(region_.fd(), base, n - first);
+      h_->o_punched = floor;
+    }
+    if (ends_message)
+      h_->get_count.store(h_->get_count.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    h_->o_head.store(next, std::memory_order_release);
+    notify(h_->space_seq, h_->space_waiters);
+  }
+
+ public:
 
   // ------------------------------------------------------------------ get
 
@@ -219,8 +367,25 @@ class mpmc_ring {
     if (!g.locked) return status::timed_out;
     for (;;) {
       std::uint64_t h = h_->head.load(std::memory_order_relaxed);
-      status s = wait_for_record(h, deadline);
-      if (s != status::ok) return s;
+      if (cached_tail_ <= h) cached_tail_ = h_->tail.load(std::memory_order_acquire);
+      if (cached_tail_ <= h && over_bytes_) {
+        const std::uint64_t oh = h_->o_head.load(std::memory_order_relaxed);
+        const std::uint64_t ot = h_->o_tail.load(std::memory_order_acquire);
+        if (ot > oh) {
+          // Seeing the overflow record makes every ring record published before it
+          // visible too; those are older, so they go first.
+          cached_tail_ = h_->tail.load(std::memory_order_acquire);
+          if (cached_tail_ <= h) {
+            if (take_overflow(out, oh, ot)) return status::ok;
+            continue;
+          }
+        }
+      }
+      if (cached_tail_ <= h) {
+        status s = wait_for_record(h, deadline);
+        if (s != status::ok) return s;
+        continue;  // re-check both areas in order
+      }
       auto [len, k] = read_header(h);
       const std::size_t rec = align8(record_header + len);
       const std::byte* payload = ring_.data() + (h & mask_) + record_header;
@@ -298,6 +463,7 @@ class mpmc_ring {
         mask_(cap_ - 1),
         maxsize_(h_->maxsize),
         joinable_(h_->joinable != 0),
+        over_bytes_(h_->overflow_bytes),
         ring_(region_.fd(), header_bytes, cap_) {}
 
   static constexpr std::size_t align8(std::size_t n) noexcept { return (n + 7) & ~std::size_t(7); }
@@ -440,6 +606,7 @@ class mpmc_ring {
   struct stream_writer {
     mpmc_ring& r;
     deadline_t deadline;
+    std::int64_t stall_ns;  // >= 0: give up if no reader starts on the message this long
     std::size_t remaining;  // message bytes not yet written
     std::uint64_t pos;      // where the open fragment starts
     std::byte* cur = nullptr;
@@ -447,6 +614,8 @@ class mpmc_ring {
     std::size_t filled = 0; // payload bytes in the open fragment
     bool first = true;
     std::uint64_t total;
+    std::uint64_t first_pos = ~std::uint64_t(0);  // where the first fragment starts
+    deadline_t stall_start = monotonic_ns();
 
     struct timed_out {};
     struct closed_now {};
@@ -457,13 +626,31 @@ class mpmc_ring {
       const std::size_t want = std::min(align8(record_header + extra + remaining), frag_max);
       // Do not cut tiny fragments out of a nearly full ring: wait for a useful slice.
       const std::size_t at_least = std::min(want, r.cap_ / 16);
-      if (!r.wait_for_space(at_least + record_header, deadline)) throw timed_out{};
+      deadline_t d = deadline;
+      // Once a consumer has taken the first fragment it reads the rest (or, if it
+      // dies, the next consumer skips them), so the stall limit only applies before.
+      const bool started = first_pos != ~std::uint64_t(0) &&
+                           r.h_->head.load(std::memory_order_acquire) > first_pos;
+      if (stall_ns >= 0 && !started) {
+        deadline_t s = stall_start + stall_ns;
+        if (d == no_deadline || s < d) d = s;
+      }
+      if (!r.wait_for_space(at_least + record_header, d)) {
+        // Not stalled after all if the reader started while we waited.
+        if (stall_ns >= 0 && !started && r.h_->head.load(std::memory_order_acquire) > first_pos &&
+            (deadline == no_deadline || monotonic_ns() < deadline)) {
+          open();
+          return;
+        }
+        throw timed_out{};
+      }
       if (r.closed()) throw closed_now{};
       std::size_t avail = r.free_bytes(pos) - record_header;
       std::size_t frag = std::min(avail, frag_max) & ~std::size_t(7);
       std::byte* p = r.ring_.data() + (pos & r.mask_);
       cur = p + record_header;
       if (first) {
+        first_pos = pos;
         std::memcpy(cur, &total, 8);
         cur += 8;
       }
@@ -507,8 +694,8 @@ class mpmc_ring {
   };
 
   template <class U>
-  status put_streamed(const U& v, std::size_t len, deadline_t deadline) {
-    stream_writer w{*this, deadline, len, h_->tail.load(std::memory_order_relaxed), nullptr, 0, 0, true, len};
+  status put_streamed(const U& v, std::size_t len, deadline_t deadline, std::int64_t stall_ns = -1) {
+    stream_writer w{*this, deadline, stall_ns, len, h_->tail.load(std::memory_order_relaxed), nullptr, 0, 0, true, len};
     try {
       w.open();
       std::uint64_t tag = type_tag<wire_t<U>>::value;
@@ -534,12 +721,16 @@ class mpmc_ring {
   status wait_for_record(std::uint64_t h, deadline_t deadline) {
     // cached_tail_ may lag behind h (another process consumed since we looked).
     if (cached_tail_ > h) return status::ok;
+    auto overflow_ready = [&] {
+      return over_bytes_ &&
+             h_->o_tail.load(std::memory_order_acquire) > h_->o_head.load(std::memory_order_relaxed);
+    };
     auto ready = [&] {
       cached_tail_ = h_->tail.load(std::memory_order_acquire);
-      return cached_tail_ > h || closed();
+      return cached_tail_ > h || overflow_ready() || closed();
     };
     if (!wait_until(h_->data_seq, h_->data_waiters, ready, deadline)) return status::timed_out;
-    if (cached_tail_ > h) return status::ok;
+    if (cached_tail_ > h || overflow_ready()) return status::ok;
     return status::closed;
   }
 
@@ -591,9 +782,11 @@ class mpmc_ring {
         using E = typename T::value_type;
         if (tag == type_tag<T>::value && total >= prefix && (total - prefix) % sizeof(E) == 0 &&
             count == (total - prefix) / sizeof(E)) {
+          // Reserve, then grow with each fragment: the pages of a huge result are
+          // touched as its bytes arrive, so the producer never stalls on a
+          // consumer busy zero-filling the whole thing first.
           T v;
-          v.resize(count);
-          auto* dst = reinterpret_cast<std::byte*>(v.data());
+          v.reserve(count);
           bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
             // The first `prefix` bytes are the tag and count, already checked.
             if (at < prefix) {
@@ -602,7 +795,14 @@ class mpmc_ring {
               src += skip;
               n -= skip;
             }
-            if (n) std::memcpy(dst + (at - prefix), src, n);
+            if (!n) return;
+            const std::size_t end = at - prefix + n;  // bytes of elements filled after this
+            if constexpr (std::is_same_v<T, std::string>) {
+              v.append(reinterpret_cast<const char*>(src), n);
+            } else {
+              v.resize((end + sizeof(E) - 1) / sizeof(E));
+              std::memcpy(reinterpret_cast<std::byte*>(v.data()) + (at - prefix), src, n);
+            }
           });
           if (done) out.emplace(std::move(v));
           return done;
@@ -683,7 +883,11 @@ class mpmc_ring {
   std::size_t mask_;
   std::size_t maxsize_;
   bool joinable_;
+  std::size_t over_bytes_;
   mirror_map ring_;
+  // The overflow window is mapped in a process only once it is used there.
+  std::once_flag over_once_;
+  sparse_map over_;
   // Per-process views of the other side's position, refreshed only when they are not
   // enough; each is touched only under the matching lock.
   std::uint64_t cached_head_ = 0;
