@@ -895,7 +895,11 @@ void decode(reader& r, T& v) {
     } else {
       auto n = r.get_count(min_encoded_size<E>(), "vector");
       v.clear();
-      v.reserve(n);
+      // Reserve only what the bytes left could plausibly fill: an element may be far
+      // larger in memory than its smallest encoding, and a lying count must not turn a
+      // small message into a huge allocation. Past that, the vector grows as it fills.
+      const std::size_t plausible = (r.remaining() + (std::size_t(1) << 20)) / sizeof(E);
+      v.reserve(std::min(n, plausible));
       for (std::size_t i = 0; i < n; ++i) {
         E e{};
         decode(r, e);
