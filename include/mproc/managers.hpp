@@ -23,6 +23,7 @@
 // used only if the server's executable has the same GNU build-id.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -98,6 +99,8 @@ class backend {
   virtual response call(const request& q, const updater* local_fn) = 0;
   /// True when operations run in this process (the segment is mapped here).
   [[nodiscard]] virtual bool local() const noexcept = 0;
+  /// False once a connection failed; the next call then connects afresh.
+  [[nodiscard]] virtual bool usable() const noexcept { return true; }
 };
 
 class local_backend final : public backend {
@@ -137,21 +140,30 @@ class remote_backend final : public backend {
       r.raise_if_error();
       return r;
     } catch (const eof_error&) {
-      fd_.reset();
+      broken();
       throw;
     } catch (const timeout_error&) {
-      fd_.reset();  // a late reply would be taken for the next call's
+      broken();  // a late reply would be taken for the next call's
       throw;
     } catch (const serialization_error&) {
-      fd_.reset();
+      broken();
+      throw;
+    } catch (const std::system_error&) {
+      broken();
       throw;
     }
   }
   [[nodiscard]] bool local() const noexcept override { return false; }
+  [[nodiscard]] bool usable() const noexcept override { return !broken_.load(); }
 
  private:
+  void broken() {
+    fd_.reset();
+    broken_.store(true);
+  }
   std::mutex m_;
   unique_fd fd_;
+  std::atomic<bool> broken_{false};
   std::int64_t timeout_ns_;
   std::size_t cap_;
 };
@@ -208,7 +220,7 @@ struct endpoint {
     std::lock_guard g(m_);
     // A mapped segment stays valid in a forked child; a socket must not be shared
     // with one, so a child opens its own connection.
-    if (be_ && (be_->local() || pid_ == ::getpid())) return *be_;
+    if (be_ && be_->usable() && (be_->local() || pid_ == ::getpid())) return *be_;
     be_ = resolve();
     pid_ = ::getpid();
     return *be_;
@@ -569,6 +581,8 @@ class BaseProxy {
 template <class K, class V>
 class DictProxy : public BaseProxy {
   using op = detail::mgr::op;
+  static_assert(!detail::c_string<K> && !detail::c_string<V>,
+                "mproc::DictProxy: use std::string, not a C string type, for keys and values");
 
  public:
   using key_type = K;
