@@ -3,5 +3,17 @@
 #pragma once
 
 #include <mproc/version.hpp>
+
 #include <mproc/errors.hpp>
 #include <mproc/serialization.hpp>
+
+#include <mproc/context.hpp>
+#include <mproc/process.hpp>
+#include <mproc/connection.hpp>
+#include <mproc/queue.hpp>
+#include <mproc/sharedctypes.hpp>
+#include <mproc/synchronize.hpp>
+#include <mproc/shared_memory.hpp>
+#include <mproc/pool.hpp>
+#include <mproc/managers.hpp>
+#include <mproc/supervisor.hpp>
