@@ -580,6 +580,23 @@ TEST_CASE("a message of another type raises serialization_error naming both type
   CHECK_THROWS_WITH(mproc::detail::read_message<int>(longer), Catch::Contains("trailing"));
 }
 
+namespace {
+struct early_only {  // used by nothing but the static initialiser below
+  int a;
+  short b;
+};
+// Written during static initialisation, possibly before type_tag<early_only>::value's own
+// initialiser has run: the tag must still be right.
+const std::vector<std::byte> early_message = message_of(early_only{7, 8});
+}  // namespace
+
+TEST_CASE("messages written during static initialisation carry the right tag") {
+  auto v = mproc::detail::read_message<early_only>(early_message);
+  CHECK(v.a == 7);
+  CHECK(v.b == 8);
+  CHECK(mproc::detail::tag_of<early_only>() == mproc::detail::type_tag<early_only>::value);
+}
+
 TEST_CASE("type names read well") {
   CHECK(mproc::type_name<std::string>() == "std::string");
   CHECK(mproc::type_name<std::vector<int>>() == "std::vector<int>");
