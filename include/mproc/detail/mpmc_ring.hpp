@@ -102,7 +102,7 @@ struct mpmc_ring_header {
   alignas(64) std::atomic<std::uint64_t> head;  // end of the last consumed record
   std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
   std::atomic<std::uint64_t> o_head;            // end of the last consumed overflow record
-  std::uint64_t o_punched;                      // overflow bytes below this are released
+  std::atomic<std::uint64_t> o_punched;         // overflow bytes below this are released
   // Sleeping.
   alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
   std::atomic<std::uint32_t> data_waiters;  // a consumer may sleep on data_seq
@@ -289,8 +289,11 @@ class mpmc_ring {
     std::uint64_t t = h_->o_tail.load(std::memory_order_relaxed);
     const std::size_t off = std::size_t(t % over_bytes_);
     const std::size_t pad = off + rec > over_bytes_ ? over_bytes_ - off : 0;  // a record never wraps
+    // Room is counted from what consumers have released, not merely read: pages
+    // are reused only after they were punched out, never while that happens.
     auto room = [&] {
-      return over_bytes_ - std::size_t(t - h_->o_head.load(std::memory_order_acquire)) >= pad + rec || closed();
+      return over_bytes_ - std::size_t(t - h_->o_punched.load(std::memory_order_acquire)) >= pad + rec ||
+             closed();
     };
     if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline)) return status::timed_out;
     if (closed()) throw_closed();
@@ -334,22 +337,23 @@ class mpmc_ring {
   }
 
   void overflow_consumed(std::uint64_t next, std::uint64_t ot, bool ends_message) {
-    // Release pages before publishing the new head: once producers see it they may
-    // write into those very pages again.
+    if (ends_message)
+      h_->get_count.store(h_->get_count.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    h_->o_head.store(next, std::memory_order_release);
+    // Give back whole pages below the published head, a megabyte at a time or all
+    // of it once drained. A consumer that dies in here leaves them for the next
+    // one: o_punched moves only after the punch, and producers only reuse below it.
     const std::uint64_t floor = next & ~std::uint64_t(4095);
-    if (floor > h_->o_punched && (floor - h_->o_punched >= punch_every || next == ot)) {
-      std::uint64_t from = h_->o_punched;
+    const std::uint64_t from = h_->o_punched.load(std::memory_order_relaxed);
+    if (floor > from && (floor - from >= punch_every || next == ot)) {
       std::size_t n = std::size_t(floor - from);
       std::size_t off = std::size_t(from % over_bytes_);
       std::size_t first = std::min(n, over_bytes_ - off);
       const std::size_t base = header_bytes + cap_;
-      punch_hole(region_.fd(), base + off, first);
-      punch_hole(region_.fd(), base, n - first);
-      h_->o_punched = floor;
+      if (!punch_hole(region_.fd(), base + off, first) || !punch_hole(region_.fd(), base, n - first))
+        log(log_level::warning, "queue: fallocate(PUNCH_HOLE) failed (%d); overflow memory is kept", errno);
+      h_->o_punched.store(floor, std::memory_order_release);
     }
-    if (ends_message)
-      h_->get_count.store(h_->get_count.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-    h_->o_head.store(next, std::memory_order_release);
     notify(h_->space_seq, h_->space_waiters);
   }
 

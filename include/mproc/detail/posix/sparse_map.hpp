@@ -20,13 +20,14 @@ inline void grow_sparse(int fd, std::size_t bytes) {
 }
 
 /// Returns the pages of [offset, offset + len) to the system; they read as zeros after.
-inline void punch_hole(int fd, std::size_t offset, std::size_t len) {
-  if (len == 0) return;
-  check(retry_eintr([&] {
-          return ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                             static_cast<off_t>(len));
-        }),
-        "fallocate(PUNCH_HOLE)");
+/// Reports failure instead of throwing: callers use it after a message is already
+/// delivered, where an exception would lose that message; the memory is merely kept.
+[[nodiscard]] inline bool punch_hole(int fd, std::size_t offset, std::size_t len) noexcept {
+  if (len == 0) return true;
+  return retry_eintr([&] {
+           return ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                              static_cast<off_t>(len));
+         }) == 0;
 }
 
 class sparse_map {
