@@ -222,6 +222,7 @@ TEST_CASE("timeouts and poll", "[connection]") {
   CHECK_THROWS_AS(b.recv_bytes(std::chrono::duration<double>(0.01)), mproc::timeout_error);
   CHECK_THROWS_AS(b.recv<int>(0ms), mproc::timeout_error);
   a.send(9);
+  CHECK(b.poll(std::chrono::hours::max()));  // "forever", not an overflowed deadline
   CHECK(b.poll());
   CHECK(b.poll(1s));
   CHECK(b.recv<int>(1s) == 9);

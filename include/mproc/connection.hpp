@@ -16,6 +16,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -79,9 +80,12 @@ struct connection_state {
   std::vector<std::byte> out;  // reused send buffer for small messages
 };
 
-/// -1: no deadline.
+/// The monotonic time timeout_ns from now; -1 (no deadline) for a negative timeout
+/// or one too long to represent (hours::max() means "forever", not an overflow).
 inline std::int64_t deadline_after(std::int64_t timeout_ns) {
-  return timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
+  if (timeout_ns < 0) return -1;
+  const std::int64_t now = monotonic_ns();
+  return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
 }
 
 /// Waits until fd is ready for `events` or the deadline passes (false).

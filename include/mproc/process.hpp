@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -175,7 +176,10 @@ inline bool reap_nohang(process_state& s) {
 
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
 inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
-  const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
+  // A timeout too long to add to the clock (hours::max()) means no deadline.
+  const std::int64_t now = monotonic_ns();
+  const std::int64_t deadline =
+      timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
   std::int64_t backoff_ns = 1'000'000;
   for (;;) {
     if (reap_nohang(s)) return true;
