@@ -353,10 +353,12 @@ class span_streambuf : public std::streambuf {
 inline constexpr unsigned boost_archive_flags =
     boost::archive::no_header | boost::archive::no_codecvt | boost::archive::no_tracking;
 
-/// Reads Boost binary archives written by binary_oarchive, treating them as untrusted:
-/// collection counts and string lengths are checked against the bytes left before any
-/// container is sized (Boost's own loaders reserve/resize to the count they read), and a
-/// bool that is neither 0 nor 1 raises instead of asserting.
+/// Reads Boost binary archives written by binary_oarchive (same layout), treating them as
+/// untrusted: collection counts and string lengths are checked against the bytes left
+/// before any container is sized (Boost's own loaders reserve/resize to the count they
+/// read), a bool that is neither 0 nor 1 raises instead of asserting, class ids must be
+/// ones Boost can index, and pointer back-references must be ones the loading pointer
+/// can share. Everything it refuses is a serialization_error.
 class bounded_iarchive
     : public boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>> {
   using base = boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>>;
@@ -386,7 +388,6 @@ class bounded_iarchive
   bounded_iarchive(std::streambuf& sb, unsigned flags) : base(sb, flags) { init(flags); }
 
   // Public because Boost's own templates call these through the most derived type.
-
   // Elements that archive to nothing (empty classes) are legitimate, so a count may
   // exceed the bytes left by this much; the waste a lying count can cause stays small.
   static constexpr std::uint64_t slack = 1u << 16;
