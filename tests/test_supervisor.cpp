@@ -8,6 +8,8 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -138,4 +140,29 @@ TEST_CASE("invalid options are rejected", "[supervisor]") {
   CHECK_THROWS_AS(mproc::Supervisor({.max_restarts = -1}, [] {}), std::invalid_argument);
   CHECK_THROWS_AS(mproc::Supervisor({.max_restarts = 1, .backoff = 1ms, .backoff_multiplier = 0.5}, [] {}),
                   std::invalid_argument);
+}
+
+TEST_CASE("giving up is logged as 'Max restarts (N) exceeded'", "[supervisor]") {
+  // Capture this process's stderr in a file while the supervisor runs.
+  char path[] = "/tmp/mproc-sup-log-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::fflush(stderr);
+  int saved = ::dup(2);
+  ::dup2(fd, 2);
+  mproc::log_to_stderr(mproc::log_level::warning);
+  mproc::Supervisor sup({.max_restarts = 2, .backoff = 0ms}, [] { std::exit(7); });
+  auto out = sup.run();
+  mproc::log_to_stderr(mproc::log_level::off);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(fd);
+  std::ifstream in(path);
+  std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(path);
+  CHECK_FALSE(out.succeeded);
+  CHECK(out.exitcode == 7);
+  CHECK(log.find("Max restarts (2) exceeded") != std::string::npos);
+  CHECK(log.find("restart 1 of 2") != std::string::npos);
+  CHECK(log.find("restart 2 of 2") != std::string::npos);
 }
