@@ -57,6 +57,30 @@ else()
   message(FATAL_ERROR "run_consumer.cmake: unknown CONSUMER_MODE '${CONSUMER_MODE}'")
 endif()
 
+# The README's opening program and its output: the first ```cpp block and the
+# ```text block after it. Built by the consumer and checked here, so the README
+# cannot drift from what the library does.
+file(READ "${MPROC_SOURCE_DIR}/README.md" _readme)
+string(FIND "${_readme}" "```cpp\n" _code_at)
+if(_code_at EQUAL -1)
+  message(FATAL_ERROR "README.md has no ```cpp block")
+endif()
+math(EXPR _code_at "${_code_at} + 7")
+string(SUBSTRING "${_readme}" ${_code_at} -1 _rest)
+string(FIND "${_rest}" "\n```\n" _code_end)
+string(SUBSTRING "${_rest}" 0 ${_code_end} _readme_program)
+string(SUBSTRING "${_rest}" ${_code_end} -1 _rest)
+string(FIND "${_rest}" "```text\n" _out_at)
+if(_out_at EQUAL -1)
+  message(FATAL_ERROR "README.md has no ```text output block after its program")
+endif()
+math(EXPR _out_at "${_out_at} + 8")
+string(SUBSTRING "${_rest}" ${_out_at} -1 _rest)
+string(FIND "${_rest}" "```\n" _out_end)
+string(SUBSTRING "${_rest}" 0 ${_out_end} _readme_expected)
+file(WRITE "${_work}/readme_program.cpp" "${_readme_program}\n")
+list(APPEND _configure "-DREADME_PROGRAM=${_work}/readme_program.cpp")
+
 run_step("configure" ${_configure})
 run_step("build" "${CMAKE_COMMAND}" --build "${_build}" ${_config_args})
 
@@ -72,3 +96,15 @@ message("${run_step_output}")
 if(NOT run_step_output MATCHES "consumer ok")
   message(FATAL_ERROR "consumer (${CONSUMER_MODE}): program did not report success")
 endif()
+
+# The README program's stdout must be exactly the README's output block.
+execute_process(COMMAND "${_build}/readme" RESULT_VARIABLE _rc
+                OUTPUT_VARIABLE _readme_actual TIMEOUT 120)
+if(NOT _rc EQUAL 0)
+  message(FATAL_ERROR "consumer (${CONSUMER_MODE}): README program failed (${_rc}):\n${_readme_actual}")
+endif()
+if(NOT _readme_actual STREQUAL _readme_expected)
+  message(FATAL_ERROR "consumer (${CONSUMER_MODE}): README program output differs from README.md\n"
+                      "--- README.md says:\n${_readme_expected}--- the program printed:\n${_readme_actual}")
+endif()
+message(STATUS "consumer (${CONSUMER_MODE}): README program output matches README.md")
