@@ -231,6 +231,29 @@ TEST_CASE("QueueProxy, LockProxy and ValueProxy", "[managers]") {
   CHECK(named.id() == again.id());
 }
 
+TEST_CASE("destroy() frees an object; its proxies then raise manager_error", "[managers]") {
+  mproc::Manager m;
+  auto d = m.dict<std::string, std::string>("big");
+  for (int i = 0; i < 100; ++i) d.set(std::to_string(i), std::string(1000, 'x'));
+  auto copy = d;
+  CHECK(m.destroy(d));
+  CHECK_FALSE(m.destroy(d));
+  CHECK_THROWS_AS(copy.size(), mproc::manager_error);
+  CHECK(m.dict<std::string, std::string>("big").size() == 0);  // the name is free again
+  // Memory is reused: filling and destroying repeatedly does not exhaust a small segment.
+  mproc::Manager small({.capacity = 1 << 20});
+  for (int round = 0; round < 20; ++round) {
+    auto l = small.list<std::string>();
+    for (int i = 0; i < 8; ++i) l.append(std::string(64 << 10, 'y'));
+    CHECK(small.destroy(l));
+  }
+  // A blocked get on a destroyed queue is woken and told.
+  auto q = m.Queue<int>();
+  std::thread t([&] { std::this_thread::sleep_for(100ms); m.destroy(q); });
+  CHECK_THROWS_AS(q.get(10s), mproc::manager_error);
+  t.join();
+}
+
 TEST_CASE("named objects: same object by name, kind and types checked", "[managers]") {
   mproc::Manager m;
   auto a = m.dict<std::string, int>("scores");

@@ -854,7 +854,7 @@ class ValueProxy : public BaseProxy {
 // ------------------------------------------------------------------ Manager
 
 /// Starts (or, with connect(), reaches) a manager and makes proxies to its objects.
-/// Objects live until the manager shuts down. Movable, not copyable; the process that
+/// Objects live until the manager shuts down or destroy() frees them. Movable, not copyable; the process that
 /// created the manager shuts its server down on destruction or shutdown().
 class Manager {
  public:
@@ -1026,6 +1026,17 @@ class Manager {
     p.set(v);
     return p;
   }
+  /// Frees a managed object now instead of at shutdown (objects are not reference
+  /// counted). Proxies to it, in any process, then raise manager_error. Returns
+  /// whether the object still existed.
+  bool destroy(const BaseProxy& proxy) {
+    if (!ep_) throw state_error("mproc::Manager: use of a moved-from or shut down manager");
+    detail::mgr::request q;
+    q.o = detail::mgr::op::destroy;
+    q.id = proxy.id();
+    return ep_->get().call(q, nullptr).n != 0;
+  }
+
   /// The value registered as `name`; set to v only when this call creates it.
   template <class T>
   [[nodiscard]] ValueProxy<T> Value(const std::string& name, const T& v) {

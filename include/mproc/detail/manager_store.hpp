@@ -170,6 +170,8 @@ enum class op : std::uint8_t {
   value_get, value_set,
   attach,  // socket only: send the segment's descriptor
   hello,   // socket only: identify the manager
+  destroy,
+  // New operations go last: the numbers are the wire protocol.
 };
 
 /// One operation. Fields are used per op (see execute()); n/m are indexes, flags or
@@ -665,6 +667,24 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::value_set: {
         store::guard g(s, s.lock_timeout_ns);
         s.find(q.id, kind::value).value.assign(q.b.data(), q.b.size());
+        break;
+      }
+      case op::destroy: {
+        store::guard g(s, s.lock_timeout_ns);
+        root& r = s.r();
+        auto it = r.objects.find(q.id);
+        if (it == r.objects.end()) break;  // already gone: destroying twice is harmless
+        object* o = it->second.get();
+        for (auto n = r.names.begin(); n != r.names.end();) {
+          if (n->second == q.id) n = r.names.erase(n);
+          else ++n;
+        }
+        r.objects.erase(it);
+        // Wake anyone blocked on it: their next look-up reports the object gone.
+        o->put_seq.fetch_add(1), o->get_seq.fetch_add(1), o->release_seq.fetch_add(1);
+        futex_wake(&o->put_seq), futex_wake(&o->get_seq), futex_wake(&o->release_seq);
+        s.seg().destroy_ptr(o);
+        out.n = 1;
         break;
       }
       case op::attach:
