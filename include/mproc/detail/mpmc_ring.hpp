@@ -365,7 +365,7 @@ class mpmc_ring {
   /// closed: the queue is closed and empty.
   template <class T>
   status get(std::optional<T>& out, deadline_t deadline) {
-    lock_guard g(h_->get_lock, deadline, [this] {
+    lock_guard g(h_->get_lock, deadline, [] {
       log(log_level::warning, "queue: a consumer died holding the queue; continuing");
     });
     if (!g.locked) return status::timed_out;
