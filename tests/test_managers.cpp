@@ -451,6 +451,40 @@ TEST_CASE("a vanished server gives a clear error, never a hang", "[managers][dea
   }
 }
 
+TEST_CASE("a process killed holding the shared state lock", "[managers][death]") {
+  mproc::Manager m;
+  auto d = m.dict<int, int>();
+  d.set(1, 1);
+  std::shared_ptr<mgr::local_backend> be;
+  {
+    std::lock_guard g(mgr::registry_mutex());
+    be = mgr::local_registry()[m.id()].lock();
+  }
+  REQUIRE(be);
+  mgr::store& st = be->st();
+  SECTION("outside a change: the next process takes the lock over, no deadlock") {
+    pid_t c = mproc::detail::fork_child([&]() -> int {
+      mgr::store::guard g(st, -1);
+      ::_exit(0);  // dies holding it
+    });
+    ::waitpid(c, nullptr, 0);
+    CHECK(d.get(1) == 1);
+    d.set(2, 2);
+    CHECK(d.size() == 2);
+  }
+  SECTION("in the middle of a change: every later call raises manager_error") {
+    pid_t c = mproc::detail::fork_child([&]() -> int {
+      mgr::store::guard g(st, -1);
+      mgr::store::mutation mu(st);
+      ::_exit(0);
+    });
+    ::waitpid(c, nullptr, 0);
+    CHECK_THROWS_AS(d.get(1), mproc::manager_error);
+    CHECK_THROWS_AS(d.set(1, 2), mproc::manager_error);
+    CHECK_THROWS_AS(m.list<int>(), mproc::manager_error);
+  }
+}
+
 TEST_CASE("no descriptor, process or socket leaks", "[managers][leaks]") {
   auto fds_before = open_fds();
   auto children_before = live_children();

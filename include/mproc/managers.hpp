@@ -992,6 +992,8 @@ class Manager {
   /// The bound TCP port (0 when not listening on TCP).
   [[nodiscard]] int port() const noexcept { return port_; }
   [[nodiscard]] const std::string& authkey() const noexcept { return opts_.authkey; }
+  /// This manager's unique id (hex); the same in every client of it.
+  [[nodiscard]] const std::string& id() const noexcept { return uuid_; }
   /// The server process (-1 for a client made with connect()).
   [[nodiscard]] pid_t server_pid() const noexcept { return server_pid_; }
 

@@ -16,8 +16,10 @@
 // Unix socket, SCM_RIGHTS), and executes the same operations for remote TCP clients.
 //
 // Robustness: the mutex is robust, so a process killed while holding it does not
-// block the others (the next locker takes over; the structure it was changing may
-// have lost that one operation). The server holds a second robust mutex for its
+// block the others: the next locker takes over. If it was killed in the middle of
+// changing a container (a flag in the segment says so), the structure may be
+// half-changed; the manager is then "poisoned": every later operation raises
+// manager_error instead of walking a broken structure. The server holds a second robust mutex for its
 // whole life: a non-owner's trylock on it answers "is the server alive?" without a
 // system call, which is how a vanished server is reported at the next call.
 #pragma once
@@ -143,6 +145,11 @@ struct root {
   std::uint64_t next_id = 1;
   object_map objects;
   name_map names;
+  // Set while a process changes the containers. A process that dies with it set may
+  // have left them half-changed: the next locker then poisons the manager rather
+  // than walk a broken structure.
+  std::atomic<std::uint32_t> dirty{0};
+  std::uint32_t poisoned = 0;
 
   explicit root(const shm_alloc<char>& a) : objects(a), names(a) {
     pthread_mutexattr_t at;
@@ -329,7 +336,7 @@ class store {
   /// Holds the root mutex; a dead previous owner is taken over.
   class guard {
    public:
-    guard(store& s, std::int64_t timeout_ns) : m_(&s.root_->mutex) {
+    guard(store& s, std::int64_t timeout_ns) : m_(&s.root_->mutex), r_(s.root_) {
       int rc;
       if (timeout_ns < 0) {
         rc = ::pthread_mutex_lock(m_);
@@ -342,14 +349,25 @@ class store {
         rc = ::pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &ts);
       }
       if (rc == EOWNERDEAD) {
-        detail::log(log_level::warning,
-                    "manager: a process died while changing shared state; taking over its lock");
         ::pthread_mutex_consistent(m_);
+        if (r_->dirty.load(std::memory_order_relaxed)) {
+          r_->poisoned = 1;
+          r_->dirty.store(0, std::memory_order_relaxed);
+          detail::log(log_level::error, "manager: a process died while changing shared state");
+        } else {
+          detail::log(log_level::warning, "manager: a process died holding the state lock; taking it over");
+        }
       } else if (rc == ETIMEDOUT) {
         throw timeout_error(
             "mproc::Manager: timed out waiting for the shared state lock (is a process holding it stopped?)");
       } else if (rc != 0) {
         throw_errno("pthread_mutex_lock(manager state)", rc);
+      }
+      if (r_->poisoned) {
+        ::pthread_mutex_unlock(m_);
+        throw manager_error(
+            "mproc::Manager: a process was killed in the middle of changing the manager's shared state; it may "
+            "be inconsistent, so the manager refuses further operations");
       }
     }
     ~guard() { ::pthread_mutex_unlock(m_); }
@@ -358,6 +376,27 @@ class store {
 
    private:
     pthread_mutex_t* m_;
+    root* r_;
+  };
+
+  /// Marks the span in which containers change (see root::dirty). The fences keep
+  /// the compiler from moving container writes outside it: a signal can stop the
+  /// process at any instruction.
+  class mutation {
+   public:
+    explicit mutation(store& s) : r_(s.root_) {
+      r_->dirty.store(1, std::memory_order_relaxed);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    ~mutation() {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      r_->dirty.store(0, std::memory_order_relaxed);
+    }
+    mutation(const mutation&) = delete;
+    mutation& operator=(const mutation&) = delete;
+
+   private:
+    root* r_;
   };
 
   segment& seg() { return seg_; }
@@ -437,6 +476,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
           }
         }
         std::uint64_t id = r.next_id;
+        store::mutation mu(s);
         object* o = s.seg().construct<object>(bip::anonymous_instance)(s.alloc(), k, t[0], t[1]);
         o->maxsize = q.m > 0 ? std::uint64_t(q.m) : 0;
         try {
@@ -456,6 +496,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         store::guard g(s, s.lock_timeout_ns);
         object& o = s.find(q.id, kind::dict);
         auto it = o.dict.find(std::string_view(q.a));
+        store::mutation mu(s);
         if (it != o.dict.end()) it->second.value.assign(q.b.data(), q.b.size());
         else o.dict.emplace(s.str(q.a), dict_entry{s.str(q.b), o.next_seq++});
         break;
@@ -468,7 +509,10 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         if (it != o.dict.end()) {
           out.a.assign(it->second.value.data(), it->second.value.size());
           out.n = 1;
-          if (q.o == op::dict_pop) o.dict.erase(it);
+          if (q.o == op::dict_pop) {
+            store::mutation mu(s);
+            o.dict.erase(it);
+          }
         }
         break;
       }
@@ -483,6 +527,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         object& o = s.find(q.id, kind::dict);
         auto it = o.dict.find(std::string_view(q.a));
         if (it != o.dict.end()) {
+          store::mutation mu(s);
           o.dict.erase(it);
           out.n = 1;
         }
@@ -509,7 +554,9 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       }
       case op::dict_clear: {
         store::guard g(s, s.lock_timeout_ns);
-        s.find(q.id, kind::dict).dict.clear();
+        object& o = s.find(q.id, kind::dict);
+        store::mutation mu(s);
+        o.dict.clear();
         break;
       }
       case op::dict_update: {
@@ -521,9 +568,11 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         if (it != o.dict.end()) {
           std::string_view cur = sv(it->second.value);
           result = (*fn)(&cur, q.b);
+          store::mutation mu(s);
           it->second.value.assign(result.data(), result.size());
         } else {
           result = (*fn)(nullptr, q.b);
+          store::mutation mu(s);
           o.dict.emplace(s.str(q.a), dict_entry{s.str(result), o.next_seq++});
         }
         out.a = std::move(result);
@@ -533,6 +582,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::list_extend: {
         store::guard g(s, s.lock_timeout_ns);
         object& o = s.find(q.id, kind::list);
+        store::mutation mu(s);
         if (q.o == op::list_append) {
           o.list.push_back(s.str(q.b));
         } else {
@@ -550,8 +600,9 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::list_set: {
         store::guard g(s, s.lock_timeout_ns);
         object& o = s.find(q.id, kind::list);
-        o.list[std::size_t(normalize_index(q.n, o.list.size(), "list assignment"))].assign(q.b.data(),
-                                                                                           q.b.size());
+        auto i = std::size_t(normalize_index(q.n, o.list.size(), "list assignment"));
+        store::mutation mu(s);
+        o.list[i].assign(q.b.data(), q.b.size());
         break;
       }
       case op::list_pop: {
@@ -560,6 +611,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         if (o.list.empty()) throw std::out_of_range("pop from empty list");
         auto i = std::size_t(normalize_index(q.n, o.list.size(), "pop"));
         out.a = sv(o.list[i]);
+        store::mutation mu(s);
         o.list.erase(o.list.begin() + static_cast<std::ptrdiff_t>(i));
         break;
       }
@@ -577,7 +629,9 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       }
       case op::list_clear: {
         store::guard g(s, s.lock_timeout_ns);
-        s.find(q.id, kind::list).list.clear();
+        object& o = s.find(q.id, kind::list);
+        store::mutation mu(s);
+        o.list.clear();
         break;
       }
       case op::queue_put: {
@@ -590,7 +644,10 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
             object& o = s.find(q.id, kind::queue);
             op_ = &o;
             if (!o.maxsize || o.queue.size() < o.maxsize) {
-              o.queue.push_back(s.str(q.b));
+              {
+                store::mutation mu(s);
+                o.queue.push_back(s.str(q.b));
+              }
               o.put_seq.fetch_add(1);
               futex_wake(&o.put_seq);
               break;
@@ -613,7 +670,10 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
             op_ = &o;
             if (!o.queue.empty()) {
               out.a = sv(o.queue.front());
-              o.queue.pop_front();
+              {
+                store::mutation mu(s);
+                o.queue.pop_front();
+              }
               o.get_seq.fetch_add(1);
               futex_wake(&o.get_seq);
               break;
@@ -666,7 +726,9 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       }
       case op::value_set: {
         store::guard g(s, s.lock_timeout_ns);
-        s.find(q.id, kind::value).value.assign(q.b.data(), q.b.size());
+        object& o = s.find(q.id, kind::value);
+        store::mutation mu(s);
+        o.value.assign(q.b.data(), q.b.size());
         break;
       }
       case op::destroy: {
@@ -675,6 +737,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         auto it = r.objects.find(q.id);
         if (it == r.objects.end()) break;  // already gone: destroying twice is harmless
         object* o = it->second.get();
+        store::mutation mu(s);
         for (auto n = r.names.begin(); n != r.names.end();) {
           if (n->second == q.id) n = r.names.erase(n);
           else ++n;
