@@ -303,15 +303,18 @@ TEST_CASE("callbacks, progress and as_completed", "[pool]") {
   REQUIRE(errors == 1);
 
   std::size_t last_done = 0, last_total = 0, calls = 0;
+  bool increasing = true;
   pool.map(square, std::vector<int>(50, 1),
            mproc::map_options{.chunksize = 5, .on_progress = [&](std::size_t d, std::size_t t) {
+                                increasing &= d > last_done;
                                 last_done = d;
                                 last_total = t;
                                 ++calls;
                               }});
+  REQUIRE(increasing);
   REQUIRE(last_done == 50);
   REQUIRE(last_total == 50);
-  REQUIRE(calls == 50);
+  REQUIRE(calls >= 10);  // at least once per chunk (results arrive in batches)
 
   std::vector<mproc::AsyncResult<int>> rs;
   for (int ms : {300, 10, 150}) rs.push_back(pool.apply_async(sleep_ms, ms));

@@ -409,7 +409,7 @@ struct alignas(64) worker_ctl {
 };
 
 enum class task_kind : std::uint32_t { chunk = 0, stop = 1 };
-enum class result_status : std::uint32_t { ok = 0, error = 1 };
+enum class result_status : std::uint32_t { ok = 0, error = 1, packed = 2 };
 
 struct task_header {
   std::uint32_t kind;
@@ -422,29 +422,61 @@ struct task_header {
 };
 struct result_header {
   std::uint64_t job;
-  std::uint64_t index;
+  std::uint64_t index;   // the first item's index for packed results
   std::uint32_t status;
-  std::uint32_t pad;
+  std::uint32_t count;   // packed: how many values follow, back to back
 };
 
 // ------------------------------------------------------------------ worker side
 
 class worker_context {
  public:
-  worker_context(spsc_ring results, worker_ctl* ctl, pool_shared* shared, int wake_fd)
-      : results_(results), ctl_(ctl), shared_(shared), wake_fd_(wake_fd) {}
+  worker_context(spsc_ring results, worker_ctl* ctl, pool_shared* shared, int wake_fd, bool timed)
+      : results_(results), ctl_(ctl), shared_(shared), wake_fd_(wake_fd), timed_(timed) {}
 
   void begin_item(std::uint64_t job, std::uint64_t index) noexcept {
-    const std::int64_t now = monotonic_ns();
-    // Results are published in batches; a long chunk still shows progress regularly.
-    if (now - last_publish_ns_ > 100'000 && results_.unpublished()) flush(now);
+    // The clock is read per item only when items have a deadline; otherwise often
+    // enough to publish results of a long chunk regularly.
+    std::int64_t started = 1;
+    if (timed_ || (++items_ & 31) == 0) {
+      const std::int64_t now = monotonic_ns();
+      if (now - last_publish_ns_ > 100'000 && (results_.unpublished() || packed_.base)) flush(now);
+      started = now;
+    }
     ctl_->cur_job.store(job, std::memory_order_relaxed);
     ctl_->cur_item.store(index, std::memory_order_relaxed);
-    ctl_->cur_started_ns.store(now, std::memory_order_release);
+    ctl_->cur_started_ns.store(timed_ ? started : 1, std::memory_order_release);
+  }
+
+  /// Packed results: trivially copyable values written back to back straight into
+  /// the ring, one record per run of items instead of one per item.
+  template <class V>
+  void put_packed(std::uint64_t job, std::uint64_t index, std::uint32_t left_in_chunk, const V& v) {
+    if (!packed_.base) {
+      const std::size_t room = (results_.max_fragment() - sizeof(result_header)) / sizeof(V);
+      packed_.cap = static_cast<std::uint32_t>(std::min<std::size_t>(left_in_chunk, room));
+      packed_.elem = sizeof(V);
+      packed_.job = job;
+      packed_.first = index;
+      packed_.count = 0;
+      packed_.base = results_.reserve_wait(sizeof(result_header) + packed_.cap * sizeof(V),
+                                           [this] { notify_parent(); });
+    }
+    std::memcpy(packed_.base + sizeof(result_header) + packed_.count * sizeof(V), &v, sizeof(V));
+    if (++packed_.count == packed_.cap) close_packed();
+  }
+  void close_packed() noexcept {
+    if (!packed_.base) return;
+    result_header h{packed_.job, packed_.first, static_cast<std::uint32_t>(result_status::packed),
+                    packed_.count};
+    std::memcpy(packed_.base, &h, sizeof h);
+    results_.commit(sizeof h + std::size_t(packed_.count) * packed_.elem, 0);
+    packed_.base = nullptr;
   }
 
   /// Publishes every result written so far and wakes the service thread if it sleeps.
   void flush(std::int64_t now = 0) noexcept {
+    close_packed();
     results_.publish();
     last_publish_ns_ = now ? now : monotonic_ns();
     notify_parent();
@@ -464,6 +496,7 @@ class worker_context {
   }
 
   void emit_error(std::uint64_t job, std::uint64_t index, std::exception_ptr e) {
+    close_packed();  // results keep their order in the ring
     encoded_exception ex = capture_exception(std::move(e));
     std::size_t n = encoded_size(ex);
     emit(job, index, result_status::error, n, [&](std::byte* p) { encode_to(ex, p); });
@@ -501,11 +534,19 @@ class worker_context {
     notify_parent();
   }
   std::int64_t last_publish_ns_ = 0;
+  struct packed_out {
+    std::byte* base = nullptr;
+    std::uint64_t job = 0, first = 0;
+    std::uint32_t count = 0, cap = 0;
+    std::size_t elem = 0;
+  } packed_;
+  unsigned items_ = 0;
 
   spsc_ring results_;
   worker_ctl* ctl_;
   pool_shared* shared_;
   int wake_fd_;
+  bool timed_;
   std::vector<std::byte> scratch_;
 };
 
@@ -528,17 +569,28 @@ struct task_view {
 
 using invoker_fn = void (*)(worker_context&, task_view&);
 
-template <class F, class Arg, bool Star>
+template <class T>
+inline constexpr bool packable_v = trivially_copyable_value<T>;
+
+/// Runs a chunk in the worker. PackedArgs: the items are raw Arg values back to back
+/// (trivially copyable arguments); results that are trivially copyable go back
+/// packed too.
+template <class F, class Arg, bool Star, bool PackedArgs>
 void invoke_chunk(worker_context& ctx, task_view& t) {
   F f = decode_callable<F>(t.callable);
+  if constexpr (PackedArgs) t.items.need(std::size_t(t.count) * sizeof(Arg), "packed task items");
   for (std::uint32_t k = 0; k < t.count; ++k) {
     const std::uint64_t index = t.first + k;
     ctx.begin_item(t.job, index);
     try {
-      reader r = t.next_item();
       Arg a{};
-      decode(r, a);
-      if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
+      if constexpr (PackedArgs) {
+        std::memcpy(&a, t.items.p + std::size_t(k) * sizeof(Arg), sizeof(Arg));
+      } else {
+        reader r = t.next_item();
+        decode(r, a);
+        if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
+      }
       auto call = [&]() -> decltype(auto) {
         if constexpr (Star)
           return std::apply(f, std::move(a));
@@ -549,6 +601,9 @@ void invoke_chunk(worker_context& ctx, task_view& t) {
       if constexpr (std::is_void_v<R>) {
         call();
         ctx.emit_ok(t.job, index, std::monostate{});
+      } else if constexpr (packable_v<std::remove_cvref_t<R>>) {
+        const std::remove_cvref_t<R> res = call();
+        ctx.put_packed(t.job, index, t.count - k, res);
       } else {
         const auto& res = call();
         ctx.emit_ok(t.job, index, res);
@@ -558,6 +613,7 @@ void invoke_chunk(worker_context& ctx, task_view& t) {
     }
     ctx.end_item();
   }
+  ctx.close_packed();
 }
 
 inline std::atomic<unsigned>& pool_worker_counter() {
@@ -568,13 +624,13 @@ inline std::atomic<unsigned>& pool_worker_counter() {
 /// Body of a pool worker process; returns its exit code.
 inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool_shared* shared,
                        int wake_fd, const portable_call& initializer, std::size_t max_tasks,
-                       std::string name) {
+                       bool timed, std::string name) {
   process_name_storage() = std::move(name);
   // Ctrl-C reaches the whole process group; the parent decides what happens.
   ::signal(SIGINT, SIG_IGN);
   if (initializer) initializer();
   ctl->initialized.store(1, std::memory_order_release);
-  worker_context ctx(results, ctl, shared, wake_fd);
+  worker_context ctx(results, ctl, shared, wake_fd, timed);
   std::vector<std::byte> scratch;
   std::size_t done = 0;
   while (true) {
@@ -618,15 +674,23 @@ struct job_base {
   virtual std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& item_offsets) = 0;
   virtual bool may_dispatch() { return true; }  // imap back-pressure
   virtual void deliver(std::uint64_t index, reader& r) = 0;
+  /// `count` trivially copyable results back to back, for items first...
+  virtual void deliver_packed(std::uint64_t first, std::uint32_t count, reader& r) {
+    const std::size_t each = count ? r.remaining() / count : 0;
+    for (std::uint32_t k = 0; k < count; ++k) {
+      reader one{r.p + k * each, r.p + (k + 1) * each};
+      deliver(first + k, one);
+    }
+  }
   virtual void fail(std::uint64_t index, std::exception_ptr e) = 0;
   /// All items are accounted for (or the pool is giving up: e set).
   virtual void complete(std::exception_ptr e) = 0;
   [[nodiscard]] bool finished() const { return input_done && completed == dispatched; }
 };
 
-template <class F, class Arg, bool Star>
+template <class F, class Arg, bool Star, bool Packed>
 std::int64_t invoker_address() {
-  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star>));
+  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, Packed>));
 }
 
 /// Encodes items from an input range, chunk by chunk.
@@ -635,6 +699,9 @@ class input_feed {
  public:
   using value_t = std::ranges::range_value_t<View>;
   using arg_t = wire_t<value_t>;
+  // Trivially copyable inputs travel as a plain array: no per-item length or encoding.
+  static constexpr bool packed =
+      packable_v<arg_t> && std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<View>>, arg_t>;
 
   input_feed(F f, View v) : f_(std::move(f)), view_(std::move(v)), it_(std::ranges::begin(view_)) {
     vector_writer w{&callable_};
@@ -654,15 +721,21 @@ class input_feed {
     offsets.clear();
     for (; n < chunksize && it_ != std::ranges::end(view_); ++n, ++it_) {
       const auto& v = *it_;
-      std::uint32_t len = static_cast<std::uint32_t>(encoded_size(v));
       std::size_t at = buf.size();
       offsets.push_back(static_cast<std::uint32_t>(at));
-      buf.resize(at + sizeof len + len);
-      std::memcpy(buf.data() + at, &len, sizeof len);
-      encode_to(v, buf.data() + at + sizeof len);
+      if constexpr (packed) {
+        buf.resize(at + sizeof(arg_t));
+        std::memcpy(buf.data() + at, std::addressof(v), sizeof(arg_t));
+      } else {
+        std::uint32_t len = static_cast<std::uint32_t>(encoded_size(v));
+        buf.resize(at + sizeof len + len);
+        std::memcpy(buf.data() + at, &len, sizeof len);
+        encode_to(v, buf.data() + at + sizeof len);
+      }
     }
     task_header h{static_cast<std::uint32_t>(task_kind::chunk), n, job, first,
-                  invoker_address<F, arg_t, Star>(), static_cast<std::uint32_t>(callable_.size()), 0};
+                  invoker_address<F, arg_t, Star, packed>(),
+                  static_cast<std::uint32_t>(callable_.size()), 0};
     std::memcpy(buf.data(), &h, sizeof h);
     return n;
   }
@@ -715,6 +788,15 @@ class gather_job final : public job_base {
         decode(r, st_->value[index]);
     } catch (...) {
       fail(index, std::current_exception());
+    }
+  }
+  void deliver_packed(std::uint64_t first, std::uint32_t count, reader& r) override {
+    if constexpr (!Single && packable_v<stored_t<R>>) {
+      // straight into their place in the output
+      r.need(std::size_t(count) * sizeof(stored_t<R>), "packed results");
+      std::memcpy(st_->value.data() + first, r.p, std::size_t(count) * sizeof(stored_t<R>));
+    } else {
+      job_base::deliver_packed(first, count, r);
     }
   }
   void fail(std::uint64_t index, std::exception_ptr e) override {
@@ -1080,9 +1162,11 @@ class basic_pool {
 
   /// No more tasks may be submitted; running work continues.
   void close() {
-    std::lock_guard l(m_);
-    if (state_ == run_state::running) state_ = run_state::closed;
-    wake();
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running) state_ = run_state::closed;
+    }
+    force_wake();  // the service thread decides when everything is done
   }
   /// Waits for the workers to finish everything and exit. Requires close() or
   /// terminate() first, as in Python.
@@ -1101,8 +1185,8 @@ class basic_pool {
     {
       std::lock_guard l(m_);
       state_ = run_state::terminating;
-      wake();
     }
+    force_wake();
     std::lock_guard jl(join_m_);
     if (thread_.joinable()) thread_.join();
     joined_ = true;
@@ -1192,18 +1276,9 @@ class basic_pool {
         throw pool_not_running("Pool: cannot submit work to a closed or terminated pool");
       job->id = ++next_job_id_;
       incoming_.push_back(std::move(job));
-      has_incoming_.store(true, std::memory_order_release);
+      has_incoming_.store(true, std::memory_order_seq_cst);
     }
-    wake();
-  }
-
-  void wake() {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (shared_->parent_waiting.load(std::memory_order_relaxed) &&
-        shared_->parent_waiting.exchange(0, std::memory_order_seq_cst)) {
-      std::uint64_t one = 1;
-      [[maybe_unused]] auto rc = ::write(wake_fd_.get(), &one, sizeof one);
-    }
+    nudge();
   }
 
   // ------------------------------------------------------------ workers
@@ -1232,8 +1307,9 @@ class basic_pool {
     int wfd = wake_fd_.get();
     const portable_call& init = opts_.initializer;
     std::size_t max_tasks = opts_.max_tasks_per_child;
+    const bool timed = bool(opts_.task_timeout);
     auto body = [&]() -> int {
-      return worker_main(tasks, results, ctl, shared, wfd, init, max_tasks, name);
+      return worker_main(tasks, results, ctl, shared, wfd, init, max_tasks, timed, name);
     };
     launched_child child = Policy::launch(launch_request{name, true, opts_.method, body});
     w.pid = child.pid;
@@ -1268,7 +1344,15 @@ class basic_pool {
 
   static bool helper_try_step(void* self) { return static_cast<basic_pool*>(self)->try_step(); }
   static void helper_end_help(void* self) { static_cast<basic_pool*>(self)->end_help(); }
-  static void helper_wake(void* self) { static_cast<basic_pool*>(self)->wake(); }
+  static void helper_wake(void* self) { static_cast<basic_pool*>(self)->nudge(); }
+
+  /// Called by user threads after they change what the engine should do (new job,
+  /// consumer caught up): step once right here, then leave the usual way, so the
+  /// change is acted on whether or not the service thread is awake.
+  void nudge() {
+    try_step();
+    end_help();
+  }
 
   bool try_step() {
     if (engine_owner_.load(std::memory_order_relaxed) == std::this_thread::get_id())
@@ -1282,8 +1366,9 @@ class basic_pool {
     try {
       p = step();
     } catch (...) {
-      engine_owner_.store({}, std::memory_order_relaxed);
-      throw;
+      // A broken protocol is fatal for the pool: the service thread ends it.
+      if (!fatal_) fatal_ = std::current_exception();
+      force_wake();
     }
     engine_owner_.store({}, std::memory_order_relaxed);
     return p;
@@ -1294,6 +1379,7 @@ class basic_pool {
   void end_help() {
     if (!active_.load(std::memory_order_acquire) && !has_incoming_.load(std::memory_order_acquire))
       return;
+    if (engine_owner_.load(std::memory_order_relaxed) == std::this_thread::get_id()) return;
     shared_->parent_waiting.store(1, std::memory_order_seq_cst);
     if (opts_.task_timeout) {  // deadlines must be re-armed by the service thread
       force_wake();
@@ -1309,6 +1395,7 @@ class basic_pool {
     try {
       p = step();
     } catch (...) {
+      if (!fatal_) fatal_ = std::current_exception();
       p = true;
     }
     engine_owner_.store({}, std::memory_order_relaxed);
@@ -1345,6 +1432,7 @@ class basic_pool {
         st = state_;
       }
       if (st == run_state::terminating) return;
+      if (fatal_) std::rethrow_exception(fatal_);
       const bool progress = step();
       if (st == run_state::closed && jobs_.empty() && retry_.empty()) {
         std::lock_guard l(m_);
@@ -1494,6 +1582,13 @@ class basic_pool {
     if (c.job->id != h.job || c.first + c.done != h.index)
       throw serialization_error("pool: result out of order");
     last_job_ = c.job;
+    if (h.status == static_cast<std::uint32_t>(detail::result_status::packed)) {
+      if (h.count == 0 || h.count > c.count - c.done)
+        throw serialization_error("pool: packed result count out of range");
+      c.job->deliver_packed(h.index, h.count, r);
+      items_completed(w, c, h.count);
+      return;
+    }
     if (h.status == static_cast<std::uint32_t>(detail::result_status::ok)) {
       c.job->deliver(h.index, r);
     } else {
@@ -1507,18 +1602,29 @@ class basic_pool {
       }
       c.job->fail(h.index, std::move(e));
     }
-    item_completed(w, c);
+    items_completed(w, c, 1);
   }
 
-  void item_completed(detail::worker_slot& w, detail::outstanding_chunk& c) {
-    ++c.done;
-    --w.outstanding_items;
+  void items_completed(detail::worker_slot& w, detail::outstanding_chunk& c, std::uint32_t n) {
+    c.done += n;
+    w.outstanding_items -= n;
     auto* job = c.job;
-    ++job->completed;
-    if (job->on_progress) job->on_progress(job->completed, job->input_done ? job->dispatched : job->known_total);
+    job->completed += n;
+    if (job->on_progress)
+      job->on_progress(job->completed, job->input_done ? job->dispatched : job->known_total);
     if (c.done == c.count) {
+      recycle(std::move(c));
       w.outstanding.pop_front();
       if (w.write_index > 0) --w.write_index;
+    }
+  }
+
+  /// Finished chunks give their buffers back, so steady streams allocate nothing.
+  void recycle(detail::outstanding_chunk&& c) {
+    if (spare_.size() < 64 && c.bytes.capacity() <= (1u << 20)) {
+      c.bytes.clear();
+      c.item_offsets.clear();
+      spare_.push_back({std::move(c.bytes), std::move(c.item_offsets)});
     }
   }
 
@@ -1547,6 +1653,11 @@ class basic_pool {
       if (!j) break;
       if (!w.outstanding.empty() && w.outstanding_items >= prefetch_limit(j)) break;
       detail::outstanding_chunk c;
+      if (!spare_.empty()) {
+        c.bytes = std::move(spare_.back().first);
+        c.item_offsets = std::move(spare_.back().second);
+        spare_.pop_back();
+      }
       c.job = j;
       c.first = j->dispatched;
       c.count = j->next_chunk(c.bytes, c.item_offsets);
@@ -1762,6 +1873,8 @@ class basic_pool {
   std::deque<std::unique_ptr<detail::job_base>> jobs_;
   std::deque<detail::outstanding_chunk> retry_;
   detail::job_base* last_job_ = nullptr;  // job of the last result handled
+  std::exception_ptr fatal_;              // set by a helper whose step failed
+  std::vector<std::pair<std::vector<std::byte>, std::vector<std::uint32_t>>> spare_;
   int failed_starts_ = 0;
 
   std::mutex engine_m_;  // guards everything the service thread owns
