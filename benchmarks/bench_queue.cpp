@@ -3,7 +3,8 @@
 // multiprocessing.Queue (benchmarks/python/bench_queue.py) doing the same transfers:
 //   ints  200,000 ints, one producer process, one consumer
 //   64k   10,000 messages of 64 KiB
-//   256m  one 256 MiB message (far bigger than the ring: streamed in fragments)
+//   256m  one 256 MiB message (far bigger than the 4 MiB ring: it streams through in
+//         fragments while the consumer reads, so no overflow memory is used)
 // Rounds are interleaved and medians reported, so a noisy machine skews every
 // column alike. Each run is timed from the producer's go signal to the last get().
 //
