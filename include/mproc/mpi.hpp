@@ -1,0 +1,915 @@
+// The MPI backend: the Pool API over MPI ranks instead of local worker processes.
+//
+//   int main(int argc, char** argv) {
+//     mproc::mpi::environment env(argc, argv);  // worker ranks serve tasks and exit here
+//     mproc::mpi::Pool pool;                    // on the root rank (rank 0) only
+//     auto v = pool.map(f, inputs);
+//   }
+//
+// Run with `mpirun -np N ./program`: rank 0 runs main, ranks 1..N-1 are workers. Tasks
+// name their function and carry their arguments exactly as with mproc::Pool (see
+// detail/callable.hpp and serialization.hpp), so every rank must run the same
+// executable. With no worker ranks (-np 1, or started without mpirun) the root runs
+// the tasks itself on the pool's engine thread.
+//
+// Threading: MPI is initialised with MPI_THREAD_SERIALIZED. After initialisation only
+// one thread makes MPI calls at a time: the pool's engine thread while a pool exists,
+// the main thread before and after (environment's destructor). Hence one mpi::Pool at
+// a time.
+//
+// Scheduling: each worker rank holds up to `chunks_in_flight` chunks (default 2); the
+// engine sends the next chunk to a rank as soon as one of its results arrives, so
+// uneven tasks balance dynamically.
+//
+// Failure: a task's exception comes back as with mproc::Pool. A rank that dies takes
+// the job down: mpirun aborts every rank (the root included) and exits non-zero. MPI
+// call failures that are reported instead raise mproc::error naming the call.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <boost/mpi/communicator.hpp>
+#include <boost/mpi/environment.hpp>
+
+#include "detail/callable.hpp"
+#include "detail/log.hpp"
+#include "detail/posix/posix.hpp"
+#include "detail/remote_exception.hpp"
+#include "errors.hpp"
+#include "pool.hpp"
+#include "serialization.hpp"
+
+namespace mproc::mpi {
+
+namespace detail {
+
+using namespace mproc::detail;
+
+// Message tags on MPI_COMM_WORLD; the bytes are our own wire format (MPI_BYTE).
+inline constexpr int tag_task = 0x6d70;    // root -> worker: one chunk
+inline constexpr int tag_result = 0x6d71;  // worker -> root: the results of one chunk
+inline constexpr int tag_stop = 0x6d72;    // root -> worker: finalize and exit
+
+/// Raises mproc::error naming the MPI call when rc is not MPI_SUCCESS.
+inline void check_mpi(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING] = {};
+  int len = 0;
+  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) std::snprintf(msg, sizeof msg, "error %d", rc);
+  throw mproc::error(std::string("mproc::mpi: ") + call + " failed: " + msg);
+}
+
+/// A message length as MPI's int count; larger messages are refused, not truncated.
+inline int mpi_count(std::size_t n, const char* what) {
+  if (n > static_cast<std::size_t>(INT_MAX))
+    throw mproc::error(std::string("mproc::mpi: ") + what + " of " + std::to_string(n) +
+                       " bytes exceeds MPI's 2 GiB message limit; use a smaller chunksize");
+  return static_cast<int>(n);
+}
+
+/// Starts a result message: one per chunk.
+struct result_msg_header {
+  std::uint64_t job;
+  std::uint64_t first;
+  std::uint32_t count;
+  std::int32_t pid;  // the worker rank's pid, for remote_error
+};
+/// Then per item: this, then `len` bytes (the value, or an encoded_exception).
+struct result_item_header {
+  std::uint32_t status;  // result_status
+  std::uint32_t pad;
+  std::uint64_t len;
+};
+
+/// Builds the result message of one chunk on a worker rank.
+class result_writer {
+ public:
+  void begin(std::uint64_t job, std::uint64_t first, std::uint32_t count) {
+    buf_.resize(sizeof(result_msg_header));
+    result_msg_header h{job, first, count, static_cast<std::int32_t>(::getpid())};
+    std::memcpy(buf_.data(), &h, sizeof h);
+    items_ = 0;
+  }
+  template <class V>
+  void ok(const V& v) {
+    std::size_t n;
+    try {
+      n = encoded_size(v);
+    } catch (...) {
+      error(std::current_exception());
+      return;
+    }
+    put(result_status::ok, n, [&](std::byte* p) { encode_to(v, p); });
+  }
+  void error(std::exception_ptr e) {
+    encoded_exception ex = capture_exception(std::move(e));
+    std::size_t n = encoded_size(ex);
+    put(result_status::error, n, [&](std::byte* p) { encode_to(ex, p); });
+  }
+  [[nodiscard]] std::uint32_t items() const noexcept { return items_; }
+  [[nodiscard]] std::vector<std::byte>& bytes() noexcept { return buf_; }
+
+ private:
+  template <class Fill>
+  void put(result_status st, std::size_t n, Fill&& fill) {
+    result_item_header h{static_cast<std::uint32_t>(st), 0, n};
+    const std::size_t at = buf_.size();
+    buf_.resize(at + sizeof h + n);
+    std::memcpy(buf_.data() + at, &h, sizeof h);
+    fill(buf_.data() + at + sizeof h);
+    ++items_;
+  }
+  std::vector<std::byte> buf_;
+  std::uint32_t items_ = 0;
+};
+
+using invoker_fn = void (*)(result_writer&, task_view&);
+
+/// Whether input_feed sends the items of View as a plain array of Arg (trivially
+/// copyable inputs) rather than as [u32 length][encoding] each.
+template <class Feed>
+constexpr bool packed_items() {
+  if constexpr (requires { Feed::packed; })
+    return Feed::packed;
+  else
+    return false;
+}
+
+/// Runs one chunk (the bytes pool.hpp's input_feed produced) into `out`. Every item
+/// gets a result or an error, so the root's accounting never waits for a missing one.
+template <class F, class Arg, bool Star, bool PackedArgs>
+void invoke_chunk(result_writer& out, task_view& t) {
+  std::optional<F> f;
+  std::exception_ptr callable_error;
+  try {
+    f.emplace(decode_callable<F>(t.callable));
+  } catch (...) {
+    callable_error = std::current_exception();
+  }
+  if constexpr (PackedArgs) {
+    if (t.items.remaining() < std::size_t(t.count) * sizeof(Arg))
+      callable_error = std::make_exception_ptr(
+          serialization_error("corrupt task: packed items shorter than their count"));
+  }
+  for (std::uint32_t k = 0; k < t.count; ++k) {
+    try {
+      if (callable_error) std::rethrow_exception(callable_error);
+      Arg a{};
+      if constexpr (PackedArgs) {
+        std::memcpy(static_cast<void*>(&a), t.items.p + std::size_t(k) * sizeof(Arg), sizeof(Arg));
+      } else {
+        reader r = t.next_item();
+        decode(r, a);
+        if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
+      }
+      auto call = [&]() -> decltype(auto) {
+        if constexpr (Star)
+          return std::apply(*f, std::move(a));
+        else
+          return std::invoke(*f, std::move(a));
+      };
+      using R = decltype(call());
+      if constexpr (std::is_void_v<R>) {
+        call();
+        out.ok(std::monostate{});
+      } else {
+        const auto& res = call();
+        out.ok(res);
+      }
+    } catch (...) {
+      out.error(std::current_exception());
+    }
+  }
+}
+
+template <class F, class Arg, bool Star, bool PackedArgs>
+std::int64_t invoker_address() {
+  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
+}
+
+/// Decodes and runs one task message; returns the result message.
+inline std::vector<std::byte>& run_task(result_writer& out, const std::byte* data, std::size_t size) {
+  reader r{data, data + size};
+  task_header h;
+  r.get(&h, sizeof h, "task header");
+  r.need(h.callable_len, "task callable");
+  task_view t{h.job, h.first, h.count, reader{r.p, r.p + h.callable_len},
+              reader{r.p + h.callable_len, r.end}};
+  out.begin(h.job, h.first, h.count);
+  auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
+  inv(out, t);
+  return out.bytes();
+}
+
+/// Sleeps a little longer each time nothing happened (MPI offers no fd to poll): the
+/// first rounds spin, so a busy pipeline pays no sleep at all.
+class backoff {
+ public:
+  void reset() noexcept { idle_ = 0; }
+  /// How long to sleep now (0: just retry).
+  std::chrono::microseconds next() noexcept {
+    ++idle_;
+    if (idle_ < 64) return std::chrono::microseconds(0);
+    const auto us = std::min<long>(1000, 5L << std::min<unsigned>(8, (idle_ - 64) / 16));
+    return std::chrono::microseconds(us);
+  }
+
+ private:
+  unsigned idle_ = 0;
+};
+
+/// A worker rank's whole life: serve chunks from rank 0 until told to stop.
+inline void serve(MPI_Comm comm) {
+  result_writer out;
+  std::vector<std::byte> in;
+  backoff idle;
+  while (true) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(0, MPI_ANY_TAG, comm, &flag, &st);
+    if (!flag) {
+      auto d = idle.next();
+      if (d.count())
+        std::this_thread::sleep_for(d);
+      else
+        std::this_thread::yield();
+      continue;
+    }
+    idle.reset();
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    in.resize(static_cast<std::size_t>(count));
+    MPI_Recv(in.data(), count, MPI_BYTE, 0, st.MPI_TAG, comm, MPI_STATUS_IGNORE);
+    if (st.MPI_TAG == tag_stop) return;
+    if (st.MPI_TAG != tag_task) continue;
+    std::vector<std::byte>* msg = nullptr;
+    try {
+      msg = &run_task(out, in.data(), in.size());
+    } catch (const std::exception& e) {
+      // Only a malformed chunk header gets here (item errors travel as results): the
+      // root could not match an answer to it, so the job cannot go on.
+      std::fprintf(stderr, "mproc::mpi: worker rank: unreadable task: %s\n", e.what());
+      MPI_Abort(comm, 70);
+    }
+    int n = 0;
+    try {
+      n = mpi_count(msg->size(), "a chunk's results");
+    } catch (const std::exception& e) {
+      // Report each item as failed instead, so the root sees why.
+      result_msg_header h;
+      std::memcpy(&h, msg->data(), sizeof h);
+      out.begin(h.job, h.first, h.count);
+      for (std::uint32_t k = 0; k < h.count; ++k)
+        out.error(std::make_exception_ptr(mproc::error(e.what())));
+      msg = &out.bytes();
+      n = static_cast<int>(msg->size());
+    }
+    MPI_Send(msg->data(), n, MPI_BYTE, 0, tag_result, comm);
+    if (msg->capacity() > (std::size_t(64) << 20)) {  // don't keep a huge buffer around
+      msg->clear();
+      msg->shrink_to_fit();
+    }
+    if (in.capacity() > (std::size_t(64) << 20)) {
+      in.clear();
+      in.shrink_to_fit();
+    }
+  }
+}
+
+struct env_state {
+  std::mutex m;
+  bool pool_alive = false;
+  int rank = 0;
+  int size = 1;
+};
+inline env_state*& current_env() {
+  static env_state* e = nullptr;
+  return e;
+}
+
+}  // namespace detail
+
+/// Initialises MPI (MPI_THREAD_SERIALIZED). On worker ranks the constructor serves
+/// tasks until the root's environment is destroyed, then finalizes MPI and exits the
+/// process with status 0: construct it first thing in main, before any output or
+/// side effect that only the root should have. Only rank 0 returns.
+class environment {
+ public:
+  environment(int& argc, char**& argv) {
+    env_.emplace(argc, argv, boost::mpi::threading::serialized, true);
+    start();
+  }
+  /// For programs that do not pass their arguments on (Open MPI does not need them).
+  environment() {
+    env_.emplace(boost::mpi::threading::serialized, true);
+    start();
+  }
+  environment(const environment&) = delete;
+  environment& operator=(const environment&) = delete;
+
+  /// Root only: tells the worker ranks to finalize and exit, then finalizes.
+  ~environment() {
+    if (!env_) return;
+    {
+      std::lock_guard l(state_.m);
+      if (state_.pool_alive)
+        detail::log(log_level::warning, "mpi::environment destroyed while an mpi::Pool exists");
+    }
+    for (int r = 1; r < state_.size; ++r) MPI_Send(nullptr, 0, MPI_BYTE, r, detail::tag_stop, MPI_COMM_WORLD);
+    detail::current_env() = nullptr;
+    env_.reset();  // MPI_Finalize
+  }
+
+  /// This process's rank (0 on the root, the only rank that sees the object).
+  [[nodiscard]] int rank() const noexcept { return state_.rank; }
+  /// Number of ranks in the job, the root included.
+  [[nodiscard]] int size() const noexcept { return state_.size; }
+  /// Number of worker ranks (size() - 1).
+  [[nodiscard]] int workers() const noexcept { return state_.size - 1; }
+  /// The host this rank runs on.
+  [[nodiscard]] static std::string processor_name() { return boost::mpi::environment::processor_name(); }
+  [[nodiscard]] boost::mpi::communicator communicator() const { return {}; }
+
+ private:
+  void start() {
+    if (detail::current_env())
+      throw state_error("mpi::environment: MPI is already initialised by another environment");
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &state_.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &state_.size);
+    if (provided < MPI_THREAD_SERIALIZED) {
+      // The root's engine thread makes the MPI calls; every rank fails alike here.
+      std::fprintf(stderr,
+                   "mproc::mpi: this MPI library provides thread level %d, below "
+                   "MPI_THREAD_SERIALIZED which mproc::mpi needs\n",
+                   provided);
+      MPI_Abort(MPI_COMM_WORLD, 70);
+    }
+    if (state_.rank != 0) {
+      detail::serve(MPI_COMM_WORLD);
+      std::fflush(nullptr);
+      env_.reset();  // MPI_Finalize
+      std::exit(0);
+    }
+    // On the root, failures come back as error codes and become exceptions.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    detail::current_env() = &state_;
+  }
+
+  std::optional<boost::mpi::environment> env_;
+  detail::env_state state_;
+};
+
+struct pool_options {
+  /// Chunks each worker rank holds at once: 2 hides the round trip (one runs while
+  /// the next one waits), more only unbalances uneven tasks.
+  std::size_t chunks_in_flight = 2;
+};
+
+/// The mproc::Pool API over the job's worker ranks. Create it on the root after the
+/// environment; one at a time. Results, AsyncResult, as_completed and imap ranges
+/// are the same types as mproc::Pool's. All members may be called from any thread.
+class Pool {
+ public:
+  Pool() : Pool(pool_options{}) {}
+  explicit Pool(pool_options opts) : opts_(opts) {
+    env_ = detail::current_env();
+    if (!env_) throw state_error("mpi::Pool: create an mproc::mpi::environment first");
+    {
+      std::lock_guard l(env_->m);
+      if (env_->pool_alive) throw state_error("mpi::Pool: only one mpi::Pool may exist at a time");
+      env_->pool_alive = true;
+    }
+    if (opts_.chunks_in_flight == 0) opts_.chunks_in_flight = 1;
+    for (int r = 1; r < env_->size; ++r) ranks_.push_back(rank_slot{r, {}});
+    thread_ = std::thread([this] { engine(); });
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  /// Closes and joins: outstanding work finishes, nothing is lost.
+  ~Pool() {
+    try {
+      close();
+      join();
+    } catch (...) {
+      terminate();
+    }
+    std::lock_guard l(env_->m);
+    env_->pool_alive = false;
+  }
+
+  /// Worker ranks serving this pool (1 when the root runs tasks itself).
+  [[nodiscard]] std::size_t processes() const noexcept {
+    return std::max<std::size_t>(1, ranks_.size());
+  }
+
+  // ------------------------------------------------------------ map family
+
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
+    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, map_options o) {
+    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
+    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, map_options o) {
+    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return submit_gather<false>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto map_async(F f, In&& inputs, std::size_t chunksize) {
+    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return submit_gather<true>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
+    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+
+  /// Ordered lazy results, with a bounded number of items in flight.
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, map_options o) {
+    return submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap_unordered(f, std::forward<In>(inputs),
+                          map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, map_options o) {
+    return submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+  }
+
+  // ------------------------------------------------------------ single calls
+
+  template <class F, class... A>
+    requires(!mproc::detail::is_specialization_v<std::decay_t<F>, callbacks>)
+  auto apply_async(F f, A&&... args) {
+    return apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+  }
+  template <class C, class E, class F, class... A>
+  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using Tup = detail::args_tuple_t<A...>;
+    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
+    using R = detail::star_result_t<D, Tup>;
+    auto st = std::make_shared<detail::async_state<R>>();
+    set_callbacks<R>(*st, cb);
+    auto one = std::views::single(Tup(std::forward<A>(args)...));
+    using V = decltype(one);
+    auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
+                                                                         std::move(one), st);
+    job->chunksize = 1;
+    enqueue(std::move(job), invoker<D, V, true>());
+    return AsyncResult<R>(std::move(st));
+  }
+  template <class F, class... A>
+  auto submit(F f, A&&... args) {
+    return apply_async(f, std::forward<A>(args)...);
+  }
+  template <class F, class... A>
+  decltype(auto) apply(F f, A&&... args) {
+    auto r = apply_async(f, std::forward<A>(args)...);
+    return std::move(r).get_moved();
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  /// No more tasks may be submitted; submitted work continues.
+  void close() {
+    std::lock_guard l(m_);
+    if (state_ == run_state::running) state_ = run_state::closed;
+    cv_.notify_all();
+  }
+  /// Waits until all submitted work is done. Requires close() or terminate() first.
+  void join() {
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running)
+        throw state_error("mpi::Pool::join: call close() or terminate() first");
+    }
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+  }
+  /// Unfinished work fails with pool_not_running at once. A task already running on a
+  /// rank cannot be interrupted: join() waits for the chunks in flight to come back
+  /// (their results are dropped), so the ranks are free for the next pool.
+  void terminate() {
+    {
+      std::lock_guard l(m_);
+      state_ = run_state::terminating;
+      cv_.notify_all();
+    }
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  enum class run_state { running, closed, terminating };
+
+  struct job_entry {
+    std::unique_ptr<detail::job_base> job;
+    std::int64_t invoker;  // replaces the local pool's invoker in each chunk header
+    bool dead = false;     // completed with an error; late results are dropped
+  };
+  struct chunk {
+    job_entry* job;
+    std::uint64_t first;
+    std::uint32_t count;
+    std::vector<std::byte> bytes;  // must outlive the send
+    MPI_Request req = MPI_REQUEST_NULL;
+  };
+  struct rank_slot {
+    int rank;
+    std::deque<chunk> in_flight;  // in send order; a rank answers in order
+  };
+
+  template <class D, class V, bool Star>
+  static std::int64_t invoker() {
+    using Feed = detail::input_feed<D, Star, V>;
+    using Arg = typename Feed::arg_t;
+    return detail::invoker_address<D, Arg, Star, detail::packed_items<Feed>()>();
+  }
+
+  template <class R, class C, class E>
+  static void set_callbacks(detail::async_state<R>& st, callbacks<C, E>& cb) {
+    if constexpr (!std::is_same_v<C, std::nullptr_t>) {
+      if constexpr (std::is_void_v<R>)
+        st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
+      else
+        st.on_value = std::move(cb.callback);
+    }
+    if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
+  }
+
+  template <class In>
+  static auto as_view(In&& in) {
+    return std::views::all(std::forward<In>(in));
+  }
+  template <class D, class Arg, bool Star>
+  using result_of = typename detail::task_result<D, Arg, Star>::type;
+
+  template <bool Star, class F, class In, class C, class E>
+  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(as_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    using Out = std::vector<detail::stored_t<R>>;
+    auto st = std::make_shared<detail::async_state<Out>>();
+    set_callbacks<Out>(*st, cb);
+    std::size_t chunksize = o.chunksize;
+    std::size_t total = 0;
+    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
+      total = static_cast<std::size_t>(std::ranges::distance(inputs));
+      if (chunksize == 0) {
+        // Python: divmod(len, 4 * processes), rounded up
+        const std::size_t d = 4 * processes();
+        chunksize = total / d + (total % d ? 1 : 0);
+      }
+    }
+    if (chunksize == 0) chunksize = 1;
+    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
+        static_cast<D>(f), as_view(std::forward<In>(inputs)), st);
+    job->chunksize = chunksize;
+    job->known_total = total;
+    job->on_progress = std::move(o.on_progress);
+    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
+    enqueue(std::move(job), invoker<D, V, Star>());
+    return AsyncResult<Out>(std::move(st));
+  }
+
+  template <class F, class In>
+  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(as_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, false>;
+    auto st = std::make_shared<detail::imap_state<R>>();
+    st->ordered = ordered;
+    const std::size_t chunksize = o.chunksize ? o.chunksize : 1;
+    // Enough in flight to keep every rank busy, little enough to bound memory.
+    const std::size_t window =
+        std::max<std::size_t>(64, 2 * opts_.chunks_in_flight * processes() * chunksize);
+    auto job = std::make_unique<detail::imap_job<D, false, V, R>>(
+        static_cast<D>(f), as_view(std::forward<In>(inputs)), st, window);
+    job->chunksize = chunksize;
+    job->on_progress = std::move(o.on_progress);
+    enqueue(std::move(job), invoker<D, V, false>());
+    return imap_range<R>(std::move(st));
+  }
+
+  void enqueue(std::unique_ptr<detail::job_base> job, std::int64_t inv) {
+    {
+      std::lock_guard l(m_);
+      if (state_ != run_state::running)
+        throw pool_not_running("mpi::Pool: cannot submit work to a closed or terminated pool");
+      if (fatal_) std::rethrow_exception(fatal_);
+      job->id = ++next_job_id_;
+      incoming_.push_back(job_entry{std::move(job), inv});
+    }
+    cv_.notify_all();
+  }
+
+  // ------------------------------------------------------------ engine thread
+
+  void engine() {
+    detail::backoff idle;
+    std::vector<std::byte> rx;
+    try {
+      while (true) {
+        run_state state;
+        {
+          std::lock_guard l(m_);
+          while (!incoming_.empty()) {
+            jobs_.push_back(std::move(incoming_.front()));
+            incoming_.pop_front();
+          }
+          state = state_;
+        }
+        if (state == run_state::terminating && !terminated_) {
+          terminated_ = true;
+          fail_all(std::make_exception_ptr(
+              pool_not_running("mpi::Pool: terminated before the task completed")));
+        }
+        bool progress = receive(rx);
+        if (!terminated_) progress |= dispatch();
+        finish_jobs();
+        if (state != run_state::running && live_jobs() == 0 && nothing_in_flight()) break;
+        if (progress) {
+          idle.reset();
+          continue;
+        }
+        const auto d = idle.next();
+        std::unique_lock l(m_);
+        if (d.count() == 0) {
+          l.unlock();
+          std::this_thread::yield();
+        } else {
+          cv_.wait_for(l, d, [&] { return !incoming_.empty() || state_ != state; });
+        }
+      }
+    } catch (...) {
+      // MPI itself failed: nothing can be trusted any more; every waiter learns why.
+      std::exception_ptr e = std::current_exception();
+      {
+        std::lock_guard l(m_);
+        fatal_ = e;
+        while (!incoming_.empty()) {
+          jobs_.push_back(std::move(incoming_.front()));
+          incoming_.pop_front();
+        }
+      }
+      fail_all(e);
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        detail::log(log_level::error, "mpi::Pool engine stopped: %s", ex.what());
+      } catch (...) {
+      }
+    }
+  }
+
+  std::size_t live_jobs() const {
+    std::size_t n = 0;
+    for (auto& j : jobs_)
+      if (!j.dead) ++n;
+    return n;
+  }
+  bool nothing_in_flight() const {
+    for (auto& r : ranks_)
+      if (!r.in_flight.empty()) return false;
+    return true;
+  }
+
+  void fail_all(std::exception_ptr e) {
+    for (auto& j : jobs_)
+      if (!j.dead) {
+        j.dead = true;
+        complete(j, e);
+      }
+  }
+  static void complete(job_entry& j, std::exception_ptr e) {
+    try {
+      j.job->complete(std::move(e));
+    } catch (const std::exception& ex) {
+      // A user callback threw on the engine thread; the result itself is already set.
+      detail::log(log_level::error, "mpi::Pool: a result callback threw: %s", ex.what());
+    } catch (...) {
+      detail::log(log_level::error, "mpi::Pool: a result callback threw");
+    }
+  }
+
+  job_entry* next_job() {
+    for (auto& j : jobs_)
+      if (!j.dead && !j.job->input_done && j.job->may_dispatch()) return &j;
+    return nullptr;
+  }
+
+  /// Builds the next chunk of the oldest job that has input left (count 0: none).
+  chunk make_chunk() {
+    chunk c{};
+    std::vector<std::uint32_t> offsets;
+    while (job_entry* j = next_job()) {
+      c.job = j;
+      c.first = j->job->dispatched;
+      c.count = j->job->next_chunk(c.bytes, offsets);
+      if (c.count == 0) continue;  // input ended exactly at a chunk boundary
+      j->job->dispatched += c.count;
+      detail::task_header h;
+      std::memcpy(&h, c.bytes.data(), sizeof h);
+      h.invoker = j->invoker;
+      std::memcpy(c.bytes.data(), &h, sizeof h);
+      return c;
+    }
+    c.count = 0;
+    return c;
+  }
+
+  bool dispatch() {
+    bool any = false;
+    if (ranks_.empty()) {
+      // No worker ranks: run one chunk here, then look at the queue again.
+      chunk c = make_chunk();
+      if (c.count == 0) return false;
+      auto& msg = detail::run_task(local_out_, c.bytes.data(), c.bytes.size());
+      handle_result(c, msg.data(), msg.size());
+      return true;
+    }
+    for (auto& r : ranks_) {
+      while (r.in_flight.size() < opts_.chunks_in_flight) {
+        chunk c = make_chunk();
+        if (c.count == 0) return any;
+        const int n = detail::mpi_count(c.bytes.size(), "a chunk of tasks");
+        detail::check_mpi(MPI_Isend(c.bytes.data(), n, MPI_BYTE, r.rank, detail::tag_task,
+                                    MPI_COMM_WORLD, &c.req),
+                          "MPI_Isend");
+        r.in_flight.push_back(std::move(c));  // the vector's buffer does not move
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  bool receive(std::vector<std::byte>& rx) {
+    if (ranks_.empty()) return false;
+    bool any = false;
+    for (int round = 0; round < 64; ++round) {
+      int flag = 0;
+      MPI_Status st;
+      detail::check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, detail::tag_result, MPI_COMM_WORLD, &flag, &st),
+                        "MPI_Iprobe");
+      if (!flag) break;
+      int count = 0;
+      detail::check_mpi(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
+      rx.resize(static_cast<std::size_t>(count));
+      detail::check_mpi(MPI_Recv(rx.data(), count, MPI_BYTE, st.MPI_SOURCE, detail::tag_result,
+                                 MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+                        "MPI_Recv");
+      any = true;
+      const int src = st.MPI_SOURCE;
+      if (src < 1 || static_cast<std::size_t>(src) > ranks_.size())
+        throw mproc::error("mpi::Pool: a result from unexpected rank " + std::to_string(src));
+      rank_slot& r = ranks_[static_cast<std::size_t>(src - 1)];
+      if (r.in_flight.empty())
+        throw mproc::error("mpi::Pool: rank " + std::to_string(src) + " answered a chunk it was not sent");
+      chunk c = std::move(r.in_flight.front());
+      r.in_flight.pop_front();
+      // The answer proves the rank received the chunk; this completes the send locally.
+      detail::check_mpi(MPI_Wait(&c.req, MPI_STATUS_IGNORE), "MPI_Wait");
+      handle_result(c, rx.data(), rx.size());
+      if (rx.capacity() > (std::size_t(64) << 20)) {
+        rx.clear();
+        rx.shrink_to_fit();
+      }
+    }
+    return any;
+  }
+
+  /// Delivers a chunk's results (a result message) to its job.
+  void handle_result(chunk& c, const std::byte* data, std::size_t size) {
+    detail::job_base& job = *c.job->job;
+    detail::reader r{data, data + size};
+    detail::result_msg_header h;
+    r.get(&h, sizeof h, "result header");
+    if (h.job != job.id || h.first != c.first || h.count != c.count)
+      throw serialization_error("mpi::Pool: a result message does not match the chunk it answers");
+    for (std::uint32_t k = 0; k < c.count; ++k) {
+      detail::result_item_header ih;
+      r.get(&ih, sizeof ih, "result item header");
+      r.need(ih.len, "result item");
+      detail::reader item{r.p, r.p + ih.len};
+      r.p += ih.len;
+      if (c.job->dead) continue;
+      const std::uint64_t index = c.first + k;
+      if (ih.status == static_cast<std::uint32_t>(detail::result_status::ok)) {
+        job.deliver(index, item);
+      } else {
+        std::exception_ptr e;
+        try {
+          detail::encoded_exception ex;
+          detail::decode(item, ex);
+          e = detail::to_exception_ptr(ex, static_cast<pid_t>(h.pid));
+        } catch (...) {
+          e = std::current_exception();
+        }
+        job.fail(index, std::move(e));
+      }
+      ++job.completed;
+      if (job.on_progress) {
+        try {
+          job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
+        } catch (const std::exception& ex) {
+          detail::log(log_level::error, "mpi::Pool: on_progress threw: %s", ex.what());
+        } catch (...) {
+        }
+      }
+    }
+  }
+
+  void finish_jobs() {
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+      if (!it->dead && it->job->finished()) {
+        it->dead = true;
+        complete(*it, nullptr);
+      }
+      if (it->dead && !referenced(&*it))
+        it = jobs_.erase(it);
+      else
+        ++it;
+    }
+  }
+  bool referenced(const job_entry* j) const {
+    for (auto& r : ranks_)
+      for (auto& c : r.in_flight)
+        if (c.job == j) return true;
+    return false;
+  }
+
+  pool_options opts_;
+  detail::env_state* env_ = nullptr;
+  std::vector<rank_slot> ranks_;
+  std::list<job_entry> jobs_;  // engine thread only; stable addresses for chunk::job
+  detail::result_writer local_out_;
+  bool terminated_ = false;
+
+  std::mutex m_;
+  std::condition_variable cv_;
+  run_state state_ = run_state::running;
+  std::deque<job_entry> incoming_;
+  std::uint64_t next_job_id_ = 0;
+  std::exception_ptr fatal_;
+
+  std::mutex join_m_;
+  std::thread thread_;
+};
+
+}  // namespace mproc::mpi
