@@ -219,7 +219,7 @@ class mpmc_ring {
       // for spill_delay (nobody reading, say) do messages go to the overflow area,
       // whose fresh pages cost page faults. A timeout here is no failure: the
       // overflow area takes the message without waiting.
-      if (!h_->overflow_active && rec <= over_bytes_ / 4) {
+      if (!h_->overflow_active && rec <= max_overflow_record()) {
         const deadline_t d = spill_deadline(deadline);
         if (rec <= max_record()) {
           if (wait_for_space(rec + record_header, d)) {
@@ -232,7 +232,7 @@ class mpmc_ring {
           return status::ok;
         }
       }
-      if (rec <= over_bytes_ / 4) {
+      if (rec <= max_overflow_record()) {
         if (!h_->overflow_active)
           log(log_level::debug, "queue: no room in the ring; %zu-byte message goes to the overflow area", len);
         return put_overflow(v, len, rec, deadline);
@@ -471,7 +471,12 @@ class mpmc_ring {
         ring_(region_.fd(), header_bytes, cap_) {}
 
   static constexpr std::size_t align8(std::size_t n) noexcept { return (n + 7) & ~std::size_t(7); }
-  [[nodiscard]] std::size_t max_record() const noexcept { return cap_ / 4; }
+  // Record lengths are 32-bit: anything larger always travels as fragments.
+  static constexpr std::size_t max_record_len = 0xffff0000u;
+  [[nodiscard]] std::size_t max_record() const noexcept { return std::min(cap_ / 4, max_record_len); }
+  [[nodiscard]] std::size_t max_overflow_record() const noexcept {
+    return std::min(over_bytes_ / 4, max_record_len);
+  }
 
   [[noreturn]] static void throw_closed() { throw state_error("put() on a closed queue"); }
 
