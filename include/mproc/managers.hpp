@@ -1024,9 +1024,7 @@ class Manager {
   /// A new value holding v.
   template <class T>
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
-    ValueProxy<T> p(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0));
-    p.set(v);
-    return p;
+    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, nullptr, detail::mgr::enc(v)));
   }
   /// Frees a managed object now instead of at shutdown (objects are not reference
   /// counted). Proxies to it, in any process, then raise manager_error. Returns
@@ -1042,10 +1040,9 @@ class Manager {
   /// The value registered as `name`; set to v only when this call creates it.
   template <class T>
   [[nodiscard]] ValueProxy<T> Value(const std::string& name, const T& v) {
-    bool created = false;
-    ValueProxy<T> p(ep_, create(detail::mgr::kind::value, name, tag<T>(), 0, 0, &created));
-    if (created) p.set(v);
-    return p;
+    // The initial value is stored by the call that creates the object, so a
+    // concurrent creator never sees it empty.
+    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, name, tag<T>(), 0, 0, nullptr, detail::mgr::enc(v)));
   }
 
  private:
@@ -1057,7 +1054,8 @@ class Manager {
     return detail::type_tag<T>::value;
   }
   std::uint64_t create(detail::mgr::kind k, const std::string& name, std::uint64_t t1, std::uint64_t t2,
-                       std::size_t maxsize = 0, bool* created = nullptr) {
+                       std::size_t maxsize = 0, bool* created = nullptr,
+                       std::optional<std::string> initial = std::nullopt) {
     if (!ep_) throw state_error("mproc::Manager: use of a moved-from or shut down manager");
     detail::mgr::request q;
     q.o = detail::mgr::op::create;
@@ -1066,6 +1064,7 @@ class Manager {
     q.m = static_cast<std::int64_t>(maxsize);
     std::uint64_t t[2] = {t1, t2};
     q.b.assign(reinterpret_cast<const char*>(t), sizeof t);
+    if (initial) q.list.push_back(std::move(*initial));
     auto r = ep_->get().call(q, nullptr);
     if (created) *created = r.a == "created";
     return static_cast<std::uint64_t>(r.n);

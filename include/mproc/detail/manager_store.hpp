@@ -479,6 +479,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         store::mutation mu(s);
         object* o = s.seg().construct<object>(bip::anonymous_instance)(s.alloc(), k, t[0], t[1]);
         o->maxsize = q.m > 0 ? std::uint64_t(q.m) : 0;
+        if (q.list.size() == 1) o->value.assign(q.list[0].data(), q.list[0].size());  // a Value's initial value
         try {
           r.objects.emplace(id, o);
           if (!q.a.empty()) r.names.emplace(s.str(q.a), id);
