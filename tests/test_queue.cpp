@@ -531,6 +531,13 @@ TEST_CASE("no descriptor leaks and no /dev/shm entries", "[queue]") {
     b.put("x");
     c.put(1.5);
     CHECK(a2.get() == 1);
+    mproc::Queue<std::string> spilled({.capacity = 64 * 1024});  // overflow area in use
+    pid_t child = mproc::detail::fork_child([&] {
+      for (int i = 0; i < 100; ++i) spilled.put(std::string(10000, 'o'));
+      return 0;
+    });
+    CHECK(wait_child(child) == 0);
+    for (int i = 0; i < 100; ++i) CHECK(spilled.get(5s).size() == 10000);
     CHECK(open_fds() > fds);
   }
   CHECK(open_fds() == fds);
