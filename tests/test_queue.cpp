@@ -202,7 +202,11 @@ TEST_CASE("threads of one process share a queue", "[queue]") {
 
 TEST_CASE("4 producers x 4 consumers across processes: every message exactly once", "[queue][process]") {
   constexpr int producers = 4, consumers = 4, per_producer = 20000;
-  mproc::Queue<int> work(1000);
+  // Bounded on a roomy ring, or unbounded on a tiny ring that keeps spilling over.
+  auto opts = GENERATE(mproc::queue_options{.maxsize = 1000},
+                       mproc::queue_options{.maxsize = 0, .capacity = 64 * 1024});
+  CAPTURE(opts.maxsize);
+  mproc::Queue<int> work(opts);
   mproc::Queue<std::vector<int>> seen;
   std::vector<pid_t> pids;
   for (int c = 0; c < consumers; ++c)
