@@ -501,6 +501,31 @@ TEST_CASE("a consumer SIGKILLed mid-message loses at most that message", "[queue
   CHECK(q.empty());
 }
 
+TEST_CASE("a producer SIGKILLed while writing to the overflow area loses nothing it put", "[queue][process]") {
+  mproc::Queue<std::pair<int, std::string>> q({.capacity = 64 * 1024});
+  mproc::Queue<int> started;
+  pid_t victim = mproc::detail::fork_child([&]() -> int {
+    for (int i = 0;; ++i) {
+      q.put(std::pair{i, std::string(4000, char('a' + i % 26))});
+      if (i == 2000) started.put(1);
+      if (i == 200'000) return 0;  // bounded, in case the kill comes late
+    }
+  });
+  REQUIRE(started.get(20s) == 1);
+  ::kill(victim, SIGKILL);
+  int code = wait_child(victim);
+  CHECK((code == -SIGKILL || code == 0));
+  int next = 0, bad = 0;
+  while (auto m = q.try_get()) {
+    if (m->first != next++ || m->second != std::string(4000, char('a' + m->first % 26))) ++bad;
+  }
+  CHECK(bad == 0);
+  CHECK(next > 2000);
+  q.put(std::pair{-1, std::string("after")});
+  CHECK(q.get(5s).first == -1);
+  CHECK(q.empty());
+}
+
 TEST_CASE("a producer SIGKILLed while others produce: the survivors' messages all arrive",
           "[queue][process]") {
   mproc::Queue<int> q(100);
