@@ -268,6 +268,7 @@ class mpmc_ring {
   }
 
   static constexpr std::int64_t spill_delay_ns = 10'000'000;
+  static constexpr std::size_t prefault_min = 256 * 1024;
 
   static deadline_t spill_deadline(deadline_t user) noexcept {
     deadline_t d = monotonic_ns() + spill_delay_ns;
@@ -302,6 +303,7 @@ class mpmc_ring {
       t += pad;
     }
     std::byte* p = area + std::size_t(t % over_bytes_);
+    if (rec >= prefault_min) prefault_write(p, rec);  // fresh (punched) pages
     write_header(p, static_cast<std::uint32_t>(len), k_single);
     write_message(v, p + record_header);
     h_->overflow_active = 1;
@@ -806,6 +808,7 @@ class mpmc_ring {
             }
             if (!n) return;
             const std::size_t end = at - prefix + n;  // bytes of elements filled after this
+            prefault_write(reinterpret_cast<std::byte*>(v.data()) + (at - prefix), n);
             if constexpr (std::is_same_v<T, std::string>) {
               v.append(reinterpret_cast<const char*>(src), n);
             } else {
@@ -820,6 +823,7 @@ class mpmc_ring {
     }
     std::unique_ptr<std::byte[]> buf(new std::byte[total]);  // no zero fill
     bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
+      prefault_write(buf.get() + at, n);
       std::memcpy(buf.get() + at, src, n);
     });
     if (done) out.emplace(read_message<T>({buf.get(), total}));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 
 #include <fcntl.h>
@@ -28,6 +29,20 @@ inline void grow_sparse(int fd, std::size_t bytes) {
            return ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                               static_cast<off_t>(len));
          }) == 0;
+}
+
+/// Faults in the pages of [p, p + len) for writing with one call instead of one trap
+/// per page: large destinations fill markedly faster. Best effort: kernels before
+/// 5.14 lack MADV_POPULATE_WRITE and simply fault on first touch as usual.
+inline void prefault_write(void* p, std::size_t len) noexcept {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;
+#endif
+  constexpr std::uintptr_t page = 4096;
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::uintptr_t start = (a + page - 1) & ~(page - 1);  // whole pages only: the partial
+  std::uintptr_t end = (a + len) & ~(page - 1);         // ones at the edges are shared
+  if (end > start) (void)::madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_WRITE);
 }
 
 class sparse_map {
