@@ -386,6 +386,8 @@ class environment {
 };
 
 struct pool_options {
+  /// Worker ranks to use (the first ones); 0: all of them.
+  std::size_t processes = 0;
   /// Chunks each worker rank holds at once: 2 hides the round trip (one runs while
   /// the next one waits), more only unbalances uneven tasks.
   std::size_t chunks_in_flight = 2;
@@ -397,6 +399,8 @@ struct pool_options {
 class Pool {
  public:
   Pool() : Pool(pool_options{}) {}
+  /// Uses the first `processes` worker ranks (0: all).
+  explicit Pool(std::size_t processes) : Pool(pool_options{.processes = processes}) {}
   explicit Pool(pool_options opts) : opts_(opts) {
     env_ = detail::current_env();
     if (!env_) throw state_error("mpi::Pool: create an mproc::mpi::environment first");
@@ -406,7 +410,9 @@ class Pool {
       env_->pool_alive = true;
     }
     if (opts_.chunks_in_flight == 0) opts_.chunks_in_flight = 1;
-    for (int r = 1; r < env_->size; ++r) ranks_.push_back(rank_slot{r, {}});
+    std::size_t use = static_cast<std::size_t>(env_->size - 1);
+    if (opts_.processes && opts_.processes < use) use = opts_.processes;
+    for (std::size_t r = 1; r <= use; ++r) ranks_.push_back(rank_slot{static_cast<int>(r), {}});
     thread_ = std::thread([this] { engine(); });
   }
   Pool(const Pool&) = delete;
