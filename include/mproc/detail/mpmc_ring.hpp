@@ -220,9 +220,10 @@ class mpmc_ring {
       // whose fresh pages cost page faults. A timeout here is no failure: the
       // overflow area takes the message without waiting.
       if (!h_->overflow_active && rec <= max_overflow_record()) {
-        const deadline_t d = spill_deadline(deadline);
         if (rec <= max_record()) {
-          if (wait_for_space(rec + record_header, d)) {
+          const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+          if (free_bytes(t) >= rec + record_header ||  // fast path: no clock read
+              wait_for_space(rec + record_header, spill_deadline(deadline))) {
             if (closed()) throw_closed();
             write_single(v, len, rec);
             return status::ok;
