@@ -1,32 +1,43 @@
 // Multi-producer multi-consumer message ring in shared memory: the engine behind
 // Queue, JoinableQueue and SimpleQueue.
 //
-// Layout: one memfd holds a header page (counters, futex words, two robust mutexes)
-// followed by a power-of-two byte ring mapped twice back to back (mirror_map), so a
-// record is always one contiguous span. Records are 8-byte aligned:
+// Layout: one memfd holds a header page (counters, futex words, two robust mutexes),
+// a power-of-two byte ring mapped twice back to back (mirror_map), so a record is
+// always one contiguous span, and after it a large sparse overflow window. Records
+// are 8-byte aligned:
 //   u32 payload length | u32 kind | payload (a type-tagged message, see serialization)
 // Producers serialise under the put lock and consumers under the get lock, so a
 // producer and a consumer never contend with each other; the hand-off is a release
-// store of tail (producers) or head (consumers). Values are encoded straight into the
-// ring and decoded straight out of it.
+// store of tail (producers) or head (consumers). Values are encoded straight into
+// shared memory and decoded straight out of it.
 //
-// Messages larger than a quarter of the ring are streamed as fragments
-// (first/middle/last) while the producer keeps the put lock, so any size gets through
-// a small ring and fragments of different messages never interleave. Fragmenting was
-// chosen over a side buffer per message because a side buffer would need its
-// descriptor handed to whichever process consumes it, which unrelated processes
-// cannot do without a socket of their own.
+// The ring is the fast path. When it stays full (nobody reading) or a large message
+// finds no reader, messages go to the overflow window instead, and keep going there
+// until consumers have drained it, which keeps FIFO order: consumers always take the
+// ring first. Overflow pages take memory only once written and are punched out as
+// they are read, so a backlog costs what it holds and no more, and put() on an
+// unbounded queue never waits for a reader. This is what lets a producer put and exit
+// (or be joined) before anyone reads, at any size.
 //
-// Waiting: a short spin, then a futex wait on a sequence word. Waiter counts let the
-// other side skip the wake-up syscall when nobody sleeps.
+// Messages larger than a quarter of the ring that find a reader are streamed through
+// it as fragments (first/middle/last) while the producer keeps the put lock, so
+// fragments of different messages never interleave. With the overflow window
+// disabled (queue_options::spill = false) that is how every large message travels.
+// Fragmenting was chosen over a side buffer per message because a side buffer would
+// need its descriptor handed to whichever process consumes it, which unrelated
+// processes cannot do without a socket of their own.
+//
+// Waiting: a short spin, then a futex wait on a sequence word. A "sleeping" flag lets
+// the other side skip the wake-up syscall when nobody sleeps.
 //
 // Crashes: both mutexes are robust. A producer that dies mid-record published nothing
 // (tail only moves after a record is complete); one that dies between fragments of a
-// large message leaves a partial message, which the next lock holder ends with an
-// abort record so consumers drop it. Every fragment leaves room for that abort record,
-// so it can always be written. A consumer that dies while reading a single record
-// loses nothing (head moves only after decoding); one that dies in the middle of a
-// fragmented message loses that message: its remaining fragments are skipped.
+// large message leaves a partial message, which the next lock holder (or a consumer
+// waiting for the next fragment) ends with an abort record so consumers drop it.
+// Every fragment leaves room for that abort record, so it can always be written. A
+// consumer that dies while reading a single record loses nothing (head moves only
+// after decoding); one that dies in the middle of a fragmented message loses that
+// message: its remaining fragments are skipped.
 #pragma once
 
 #include <algorithm>
