@@ -4,13 +4,14 @@
 //  - put() returns once the message is in shared memory. There is no feeder thread,
 //    so a producer may exit right after put() and nothing is lost, and "put, join the
 //    producer, then get" works at any size: the Python deadlock does not exist.
-//  - Messages go into a ring (queue_options::capacity, default 4 MiB). When it is
-//    full, or a message is larger than a quarter of it, messages go to an overflow
-//    area in the same shared memory that takes memory only for what is queued and
-//    gives it back as it is read, so an unbounded queue (maxsize 0) never blocks put.
-//    With queue_options::spill = false there is no overflow area: put() waits for
-//    room in the ring like a pipe, and large messages stream through the ring in
-//    fragments while a consumer reads them.
+//  - Messages go into a ring (queue_options::capacity, default 4 MiB). While readers
+//    keep up, that is all. When the ring stays full for ~10 ms (nobody reading), or
+//    a large message finds no reader for ~50 ms, messages go to an overflow area in
+//    the same shared memory that takes memory only for what is queued and gives it
+//    back as it is read: put() on an unbounded queue (maxsize 0) never waits longer
+//    than that, whatever the backlog. A large message that finds a reader streams
+//    through the ring in fragments instead. With queue_options::spill = false there
+//    is no overflow area: put() waits for room in the ring as on a pipe.
 //  - close() closes the queue for every process: later puts raise state_error, and a
 //    get on a closed queue that is empty raises eof_error instead of blocking forever
 //    (try_get returns nullopt). Messages put before close() can still be taken.
