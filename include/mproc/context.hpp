@@ -12,6 +12,7 @@
 #include <concepts>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "detail/posix/fork.hpp"
+#include "detail/spawn.hpp"
 #include "detail/posix/forker.hpp"
 #include "detail/posix/posix.hpp"
 #include "errors.hpp"
@@ -63,17 +65,18 @@ inline std::atomic<start_method>& default_start_method() {
   return m;
 }
 
-[[noreturn]] inline void throw_unavailable(start_method m) {
+/// What spawn and forkserver re-execute, recorded by init; raises when they cannot be
+/// used from this process.
+inline std::pair<std::string, std::vector<std::string>> spawn_image(start_method m) {
   bool called;
+  std::pair<std::string, std::vector<std::string>> out;
   {
     std::lock_guard lk(bootstrap().m);
     called = bootstrap().called;
+    out = {bootstrap().executable, bootstrap().argv};
   }
-  throw start_method_error(
-      std::string("mproc: the '") + to_string(m) +
-      "' start method needs mproc::init(argc, argv) as the first line of main" +
-      (called ? " (init was called)" : " (init was not called)") +
-      ", and it is not available in this build yet; use start_method::fork");
+  check_spawn_allowed(m == start_method::spawn ? "spawn" : "forkserver", called);
+  return out;
 }
 
 }  // namespace detail
@@ -83,13 +86,17 @@ inline std::atomic<start_method>& default_start_method() {
 /// returns). In the parent, and with fork, it only records what it needs and returns.
 inline void init(int argc, char** argv) {
   auto& b = detail::bootstrap();
-  std::lock_guard lk(b.m);
-  b.argv.clear();
-  for (int i = 0; i < argc && argv && argv[i]; ++i) b.argv.emplace_back(argv[i]);
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  b.executable = n > 0 ? std::string(buf, std::size_t(n)) : (b.argv.empty() ? "" : b.argv[0]);
-  b.called = true;
+  {
+    std::lock_guard lk(b.m);
+    b.argv.clear();
+    for (int i = 0; i < argc && argv && argv[i]; ++i) b.argv.emplace_back(argv[i]);
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    b.executable = n > 0 ? std::string(buf, std::size_t(n)) : (b.argv.empty() ? "" : b.argv[0]);
+    b.called = true;
+  }
+  // A child started by spawn (or the forkserver) runs its work here and exits.
+  detail::enter_if_spawned();
 }
 
 /// True once init(argc, argv) has run in this process.
@@ -104,8 +111,15 @@ struct launch_request {
   bool daemon = false;
   std::optional<start_method> method;  // as given in process_options
   /// Runs in the child and returns its exit code; the library's child bootstrap
-  /// (name, counters, exception report) is already inside it.
+  /// (name, counters, exception report) is already inside it. Used by fork.
   detail::function_ref<int()> child_main;
+  /// The same work in a form another program image can run (spawn, forkserver): a
+  /// function of this executable, named by its code offset, called in the child as
+  /// entry(payload, fds) with a copy of payload and the descriptors fds (received as
+  /// new descriptors; the entry owns them). Null when the work is only a closure.
+  detail::entry_fn entry = nullptr;
+  std::span<const std::byte> payload{};
+  std::span<const int> fds{};
 };
 
 /// What a policy returns: the child's pid and, if it has one, a pidfd for it (the
@@ -113,6 +127,9 @@ struct launch_request {
 struct launched_child {
   pid_t pid = -1;
   detail::unique_fd pidfd;
+  /// For a child that is not this process's own (forkserver): a socket on which its
+  /// exit code (int32) arrives when it is reaped. Empty for direct children.
+  detail::unique_fd status{};
 };
 
 /// A start policy: `static launched_child launch(const launch_request&)` starts a
@@ -142,21 +159,43 @@ struct fork_policy {
   }
 };
 
-/// posix_spawn of this program, entering through init(): not available in this build.
+namespace detail {
+[[noreturn]] inline void throw_closure_only(start_method m) {
+  throw start_method_error(
+      std::string("mproc: the '") + to_string(m) +
+      "' start method runs the child in a fresh program image that shares no memory with this "
+      "process; this launch request has only a closure (no entry point and payload). A Process "
+      "target must be a portable callable (free function, captureless lambda, stateless or "
+      "serializable function object) with serializable or handle arguments; otherwise use "
+      "start_method::fork");
+}
+}  // namespace detail
+
+/// posix_spawn of this program's executable with the same argv; the child enters
+/// through init(argc, argv) and runs request.entry(payload, fds). Needs init as the
+/// first line of main.
 struct spawn_policy {
   static constexpr start_method method = start_method::spawn;
-  static constexpr bool available = false;
-  [[noreturn]] static launched_child launch(const launch_request&) {
-    detail::throw_unavailable(start_method::spawn);
+  static constexpr bool available = true;
+  static launched_child launch(const launch_request& r) {
+    if (!r.entry) detail::throw_closure_only(method);
+    auto [exe, args] = detail::spawn_image(method);
+    detail::spawned s = detail::spawn_entry(exe, args, r.entry, r.payload, r.fds);
+    return {s.pid, std::move(s.pidfd), {}};
   }
 };
 
-/// A clean server forked early by init() forks the children: not available in this build.
+/// A small single-threaded server (this program, spawned on first use and entering
+/// through init) forks each child; the child runs request.entry(payload, fds). The
+/// child is the server's: its exit code arrives over launched_child::status.
 struct forkserver_policy {
   static constexpr start_method method = start_method::forkserver;
-  static constexpr bool available = false;
-  [[noreturn]] static launched_child launch(const launch_request&) {
-    detail::throw_unavailable(start_method::forkserver);
+  static constexpr bool available = true;
+  static launched_child launch(const launch_request& r) {
+    if (!r.entry) detail::throw_closure_only(method);
+    auto [exe, args] = detail::spawn_image(method);
+    detail::forkserver_child c = detail::forkserver_launch(exe, args, r.entry, r.payload, r.fds);
+    return {c.pid, std::move(c.pidfd), std::move(c.status)};
   }
 };
 

@@ -33,11 +33,14 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "context.hpp"
+#include "detail/callable.hpp"
+#include "detail/handle_passing.hpp"
 #include "detail/log.hpp"
 #include "detail/posix/fork.hpp"
 #include "detail/posix/posix.hpp"
@@ -59,6 +62,8 @@ struct process_state {
   pid_t pid = -1;
   pid_t owner = -1;  // the process that started it: the only one that may wait for it
   std::atomic<int> pidfd{-1};
+  // A child that is not ours (forkserver) reports its exit code on this socket.
+  std::atomic<int> status_fd{-1};
   std::optional<int> exitcode;  // set when reaped
   bool lost = false;            // reaped by someone else (SIGCHLD ignored, waitpid(-1))
   std::string name;
@@ -69,6 +74,8 @@ struct process_state {
   process_state& operator=(const process_state&) = delete;
   ~process_state() {
     int fd = pidfd.exchange(-1);
+    if (fd >= 0) ::close(fd);
+    fd = status_fd.exchange(-1);
     if (fd >= 0) ::close(fd);
   }
   [[nodiscard]] bool finished() const noexcept { return exitcode.has_value() || lost; }
@@ -99,6 +106,8 @@ inline void registry_after_fork_child() noexcept {
   new (&g.m) std::mutex;
   for (auto& c : g.children) {
     int fd = c->pidfd.exchange(-1);
+    if (fd >= 0) ::close(fd);
+    fd = c->status_fd.exchange(-1);
     if (fd >= 0) ::close(fd);
   }
   g.children.clear();
@@ -156,15 +165,28 @@ inline bool reap_nohang(process_state& s) {
   {
     std::lock_guard lk(s.m);
     if (s.finished()) return true;
-    int status = 0;
-    pid_t rc = waitpid_eintr(s.pid, &status, WNOHANG);
-    if (rc == 0) return false;
-    if (rc == s.pid) {
-      s.exitcode = exitcode_from_status(status);
-    } else if (errno == ECHILD) {
-      s.lost = true;
+    if (int sfd = s.status_fd.load(); sfd >= 0) {
+      // Not our child: the process that reaps it sends the exit code.
+      std::int32_t code = 0;
+      ssize_t n = ::recv(sfd, &code, sizeof code, MSG_DONTWAIT | MSG_WAITALL);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+        throw_errno("recv(exit status)");
+      }
+      if (n == sizeof code) s.exitcode = code;
+      else s.lost = true;  // its reaper went away without reporting
+      ::close(s.status_fd.exchange(-1));
     } else {
-      throw_errno("waitpid");
+      int status = 0;
+      pid_t rc = waitpid_eintr(s.pid, &status, WNOHANG);
+      if (rc == 0) return false;
+      if (rc == s.pid) {
+        s.exitcode = exitcode_from_status(status);
+      } else if (errno == ECHILD) {
+        s.lost = true;
+      } else {
+        throw_errno("waitpid");
+      }
     }
     int fd = s.pidfd.exchange(-1);
     if (fd >= 0) ::close(fd);
@@ -188,7 +210,8 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
       left = deadline - monotonic_ns();
       if (left <= 0) return false;
     }
-    int fd = s.pidfd.load();
+    int fd = s.status_fd.load();
+    if (fd < 0) fd = s.pidfd.load();
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
       timespec ts{};
@@ -337,7 +360,24 @@ inline void report_uncaught(const std::string& name) noexcept {
 struct target_base {
   virtual ~target_base() = default;
   virtual void run() = 0;
+  /// For spawn/forkserver: the entry that rebuilds this target in a fresh program
+  /// image, null when the target cannot cross (a closure, unserializable arguments).
+  [[nodiscard]] virtual entry_fn entry() const noexcept { return nullptr; }
+  /// Writes the callable and the arguments for entry(); handles add descriptors.
+  virtual void encode_portable(vector_writer&, fd_collector&) const {}
 };
+
+template <class F, class... Args>
+int process_entry(std::span<const std::byte> payload, std::span<const int> fds);
+
+/// Whether target(args...) can be rebuilt in another program image.
+template <class F, class... Args>
+inline constexpr bool portable_target = [] {
+  if constexpr (portable_callable<F> && (spawn_passable<Args> && ...))
+    return std::is_invocable_v<F&, spawn_arg_t<Args>&...>;
+  else
+    return false;
+}();
 
 template <class F, class... Args>
 struct target_impl final : target_base {
@@ -352,6 +392,16 @@ struct target_impl final : target_base {
       std::apply([this](auto&... a) { std::invoke(f, a...); }, args);
     else
       std::apply([this](auto&... a) { std::invoke(std::move(f), std::move(a)...); }, args);
+  }
+  [[nodiscard]] entry_fn entry() const noexcept override {
+    if constexpr (portable_target<F, Args...>) return &process_entry<F, Args...>;
+    else return nullptr;
+  }
+  void encode_portable(vector_writer& w, fd_collector& c) const override {
+    if constexpr (portable_target<F, Args...>) {
+      encode_callable(w, f);
+      std::apply([&](const auto&... a) { (encode_spawn_arg(w, c, a), ...); }, args);
+    }
   }
 };
 
@@ -378,6 +428,34 @@ inline int run_child(const std::string& name, const std::vector<int>& identity, 
   return code;
 }
 
+/// What a spawn/forkserver child of a Process runs (through init): rebuild the
+/// library's per-process state, the target and its arguments (handles adopt the
+/// received descriptors), then run it like a forked child would.
+template <class F, class... Args>
+int process_entry(std::span<const std::byte> payload, std::span<const int> fds) {
+  reader r{payload.data(), payload.data() + payload.size()};
+  std::string name, parent_name;
+  std::vector<int> identity;
+  bool daemon = false;
+  std::int32_t parent_pid = 0;
+  decode(r, name);
+  decode(r, identity);
+  decode(r, daemon);
+  decode(r, parent_pid);
+  decode(r, parent_name);
+  {
+    auto& g = process_registry();
+    std::lock_guard lk(g.m);
+    g.parent = process_info{pid_t(parent_pid), parent_name};
+    g.self_pid = ::getpid();
+  }
+  F f = decode_callable<F>(r);
+  // Braces: the arguments are decoded left to right.
+  target_impl<F, spawn_arg_t<Args>...> target{std::move(f), decode_spawn_arg<Args>(r, fds)...};
+  for (int fd : fds) ::close(fd);  // the handles hold their own duplicates
+  return run_child(name, identity, daemon, target);
+}
+
 }  // namespace detail
 
 /// A child process running `target(args...)`. Arguments are copied into the child as
@@ -400,6 +478,13 @@ class basic_process {
             std::forward<F>(target), std::forward<Args>(args)...)),
         identity_(detail::next_process_identity()) {
     name_ = options_.name.empty() ? "Process-" + detail::identity_suffix(identity_) : options_.name;
+    if constexpr (std::is_same_v<Policy, spawn_policy> || std::is_same_v<Policy, forkserver_policy>) {
+      detail::require_portable_callable<std::decay_t<F>>();
+      static_assert((detail::spawn_passable<std::decay_t<Args>> && ...),
+                    "mproc: with spawn/forkserver every Process argument must be serializable or "
+                    "a handle (Value, Array, RawValue, RawArray, Lock, RLock, Connection, "
+                    "SharedMemory)");
+    }
   }
 
   basic_process(basic_process&&) noexcept = default;
@@ -431,8 +516,29 @@ class basic_process {
       return detail::run_child(name_, identity_, options_.daemon, *target_);
     };
     launch_request req{name_, options_.daemon, options_.method, child_main};
+    // The work in a form a fresh program image can run, unless fork is certain.
+    std::vector<std::byte> payload;
+    detail::fd_collector fds;
+    bool portable_needed = !std::is_same_v<Policy, fork_policy>;
+    if constexpr (std::is_same_v<Policy, dynamic_policy>)
+      portable_needed = options_.method.value_or(get_start_method()) != start_method::fork;
+    if (portable_needed && target_->entry()) {
+      detail::vector_writer w{&payload};
+      std::int32_t self = ::getpid();
+      std::string self_name = detail::process_name_storage();
+      detail::encode(w, name_);
+      detail::encode(w, identity_);
+      detail::encode(w, options_.daemon);
+      detail::encode(w, self);
+      detail::encode(w, self_name);
+      target_->encode_portable(w, fds);
+      req.entry = target_->entry();
+      req.payload = payload;
+      req.fds = fds.fds;
+    }
     launched_child child = Policy::launch(req);
     st->pid = child.pid;
+    if (child.status) st->status_fd.store(child.status.release());
     st->pidfd.store(child.pidfd ? child.pidfd.release() : detail::try_pidfd_open(child.pid).release());
     {
       std::lock_guard lk(g.m);

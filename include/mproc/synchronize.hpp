@@ -149,6 +149,12 @@ class basic_lock {
     return st_->owner_died.load(std::memory_order_relaxed) != 0;
   }
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
+  /// Where the lock's state lies in shared_region() (with the region, what another
+  /// process needs to adopt the same lock).
+  [[nodiscard]] std::size_t shared_offset() const noexcept {
+    return std::size_t(reinterpret_cast<const char*>(st_) -
+                       static_cast<const char*>(block_->region().data()));
+  }
   [[nodiscard]] bool same_object(const basic_lock& o) const noexcept { return st_ == o.st_; }
 
  protected:

@@ -1,0 +1,583 @@
+// The spawn and forkserver start methods: the wire between a parent and a child that
+// shares no memory with it.
+//
+// spawn: posix_spawn of this program's own executable with the same argv and the
+// environment marker MPROC_SPAWN=<fd>, where <fd> is the child's end of a socketpair.
+// mproc::init(argc, argv) in the child sees the marker, acknowledges with one byte,
+// receives {entry offset, parent pid, payload, fds} and runs entry(payload, fds); it
+// never returns into main. A child that does not acknowledge (its main does not call
+// init, so main would simply run again) is killed and the start raises
+// start_method_error; such a child also cannot start children of its own by spawn
+// (the marker without init refuses), so a missing init is never a fork bomb.
+//
+// forkserver: on first use the program spawns (as above) a small single-threaded
+// server, itself this program entering through init, so it holds no threads, locks
+// or state of the program at the time of the request. The server talks to the
+// program over the anonymous socketpair it was spawned with: no name in the file
+// system, reachable by no other process, hence nothing to authenticate. On request
+// it forks a child that runs the entry, and answers with the child's pid, a pidfd for
+// it and one end of a per-child status socket on which it writes the child's exit
+// code when it reaps it. The server exits when the program closes its end (program
+// exit, or the program is killed) and dies with it (PR_SET_PDEATHSIG); its children
+// die with the server.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../errors.hpp"
+#include "callable.hpp"
+#include "posix/fork.hpp"
+#include "posix/posix.hpp"
+
+extern char** environ;
+
+namespace mproc::detail {
+
+/// What a spawned or forkserver child runs: the payload and the descriptors sent with
+/// it (owned by the entry; whatever it does not keep open is closed at exit anyway).
+using entry_fn = int (*)(std::span<const std::byte> payload, std::span<const int> fds);
+
+inline constexpr const char* spawn_marker = "MPROC_SPAWN";
+inline constexpr std::uint64_t spawn_magic = 0x6d70726f63737077ULL;  // "mprocspw"
+// SCM_MAX_FD is 253; one request carries at most this many descriptors.
+inline constexpr std::size_t max_passed_fds = 250;
+
+struct spawn_header {
+  std::uint64_t magic = spawn_magic;
+  std::int64_t entry_offset = 0;
+  std::uint64_t payload_size = 0;
+  std::uint32_t nfds = 0;
+  std::int32_t parent_pid = 0;
+};
+
+inline std::int64_t spawn_ack_timeout_ns() {
+  // A legitimate child acknowledges as soon as main starts; a loaded machine can delay
+  // that by seconds, a program without init never does it.
+  return 10'000'000'000;
+}
+
+// ---- socket helpers (blocking, EINTR-safe, SIGPIPE-free)
+
+/// Sends all of data; fds ride on the first byte.
+inline void send_all_fds(int sock, const void* data, std::size_t len, std::span<const int> fds,
+                         const char* what) {
+  if (fds.size() > max_passed_fds)
+    throw std::invalid_argument(std::string("mproc: ") + what + ": " + std::to_string(fds.size()) +
+                                " descriptors, at most " + std::to_string(max_passed_fds));
+  const char* p = static_cast<const char*>(data);
+  bool fds_sent = fds.empty();
+  std::vector<char> cbuf;
+  while (len > 0 || !fds_sent) {
+    iovec iov{const_cast<char*>(p), len};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (!fds_sent) {
+      cbuf.assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
+      mh.msg_control = cbuf.data();
+      mh.msg_controllen = cbuf.size();
+      cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno(what);
+    }
+    fds_sent = true;
+    p += n;
+    len -= std::size_t(n);
+  }
+}
+
+/// Waits until sock is readable; false on timeout (timeout_ns < 0: forever).
+inline bool wait_readable(int sock, std::int64_t timeout_ns) {
+  const std::int64_t start = monotonic_ns();
+  for (;;) {
+    std::int64_t left = -1;
+    if (timeout_ns >= 0) {
+      left = timeout_ns - (monotonic_ns() - start);
+      if (left < 0) left = 0;
+    }
+    pollfd p{sock, POLLIN, 0};
+    timespec ts{time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
+    int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
+    if (rc > 0) return true;
+    if (rc == 0) return false;
+    if (errno != EINTR) throw_errno("ppoll");
+  }
+}
+
+/// Receives exactly len bytes, collecting descriptors that arrive with them (set
+/// close-on-exec). Returns false on EOF before the first byte; a later EOF, a
+/// timeout or an error raises.
+inline bool recv_all_fds(int sock, void* data, std::size_t len, std::vector<int>* fds,
+                         std::int64_t timeout_ns, const char* what) {
+  char* p = static_cast<char*>(data);
+  std::size_t got = 0;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * max_passed_fds)];
+  const std::int64_t start = monotonic_ns();
+  while (got < len) {
+    if (timeout_ns >= 0) {
+      std::int64_t left = timeout_ns - (monotonic_ns() - start);
+      if (left <= 0 || !wait_readable(sock, left))
+        throw timeout_error(std::string("mproc: ") + what + ": timed out");
+    }
+    iovec iov{p + got, len - got};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    ssize_t n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno(what);
+    }
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < k; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        if (fds) fds->push_back(fd);
+        else ::close(fd);
+      }
+    }
+    if (n == 0) {
+      if (got == 0) return false;
+      throw eof_error(std::string("mproc: ") + what + ": peer closed mid-message");
+    }
+    got += std::size_t(n);
+  }
+  return true;
+}
+
+// ---- the guard against a missing init
+
+struct spawn_guard_state {
+  // Set by init() when this process consumed a spawn marker. A process that carries
+  // the marker in its environment without having consumed it is a spawned child
+  // whose main does not call init: it must not start children of its own.
+  std::atomic<bool> marker_consumed{false};
+};
+inline spawn_guard_state& spawn_guard() {
+  static spawn_guard_state s;
+  return s;
+}
+
+[[noreturn]] inline void throw_missing_init(const char* method, bool in_child) {
+  throw start_method_error(
+      std::string("mproc: the '") + method +
+      "' start method needs mproc::init(argc, argv) as the first line of main" +
+      (in_child ? ": this process was started by spawn and its main did not call init, so it "
+                  "runs main again; it refuses to start children (no runaway)"
+                : ": the program does not call mproc::init(argc, argv) as the first line of main"));
+}
+
+/// Raises if this process may not start spawn/forkserver children.
+inline void check_spawn_allowed(const char* method, bool init_called) {
+  if (std::getenv(spawn_marker) && !spawn_guard().marker_consumed.load())
+    throw_missing_init(method, true);
+  if (!init_called) throw_missing_init(method, false);
+}
+
+// ---- parent side of spawn
+
+struct spawned {
+  pid_t pid = -1;
+  unique_fd pidfd;
+};
+
+inline unique_fd pidfd_open_or_none(pid_t pid) noexcept {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  return unique_fd(fd >= 0 ? fd : -1);
+}
+
+/// Kills and reaps a child that failed to start.
+inline void discard_child(pid_t pid) noexcept {
+  ::kill(pid, SIGKILL);
+  int st;
+  while (::waitpid(pid, &st, 0) == -1 && errno == EINTR) {
+  }
+}
+
+/// posix_spawn of `executable` with argv, then the bootstrap exchange. The caller has
+/// checked that init was called.
+inline spawned spawn_entry(const std::string& executable, const std::vector<std::string>& args,
+                           entry_fn entry, std::span<const std::byte> payload,
+                           std::span<const int> fds) {
+  if (fds.size() > max_passed_fds)
+    throw std::invalid_argument("mproc: spawn: " + std::to_string(fds.size()) +
+                                " descriptors to pass, at most " + std::to_string(max_passed_fds));
+  int sv[2];
+  check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair(spawn)");
+  unique_fd mine(sv[0]), theirs(sv[1]);
+
+  // Same argv; environment plus the marker naming the inherited descriptor.
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  if (argv.empty()) argv.push_back(const_cast<char*>(executable.c_str()));
+  argv.push_back(nullptr);
+  std::string marker = std::string(spawn_marker) + "=" + std::to_string(theirs.get());
+  std::vector<char*> envp;
+  const std::size_t mlen = std::strlen(spawn_marker);
+  for (char** e = environ; e && *e; ++e)
+    if (!(std::strncmp(*e, spawn_marker, mlen) == 0 && (*e)[mlen] == '='))
+      envp.push_back(*e);
+  envp.push_back(marker.data());
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  ::posix_spawn_file_actions_init(&fa);
+  ::posix_spawnattr_init(&attr);
+  // dup2 onto itself clears close-on-exec for just this descriptor, in the child only.
+  ::posix_spawn_file_actions_adddup2(&fa, theirs.get(), theirs.get());
+  // The child starts with no blocked signals and default handlers for those this
+  // thread may have changed, whatever the spawning thread had.
+  sigset_t empty, all;
+  sigemptyset(&empty);
+  sigfillset(&all);
+  sigdelset(&all, SIGKILL);
+  sigdelset(&all, SIGSTOP);
+  ::posix_spawnattr_setsigmask(&attr, &empty);
+  ::posix_spawnattr_setsigdefault(&attr, &all);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = -1;
+  flush_all_output();
+  int rc = ::posix_spawn(&pid, executable.c_str(), &fa, &attr, argv.data(), envp.data());
+  ::posix_spawn_file_actions_destroy(&fa);
+  ::posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    errno = rc;
+    throw_errno(("posix_spawn(" + executable + ")").c_str());
+  }
+  theirs.reset();
+  spawned out{pid, pidfd_open_or_none(pid)};
+
+  // The acknowledgement proves the child entered init; EOF or silence means its main
+  // runs without init.
+  char ack = 0;
+  bool acked = false;
+  try {
+    acked = wait_readable(mine.get(), spawn_ack_timeout_ns()) &&
+            recv_all_fds(mine.get(), &ack, 1, nullptr, -1, "spawn handshake") && ack == 'A';
+  } catch (const std::exception&) {
+    acked = false;
+  }
+  if (!acked) {
+    discard_child(pid);
+    throw start_method_error(
+        "mproc: the spawned child (pid " + std::to_string(pid) +
+        ") did not enter mproc::init: the program does not call mproc::init(argc, argv) as the "
+        "first line of main");
+  }
+  spawn_header h;
+  h.entry_offset = encode_code_address(reinterpret_cast<const void*>(entry));
+  h.payload_size = payload.size();
+  h.nfds = std::uint32_t(fds.size());
+  h.parent_pid = ::getpid();
+  try {
+    send_all_fds(mine.get(), &h, sizeof h, fds, "sendmsg(spawn request)");
+    if (!payload.empty())
+      send_all_fds(mine.get(), payload.data(), payload.size(), {}, "send(spawn payload)");
+  } catch (...) {
+    discard_child(pid);
+    throw;
+  }
+  return out;
+}
+
+// ---- child side (from init)
+
+/// Reads one request {header, fds, payload} from sock and runs it; never returns.
+[[noreturn]] inline void run_request_and_exit(int sock, std::int32_t expected_parent_check) {
+  int code = 1;
+  try {
+    spawn_header h;
+    std::vector<int> fds;
+    if (!recv_all_fds(sock, &h, sizeof h, &fds, -1, "spawn request")) ::_exit(1);
+    if (h.magic != spawn_magic) ::_exit(1);
+    if (expected_parent_check && ::getppid() != h.parent_pid) ::_exit(128 + SIGKILL);
+    std::vector<std::byte> payload(h.payload_size);
+    if (h.payload_size && !recv_all_fds(sock, payload.data(), payload.size(), &fds, -1,
+                                        "spawn payload"))
+      ::_exit(1);
+    ::close(sock);
+    auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
+    code = entry(payload, fds);
+  } catch (...) {
+    code = 1;
+  }
+  flush_all_output();
+  ::_exit(code);
+}
+
+/// Called by init() first thing: if this process was started by spawn, become the
+/// child and never return.
+inline void enter_if_spawned() {
+  const char* m = std::getenv(spawn_marker);
+  if (!m) return;
+  int fd = -1;
+  auto [ptr, ec] = std::from_chars(m, m + std::strlen(m), fd);
+  if (ec != std::errc{} || fd < 0) return;  // not ours: leave it to the refusal check
+  spawn_guard().marker_consumed.store(true);
+  ::unsetenv(spawn_marker);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  // Die with the parent from here on; the header names the parent to compare with,
+  // closing the race where it died before this line.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  char ack = 'A';
+  try {
+    send_all_fds(fd, &ack, 1, {}, "spawn handshake");
+  } catch (...) {
+    ::_exit(1);
+  }
+  run_request_and_exit(fd, 1);
+}
+
+// ---- forkserver
+
+/// Server side: the entry the server is spawned with. fds[0] is its request socket.
+/// Request: spawn_header (+fds) + payload. Reply: int32 pid (or -errno) with two fds
+/// {status socket, pidfd}; when the child is reaped the int32 exit code is written to
+/// the status socket.
+inline int forkserver_main(std::span<const std::byte>, std::span<const int> fds) {
+  if (fds.size() != 1) return 2;
+  const int req = fds[0];
+  // The server ends when the program's end of the socket closes (the program exited or
+  // was killed), not when the thread that happened to start it ends.
+  ::prctl(PR_SET_PDEATHSIG, 0);
+  sigset_t chld, old;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, &old);
+  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) return 3;
+  std::map<pid_t, int> status_of;  // child -> server end of its status socket
+  const pid_t self = ::getpid();
+  auto reap = [&] {
+    signalfd_siginfo si;
+    while (::read(sfd, &si, sizeof si) > 0) {
+    }
+    for (;;) {
+      int st = 0;
+      pid_t p = ::waitpid(-1, &st, WNOHANG);
+      if (p <= 0) break;
+      auto it = status_of.find(p);
+      if (it == status_of.end()) continue;
+      std::int32_t code = exitcode_from_status(st);
+      (void)::send(it->second, &code, sizeof code, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ::close(it->second);
+      status_of.erase(it);
+    }
+  };
+  for (;;) {
+    pollfd p[2] = {{req, POLLIN, 0}, {sfd, POLLIN, 0}};
+    int rc = ::poll(p, 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      return 4;
+    }
+    if (p[1].revents) reap();
+    if (!p[0].revents) continue;
+    spawn_header h;
+    std::vector<int> got;
+    std::vector<std::byte> payload;
+    try {
+      if (!recv_all_fds(req, &h, sizeof h, &got, -1, "forkserver request")) break;  // program gone
+      if (h.magic != spawn_magic) break;
+      payload.resize(h.payload_size);
+      if (h.payload_size &&
+          !recv_all_fds(req, payload.data(), payload.size(), &got, -1, "forkserver payload"))
+        break;
+    } catch (...) {
+      break;
+    }
+    int sv[2];
+    std::int32_t reply = 0;
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      reply = -errno;
+      for (int f : got) ::close(f);
+      (void)::send(req, &reply, sizeof reply, MSG_NOSIGNAL);
+      continue;
+    }
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != self) ::_exit(128 + SIGKILL);
+      ::close(req);
+      ::close(sfd);
+      ::close(sv[0]);
+      ::close(sv[1]);
+      for (auto& [k, f] : status_of) ::close(f);
+      ::sigprocmask(SIG_SETMASK, &old, nullptr);
+      int code = 1;
+      try {
+        auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
+        code = entry(payload, got);
+      } catch (...) {
+        code = 1;
+      }
+      flush_all_output();
+      ::_exit(code);
+    }
+    for (int f : got) ::close(f);
+    if (pid < 0) {
+      reply = -errno;
+      ::close(sv[0]);
+      ::close(sv[1]);
+      (void)::send(req, &reply, sizeof reply, MSG_NOSIGNAL);
+      continue;
+    }
+    status_of[pid] = sv[0];
+    int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    reply = pid;
+    int out[2] = {sv[1], pfd};
+    try {
+      send_all_fds(req, &reply, sizeof reply, std::span<const int>(out, pfd >= 0 ? 2 : 1),
+                   "forkserver reply");
+    } catch (...) {
+      ::close(sv[1]);
+      if (pfd >= 0) ::close(pfd);
+      break;
+    }
+    ::close(sv[1]);
+    if (pfd >= 0) ::close(pfd);
+  }
+  return 0;
+}
+
+struct forkserver_client {
+  std::mutex m;
+  pid_t owner = -1;  // the process whose server this is (a forked child starts its own)
+  pid_t server_pid = -1;
+  unique_fd sock;
+  unique_fd server_pidfd;
+};
+
+inline forkserver_client& forkserver_state() {
+  static forkserver_client* c = new forkserver_client;  // leaked: used until exit
+  return *c;
+}
+
+// A forked child does not share its parent's server: its copy of the connection is
+// closed (so the server sees EOF when the program itself is gone), and its lock may
+// have been held by a thread that does not exist in the child.
+inline void forkserver_after_fork_child() noexcept {
+  auto& c = forkserver_state();
+  new (&c.m) std::mutex;
+  c.sock.reset();
+  c.server_pidfd.reset();
+  c.server_pid = -1;
+  c.owner = -1;
+}
+
+inline const int forkserver_atfork_registered = [] {
+  forkserver_state();
+  return ::pthread_atfork(nullptr, nullptr, &forkserver_after_fork_child);
+}();
+
+struct forkserver_child {
+  pid_t pid = -1;
+  unique_fd pidfd;
+  unique_fd status;
+};
+
+/// Asks the server (started on first use) to fork a child running entry.
+inline forkserver_child forkserver_launch(const std::string& executable,
+                                          const std::vector<std::string>& args, entry_fn entry,
+                                          std::span<const std::byte> payload,
+                                          std::span<const int> fds) {
+  auto& c = forkserver_state();
+  std::lock_guard lk(c.m);
+  if (c.owner != ::getpid()) {
+    c.sock.reset();
+    c.server_pidfd.reset();
+    c.server_pid = -1;
+  }
+  if (c.server_pid > 0) {
+    // A server that died (killed by someone) is replaced.
+    int st;
+    if (::waitpid(c.server_pid, &st, WNOHANG) == c.server_pid) {
+      c.sock.reset();
+      c.server_pidfd.reset();
+      c.server_pid = -1;
+    }
+  }
+  if (c.server_pid <= 0) {
+    int sv[2];
+    check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair(forkserver)");
+    unique_fd mine(sv[0]), theirs(sv[1]);
+    const int pass[1] = {theirs.get()};
+    spawned s = spawn_entry(executable, args, &forkserver_main, {}, pass);
+    c.server_pid = s.pid;
+    c.server_pidfd = std::move(s.pidfd);
+    c.sock = std::move(mine);
+    c.owner = ::getpid();
+  }
+  spawn_header h;
+  h.entry_offset = encode_code_address(reinterpret_cast<const void*>(entry));
+  h.payload_size = payload.size();
+  h.nfds = std::uint32_t(fds.size());
+  h.parent_pid = c.server_pid;
+  std::int32_t reply = 0;
+  std::vector<int> got;
+  try {
+    send_all_fds(c.sock.get(), &h, sizeof h, fds, "sendmsg(forkserver request)");
+    if (!payload.empty())
+      send_all_fds(c.sock.get(), payload.data(), payload.size(), {}, "send(forkserver payload)");
+    if (!recv_all_fds(c.sock.get(), &reply, sizeof reply, &got, 30'000'000'000,
+                      "forkserver reply"))
+      throw start_method_error("mproc: the forkserver closed its connection");
+  } catch (...) {
+    for (int f : got) ::close(f);
+    // The connection is in an unknown state: next use starts a new server.
+    c.sock.reset();
+    if (c.server_pid > 0) discard_child(c.server_pid);
+    c.server_pidfd.reset();
+    c.server_pid = -1;
+    throw;
+  }
+  if (reply <= 0) {
+    for (int f : got) ::close(f);
+    errno = -reply;
+    throw_errno("fork (in the forkserver)");
+  }
+  forkserver_child out;
+  out.pid = reply;
+  if (!got.empty()) out.status = unique_fd(got[0]);
+  if (got.size() > 1) out.pidfd = unique_fd(got[1]);
+  for (std::size_t i = 2; i < got.size(); ++i) ::close(got[i]);
+  return out;
+}
+
+}  // namespace mproc::detail
