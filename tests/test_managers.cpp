@@ -357,6 +357,9 @@ TEST_CASE("TCP: a remote client in another process, by name", "[managers][tcp]")
   CHECK_THROWS_AS(rd.update("counter", [step](int v) { return v + step; }, 0), mproc::manager_error);
   CHECK(d.get("counter") == 1121);
   CHECK_THROWS_AS(rd.get("nope"), std::out_of_range);
+  // A server-side error is the operation's, not the connection's: it stays usable.
+  CHECK_THROWS_AS((c.dict<std::string, double>("shared")), mproc::serialization_error);
+  CHECK(rd.get("remote") == 42);
   auto rq = c.Queue<int>("jobs");
   CHECK_THROWS_AS(rq.get(50ms), mproc::queue_empty);
   m.Queue<int>("jobs").put(9);
@@ -512,6 +515,8 @@ TEST_CASE("no descriptor, process or socket leaks", "[managers][leaks]") {
 
 TEST_CASE("option and input errors are typed", "[managers]") {
   CHECK_THROWS_AS(mproc::Manager({.address = "no-port"}), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Manager({.capacity = 100}), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Manager({.timeout = std::chrono::seconds(0)}), std::invalid_argument);
   CHECK_THROWS_AS(mproc::Manager::connect("/nonexistent/mproc.sock", "k"), std::system_error);
   CHECK_THROWS_AS((mproc::DictProxy<int, int>().size()), mproc::state_error);
   mproc::Manager small({.capacity = 1 << 20});

@@ -134,11 +134,10 @@ class remote_backend final : public backend {
     deadline_t d = !blocking ? deadline_after(timeout_ns_)
                    : q.m < 0 ? -1
                              : deadline_after(q.m > INT64_MAX - timeout_ns_ ? -1 : q.m + timeout_ns_);
+    response r;
     try {
       write_frame(fd_.get(), q.encode(), d);
-      response r = response::decode(read_frame(fd_.get(), cap_, d));
-      r.raise_if_error();
-      return r;
+      r = response::decode(read_frame(fd_.get(), cap_, d));
     } catch (const eof_error&) {
       broken();
       throw;
@@ -152,6 +151,8 @@ class remote_backend final : public backend {
       broken();
       throw;
     }
+    r.raise_if_error();  // the operation's own error: the connection is fine
+    return r;
   }
   [[nodiscard]] bool local() const noexcept override { return false; }
   [[nodiscard]] bool usable() const noexcept override { return !broken_.load(); }
@@ -216,14 +217,15 @@ struct endpoint {
   std::int64_t timeout_ns = 30'000'000'000;
   std::size_t max_message = std::size_t(64) << 20;
 
-  backend& get() {
+  /// Shared, so a backend replaced by another thread stays alive for calls in flight.
+  std::shared_ptr<backend> get() {
     std::lock_guard g(m_);
     // A mapped segment stays valid in a forked child; a socket must not be shared
     // with one, so a child opens its own connection.
-    if (be_ && be_->usable() && (be_->local() || pid_ == ::getpid())) return *be_;
+    if (be_ && be_->usable() && (be_->local() || pid_ == ::getpid())) return be_;
     be_ = resolve();
     pid_ = ::getpid();
-    return *be_;
+    return be_;
   }
   void set(std::shared_ptr<backend> be) {
     std::lock_guard g(m_);
@@ -561,7 +563,7 @@ class BaseProxy {
  protected:
   BaseProxy(std::shared_ptr<detail::mgr::endpoint> ep, std::uint64_t id) : ep_(std::move(ep)), id_(id) {}
 
-  detail::mgr::backend& be() const {
+  std::shared_ptr<detail::mgr::backend> be() const {
     if (!ep_) throw state_error("mproc: use of an empty (default-constructed) manager proxy");
     return ep_->get();
   }
@@ -569,7 +571,7 @@ class BaseProxy {
                              std::int64_t m = -1) const {
     detail::mgr::request q;
     q.o = o, q.id = id_, q.a = std::move(a), q.b = std::move(b), q.n = n, q.m = m;
-    return be().call(q, nullptr);
+    return be()->call(q, nullptr);
   }
 
   std::shared_ptr<detail::mgr::endpoint> ep_;
@@ -655,7 +657,8 @@ class DictProxy : public BaseProxy {
     static_assert(std::is_invocable_v<F&, V>, "mproc::DictProxy::update: fn must be callable as fn(V)");
     detail::mgr::request q;
     q.o = op::dict_update, q.id = id_, q.a = detail::mgr::enc(k), q.b = detail::mgr::enc(dflt);
-    auto& b = be();
+    auto bp = be();
+    auto& b = *bp;
     if (b.local()) {
       detail::mgr::updater u = [&fn](const std::string_view* cur, std::string_view d) {
         V v = cur ? detail::mgr::dec<V>(*cur) : detail::mgr::dec<V>(d);
@@ -709,7 +712,7 @@ class ListProxy : public BaseProxy {
     detail::mgr::request q;
     q.o = op::list_extend, q.id = id_;
     for (const auto& e : range) q.list.push_back(detail::mgr::enc(static_cast<const T&>(e)));
-    be().call(q, nullptr);
+    be()->call(q, nullptr);
   }
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
@@ -865,6 +868,8 @@ class Manager {
     if (opts_.authkey.empty()) opts_.authkey = detail::random_bytes(32);
     std::int64_t timeout_ns = detail::to_ns(opts_.timeout);
     if (timeout_ns <= 0) throw std::invalid_argument("mproc::manager_options: timeout must be positive");
+    if (opts_.capacity < (std::size_t(64) << 10))
+      throw std::invalid_argument("mproc::manager_options: capacity must be at least 64 KiB");
     uuid_ = detail::hex(detail::random_bytes(16));
 
     auto st = store::create(opts_.capacity);
@@ -1024,7 +1029,7 @@ class Manager {
   /// A new value holding v.
   template <class T>
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
-    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, nullptr, detail::mgr::enc(v)));
+    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
   /// Frees a managed object now instead of at shutdown (objects are not reference
   /// counted). Proxies to it, in any process, then raise manager_error. Returns
@@ -1034,7 +1039,7 @@ class Manager {
     detail::mgr::request q;
     q.o = detail::mgr::op::destroy;
     q.id = proxy.id();
-    return ep_->get().call(q, nullptr).n != 0;
+    return ep_->get()->call(q, nullptr).n != 0;
   }
 
   /// The value registered as `name`; set to v only when this call creates it.
@@ -1042,7 +1047,7 @@ class Manager {
   [[nodiscard]] ValueProxy<T> Value(const std::string& name, const T& v) {
     // The initial value is stored by the call that creates the object, so a
     // concurrent creator never sees it empty.
-    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, name, tag<T>(), 0, 0, nullptr, detail::mgr::enc(v)));
+    return ValueProxy<T>(ep_, create(detail::mgr::kind::value, name, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
 
  private:
@@ -1054,8 +1059,7 @@ class Manager {
     return detail::type_tag<T>::value;
   }
   std::uint64_t create(detail::mgr::kind k, const std::string& name, std::uint64_t t1, std::uint64_t t2,
-                       std::size_t maxsize = 0, bool* created = nullptr,
-                       std::optional<std::string> initial = std::nullopt) {
+                       std::size_t maxsize = 0, std::optional<std::string> initial = std::nullopt) {
     if (!ep_) throw state_error("mproc::Manager: use of a moved-from or shut down manager");
     detail::mgr::request q;
     q.o = detail::mgr::op::create;
@@ -1065,8 +1069,7 @@ class Manager {
     std::uint64_t t[2] = {t1, t2};
     q.b.assign(reinterpret_cast<const char*>(t), sizeof t);
     if (initial) q.list.push_back(std::move(*initial));
-    auto r = ep_->get().call(q, nullptr);
-    if (created) *created = r.a == "created";
+    auto r = ep_->get()->call(q, nullptr);
     return static_cast<std::uint64_t>(r.n);
   }
 

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sys/stat.h>
 
 #include <boost/container/deque.hpp>
 #include <boost/container/map.hpp>
@@ -297,6 +298,11 @@ class store {
 
   /// Maps a segment received as a descriptor; root_offset comes from its creator.
   static std::shared_ptr<store> attach(unique_fd fd, std::size_t capacity, std::size_t root_offset) {
+    struct stat sb{};
+    check(::fstat(fd.get(), &sb), "fstat(manager segment)");
+    // Mapping past the end of the file would turn later accesses into SIGBUS.
+    if (sb.st_size < 0 || static_cast<std::size_t>(sb.st_size) < capacity || capacity < sizeof(root))
+      throw serialization_error("manager: the segment received is smaller than announced");
     auto s = std::shared_ptr<store>(new store);
     s->region_ = shm_region::map(std::move(fd), capacity);
     s->seg_ = segment(bip::open_only, s->region_.data(), capacity);
@@ -490,7 +496,6 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         }
         ++r.next_id;
         out.n = static_cast<std::int64_t>(id);
-        out.a = "created";
         break;
       }
       case op::dict_set: {
