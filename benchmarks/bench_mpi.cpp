@@ -138,28 +138,45 @@ int main(int argc, char** argv) {
     constexpr std::uint64_t limit = 600'000, parts = 32;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     for (std::uint64_t k = 0; k < parts; ++k) ranges.emplace_back(limit * k / parts, limit * (k + 1) / parts);
-    auto run_mpi = [&](std::size_t n) {
-      mproc::mpi::Pool pool(n);
-      return median_seconds(reps, [&] {
-        auto r = pool.starmap(count_primes, ranges, 1);
-        g_sink = g_sink + std::accumulate(r.begin(), r.end(), std::uint64_t(0));
-      });
+    auto work = [&](auto& pool) {
+      auto r = pool.starmap(count_primes, ranges, 1);
+      g_sink = g_sink + std::accumulate(r.begin(), r.end(), std::uint64_t(0));
     };
-    auto run_local = [&](std::size_t n) {
-      mproc::Pool pool(n);
-      return median_seconds(reps, [&] {
-        auto r = pool.starmap(count_primes, ranges, 1);
-        g_sink = g_sink + std::accumulate(r.begin(), r.end(), std::uint64_t(0));
-      });
+    // The cases alternate within each repetition, so a change in the machine's load
+    // during the run affects them all alike.
+    std::vector<double> serial, m1, l1, m2, l2;
+    auto timed = [](std::vector<double>& into, auto&& body) {
+      auto t0 = clock_type::now();
+      body();
+      into.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
     };
-    const double serial = median_seconds(reps, [&] { g_sink = g_sink + count_primes(0, limit); });
-    const double m1 = run_mpi(1), l1 = run_local(1);
-    std::printf("%-44s %10.3f s  %10.3f s  %7.2fx   (serial %.3f s)\n", "CPU-bound, 1 worker", m1, l1,
-                m1 / l1, serial);
+    {
+      mproc::Pool local1(1), local2(nw);
+      for (int i = 0; i < reps; ++i) {
+        timed(serial, [&] { g_sink = g_sink + count_primes(0, limit); });
+        {
+          mproc::mpi::Pool p(1);
+          timed(m1, [&] { work(p); });
+        }
+        timed(l1, [&] { work(local1); });
+        if (nw >= 2) {
+          mproc::mpi::Pool p(2);
+          timed(m2, [&] { work(p); });
+          timed(l2, [&] { work(local2); });
+        }
+      }
+    }
+    auto med = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.empty() ? 0.0 : v[v.size() / 2];
+    };
+    std::printf("%-44s %10.3f s  %10.3f s  %7.2fx   (serial %.3f s)\n", "CPU-bound, 1 worker", med(m1),
+                med(l1), med(m1) / med(l1), med(serial));
     if (nw >= 2) {
-      const double m2 = run_mpi(2), l2 = run_local(2);
-      std::printf("%-44s %10.3f s  %10.3f s  %7.2fx\n", "CPU-bound, 2 workers", m2, l2, m2 / l2);
-      std::printf("%-44s %10.2fx  %10.2fx\n", "  speedup 1 -> 2 workers", m1 / m2, l1 / l2);
+      std::printf("%-44s %10.3f s  %10.3f s  %7.2fx\n", "CPU-bound, 2 workers", med(m2), med(l2),
+                  med(m2) / med(l2));
+      std::printf("%-44s %10.2fx  %10.2fx\n", "  speedup 1 -> 2 workers", med(m1) / med(m2),
+                  med(l1) / med(l2));
     }
   }
   return 0;

@@ -31,6 +31,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -96,7 +97,8 @@ struct result_msg_header {
   std::uint64_t job;
   std::uint64_t first;
   std::uint32_t count;
-  std::int32_t pid;  // the worker rank's pid, for remote_error
+  std::int32_t pid;          // the worker rank's pid, for remote_error
+  std::int64_t elapsed_ns;   // time the rank spent on the chunk, for the prefetch depth
 };
 /// Then per item: this, then `len` bytes (the value, or an encoded_exception).
 struct result_item_header {
@@ -110,9 +112,15 @@ class result_writer {
  public:
   void begin(std::uint64_t job, std::uint64_t first, std::uint32_t count) {
     buf_.resize(sizeof(result_msg_header));
-    result_msg_header h{job, first, count, static_cast<std::int32_t>(::getpid())};
+    result_msg_header h{job, first, count, static_cast<std::int32_t>(::getpid()), 0};
     std::memcpy(buf_.data(), &h, sizeof h);
     items_ = 0;
+    started_ns_ = monotonic_ns();
+  }
+  /// Stamps the time since begin() into the header.
+  void end() noexcept {
+    const std::int64_t elapsed = monotonic_ns() - started_ns_;
+    std::memcpy(buf_.data() + offsetof(result_msg_header, elapsed_ns), &elapsed, sizeof elapsed);
   }
   template <class V>
   void ok(const V& v) {
@@ -145,6 +153,7 @@ class result_writer {
   }
   std::vector<std::byte> buf_;
   std::uint32_t items_ = 0;
+  std::int64_t started_ns_ = 0;
 };
 
 using invoker_fn = void (*)(result_writer&, task_view&);
@@ -222,6 +231,7 @@ inline std::vector<std::byte>& run_task(result_writer& out, const std::byte* dat
   out.begin(h.job, h.first, h.count);
   auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
   inv(out, t);
+  out.end();
   return out.bytes();
 }
 
@@ -389,7 +399,9 @@ struct pool_options {
   /// Worker ranks to use (the first ones); 0: all of them.
   std::size_t processes = 0;
   /// Chunks each worker rank holds at once: 2 hides the round trip (one runs while
-  /// the next one waits), more only unbalances uneven tasks.
+  /// the next one waits). Chunks measured to take well under a millisecond are sent
+  /// deeper, up to about 2 ms of work per rank, so tiny tasks do not wait on round
+  /// trips while uneven ones stay balanced.
   std::size_t chunks_in_flight = 2;
 };
 
@@ -791,7 +803,9 @@ class Pool {
       return true;
     }
     for (auto& r : ranks_) {
-      while (r.in_flight.size() < opts_.chunks_in_flight) {
+      while (true) {
+        job_entry* next = next_job();
+        if (!next || r.in_flight.size() >= depth_for(*next->job)) break;
         chunk c = make_chunk();
         if (c.count == 0) return any;
         const int n = detail::mpi_count(c.bytes.size(), "a chunk of tasks");
@@ -803,6 +817,18 @@ class Pool {
       }
     }
     return any;
+  }
+
+  /// Chunks a rank may hold for this job (see pool_options::chunks_in_flight).
+  std::size_t depth_for(const detail::job_base& j) const {
+    std::size_t d = opts_.chunks_in_flight;
+    if (j.avg_item_ns > 0) {
+      const std::int64_t chunk_ns =
+          j.avg_item_ns * static_cast<std::int64_t>(std::max<std::size_t>(1, j.chunksize));
+      const auto fit = static_cast<std::size_t>(2'000'000 / std::max<std::int64_t>(chunk_ns, 1));
+      d = std::max(d, std::min<std::size_t>(fit, 64));
+    }
+    return d;
   }
 
   bool receive(std::vector<std::byte>& rx) {
@@ -848,6 +874,10 @@ class Pool {
     r.get(&h, sizeof h, "result header");
     if (h.job != job.id || h.first != c.first || h.count != c.count)
       throw serialization_error("mpi::Pool: a result message does not match the chunk it answers");
+    if (c.count && h.elapsed_ns > 0) {
+      const std::int64_t per_item = h.elapsed_ns / c.count;
+      job.avg_item_ns = job.avg_item_ns ? (3 * job.avg_item_ns + per_item) / 4 : per_item;
+    }
     for (std::uint32_t k = 0; k < c.count; ++k) {
       detail::result_item_header ih;
       r.get(&ih, sizeof ih, "result item header");
