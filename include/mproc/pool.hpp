@@ -38,6 +38,7 @@
 #include <vector>
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/wait.h>
@@ -193,7 +194,7 @@ void help_while_waiting(const std::weak_ptr<pool_helper>& wh, Done&& done, std::
     else if (now - last > 50'000)
       break;
     if (deadline_ns >= 0 && now >= deadline_ns) break;
-    if (!progress) cpu_relax();
+    if (!progress) sched_yield();  // on a busy machine the worker may need this core
   }
   if (helped) {
     std::lock_guard hl(h->m);
@@ -1362,6 +1363,7 @@ class basic_pool {
     engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     // The service thread sleeps while we drive; workers need not wake it.
     shared_->parent_waiting.store(0, std::memory_order_relaxed);
+    last_help_ns_.store(detail::monotonic_ns(), std::memory_order_relaxed);
     bool p = false;
     try {
       p = step();
@@ -1447,10 +1449,13 @@ class basic_pool {
       }
       const std::int64_t now = detail::monotonic_ns();
       if (idle_since == 0) idle_since = now;
-      if (now - idle_since < spin_ns) {
+      // While a waiting caller drives the engine, spinning here would only take a
+      // core from it or from a worker: go straight back to sleep.
+      const bool caller_driving = now - last_help_ns_.load(std::memory_order_relaxed) < 200'000;
+      if (!caller_driving && now - idle_since < spin_ns) {
         engine_owner_.store({}, std::memory_order_relaxed);
         el.unlock();
-        detail::cpu_relax();
+        sched_yield();
         continue;
       }
       // Sleep until a worker or a caller wakes us, a worker exits or a deadline passes.
@@ -1880,6 +1885,7 @@ class basic_pool {
   std::mutex engine_m_;  // guards everything the service thread owns
   std::atomic<std::thread::id> engine_owner_{};
   std::atomic<bool> active_{false};  // jobs in flight (readable without engine_m_)
+  std::atomic<std::int64_t> last_help_ns_{0};  // when a caller last stepped the engine
   std::shared_ptr<detail::pool_helper> helper_;
 
   std::mutex join_m_;

@@ -13,6 +13,8 @@
 #include <span>
 #include <vector>
 
+#include <sched.h>
+
 #include "posix/posix.hpp"
 
 namespace mproc::detail {
@@ -124,7 +126,8 @@ class spsc_ring {
     for (int spin = 0;; ++spin) {
       if (auto* p = try_reserve(len)) return p;
       if (spin < 2000) {
-        cpu_relax();
+        if ((spin & 63) == 63) sched_yield();
+        else cpu_relax();
         continue;
       }
       const std::uint32_t seq = h_->space_seq.load(std::memory_order_seq_cst);
@@ -199,7 +202,11 @@ class spsc_ring {
     for (unsigned i = 1;; ++i) {
       if (!empty()) return true;
       cpu_relax();
-      if ((i & 63) == 0 && monotonic_ns() >= spin_end) break;
+      // Yield now and then: when cores are scarce the writer may be waiting for ours.
+      if ((i & 63) == 0) {
+        if (monotonic_ns() >= spin_end) break;
+        sched_yield();
+      }
     }
     const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
     while (true) {
