@@ -1,12 +1,29 @@
 // Start methods and start policies.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <dirent.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <mproc/context.hpp>
+#include <mproc/connection.hpp>
 #include <mproc/process.hpp>
+#include <mproc/shared_memory.hpp>
+#include <mproc/sharedctypes.hpp>
+#include <mproc/synchronize.hpp>
 
 using namespace std::chrono_literals;
 
@@ -35,6 +52,7 @@ struct raw_fork_policy {
 struct not_a_policy {};
 
 void exit_with(int code) { std::exit(code); }
+void init_from_cmdline();
 
 }  // namespace
 
@@ -67,32 +85,48 @@ TEST_CASE("init records the command line", "[context]") {
 }
 
 TEST_CASE("spawn and forkserver without init raise a clear start_method_error", "[context]") {
-  if (mproc::initialized()) SUCCEED("init already ran in this process");
-  else {
-    auto expect_missing_init = [](auto&& start, const char* method) {
-      try {
-        start();
-        FAIL("no exception");
-      } catch (const mproc::start_method_error& e) {
-        std::string what = e.what();
-        CHECK_THAT(what, Catch::Contains(method));
-        CHECK_THAT(what, Catch::Contains("mproc::init(argc, argv)"));
-      }
-    };
-    mproc::Process by_option({.name = "s", .daemon = false, .method = mproc::start_method::spawn},
-                             exit_with, 3);
-    expect_missing_init([&] { by_option.start(); }, "'spawn'");
-    CHECK_THROWS_AS(by_option.pid(), mproc::state_error);  // nothing was started
-
-    mproc::set_start_method(mproc::start_method::forkserver);
-    mproc::Process by_default(exit_with, 0);
-    expect_missing_init([&] { by_default.start(); }, "'forkserver'");
-    mproc::set_start_method(mproc::start_method::fork);
-    by_default.start();  // the failed attempt left the object usable
-    CHECK(by_default.join(10s));
-    CHECK(by_default.exitcode() == 0);
-    CHECK(mproc::active_children().empty());
+  // Pretend init was never called (another test case may have called it).
+  auto& b = mproc::detail::bootstrap();
+  bool was_called;
+  {
+    std::lock_guard lk(b.m);
+    was_called = std::exchange(b.called, false);
   }
+  struct restore {
+    bool v;
+    ~restore() {
+      std::lock_guard lk(mproc::detail::bootstrap().m);
+      mproc::detail::bootstrap().called = v;
+    }
+  } r{was_called};
+  auto expect_missing_init = [](auto&& start, const char* method) {
+    try {
+      start();
+      FAIL("no exception");
+    } catch (const mproc::start_method_error& e) {
+      std::string what = e.what();
+      CHECK_THAT(what, Catch::Contains(method));
+      CHECK_THAT(what, Catch::Contains("mproc::init(argc, argv)"));
+    }
+  };
+  mproc::Process by_option({.name = "s", .daemon = false, .method = mproc::start_method::spawn},
+                           exit_with, 3);
+  expect_missing_init([&] { by_option.start(); }, "'spawn'");
+  CHECK_THROWS_AS(by_option.pid(), mproc::state_error);  // nothing was started
+
+  mproc::set_start_method(mproc::start_method::forkserver);
+  mproc::Process by_default(exit_with, 0);
+  expect_missing_init([&] { by_default.start(); }, "'forkserver'");
+  mproc::set_start_method(mproc::start_method::fork);
+  by_default.start();  // the failed attempt left the object usable
+  CHECK(by_default.join(10s));
+  CHECK(by_default.exitcode() == 0);
+
+  mproc::basic_process<mproc::spawn_policy> fixed(exit_with, 1);
+  expect_missing_init([&] { fixed.start(); }, "'spawn'");
+  mproc::basic_process<mproc::forkserver_policy> fixed2(exit_with, 1);
+  expect_missing_init([&] { fixed2.start(); }, "'forkserver'");
+  CHECK(mproc::active_children().empty());
 }
 
 TEST_CASE("compile-time fork_policy and an explicit fork option", "[context]") {
@@ -129,7 +163,8 @@ TEST_CASE("a user-written start policy plugs in", "[context]") {
 // The test executable's main is Catch's, which does not call mproc::init. A child
 // spawned from this executable must still enter through init before Catch's main runs:
 // this static initializer does it when (and only when) the process is such a child.
-// It is defined last, so everything it uses in this file is already constructed.
+// The library's own statics come from headers included above, so they are constructed
+// before it runs; the children use nothing else of this file's statics.
 namespace {
 
 std::vector<std::string> own_cmdline() {
@@ -164,3 +199,351 @@ const bool spawned_child_entered = [] {
 }();
 
 }  // namespace
+
+namespace {
+
+using mproc::start_method;
+
+mproc::process_options with(start_method m, std::string name = "") {
+  return {.name = std::move(name), .daemon = false, .method = m};
+}
+
+int count_fds() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+bool is_gone(pid_t pid) {
+  // Gone, or a zombie of someone else's (not ours to reap): neither runs any more.
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", int(pid));
+  std::FILE* f = std::fopen(path, "r");
+  if (!f) return true;
+  int p;
+  char comm[256], state = '?';
+  int n = std::fscanf(f, "%d %255s %c", &p, comm, &state);
+  std::fclose(f);
+  return n == 3 && (state == 'Z' || state == 'X');
+}
+
+bool wait_gone(pid_t pid, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (!is_gone(pid)) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+void cleanup(mproc::Process& p) {
+  try {
+    if (!p.join(0ms)) {
+      p.kill();
+      (void)p.join(5s);
+    }
+  } catch (...) {
+  }
+}
+
+// Targets (free functions: they cross as code offsets).
+void noop() {}
+void throw_runtime() { throw std::runtime_error("boom in child"); }
+void raise_kill() { ::raise(SIGKILL); }
+void add_to(mproc::Value<int> v, int n) {
+  std::scoped_lock g(v.get_lock());
+  v.value() += n;
+}
+void check_args(int i, std::string s, std::vector<double> d, std::string_view c,
+                mproc::RawValue<int> out) {
+  out.value() = (i == 42 && s == "text" && d == std::vector<double>{1.5, 2.5} && std::string(c) == "cstr")
+                    ? 1
+                    : 2;
+}
+void report_identity(mproc::Connection c) {
+  auto parent = mproc::parent_process();
+  c.send(mproc::current_process().name);
+  c.send(parent ? int(parent->pid) : -1);
+}
+void fill_array(mproc::Array<long> a, mproc::RawArray<int> r) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = long(i * 10);
+  for (auto& x : r) x = -1;
+}
+void hold_lock(mproc::Lock l, mproc::RLock rl, mproc::Connection c) {
+  l.acquire();
+  rl.acquire();
+  c.send(std::string("held"));
+  (void)c.recv<std::string>(30s);
+  rl.release();
+  l.release();
+  c.send(std::string("released"));
+}
+void echo_twice(mproc::Connection c) {
+  for (int i = 0; i < 2; ++i) c.send(c.recv<int>(30s) * 2);
+}
+void write_shm(mproc::SharedMemory m) {
+  auto s = m.as<unsigned char>();
+  for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<unsigned char>(i + 1);
+}
+struct stateful_adder {
+  int n = 0;
+  template <class Ar>
+  void serialize(Ar& ar, unsigned) {
+    ar & n;
+  }
+  void operator()(mproc::Value<int> v) const { v.value() += n; }
+};
+
+const std::vector<start_method> fresh_image_methods{start_method::spawn, start_method::forkserver};
+
+}  // namespace
+
+TEST_CASE("all three start methods are available", "[context][spawn]") {
+  auto all = mproc::get_all_start_methods();
+  CHECK(all == std::vector<start_method>{start_method::fork, start_method::spawn,
+                                         start_method::forkserver});
+}
+
+TEST_CASE("spawn and forkserver: exit codes, exceptions, names, parent", "[context][spawn]") {
+  init_from_cmdline();
+  for (start_method m : fresh_image_methods) {
+    INFO(mproc::to_string(m));
+    mproc::Process ok(with(m), noop);
+    mproc::Process code(with(m), exit_with, 7);
+    mproc::Process thrown(with(m, "thrower"), throw_runtime);
+    mproc::Process killed(with(m), raise_kill);
+    for (auto* p : {&ok, &code, &thrown, &killed}) p->start();
+    for (auto* p : {&ok, &code, &thrown, &killed}) {
+      CHECK(p->join(30s));
+      cleanup(*p);
+    }
+    CHECK(ok.exitcode() == 0);
+    CHECK(code.exitcode() == 7);
+    CHECK(thrown.exitcode() == 1);
+    CHECK(killed.exitcode() == -SIGKILL);
+    CHECK_FALSE(ok.is_alive());
+
+    auto [a, b] = mproc::Pipe();
+    mproc::Process named(with(m, "reporter"), report_identity, b);
+    named.start();
+    b = mproc::Connection();  // the child holds its own end now
+    CHECK(a.recv<std::string>(30s) == "reporter");
+    CHECK(a.recv<int>(30s) == int(::getpid()));
+    CHECK(named.join(30s));
+    CHECK(named.exitcode() == 0);
+    cleanup(named);
+  }
+  CHECK(mproc::active_children().empty());
+}
+
+TEST_CASE("spawn and forkserver: arguments and handles arrive as the same objects",
+          "[context][spawn]") {
+  init_from_cmdline();
+  for (start_method m : fresh_image_methods) {
+    INFO(mproc::to_string(m));
+    SECTION(std::string("values ") + mproc::to_string(m)) {
+      mproc::RawValue<int> out(0);
+      mproc::Process p(with(m), check_args, 42, std::string("text"), std::vector<double>{1.5, 2.5},
+                       "cstr", out);
+      p.start();
+      REQUIRE(p.join(30s));
+      CHECK(p.exitcode() == 0);
+      CHECK(out.value() == 1);
+    }
+    SECTION(std::string("Value incremented by children ") + mproc::to_string(m)) {
+      mproc::Value<int> v(100);
+      std::vector<mproc::Process> ps;
+      for (int i = 0; i < 3; ++i) ps.emplace_back(with(m), add_to, v, 5);
+      ps.emplace_back(with(m), stateful_adder{1000}, v);
+      for (auto& p : ps) p.start();
+      for (auto& p : ps) {
+        CHECK(p.join(30s));
+        CHECK(p.exitcode() == 0);
+        cleanup(p);
+      }
+      CHECK(v.load() == 1115);
+    }
+    SECTION(std::string("Array and RawArray ") + mproc::to_string(m)) {
+      mproc::Array<long> a(5);
+      mproc::RawArray<int> r{1, 2, 3};
+      mproc::Process p(with(m), fill_array, a, r);
+      p.start();
+      REQUIRE(p.join(30s));
+      CHECK(a.to_vector() == std::vector<long>{0, 10, 20, 30, 40});
+      CHECK(r.to_vector() == std::vector<int>{-1, -1, -1});
+    }
+    SECTION(std::string("Lock and RLock held across ") + mproc::to_string(m)) {
+      mproc::Lock l;
+      mproc::RLock rl;
+      auto [a, b] = mproc::Pipe();
+      mproc::Process p(with(m), hold_lock, l, rl, b);
+      p.start();
+      b = mproc::Connection();
+      REQUIRE(a.recv<std::string>(30s) == "held");
+      CHECK_FALSE(l.acquire(false));
+      CHECK_FALSE(rl.acquire(false));
+      a.send(std::string("go"));
+      CHECK(a.recv<std::string>(30s) == "released");
+      CHECK(l.acquire(true, 10s));
+      l.release();
+      CHECK(p.join(30s));
+      CHECK(p.exitcode() == 0);
+      cleanup(p);
+    }
+    SECTION(std::string("Connection ") + mproc::to_string(m)) {
+      auto [a, b] = mproc::Pipe();
+      mproc::Process p(with(m), echo_twice, b);
+      p.start();
+      b = mproc::Connection();
+      a.send(21);
+      CHECK(a.recv<int>(30s) == 42);
+      a.send(-4);
+      CHECK(a.recv<int>(30s) == -8);
+      CHECK(p.join(30s));
+      CHECK(p.exitcode() == 0);
+      cleanup(p);
+    }
+    SECTION(std::string("SharedMemory ") + mproc::to_string(m)) {
+      mproc::SharedMemory shm(mproc::create, 64);
+      mproc::Process p(with(m), write_shm, shm);
+      p.start();
+      REQUIRE(p.join(30s));
+      CHECK(p.exitcode() == 0);
+      auto s = shm.as<unsigned char>();
+      CHECK(int(s[0]) == 1);
+      CHECK(int(s[63]) == 64);
+      shm.close();
+      shm.unlink();
+    }
+  }
+}
+
+TEST_CASE("spawn and forkserver refuse a closure with start_method_error", "[context][spawn]") {
+  init_from_cmdline();
+  int captured = 3;
+  for (start_method m : fresh_image_methods) {
+    mproc::Process p(with(m), [captured] { std::exit(captured); });
+    try {
+      p.start();
+      FAIL("no exception");
+    } catch (const mproc::start_method_error& e) {
+      CHECK_THAT(std::string(e.what()), Catch::Contains("portable callable"));
+    }
+    CHECK_THROWS_AS(p.pid(), mproc::state_error);
+  }
+}
+
+TEST_CASE("spawn and forkserver leak no descriptors and leave no zombies", "[context][spawn]") {
+  init_from_cmdline();
+  {  // the forkserver connection is opened once and kept: start it before counting
+    mproc::Process warm(with(start_method::forkserver), noop);
+    warm.start();
+    REQUIRE(warm.join(30s));
+  }
+  const int before = count_fds();
+  std::vector<pid_t> pids;
+  for (int round = 0; round < 2; ++round)
+    for (start_method m : fresh_image_methods) {
+      mproc::Value<int> v(0);
+      mproc::Process p(with(m), add_to, v, 1);
+      p.start();
+      pids.push_back(p.pid());
+      CHECK(p.join(30s));
+      CHECK(v.load() == 1);
+    }
+  CHECK(count_fds() == before);
+  for (pid_t pid : pids) CHECK(wait_gone(pid, 3000ms));
+  // Nothing of ours is left to reap.
+  int st;
+  CHECK(::waitpid(-1, &st, WNOHANG) <= 0);
+}
+
+TEST_CASE("spawn: a program whose main does not call init gets start_method_error, no runaway",
+          "[context][spawn]") {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  std::string path = std::string(MPROC_TEST_HELPER_DIR) + "/spawn_no_init";
+  char* argv[] = {path.data(), nullptr};
+  // The helper must not see this process's own marker (there is none: checked).
+  REQUIRE(std::getenv("MPROC_SPAWN") == nullptr);
+  pid_t pid = -1;
+  REQUIRE(::posix_spawn(&pid, path.c_str(), &fa, nullptr, argv, environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(p[1]);
+  std::string out;
+  char buf[4096];
+  auto end = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    pollfd pf{p[0], POLLIN, 0};
+    if (::poll(&pf, 1, 1000) > 0) {
+      ssize_t n = ::read(p[0], buf, sizeof buf);
+      if (n <= 0) break;
+      out.append(buf, std::size_t(n));
+    }
+    if (std::chrono::steady_clock::now() > end) break;
+  }
+  ::close(p[0]);
+  int status = 0;
+  if (::waitpid(pid, &status, WNOHANG) == 0) {
+    std::this_thread::sleep_for(2s);
+    if (::waitpid(pid, &status, WNOHANG) == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      FAIL("helper did not finish");
+    }
+  }
+  INFO(out);
+  CHECK(mproc::detail::exitcode_from_status(status) == 0);
+  CHECK_THAT(out, Catch::Contains("child: start_method_error"));
+  CHECK_THAT(out, Catch::Contains("refuses to start children"));
+  CHECK_THAT(out, Catch::Contains("parent: start_method_error"));
+  CHECK_THAT(out, Catch::Contains("does not call mproc::init(argc, argv) as the first line of main"));
+  CHECK_THAT(out, !Catch::Contains("runaway!"));
+  CHECK_THAT(out, !Catch::Contains("target ran"));
+}
+
+TEST_CASE("spawn and forkserver children and the forkserver die with a SIGKILLed parent",
+          "[context][spawn]") {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  std::string path = std::string(MPROC_TEST_HELPER_DIR) + "/spawn_parent_killed";
+  char* argv[] = {path.data(), nullptr};
+  pid_t helper = -1;
+  REQUIRE(::posix_spawn(&helper, path.c_str(), &fa, nullptr, argv, environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(p[1]);
+  std::string out;
+  char buf[256];
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::count(out.begin(), out.end(), '\n') < 4 && std::chrono::steady_clock::now() < end) {
+    pollfd pf{p[0], POLLIN, 0};
+    if (::poll(&pf, 1, 500) > 0) {
+      ssize_t n = ::read(p[0], buf, sizeof buf);
+      if (n <= 0) break;
+      out.append(buf, std::size_t(n));
+    }
+  }
+  ::close(p[0]);
+  std::vector<pid_t> pids;
+  for (std::size_t i = 0, j; (j = out.find('\n', i)) != std::string::npos; i = j + 1)
+    pids.push_back(std::atoi(out.substr(i, j - i).c_str()));
+  ::kill(helper, SIGKILL);
+  int st;
+  ::waitpid(helper, &st, 0);
+  INFO(out);
+  REQUIRE(pids.size() == 4);
+  for (pid_t k : pids) {
+    CHECK(k > 0);
+    CHECK(wait_gone(k, 3000ms));
+  }
+}

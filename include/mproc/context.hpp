@@ -166,7 +166,8 @@ namespace detail {
       "' start method runs the child in a fresh program image that shares no memory with this "
       "process; this launch request has only a closure (no entry point and payload). A Process "
       "target must be a portable callable (free function, captureless lambda, stateless or "
-      "serializable function object) with serializable or handle arguments; otherwise use "
+      "serializable function object) callable with its arguments as they arrive there "
+      "(serializable values, C strings as std::string, or handles); otherwise use "
       "start_method::fork");
 }
 }  // namespace detail
@@ -180,7 +181,9 @@ struct spawn_policy {
   static launched_child launch(const launch_request& r) {
     if (!r.entry) detail::throw_closure_only(method);
     auto [exe, args] = detail::spawn_image(method);
-    detail::spawned s = detail::spawn_entry(exe, args, r.entry, r.payload, r.fds);
+    detail::spawned s;
+    detail::run_on_stable_thread(
+        [&] { s = detail::spawn_entry(exe, args, r.entry, r.payload, r.fds); });
     return {s.pid, std::move(s.pidfd), {}};
   }
 };

@@ -26,6 +26,10 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
+#include <exception>
+#include <thread>
+#include <utility>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -51,6 +55,7 @@
 #include "../errors.hpp"
 #include "callable.hpp"
 #include "posix/fork.hpp"
+#include "posix/forker.hpp"
 #include "posix/posix.hpp"
 
 extern char** environ;
@@ -314,6 +319,80 @@ inline spawned spawn_entry(const std::string& executable, const std::vector<std:
     throw;
   }
   return out;
+}
+
+/// PR_SET_PDEATHSIG follows the *thread* that started the child. Spawns requested on
+/// a thread other than the main one run on one long-lived service thread, so a child
+/// started from a short-lived thread still lives as long as the process.
+struct stable_spawner {
+  std::mutex call_m;  // one request at a time
+  std::mutex m;
+  std::condition_variable cv;
+  function_ref<void()>* job = nullptr;
+  bool done = false;
+  std::exception_ptr error;
+
+  stable_spawner() {
+    std::thread([this] { serve(); }).detach();
+  }
+  void serve() {
+    std::unique_lock lk(m);
+    for (;;) {
+      cv.wait(lk, [&] { return job != nullptr; });
+      try {
+        (*job)();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      job = nullptr;
+      done = true;
+      cv.notify_all();
+    }
+  }
+  void run(function_ref<void()> f) {
+    std::lock_guard call(call_m);
+    std::unique_lock lk(m);
+    job = &f;
+    done = false;
+    error = nullptr;
+    cv.notify_all();
+    cv.wait(lk, [&] { return done; });
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));
+  }
+};
+
+struct stable_spawner_globals {
+  std::mutex create_m;
+  stable_spawner* service = nullptr;  // leaked on purpose: the thread never ends
+};
+inline stable_spawner_globals& stable_spawner_state() {
+  static stable_spawner_globals* g = new stable_spawner_globals;
+  return *g;
+}
+inline void stable_spawner_after_fork_child() noexcept {
+  auto& g = stable_spawner_state();
+  new (&g.create_m) std::mutex;
+  g.service = nullptr;  // the thread is not copied by fork
+}
+inline const int stable_spawner_atfork_registered = [] {
+  stable_spawner_state();
+  return ::pthread_atfork(nullptr, nullptr, &stable_spawner_after_fork_child);
+}();
+
+template <class F>
+void run_on_stable_thread(F&& f) {
+  if (on_main_thread()) {
+    f();
+    return;
+  }
+  stable_spawner* svc;
+  {
+    auto& g = stable_spawner_state();
+    std::lock_guard lk(g.create_m);
+    if (!g.service) g.service = new stable_spawner;
+    svc = g.service;
+  }
+  svc->run(function_ref<void()>(f));
 }
 
 // ---- child side (from init)
