@@ -708,7 +708,10 @@ class Pool {
         }
         const auto d = idle.next();
         std::unique_lock l(m_);
-        if (d.count() == 0) {
+        if (live_jobs() == 0 && nothing_in_flight()) {
+          // Nothing can arrive from the ranks: sleep until there is work.
+          cv_.wait(l, [&] { return !incoming_.empty() || state_ != state; });
+        } else if (d.count() == 0) {
           l.unlock();
           std::this_thread::yield();
         } else {
@@ -808,12 +811,23 @@ class Pool {
         if (!next || r.in_flight.size() >= depth_for(*next->job)) break;
         chunk c = make_chunk();
         if (c.count == 0) return any;
-        const int n = detail::mpi_count(c.bytes.size(), "a chunk of tasks");
+        any = true;
+        if (c.bytes.size() > static_cast<std::size_t>(INT_MAX)) {
+          // Too big for one MPI message: these items fail, the pool goes on.
+          std::exception_ptr e;
+          try {
+            (void)detail::mpi_count(c.bytes.size(), "a chunk of tasks");
+          } catch (...) {
+            e = std::current_exception();
+          }
+          fail_chunk(c, e);
+          continue;
+        }
+        const int n = static_cast<int>(c.bytes.size());
         detail::check_mpi(MPI_Isend(c.bytes.data(), n, MPI_BYTE, r.rank, detail::tag_task,
                                     MPI_COMM_WORLD, &c.req),
                           "MPI_Isend");
         r.in_flight.push_back(std::move(c));  // the vector's buffer does not move
-        any = true;
       }
     }
     return any;
@@ -864,6 +878,14 @@ class Pool {
       }
     }
     return any;
+  }
+
+  void fail_chunk(chunk& c, const std::exception_ptr& e) {
+    detail::job_base& job = *c.job->job;
+    for (std::uint32_t k = 0; k < c.count; ++k) {
+      job.fail(c.first + k, e);
+      ++job.completed;
+    }
   }
 
   /// Delivers a chunk's results (a result message) to its job.
