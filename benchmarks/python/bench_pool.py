@@ -1,0 +1,86 @@
+"""Python twin of bench_pool.cpp: one round of every Pool measurement, printed as JSON.
+
+Run by bench_pool itself between its own rounds, so both sides see the same machine
+state. Stdlib only.
+"""
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+
+def identity(x):
+    return x
+
+
+def is_prime(n):
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def count_primes(bounds):
+    lo, hi = bounds
+    return sum(1 for n in range(lo, hi) if is_prime(n))
+
+
+def factorial(n):
+    r = 1
+    for i in range(2, n + 1):
+        r *= i
+    return r
+
+
+def main():
+    which = set(sys.argv[1].split(",")) if len(sys.argv) > 1 else None
+    want = lambda k: which is None or k in which
+    mp.set_start_method("fork")
+    out = {}
+    n = 100_000
+    data = list(range(n))
+    with mp.Pool(2) as pool:
+        pool.map(identity, range(100))  # warm
+        if want("map_cs1"):
+            t = time.perf_counter()
+            pool.map(identity, data, chunksize=1)
+            out["map_cs1"] = n / (time.perf_counter() - t)
+        if want("map_default"):
+            t = time.perf_counter()
+            pool.map(identity, data)
+            out["map_default"] = n / (time.perf_counter() - t)
+        if want("apply_rt"):
+            t = time.perf_counter()
+            for i in range(1000):
+                pool.apply_async(identity, (i,)).get()
+            out["apply_rt"] = (time.perf_counter() - t) / 1000 * 1e6
+        if want("primes"):
+            limit, chunks = 2_000_000, 64
+            step = limit // chunks
+            bounds = [(i * step, limit if i == chunks - 1 else (i + 1) * step) for i in range(chunks)]
+            t = time.perf_counter()
+            pool.map(count_primes, bounds, chunksize=1)
+            out["primes"] = time.perf_counter() - t
+        if want("factorials"):
+            t = time.perf_counter()
+            pool.map(factorial, range(1, 2001))
+            out["factorials"] = time.perf_counter() - t
+    if want("create"):
+        t = time.perf_counter()
+        p = mp.Pool(2)
+        p.close()
+        p.join()
+        out["create"] = (time.perf_counter() - t) * 1e3
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
