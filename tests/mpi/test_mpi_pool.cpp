@@ -298,8 +298,17 @@ TEST_CASE("lifecycle: closed pools refuse work, one pool at a time, terminate") 
   SECTION("terminate fails unfinished work, the ranks serve the next pool") {
     {
       mproc::mpi::Pool pool;
-      auto r = pool.map_async(sleep_ms, std::vector<int>(40, 25), 1);
+      std::atomic<std::size_t> done{0};
+      auto r = pool.map_async(sleep_ms, std::vector<int>(40, 25),
+                              mproc::map_options{.chunksize = 1, .on_progress = [&](std::size_t d, std::size_t) {
+                                done = d;
+                              }});
+      // Terminate with chunks running on the ranks: their late results must not
+      // reach the next pool.
+      for (int i = 0; i < 3000 && done == 0; ++i) std::this_thread::sleep_for(1ms);
+      REQUIRE(done > 0);
       pool.terminate();
+      REQUIRE(done < 40);
       REQUIRE(r.wait(30s));
       REQUIRE_THROWS_AS(r.get(), mproc::pool_not_running);
       REQUIRE_THROWS_AS(pool.apply(square, 1), mproc::pool_not_running);
