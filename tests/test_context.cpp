@@ -289,6 +289,20 @@ void write_shm(mproc::SharedMemory m) {
   auto s = m.as<unsigned char>();
   for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<unsigned char>(i + 1);
 }
+void sync_child(mproc::Semaphore s, mproc::BoundedSemaphore bs, mproc::Event go, mproc::Event done,
+                mproc::Condition c, mproc::RawValue<int> flag, mproc::Barrier b) {
+  s.release();
+  s.release();
+  bs.acquire();  // the bound 1 lets exactly one acquire through
+  if (!go.wait(30s)) std::exit(10);
+  done.set();
+  {
+    std::scoped_lock g(c);
+    flag.value() = 1;
+    c.notify_all();
+  }
+  (void)b.wait(30s);
+}
 struct stateful_adder {
   int n = 0;
   template <class Ar>
@@ -406,6 +420,34 @@ TEST_CASE("spawn and forkserver: arguments and handles arrive as the same object
       CHECK(p.join(30s));
       CHECK(p.exitcode() == 0);
       cleanup(p);
+    }
+    SECTION(std::string("Semaphore, Event, Condition, Barrier ") + mproc::to_string(m)) {
+      mproc::Semaphore s(0);
+      mproc::BoundedSemaphore bs(1);
+      mproc::Event go, done;
+      mproc::Condition c;
+      mproc::RawValue<int> flag(0);
+      mproc::Barrier b(2);
+      mproc::Process p(with(m), sync_child, s, bs, go, done, c, flag, b);
+      p.start();
+      CHECK(s.acquire(true, 30s));
+      CHECK(s.acquire(true, 30s));
+      go.set();
+      CHECK(done.wait(30s));
+      CHECK_FALSE(bs.acquire(false));  // taken by the child
+      {
+        std::scoped_lock g(c);
+        CHECK(c.wait_for([&] { return flag.value() == 1; }, 30s));
+      }
+      CHECK(b.wait(30s) <= 1);
+      CHECK(p.join(30s));
+      CHECK(p.exitcode() == 0);
+      cleanup(p);
+    }
+    SECTION(std::string("a Barrier with an action stays home ") + mproc::to_string(m)) {
+      mproc::Barrier b(2, [] {});
+      mproc::Process p(with(m), [](mproc::Barrier) {}, b);
+      CHECK_THROWS_AS(p.start(), mproc::state_error);
     }
     SECTION(std::string("SharedMemory ") + mproc::to_string(m)) {
       mproc::SharedMemory shm(mproc::create, 64);

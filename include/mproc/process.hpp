@@ -482,8 +482,8 @@ class basic_process {
       detail::require_portable_callable<std::decay_t<F>>();
       static_assert((detail::spawn_passable<std::decay_t<Args>> && ...),
                     "mproc: with spawn/forkserver every Process argument must be serializable or "
-                    "a handle (Value, Array, RawValue, RawArray, Lock, RLock, Connection, "
-                    "SharedMemory)");
+                    "a handle (Value, Array, RawValue, RawArray, Lock, RLock, Semaphore, "
+                    "BoundedSemaphore, Event, Condition, Barrier, Connection, SharedMemory)");
     }
   }
 

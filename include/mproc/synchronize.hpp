@@ -156,6 +156,7 @@ class basic_lock {
                        static_cast<const char*>(block_->region().data()));
   }
   [[nodiscard]] bool same_object(const basic_lock& o) const noexcept { return st_ == o.st_; }
+  [[nodiscard]] bool recursive() const noexcept { return recursive_; }
 
  protected:
   const char* kind() const noexcept { return recursive_ ? "RLock" : "Lock"; }
@@ -241,6 +242,14 @@ struct alignas(64) semaphore_state {
   std::uint32_t max;                   // the bound; unbounded_semaphore for none
 };
 
+/// r, checked to hold at least `bytes` (an adopted region comes from elsewhere).
+inline shm_region require_size(shm_region r, std::size_t bytes, const char* what) {
+  if (r.size() < bytes)
+    throw std::invalid_argument(std::string("mproc ") + what + ": adopted region of " +
+                                std::to_string(r.size()) + " bytes is too small");
+  return r;
+}
+
 class basic_semaphore {
  public:
   basic_semaphore(unsigned initial, unsigned max, const char* label)
@@ -253,6 +262,11 @@ class basic_semaphore {
                                   " exceeds its bound " + std::to_string(max));
     new (st_) semaphore_state{{initial}, {0}, max};
   }
+  /// Adopts an existing semaphore's region (received in a spawned child).
+  basic_semaphore(adopt_region_t, shm_region r)
+      : block_(std::make_shared<shared_block>(require_size(std::move(r), sizeof(semaphore_state),
+                                                           "Semaphore"))),
+        st_(block_->at<semaphore_state>(0)) {}
   basic_semaphore(const basic_semaphore&) = default;
   basic_semaphore& operator=(const basic_semaphore&) = default;
 
@@ -307,6 +321,8 @@ class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Se
  public:
   explicit Semaphore(unsigned value = 1)
       : basic_semaphore(value, detail::unbounded_semaphore, "mproc-semaphore") {}
+  /// Adopts an existing semaphore (its region received after spawn).
+  Semaphore(detail::adopt_region_t t, detail::shm_region r) : basic_semaphore(t, std::move(r)) {}
 
   bool acquire() { return acquire_ns(-1); }
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
@@ -324,6 +340,8 @@ class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Se
 class BoundedSemaphore : public Semaphore {
  public:
   explicit BoundedSemaphore(unsigned value = 1) : Semaphore(value, value) {}
+  /// Adopts an existing bounded semaphore (the bound lives in the shared state).
+  BoundedSemaphore(detail::adopt_region_t t, detail::shm_region r) : Semaphore(t, std::move(r)) {}
 };
 
 namespace detail {
@@ -339,6 +357,11 @@ class Event {
   Event()
       : block_(detail::make_block(sizeof(detail::event_state), "mproc-event")),
         st_(new (block_->at<void>(0)) detail::event_state) {}
+  /// Adopts an existing event (its region received after spawn).
+  Event(detail::adopt_region_t, detail::shm_region r)
+      : block_(std::make_shared<detail::shared_block>(
+            detail::require_size(std::move(r), sizeof(detail::event_state), "Event"))),
+        st_(block_->at<detail::event_state>(0)) {}
   Event(const Event&) = default;
   Event& operator=(const Event&) = default;
 
@@ -393,6 +416,10 @@ class condition_core {
   condition_core()
       : block_(make_block(sizeof(condition_state), "mproc-condition")),
         st_(new (block_->at<void>(0)) condition_state) {}
+  condition_core(adopt_region_t, shm_region r)
+      : block_(std::make_shared<shared_block>(
+            require_size(std::move(r), sizeof(condition_state), "Condition"))),
+        st_(block_->at<condition_state>(0)) {}
   condition_core(const condition_core&) = default;
   condition_core& operator=(const condition_core&) = default;
 
@@ -440,6 +467,12 @@ class Condition : public detail::lockable_api<Condition> {
   Condition() : lock_(RLock()) {}
   explicit Condition(const Lock& l) : lock_(l) {}
   explicit Condition(const RLock& l) : lock_(l) {}
+  /// Adopts an existing condition: its lock and its own state (received after spawn).
+  Condition(detail::adopt_region_t, detail::basic_lock lock, detail::condition_core core)
+      : lock_(std::move(lock)), core_(std::move(core)) {}
+  /// The parts another process needs to adopt this condition.
+  [[nodiscard]] const detail::basic_lock& shared_lock() const noexcept { return lock_; }
+  [[nodiscard]] const detail::condition_core& shared_core() const noexcept { return core_; }
 
   bool acquire() { return lock_.acquire_ns(-1); }
   bool acquire(bool block) { return lock_.acquire_ns(block ? -1 : 0); }
@@ -521,8 +554,17 @@ class Barrier {
     if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
     st_->parties = parties;
   }
+  /// Adopts an existing barrier (its region received after spawn). The action, a
+  /// closure of the creating process, does not come along.
+  Barrier(detail::adopt_region_t, detail::shm_region r)
+      : block_(std::make_shared<detail::shared_block>(
+            detail::require_size(std::move(r), sizeof(detail::barrier_state), "Barrier"))),
+        st_(block_->at<detail::barrier_state>(0)),
+        lock_(detail::adopt_region, block_, 0, false) {}
   Barrier(const Barrier&) = default;
   Barrier& operator=(const Barrier&) = default;
+  /// True when wait() runs an action (which only the creating process can run).
+  [[nodiscard]] bool has_action() const noexcept { return bool(action_); }
 
   /// Blocks until all parties have called wait().
   unsigned wait() { return wait_ns(-1); }

@@ -2,7 +2,7 @@
 //
 // A Process started by spawn/forkserver gets its arguments as bytes plus a list of
 // descriptors. A handle argument (Value, Array, RawValue, RawArray, Lock, RLock,
-// Connection, SharedMemory) is written as an index into that list (its region's memfd
+// Semaphore, BoundedSemaphore, Event, Condition, Barrier, Connection, SharedMemory) is written as an index into that list (its region's memfd
 // or its socket, each descriptor sent once however often it appears) plus what is
 // needed to map it again; the child adopts a duplicate of the received descriptor, so
 // the object it sees is the parent's object, not a copy. SharedMemory travels by name.
@@ -117,6 +117,55 @@ template <>
 struct handle_traits<Lock> : lock_handle_traits<Lock> {};
 template <>
 struct handle_traits<RLock> : lock_handle_traits<RLock> {};
+
+template <>
+struct handle_traits<Semaphore> : region_handle_traits<Semaphore> {};
+template <>
+struct handle_traits<BoundedSemaphore> : region_handle_traits<BoundedSemaphore> {};
+template <>
+struct handle_traits<Event> : region_handle_traits<Event> {};
+
+template <>
+struct handle_traits<Barrier> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Barrier& b) {
+    if (b.has_action())
+      throw state_error(
+          "mproc: a Barrier with an action cannot be passed to a spawn/forkserver process (the "
+          "action is a closure of this process); create it without an action, or use fork");
+    put_region(w, c, b.shared_region());
+  }
+  static Barrier adopt(reader& r, std::span<const int> fds) {
+    return Barrier(adopt_region, get_region(r, fds));
+  }
+};
+
+template <>
+struct handle_traits<Condition> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Condition& cond) {
+    const basic_lock& l = cond.shared_lock();
+    put_region(w, c, l.shared_region());
+    std::uint64_t off = l.shared_offset();
+    std::uint8_t rec = l.recursive() ? 1 : 0;
+    w.put(&off, sizeof off);
+    w.put(&rec, sizeof rec);
+    put_region(w, c, cond.shared_core().shared_region());
+  }
+  static Condition adopt(reader& r, std::span<const int> fds) {
+    shm_region lreg = get_region(r, fds);
+    std::uint64_t off;
+    std::uint8_t rec;
+    r.get(&off, sizeof off, "condition lock offset");
+    r.get(&rec, sizeof rec, "condition lock kind");
+    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
+      throw serialization_error("mproc: received condition lock lies outside its region");
+    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
+                    false);
+    condition_core core(adopt_region, get_region(r, fds));
+    return Condition(adopt_region, std::move(lock), std::move(core));
+  }
+};
 
 template <>
 struct handle_traits<Connection> {
