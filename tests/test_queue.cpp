@@ -130,7 +130,21 @@ TEST_CASE("many value types", "[queue]") {
 
     mproc::Queue<std::vector<double>> v;
     v.put(std::vector<double>(5000, 1.25));
+    v.put(std::vector<double>{});
     CHECK(v.get() == std::vector<double>(5000, 1.25));
+    CHECK(v.get().empty());
+
+    mproc::Queue<std::vector<point>> vp;  // raw copy of 16-byte elements
+    vp.put(std::vector<point>{{1, 0.5}, {2, 1.5}});
+    CHECK(vp.get() == std::vector<point>{{1, 0.5}, {2, 1.5}});
+
+    mproc::Queue<std::vector<long double>> vl;  // over-aligned: decoded generically
+    vl.put(std::vector<long double>{1.0L, 2.5L});
+    CHECK(vl.get() == std::vector<long double>{1.0L, 2.5L});
+
+    mproc::Queue<std::vector<bool>> vb;
+    vb.put(std::vector<bool>{true, false, true});
+    CHECK(vb.get() == std::vector<bool>{true, false, true});
 
     mproc::Queue<std::pair<std::chrono::milliseconds, bool>> d;
     d.put({250ms, true});

@@ -410,7 +410,7 @@ class mpmc_ring {
       switch (k) {
         case k_single: {
           try {
-            out.emplace(read_message<T>({payload, len}));
+            if (!decode_raw_vector(out, payload, len)) out.emplace(read_message<T>({payload, len}));
           } catch (...) {
             // A message that cannot be decoded as T is consumed all the same, so the
             // queue stays usable (as Connection::recv does).
@@ -787,6 +787,31 @@ class mpmc_ring {
   }
   template <class T>
   static constexpr bool raw_contiguous = raw_contiguous_impl<T>();
+
+  /// A vector of trivially copyable elements is built straight from the record's
+  /// bytes (the generic decoder would zero-fill it first, then copy over the zeros).
+  /// False: not such a vector, or not such a message; the caller decodes generically.
+  template <class T>
+  static bool decode_raw_vector(std::optional<T>& out, const std::byte* payload, std::size_t len) {
+    if constexpr (raw_contiguous<T> && !std::is_same_v<T, std::string>) {
+      using E = typename T::value_type;
+      constexpr std::size_t prefix = message_header_size + 8;  // type tag, element count
+      // Record payloads are 8-aligned, so the elements are too; stricter types go
+      // the generic way.
+      if (alignof(E) > 8 || len < prefix) return false;
+      std::uint64_t tag, count;
+      std::memcpy(&tag, payload, 8);
+      std::memcpy(&count, payload + 8, 8);
+      if (tag != type_tag<T>::value || (len - prefix) % sizeof(E) != 0 || count != (len - prefix) / sizeof(E))
+        return false;
+      const E* first = reinterpret_cast<const E*>(payload + prefix);
+      out.emplace(first, first + count);
+      return true;
+    } else {
+      (void)out, (void)payload, (void)len;
+      return false;
+    }
+  }
 
   /// Reassembles a fragmented message starting with the `first` record at h.
   /// Returns false when the message was aborted by its producer (nothing taken).
