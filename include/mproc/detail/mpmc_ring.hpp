@@ -848,6 +848,11 @@ class mpmc_ring {
             prefault_write(reinterpret_cast<std::byte*>(v.data()) + (at - prefix), n);
             if constexpr (std::is_same_v<T, std::string>) {
               v.append(reinterpret_cast<const char*>(src), n);
+            } else if (alignof(E) <= 8 && (at - prefix) == v.size() * sizeof(E) && n % sizeof(E) == 0 &&
+                       reinterpret_cast<std::uintptr_t>(src) % alignof(E) == 0) {
+              // Whole elements (always, for sizes dividing 8): no zero fill first.
+              const E* first = reinterpret_cast<const E*>(src);
+              v.insert(v.end(), first, first + n / sizeof(E));
             } else {
               v.resize((end + sizeof(E) - 1) / sizeof(E));
               std::memcpy(reinterpret_cast<std::byte*>(v.data()) + (at - prefix), src, n);
