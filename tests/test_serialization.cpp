@@ -5,6 +5,8 @@
 
 #include <mproc/serialization.hpp>
 
+#include "../fuzz/fuzz_one.hpp"
+
 #include <boost/serialization/base_object.hpp>
 #include <boost/serialization/export.hpp>
 #include <boost/serialization/shared_ptr.hpp>
@@ -15,6 +17,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 
 using namespace std::chrono_literals;
@@ -742,4 +746,36 @@ TEST_CASE("encode_to writes exactly encoded_size bytes, also for archived values
   mproc::detail::vector_writer vw{&grown};
   mproc::detail::encode(vw, p);
   CHECK(mproc::deserialize<user::point>(grown).label == "changed after sizing");
+}
+
+TEST_CASE("the committed fuzz corpus (seeds and regression inputs) decodes safely") {
+  // The same harness the fuzzer runs, here under the normal build and its sanitizers.
+  const auto dir = std::filesystem::path(__FILE__).parent_path().parent_path() / "fuzz" /
+                   "corpus" / "deserialize";
+  REQUIRE(std::filesystem::is_directory(dir));
+  std::size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    INFO(entry.path().filename().string());
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    fuzz::deserialize_one(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+    ++files;
+  }
+  CHECK(files >= 2 * fuzz::type_count);
+  // Every seed is a valid encoding of its type's sample.
+  auto samples = fuzz::samples();
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    auto check_one = [&](auto index) {
+      constexpr std::size_t i = decltype(index)::value;
+      const auto bytes = mproc::serialize(std::get<i>(samples));
+      using T = std::tuple_element_t<i, fuzz::types>;
+      INFO("fuzz type " << i);
+      const auto again = mproc::serialize(mproc::deserialize<T>(bytes));
+      if constexpr (mproc::detail::is_specialization_v<T, std::unordered_map>)
+        CHECK(again.size() == bytes.size());  // same content, iteration order may differ
+      else
+        CHECK(again == bytes);
+    };
+    (check_one(std::integral_constant<std::size_t, I>{}), ...);
+  }(std::make_index_sequence<fuzz::type_count>{});
 }

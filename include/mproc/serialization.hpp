@@ -58,6 +58,7 @@
 #include <boost/archive/impl/basic_binary_iarchive.ipp>
 #include <boost/archive/impl/basic_binary_iprimitive.ipp>
 #include <boost/serialization/collection_size_type.hpp>
+#include <boost/serialization/void_cast.hpp>
 #include <boost/serialization/map.hpp>
 #include <boost/serialization/set.hpp>
 #include <boost/serialization/string.hpp>
@@ -496,7 +497,22 @@ class bounded_iarchive
       add_class(&result->get_basic_serializer());
       --pending_new_classes_;
     }
-    if (t == nullptr || frame.loaded_object) return result;  // null, or a fresh object
+    if (t == nullptr) return result;
+    if (frame.loaded_object) {
+      // A fresh object of the class the stream names. Boost converts it to the pointer's
+      // type next and throws when the classes are unrelated, leaking the object: refuse
+      // it here instead, and free it.
+      if (bpis != nullptr && result != bpis &&
+          boost::serialization::void_upcast(result->get_eti(), bpis->get_eti(), t) == nullptr) {
+        auto it = loaded_by_pointer_.find(t);
+        const bool aliased = it != loaded_by_pointer_.end() && it->second.aliased;
+        if (it != loaded_by_pointer_.end()) loaded_by_pointer_.erase(it);
+        if (!aliased) result->get_basic_serializer().destroy(t);  // else a pointer in it owns it
+        t = nullptr;
+        throw serialization_error("corrupt archive: a pointer names an unrelated class");
+      }
+      return result;
+    }
     // A back-reference to an object read earlier through a pointer, which must be of the
     // class the stream claims (else a pointer of one type would point at another).
     // Raw pointers own nothing and may refer to any such object (a child's pointer to
