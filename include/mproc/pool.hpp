@@ -1253,6 +1253,9 @@ class basic_pool {
     using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
     detail::require_encodable<Arg>();
     using R = result_of<D, Arg, Star>;
+    std::size_t known = 0;  // progress can show a total at once for sized inputs
+    if constexpr (std::ranges::sized_range<In>)
+      known = static_cast<std::size_t>(std::ranges::size(inputs));
     auto st = std::make_shared<detail::imap_state<R>>();
     st->ordered = ordered;
     st->helper = helper_;
@@ -1263,6 +1266,7 @@ class basic_pool {
         static_cast<D>(f), as_view(std::forward<In>(inputs)), st, window);
     job->chunksize = chunksize;
     job->on_progress = std::move(o.on_progress);
+    job->known_total = known;
     enqueue(std::move(job));
     return imap_range<R>(std::move(st));
   }
