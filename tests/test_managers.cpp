@@ -441,6 +441,7 @@ TEST_CASE("a vanished server gives a clear error, never a hang", "[managers][dea
     p.start();
     std::this_thread::sleep_for(100ms);
     REQUIRE(::kill(m.server_pid(), SIGKILL) == 0);
+    ::waitpid(m.server_pid(), nullptr, 0);  // fully gone, listening socket closed
     CHECK(finish(p) == 1);  // its get() raised instead of hanging
     CHECK_THROWS_AS(d.get("a"), mproc::eof_error);
     CHECK_THROWS_AS(d.get("a"), std::system_error);  // the next call reconnects: refused
@@ -486,6 +487,29 @@ TEST_CASE("a process killed holding the shared state lock", "[managers][death]")
     CHECK_THROWS_AS(d.set(1, 2), mproc::manager_error);
     CHECK_THROWS_AS(m.list<int>(), mproc::manager_error);
   }
+}
+
+TEST_CASE("fork while another thread holds the manager's process-local locks", "[managers][fork]") {
+  mproc::Manager m;
+  auto d = m.dict<int, int>();
+  auto bytes = mproc::serialize(d);
+  std::atomic<bool> held{false}, release{false};
+  std::thread t([&] {
+    std::scoped_lock g(mgr::endpoint_cache_mutex(), mgr::registry_mutex(), mgr::updater_mutex());
+    held = true;
+    while (!release) std::this_thread::sleep_for(1ms);
+  });
+  while (!held) std::this_thread::sleep_for(1ms);
+  mproc::Process p([bytes] {
+    auto proxy = mproc::deserialize<mproc::DictProxy<int, int>>(bytes);  // takes the cache lock
+    proxy.set(1, 2);
+  });
+  p.start();
+  int code = finish(p, 20s);
+  release = true;
+  t.join();
+  CHECK(code == 0);
+  CHECK(d.get(1, 0) == 2);
 }
 
 TEST_CASE("no descriptor, process or socket leaks", "[managers][leaks]") {

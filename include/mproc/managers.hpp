@@ -33,6 +33,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -45,6 +46,7 @@
 #include <elf.h>
 #include <link.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -174,6 +176,36 @@ inline std::mutex& registry_mutex() {
   static std::mutex m;
   return m;
 }
+inline std::mutex& endpoint_cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::mutex& updater_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+// Fork with threads: another thread may hold one of this file's process-local
+// mutexes at the instant of fork(); in the child that thread does not exist, so the
+// mutex would stay locked forever. The child re-creates them before anything else
+// runs, and endpoints re-create their own on first use in a new process.
+inline std::atomic<std::uint64_t>& fork_generation() {
+  static std::atomic<std::uint64_t> g{0};
+  return g;
+}
+inline void reset_locks_in_child() noexcept {
+  fork_generation().fetch_add(1, std::memory_order_relaxed);
+  new (&registry_mutex()) std::mutex();
+  new (&endpoint_cache_mutex()) std::mutex();
+  new (&updater_mutex()) std::mutex();
+}
+struct fork_hook {
+  fork_hook() noexcept {
+    (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
+    ::pthread_atfork(nullptr, nullptr, &reset_locks_in_child);
+  }
+};
+inline const fork_hook fork_hook_instance;  // registered once per program
 inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() {
   static std::map<std::string, std::weak_ptr<local_backend>> r;
   return r;
@@ -219,6 +251,10 @@ struct endpoint {
 
   /// Shared, so a backend replaced by another thread stays alive for calls in flight.
   std::shared_ptr<backend> get() {
+    if (std::uint64_t gen = fork_generation().load(std::memory_order_relaxed); gen != gen_) {
+      new (&m_) std::mutex();  // first use in a forked child (see reset_locks_in_child)
+      gen_ = gen;
+    }
     std::lock_guard g(m_);
     // A mapped segment stays valid in a forked child; a socket must not be shared
     // with one, so a child opens its own connection.
@@ -248,6 +284,7 @@ struct endpoint {
     return attach_local(unix_path, authkey, timeout_ns, max_message);
   }
   std::mutex m_;
+  std::uint64_t gen_ = fork_generation().load(std::memory_order_relaxed);
   std::shared_ptr<backend> be_;
   pid_t pid_ = 0;
 };
@@ -255,10 +292,9 @@ struct endpoint {
 /// Endpoints by manager id and mode, so proxies decoded in one process share one
 /// connection or mapping.
 inline std::shared_ptr<endpoint> shared_endpoint(endpoint&& proto) {
-  static std::mutex m;
   static std::map<std::string, std::weak_ptr<endpoint>> cache;
   std::string k = proto.uuid + (proto.remote ? "/tcp" : "/local");
-  std::lock_guard g(m);
+  std::lock_guard g(endpoint_cache_mutex());
   if (auto it = cache.find(k); it != cache.end())
     if (auto ep = it->second.lock()) return ep;
   auto ep = std::make_shared<endpoint>();
@@ -276,10 +312,6 @@ inline std::shared_ptr<endpoint> shared_endpoint(endpoint&& proto) {
 // ------------------------------------------------------------------ update functions
 
 using raw_updater = std::string (*)(const std::string_view*, std::string_view);
-inline std::mutex& updater_mutex() {
-  static std::mutex m;
-  return m;
-}
 inline std::map<std::uint64_t, raw_updater>& updater_registry() {
   static std::map<std::uint64_t, raw_updater> r;
   return r;
@@ -900,14 +932,15 @@ class Manager {
       int u = ufd.get(), t = tfd.get(), w = ready_w.get();
       pid_t me = ::getpid();
       server_pid_ = detail::fork_child([&]() -> int { server_main(cfg, me, u, t, w); });
+      // Signalled through a pidfd: if someone else reaps the server, its pid may be
+      // reused, and a kill(pid) at shutdown would hit an unrelated process.
+      server_pidfd_ = detail::pidfd_open(server_pid_);
       ready_w.reset();
       char c;
       pollfd p{ready_r.get(), POLLIN, 0};
       int rc = detail::retry_eintr([&] { return ::poll(&p, 1, 10'000); });
       if (rc != 1 || ::read(ready_r.get(), &c, 1) != 1) {
-        ::kill(server_pid_, SIGKILL);
-        detail::waitpid_eintr(server_pid_, nullptr, 0);
-        server_pid_ = -1;
+        stop_server();
         throw manager_error("mproc::Manager: the server process failed to start");
       }
     } catch (...) {
@@ -981,10 +1014,8 @@ class Manager {
   void shutdown() noexcept {
     if (owner_pid_ != ::getpid()) return;
     if (server_pid_ > 0) {
-      ::kill(server_pid_, SIGKILL);  // nothing to flush: the state is in shared memory
-      detail::waitpid_eintr(server_pid_, nullptr, 0);
-      detail::log(log_level::info, "manager server %d shut down", int(server_pid_));
-      server_pid_ = -1;
+      detail::log(log_level::info, "manager server %d shutting down", int(server_pid_));
+      stop_server();
     }
     cleanup_dir();
     owner_pid_ = -1;
@@ -1073,6 +1104,14 @@ class Manager {
     return static_cast<std::uint64_t>(r.n);
   }
 
+  void stop_server() noexcept {
+    // Nothing to flush: the state lives in shared memory.
+    if (server_pidfd_) ::syscall(SYS_pidfd_send_signal, server_pidfd_.get(), SIGKILL, nullptr, 0);
+    detail::waitpid_eintr(server_pid_, nullptr, 0);  // ECHILD if already reaped: fine
+    server_pidfd_.reset();
+    server_pid_ = -1;
+  }
+
   void cleanup_dir() noexcept {
     if (dir_.empty()) return;
     std::error_code ec;
@@ -1088,6 +1127,7 @@ class Manager {
     std::swap(tcp_address_, o.tcp_address_);
     std::swap(port_, o.port_);
     std::swap(server_pid_, o.server_pid_);
+    std::swap(server_pidfd_, o.server_pidfd_);
     std::swap(owner_pid_, o.owner_pid_);
     std::swap(ep_, o.ep_);
   }
@@ -1096,6 +1136,7 @@ class Manager {
   std::string uuid_, dir_, unix_path_, tcp_address_;
   int port_ = 0;
   pid_t server_pid_ = -1;
+  detail::unique_fd server_pidfd_;
   pid_t owner_pid_ = -1;
   std::shared_ptr<detail::mgr::endpoint> ep_;
 };
