@@ -597,13 +597,13 @@ TEST_CASE("proxies passed to Pool tasks", "[managers][pool]") {
   auto d = m.dict<int, int>();
   std::vector<std::tuple<int, mproc::DictProxy<int, int>>> args;
   for (int i = 0; i < 20; ++i) args.emplace_back(i, d);
-  auto r = early.map(record_square, args);
+  auto r = early.map_async(record_square, args).get(60s);  // never hang the test
   CHECK(r.size() == 20);
   CHECK(d.get(-1) == 20);
   for (int i = 0; i < 20; ++i) CHECK(d.get(i) == i * i);
   {
     mproc::Pool late(2);  // workers forked after the manager: the mapping is inherited
-    auto r2 = late.map(record_square, args);
+    auto r2 = late.map_async(record_square, args).get(60s);
     CHECK(r2.size() == 20);
   }
   CHECK(d.get(-1) == 40);
