@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
+
 #include <csignal>
 #include <dirent.h>
 #include <fstream>
@@ -382,4 +384,37 @@ TEST_CASE("no fds, children or zombies are left behind", "[pool]") {
   }
   REQUIRE(count_fds() == fds);
   REQUIRE(children().size() == kids_before);
+}
+
+TEST_CASE("the pool works the same under every start method", "[pool][start-methods]") {
+  auto method = GENERATE(mproc::start_method::fork, mproc::start_method::spawn,
+                         mproc::start_method::forkserver);
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
+  { mproc::Pool warm({.processes = 1, .method = method}); }  // start-method singletons
+  const int fds = count_fds();
+  {
+    mproc::Pool pool({.processes = 2, .method = method, .initializer = {init_worker, 9},
+                      .task_timeout = 2s});
+    std::vector<int> in(500);
+    std::iota(in.begin(), in.end(), 0);
+    auto out = pool.map(square, in, 7);
+    for (int i = 0; i < 500; ++i) REQUIRE(out[i] == i * i);
+    REQUIRE(pool.map(shout, std::vector<std::string>{"x"}) == std::vector<std::string>{"x!"});
+    REQUIRE(pool.apply(read_init, 0) == 9);
+    REQUIRE_THROWS_AS(pool.apply(fail_on_three, 3), std::invalid_argument);
+    try {
+      (void)pool.apply(die_on, 5);
+      FAIL("no worker_died");
+    } catch (const mproc::worker_died& e) {
+      REQUIRE(e.signal() == SIGKILL);
+    }
+    REQUIRE_THROWS_AS(pool.apply(sleep_ms, 10000), mproc::timeout_error);
+    std::multiset<int> un;
+    for (int r : pool.imap_unordered(square, std::vector<int>{1, 2, 3})) un.insert(r);
+    REQUIRE(un == std::multiset<int>{1, 4, 9});
+    for (const auto& n : pool.map(worker_name, std::vector<int>(2, 0)))
+      REQUIRE(n.rfind("PoolWorker-", 0) == 0);
+  }
+  REQUIRE(count_fds() == fds);
 }

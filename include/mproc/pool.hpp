@@ -656,6 +656,34 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
   return 0;
 }
 
+/// A pool worker in a fresh program image (spawn, forkserver): maps the rings and
+/// the pool's shared word from the received descriptors, then runs as a forked
+/// worker would. fds: [worker region, pool region, wake eventfd].
+inline int pool_worker_entry(std::span<const std::byte> payload, std::span<const int> fds) {
+  reader r{payload.data(), payload.data() + payload.size()};
+  std::uint64_t capacity = 0, region_bytes = 0, shared_bytes = 0, max_tasks = 0;
+  std::uint8_t timed = 0;
+  std::string name;
+  decode(r, capacity);
+  decode(r, region_bytes);
+  decode(r, shared_bytes);
+  decode(r, max_tasks);
+  decode(r, timed);
+  decode(r, name);
+  portable_call init = portable_call::decode_from(r);
+  if (fds.size() != 3) throw start_method_error("pool worker: expected 3 descriptors");
+  shm_region region = shm_region::map(unique_fd(fds[0]), region_bytes);
+  shm_region shared = shm_region::map(unique_fd(fds[1]), shared_bytes);
+  const int wake_fd = fds[2];  // kept open for the life of the worker
+  auto* base = static_cast<std::byte*>(region.data());
+  const std::size_t ring_bytes = spsc_ring::bytes_needed(capacity);
+  auto* ctl = reinterpret_cast<worker_ctl*>(base);
+  spsc_ring tasks = spsc_ring::attach(base + sizeof(worker_ctl));
+  spsc_ring results = spsc_ring::attach(base + sizeof(worker_ctl) + ring_bytes);
+  return worker_main(tasks, results, ctl, shared.as<pool_shared>(), wake_fd, init, max_tasks,
+                     timed != 0, std::move(name));
+}
+
 // ------------------------------------------------------------------ parent side
 
 /// One map/imap/apply call as the service thread sees it.
@@ -1008,6 +1036,7 @@ struct outstanding_chunk {
 struct worker_slot {
   pid_t pid = -1;
   unique_fd pidfd;
+  unique_fd status;  // forkserver: the exit code arrives here (not our child to reap)
   shm_region region;
   worker_ctl* ctl = nullptr;
   spsc_ring tasks, results;
@@ -1316,9 +1345,28 @@ class basic_pool {
     auto body = [&]() -> int {
       return worker_main(tasks, results, ctl, shared, wfd, init, max_tasks, timed, name);
     };
-    launched_child child = Policy::launch(launch_request{name, true, opts_.method, body});
+    // The same worker for a fresh program image: rings and wake-up by descriptor.
+    std::vector<std::byte> payload;
+    vector_writer pw{&payload};
+    encode(pw, std::uint64_t(ring_capacity));
+    encode(pw, std::uint64_t(w.region.size()));
+    encode(pw, std::uint64_t(shared_region_.size()));
+    encode(pw, std::uint64_t(max_tasks));
+    encode(pw, std::uint8_t(timed));
+    encode(pw, name);
+    init.encode_to_writer(pw);
+    const int fds[3] = {w.region.fd(), shared_region_.fd(), wfd};
+    launch_request req{name, true, opts_.method, body};
+    req.entry = &pool_worker_entry;
+    req.payload = payload;
+    req.fds = fds;
+    launched_child child = Policy::launch(req);
     w.pid = child.pid;
-    w.pidfd = child.pidfd ? std::move(child.pidfd) : pidfd_open(w.pid);
+    w.status = std::move(child.status);
+    if (child.pidfd)
+      w.pidfd = std::move(child.pidfd);
+    else if (!w.status)
+      w.pidfd = pidfd_open(w.pid);
     log(log_level::debug, "started %s (pid %d)", name.c_str(), static_cast<int>(w.pid));
   }
 
@@ -1513,7 +1561,7 @@ class basic_pool {
   void build_pollfds(std::vector<pollfd>& fds) {
     fds.clear();
     fds.push_back({wake_fd_.get(), POLLIN, 0});
-    for (auto& w : workers_) fds.push_back({w.pidfd.get(), POLLIN, 0});
+    for (auto& w : workers_) fds.push_back({w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0});
   }
 
   std::vector<pollfd>& poll_events(std::vector<pollfd>& fds, int timeout_ms) {
@@ -1731,10 +1779,18 @@ class basic_pool {
 
   /// A worker's pidfd fired: account for its tasks and start a replacement.
   void handle_exit(detail::worker_slot& w) {
-    int status = 0;
-    pid_t r = detail::waitpid_eintr(w.pid, &status, WNOHANG);
-    if (r == 0) return;  // not actually gone yet
-    const int code = r > 0 ? detail::exitcode_from_status(status) : 255;
+    int code = 255;
+    if (w.status) {
+      std::int32_t c = 0;
+      ssize_t n = detail::retry_eintr([&] { return ::read(w.status.get(), &c, sizeof c); });
+      code = n == sizeof c ? c : 255;
+      w.status.reset();
+    } else {
+      int status = 0;
+      pid_t r = detail::waitpid_eintr(w.pid, &status, WNOHANG);
+      if (r == 0) return;  // not actually gone yet
+      code = r > 0 ? detail::exitcode_from_status(status) : 255;
+    }
     drain_results(w);  // results published before it died still count
     const bool was_initialized = w.ctl->initialized.load(std::memory_order_acquire) != 0;
     const std::int64_t started = w.ctl->cur_started_ns.load(std::memory_order_acquire);
@@ -1838,15 +1894,18 @@ class basic_pool {
     for (auto& w : workers_) {
       if (w.pid <= 0) continue;
       if (terminating) ::kill(w.pid, SIGKILL);
-      pollfd p{w.pidfd.get(), POLLIN, 0};
+      pollfd p{w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0};
       if (detail::retry_eintr([&] { return ::poll(&p, 1, 5000); }) == 0) {
         ::kill(w.pid, SIGKILL);
         detail::retry_eintr([&] { return ::poll(&p, 1, 5000); });
       }
-      int status;
-      detail::waitpid_eintr(w.pid, &status, 0);
+      if (!w.status) {  // a forkserver's child is reaped by the forkserver
+        int status;
+        detail::waitpid_eintr(w.pid, &status, 0);
+      }
       w.pid = -1;
       w.pidfd.reset();
+      w.status.reset();
     }
     // Anything still pending can no longer run.
     auto gone = fatal ? fatal

@@ -113,6 +113,27 @@ class portable_call {
     if (run_) run_(bytes_);
   }
 
+  /// For a child in a fresh program image (spawn, forkserver): the runner travels as
+  /// a code offset, the callable and its arguments as the bytes made at construction.
+  template <class W>
+  void encode_to_writer(W& w) const {
+    std::int64_t off = run_ ? encode_code_address(reinterpret_cast<const void*>(run_)) : 0;
+    std::uint8_t has = run_ != nullptr;
+    w.put(&has, 1);
+    w.put(&off, sizeof off);
+    encode(w, bytes_);
+  }
+  static portable_call decode_from(reader& r) {
+    portable_call c;
+    std::uint8_t has;
+    std::int64_t off;
+    r.get(&has, 1, "initializer flag");
+    r.get(&off, sizeof off, "initializer address");
+    decode(r, c.bytes_);
+    if (has) c.run_ = reinterpret_cast<void (*)(const std::vector<std::byte>&)>(decode_code_address(off));
+    return c;
+  }
+
  private:
   template <class D, class Tup>
   static void run(const std::vector<std::byte>& bytes) {
