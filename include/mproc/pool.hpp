@@ -419,7 +419,7 @@ struct task_header {
   std::uint64_t first;
   std::int64_t invoker;  // code address of invoke_chunk<...>, see callable.hpp
   std::uint32_t callable_len;
-  std::uint32_t pad;
+  std::uint32_t item_size;  // packed items: the size of each; 0: length-prefixed items
 };
 struct result_header {
   std::uint64_t job;
@@ -748,23 +748,34 @@ class input_feed {
     buf.insert(buf.end(), callable_.begin(), callable_.end());
     std::uint32_t n = 0;
     offsets.clear();
-    for (; n < chunksize && it_ != std::ranges::end(view_); ++n, ++it_) {
-      const auto& v = *it_;
-      std::size_t at = buf.size();
-      offsets.push_back(static_cast<std::uint32_t>(at));
-      if constexpr (packed) {
-        buf.resize(at + sizeof(arg_t));
-        std::memcpy(buf.data() + at, std::addressof(v), sizeof(arg_t));
-      } else {
-        std::uint32_t len = static_cast<std::uint32_t>(encoded_size(v));
-        buf.resize(at + sizeof len + len);
-        std::memcpy(buf.data() + at, &len, sizeof len);
-        encode_to(v, buf.data() + at + sizeof len);
+    if constexpr (packed && std::ranges::contiguous_range<View> && std::ranges::sized_range<View>) {
+      // One copy for the whole chunk.
+      const auto left = static_cast<std::size_t>(std::ranges::end(view_) - it_);
+      n = static_cast<std::uint32_t>(std::min(chunksize, left));
+      const std::size_t at = buf.size();
+      buf.resize(at + std::size_t(n) * sizeof(arg_t));
+      std::memcpy(buf.data() + at, std::to_address(it_), std::size_t(n) * sizeof(arg_t));
+      it_ += n;
+    } else {
+      for (; n < chunksize && it_ != std::ranges::end(view_); ++n, ++it_) {
+        const auto& v = *it_;
+        std::size_t at = buf.size();
+        if constexpr (packed) {
+          buf.resize(at + sizeof(arg_t));
+          std::memcpy(buf.data() + at, std::addressof(v), sizeof(arg_t));
+        } else {
+          offsets.push_back(static_cast<std::uint32_t>(at));
+          std::uint32_t len = static_cast<std::uint32_t>(encoded_size(v));
+          buf.resize(at + sizeof len + len);
+          std::memcpy(buf.data() + at, &len, sizeof len);
+          encode_to(v, buf.data() + at + sizeof len);
+        }
       }
     }
     task_header h{static_cast<std::uint32_t>(task_kind::chunk), n, job, first,
                   invoker_address<F, arg_t, Star, packed>(),
-                  static_cast<std::uint32_t>(callable_.size()), 0};
+                  static_cast<std::uint32_t>(callable_.size()),
+                  packed ? static_cast<std::uint32_t>(sizeof(arg_t)) : 0u};
     std::memcpy(buf.data(), &h, sizeof h);
     return n;
   }
@@ -1855,7 +1866,12 @@ class basic_pool {
     std::memcpy(&h, c.bytes.data(), sizeof h);
     const std::size_t prefix = sizeof h + h.callable_len;
     n.bytes.assign(c.bytes.begin(), c.bytes.begin() + static_cast<std::ptrdiff_t>(prefix));
-    for (std::uint32_t k = from; k < c.count; ++k) {
+    if (h.item_size) {  // packed: fixed-size items, no offsets kept
+      const std::size_t begin = prefix + std::size_t(from) * h.item_size;
+      n.bytes.insert(n.bytes.end(), c.bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                     c.bytes.end());
+    }
+    for (std::uint32_t k = from; !h.item_size && k < c.count; ++k) {
       const std::size_t begin = c.item_offsets[k];
       const std::size_t end = k + 1 < c.count ? c.item_offsets[k + 1] : c.bytes.size();
       n.item_offsets.push_back(static_cast<std::uint32_t>(n.bytes.size()));
