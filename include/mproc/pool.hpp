@@ -1451,10 +1451,13 @@ class basic_pool {
       return;
     }
     // Anything a worker did before the flag was armed is seen by one more step; what
-    // it does after will wake the service thread. A busy engine belongs to the
-    // service thread or another helper, which run this same protocol before leaving.
+    // it does after will wake the service thread. If the engine is busy, its holder
+    // may already be past its last look before sleeping: wake the service thread.
     std::unique_lock el(engine_m_, std::try_to_lock);
-    if (!el) return;
+    if (!el) {
+      force_wake();
+      return;
+    }
     engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     bool p = false;
     try {
