@@ -7,7 +7,8 @@
 // same numbers -- 0.639..., then 0.025... < 0.3 -- and crashes at round 1. Running the
 // seed's own code with CPython prints 11 "RuntimeError: Worker 42 crashed at round 1"
 // tracebacks on stderr and then "Max restarts (10) exceeded" on stdout, which is what
-// this example prints too.
+// this example prints too. It then runs the worker as it is usually meant, with a
+// fresh seed per attempt, which reaches "Worker 42 completed all rounds".
 #include <chrono>
 #include <cstdint>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include <mproc/sharedctypes.hpp>
 #include <mproc/supervisor.hpp>
 
 using namespace std::chrono_literals;
@@ -68,6 +70,25 @@ void unreliable_worker(int worker_id, int max_rounds) {
   std::cout << "Worker " << worker_id << " completed all rounds" << std::endl;
 }
 
+// The same worker as it is usually meant: each attempt draws fresh numbers (seeded
+// with worker_id + attempt, the attempt counted in shared memory), so a restart can
+// get further than the run before it.
+void reseeding_worker(int worker_id, int max_rounds, mproc::Value<int> attempts) {
+  int attempt;
+  {
+    std::scoped_lock g(attempts.get_lock());
+    attempt = attempts.value()++;
+  }
+  auto gen = python_seeded(std::uint32_t(worker_id + attempt));
+  for (int i = 0; i < max_rounds; ++i) {
+    std::this_thread::sleep_for(10ms);
+    if (python_random(gen) < 0.3)
+      throw std::runtime_error("Worker " + std::to_string(worker_id) + " crashed at round " +
+                               std::to_string(i));
+  }
+  std::cout << "Worker " << worker_id << " completed all rounds" << std::endl;
+}
+
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
   // Each crash is reported on stderr by the child ("Process Process-N:" and the
@@ -75,4 +96,12 @@ int main(int argc, char** argv) {
   mproc::Supervisor sup({.max_restarts = 10, .backoff = 10ms}, unreliable_worker, 42, 5);
   auto outcome = sup.run();
   if (!outcome.succeeded) std::cout << "Max restarts (" << sup.options().max_restarts << ") exceeded" << std::endl;
+
+  // With a fresh seed per attempt (Python: random.seed(42 + attempt)) attempts 0-4
+  // crash and attempt 5 completes: 5 restarts.
+  mproc::Value<int> attempts(0);
+  mproc::Supervisor again({.max_restarts = 10, .backoff = 10ms}, reseeding_worker, 42, 5, attempts);
+  auto second = again.run();
+  std::cout << "succeeded: " << (second.succeeded ? "True" : "False")
+            << ", restarts: " << second.restarts << std::endl;
 }
