@@ -7,7 +7,7 @@
 #include <mproc/mproc.hpp>
 
 #include <boost/multiprecision/cpp_int.hpp>
-#include <mproc/detail/cpp_int_serialization.hpp>
+#include <boost/multiprecision/cpp_int/serialize.hpp>
 
 #include <algorithm>
 #include <atomic>

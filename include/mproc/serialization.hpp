@@ -52,6 +52,7 @@
 #include <cxxabi.h>
 
 #include <boost/archive/binary_iarchive.hpp>
+#include <boost/mpl/bool.hpp>
 #include <boost/archive/binary_oarchive.hpp>
 #include <boost/archive/detail/register_archive.hpp>
 #include <boost/archive/impl/archive_serializer_map.ipp>
@@ -602,6 +603,19 @@ class bounded_iarchive
 BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(mproc::detail::bounded_iarchive)
 // Lets serialize() code that registers or exports polymorphic types see the archive.
 BOOST_SERIALIZATION_REGISTER_ARCHIVE(mproc::detail::bounded_iarchive)
+
+// Boost.Multiprecision's cpp_int chooses its layout by archive type: raw limbs for
+// boost::archive::binary_[io]archive, a byte-by-byte layout for any other. Values are
+// written with binary_oarchive and read with bounded_iarchive (the same binary
+// layout), so cpp_int must know that bounded_iarchive is binary too. Declaring the
+// trait here (its definition, if the program uses cpp_int, comes later) keeps cpp_int
+// values intact without every program including Boost.Multiprecision.
+namespace boost::serialization::cpp_int_detail {
+template <class T>
+struct is_binary_archive;
+template <>
+struct is_binary_archive<mproc::detail::bounded_iarchive> : public boost::mpl::true_ {};
+}  // namespace boost::serialization::cpp_int_detail
 
 namespace mproc {
 namespace detail {
