@@ -254,6 +254,9 @@ void cleanup(mproc::Process& p) {
 void noop() {}
 void throw_runtime() { throw std::runtime_error("boom in child"); }
 void raise_kill() { ::raise(SIGKILL); }
+void sleep_long() {
+  for (int i = 0; i < 300; ++i) ::usleep(100'000);
+}
 void add_to(mproc::Value<int> v, int n) {
   std::scoped_lock g(v.get_lock());
   v.value() += n;
@@ -303,6 +306,13 @@ void sync_child(mproc::Semaphore s, mproc::BoundedSemaphore bs, mproc::Event go,
   }
   (void)b.wait(30s);
 }
+void nested(mproc::Value<int> v, int method) {
+  // A spawned child may start children of its own, by any method.
+  mproc::Process p(with(start_method(method)), add_to, v, 10);
+  p.start();
+  if (!p.join(30s)) std::exit(20);
+  if (p.exitcode() != 0) std::exit(21);
+}
 struct stateful_adder {
   int n = 0;
   template <class Ar>
@@ -340,6 +350,15 @@ TEST_CASE("spawn and forkserver: exit codes, exceptions, names, parent", "[conte
     CHECK(thrown.exitcode() == 1);
     CHECK(killed.exitcode() == -SIGKILL);
     CHECK_FALSE(ok.is_alive());
+
+    mproc::Process sleeper(with(m), sleep_long);
+    sleeper.start();
+    CHECK(sleeper.is_alive());
+    CHECK_FALSE(sleeper.join(50ms));
+    sleeper.terminate();
+    CHECK(sleeper.join(30s));
+    CHECK(sleeper.exitcode() == -SIGTERM);
+    cleanup(sleeper);
 
     auto [a, b] = mproc::Pipe();
     mproc::Process named(with(m, "reporter"), report_identity, b);
@@ -462,6 +481,24 @@ TEST_CASE("spawn and forkserver: arguments and handles arrive as the same object
       shm.unlink();
     }
   }
+}
+
+TEST_CASE("spawn and forkserver children start children of their own, also from threads",
+          "[context][spawn]") {
+  init_from_cmdline();
+  mproc::Value<int> v(0);
+  int expected = 0;
+  for (start_method outer : fresh_image_methods)
+    for (start_method inner : {start_method::fork, start_method::spawn, start_method::forkserver}) {
+      INFO(mproc::to_string(outer) << " -> " << mproc::to_string(inner));
+      mproc::Process p(with(outer), nested, v, int(inner));
+      std::thread([&] { p.start(); }).join();  // the child outlives the starting thread
+      CHECK(p.join(60s));
+      CHECK(p.exitcode() == 0);
+      cleanup(p);
+      expected += 10;
+    }
+  CHECK(v.load() == expected);
 }
 
 TEST_CASE("spawn and forkserver refuse a closure with start_method_error", "[context][spawn]") {

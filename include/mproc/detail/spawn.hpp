@@ -31,6 +31,7 @@
 #include <thread>
 #include <utility>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -413,6 +414,11 @@ void run_on_stable_thread(F&& f) {
     ::close(sock);
     auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
     code = entry(payload, fds);
+  } catch (const std::exception& e) {
+    // The entry reports the target's own exceptions; this is the bootstrap failing.
+    std::fprintf(stderr, "mproc: spawned child %d could not start: %s\n", int(::getpid()),
+                 e.what());
+    code = 1;
   } catch (...) {
     code = 1;
   }
@@ -523,6 +529,10 @@ inline int forkserver_main(std::span<const std::byte>, std::span<const int> fds)
       try {
         auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
         code = entry(payload, got);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "mproc: forkserver child %d could not start: %s\n",
+                     int(::getpid()), e.what());
+        code = 1;
       } catch (...) {
         code = 1;
       }
@@ -606,7 +616,8 @@ inline forkserver_child forkserver_launch(const std::string& executable,
   if (c.server_pid > 0) {
     // A server that died (killed by someone) is replaced.
     int st;
-    if (::waitpid(c.server_pid, &st, WNOHANG) == c.server_pid) {
+    pid_t w = ::waitpid(c.server_pid, &st, WNOHANG);
+    if (w == c.server_pid || (w == -1 && errno == ECHILD)) {
       c.sock.reset();
       c.server_pidfd.reset();
       c.server_pid = -1;
