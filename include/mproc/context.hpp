@@ -180,10 +180,12 @@ struct spawn_policy {
   static constexpr bool available = true;
   static launched_child launch(const launch_request& r) {
     if (!r.entry) detail::throw_closure_only(method);
-    auto [exe, args] = detail::spawn_image(method);
+    // Not a structured binding: clang 14 cannot capture those in the lambda.
+    const auto image = detail::spawn_image(method);
     detail::spawned s;
-    detail::run_on_stable_thread(
-        [&] { s = detail::spawn_entry(exe, args, r.entry, r.payload, r.fds); });
+    detail::run_on_stable_thread([&] {
+      s = detail::spawn_entry(image.first, image.second, r.entry, r.payload, r.fds);
+    });
     return {s.pid, std::move(s.pidfd), {}};
   }
 };
