@@ -279,7 +279,10 @@ inline spawned spawn_entry(const std::string& executable, const std::vector<std:
   ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
   flush_all_output();
-  int rc = ::posix_spawn(&pid, executable.c_str(), &fa, &attr, argv.data(), envp.data());
+  // /proc/self/exe is this very image even if the file was replaced or deleted since
+  // (a rebuild while the program runs): entry offsets are only valid in the same image.
+  const char* image = ::access("/proc/self/exe", X_OK) == 0 ? "/proc/self/exe" : executable.c_str();
+  int rc = ::posix_spawn(&pid, image, &fa, &attr, argv.data(), envp.data());
   ::posix_spawn_file_actions_destroy(&fa);
   ::posix_spawnattr_destroy(&attr);
   if (rc != 0) {
