@@ -29,6 +29,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// The build defines where the Python twin lives and which interpreter runs it.
+#ifndef MPROC_BENCHMARK_PYTHON_DIR
+#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
+#endif
+#ifndef MPROC_BENCHMARK_PYTHON
+#define MPROC_BENCHMARK_PYTHON "python3"
+#endif
+
 using clk = std::chrono::steady_clock;
 using boost::multiprecision::cpp_int;
 using boost::multiprecision::msb;
@@ -178,7 +186,8 @@ int worker_pid(int) { return static_cast<int>(::getpid()); }
 
 std::map<std::string, double> run_python(const std::string& which) {
   std::map<std::string, double> out;
-  std::string cmd = "python3 " MPROC_BENCH_PY_DIR "/bench_pool.py " + which + " 2>/dev/null";
+  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON) + " " MPROC_BENCHMARK_PYTHON_DIR "/bench_pool.py " +
+                    which + " 2>/dev/null";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return out;
   char buf[4096];
@@ -197,10 +206,6 @@ std::map<std::string, double> run_python(const std::string& which) {
 }
 
 }  // namespace
-
-#ifndef MPROC_BENCH_PY_DIR
-#define MPROC_BENCH_PY_DIR "benchmarks/python"
-#endif
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
