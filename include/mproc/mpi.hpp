@@ -408,7 +408,9 @@ struct pool_options {
 /// The mproc::Pool API over the job's worker ranks. Create it on the root after the
 /// environment; one at a time. Results, AsyncResult, as_completed and imap ranges
 /// are the same types as mproc::Pool's. All members may be called from any thread.
-class Pool {
+class Pool : public mproc::detail::pool_interface<Pool> {
+  friend class mproc::detail::pool_interface<Pool>;
+
  public:
   Pool() : Pool(pool_options{}) {}
   /// Uses the first `processes` worker ranks (0: all).
@@ -447,67 +449,10 @@ class Pool {
     return std::max<std::size_t>(1, ranks_.size());
   }
 
-  // ------------------------------------------------------------ map family
-
-  template <class F, std::ranges::input_range In>
-  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
-    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In>
-  auto map(F f, In&& inputs, map_options o) {
-    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
-    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap(F f, In&& inputs, map_options o) {
-    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
-  }
-  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
-  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return submit_gather<false>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
-  }
-  template <class F, std::ranges::input_range In>
-  auto map_async(F f, In&& inputs, std::size_t chunksize) {
-    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
-  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return submit_gather<true>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
-    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-
-  /// Ordered lazy results, with a bounded number of items in flight.
-  template <class F, std::ranges::input_range In>
-  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap(F f, In&& inputs, map_options o) {
-    return submit_imap(f, std::forward<In>(inputs), std::move(o), true);
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap_unordered(f, std::forward<In>(inputs),
-                          map_options{.chunksize = chunksize ? chunksize : 1});
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap_unordered(F f, In&& inputs, map_options o) {
-    return submit_imap(f, std::forward<In>(inputs), std::move(o), false);
-  }
+  using mproc::detail::pool_interface<Pool>::apply_async;
 
   // ------------------------------------------------------------ single calls
 
-  template <class F, class... A>
-    requires(!mproc::detail::is_specialization_v<std::decay_t<F>, callbacks>)
-  auto apply_async(F f, A&&... args) {
-    return apply_async(callbacks<>{}, f, std::forward<A>(args)...);
-  }
   template <class C, class E, class F, class... A>
   auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
     using D = std::decay_t<F>;
@@ -525,16 +470,6 @@ class Pool {
     enqueue(std::move(job), invoker<D, V, true>());
     return AsyncResult<R>(std::move(st));
   }
-  template <class F, class... A>
-  auto submit(F f, A&&... args) {
-    return apply_async(f, std::forward<A>(args)...);
-  }
-  template <class F, class... A>
-  decltype(auto) apply(F f, A&&... args) {
-    auto r = apply_async(f, std::forward<A>(args)...);
-    return std::move(r).get_moved();
-  }
-
   // ------------------------------------------------------------ lifecycle
 
   /// No more tasks may be submitted; submitted work continues.

@@ -1065,10 +1065,99 @@ struct worker_slot {
 
 }  // namespace detail
 
+namespace detail {
+
+/// The calls every pool offers (map, starmap, imap, ... apply), written once in
+/// terms of the three a pool implements: submit_gather<Star>(f, inputs, options,
+/// callbacks), submit_imap(f, inputs, options, ordered) and apply_async(callbacks,
+/// f, args...). mproc::Pool and mproc::mpi::Pool both build on it.
+template <class Derived>
+class pool_interface {
+ public:
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
+    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, map_options o) {
+    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
+    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, map_options o) {
+    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+  }
+
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return self().template submit_gather<false>(f, std::forward<In>(inputs), std::move(o),
+                                                std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto map_async(F f, In&& inputs, std::size_t chunksize) {
+    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    return self().template submit_gather<true>(f, std::forward<In>(inputs), std::move(o),
+                                               std::move(cb));
+  }
+  template <class F, std::ranges::input_range In>
+  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
+    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+
+  /// Ordered lazy results; the input is consumed lazily with a bounded number of
+  /// tasks in flight, so an endless input works.
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, map_options o) {
+    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap_unordered(f, std::forward<In>(inputs),
+                          map_options{.chunksize = chunksize ? chunksize : 1});
+  }
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, map_options o) {
+    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+  }
+
+  template <class F, class... A>
+    requires(!is_specialization_v<std::decay_t<F>, callbacks>)
+  auto apply_async(F f, A&&... args) {
+    return self().apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+  }
+  /// concurrent.futures spelling of apply_async.
+  template <class F, class... A>
+  auto submit(F f, A&&... args) {
+    return apply_async(f, std::forward<A>(args)...);
+  }
+  template <class F, class... A>
+  decltype(auto) apply(F f, A&&... args) {
+    auto r = apply_async(f, std::forward<A>(args)...);
+    return std::move(r).get_moved();
+  }
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+};
+
+}  // namespace detail
+
 /// Worker pool. `basic_pool<Policy>` starts its workers with Policy; `Pool` reads the
 /// start method at run time. Not copyable; all members may be called from any thread.
 template <class Policy>
-class basic_pool {
+class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
+  friend class detail::pool_interface<basic_pool>;
+
  public:
   basic_pool() : basic_pool(pool_options{}) {}
   explicit basic_pool(std::size_t processes) : basic_pool(pool_options{.processes = processes}) {}
@@ -1108,69 +1197,10 @@ class basic_pool {
 
   [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
 
-  // ------------------------------------------------------------ map family
-
-  template <class F, std::ranges::input_range In>
-  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
-    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In>
-  auto map(F f, In&& inputs, map_options o) {
-    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
-    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap(F f, In&& inputs, map_options o) {
-    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
-  }
-
-  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
-  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return submit_gather<false>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
-  }
-  template <class F, std::ranges::input_range In>
-  auto map_async(F f, In&& inputs, std::size_t chunksize) {
-    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
-  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return submit_gather<true>(f, std::forward<In>(inputs), std::move(o), std::move(cb));
-  }
-  template <class F, std::ranges::input_range In>
-  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
-    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
-  }
-
-  /// Ordered lazy results; the input is consumed lazily with a bounded number of
-  /// tasks in flight, so an endless input works.
-  template <class F, std::ranges::input_range In>
-  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap(F f, In&& inputs, map_options o) {
-    return submit_imap<false>(f, std::forward<In>(inputs), std::move(o), true);
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap_unordered(f, std::forward<In>(inputs),
-                          map_options{.chunksize = chunksize ? chunksize : 1});
-  }
-  template <class F, std::ranges::input_range In>
-  auto imap_unordered(F f, In&& inputs, map_options o) {
-    return submit_imap<false>(f, std::forward<In>(inputs), std::move(o), false);
-  }
+  using detail::pool_interface<basic_pool>::apply_async;
 
   // ------------------------------------------------------------ single calls
 
-  template <class F, class... A>
-    requires(!detail::is_specialization_v<std::decay_t<F>, callbacks>)
-  auto apply_async(F f, A&&... args) {
-    return apply_async(callbacks<>{}, f, std::forward<A>(args)...);
-  }
   template <class C, class E, class F, class... A>
   auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
     using D = std::decay_t<F>;
@@ -1188,17 +1218,6 @@ class basic_pool {
     enqueue(std::move(job));
     return AsyncResult<R>(std::move(st));
   }
-  /// concurrent.futures spelling of apply_async.
-  template <class F, class... A>
-  auto submit(F f, A&&... args) {
-    return apply_async(f, std::forward<A>(args)...);
-  }
-  template <class F, class... A>
-  decltype(auto) apply(F f, A&&... args) {
-    auto r = apply_async(f, std::forward<A>(args)...);
-    return std::move(r).get_moved();
-  }
-
   // ------------------------------------------------------------ lifecycle
 
   /// No more tasks may be submitted; running work continues.
@@ -1285,8 +1304,9 @@ class basic_pool {
     return AsyncResult<Out>(std::move(st));
   }
 
-  template <bool Star, class F, class In>
+  template <class F, class In>
   auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
+    constexpr bool Star = false;
     using D = std::decay_t<F>;
     detail::require_portable_callable<D>();
     using V = decltype(as_view(std::forward<In>(inputs)));
