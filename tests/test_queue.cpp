@@ -2,6 +2,9 @@
 // messages, crashes, and no leaked descriptors or /dev/shm entries.
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
+
+#include <mproc/process.hpp>
 #include <mproc/queue.hpp>
 #include <mproc/detail/posix/fork.hpp>
 
@@ -590,4 +593,32 @@ TEST_CASE("no descriptor leaks and no /dev/shm entries", "[queue]") {
 TEST_CASE("bad construction arguments", "[queue]") {
   CHECK_THROWS_AS(mproc::Queue<int>(mproc::queue_options{.capacity = std::size_t(1) << 62}),
                   std::invalid_argument);
+}
+
+namespace {
+void spawned_producer(mproc::Queue<std::string> q, mproc::JoinableQueue<int> jobs,
+                      mproc::SimpleQueue<int> simple) {
+  q.put("from " + mproc::current_process().name);
+  int v = jobs.get(std::chrono::seconds(10));
+  jobs.task_done();
+  simple.put(v * 2);
+}
+}  // namespace
+
+TEST_CASE("queues passed to spawn and forkserver children are the same queues", "[queue][start-methods]") {
+  mproc_test::ensure_init();
+  for (auto method : {mproc::start_method::spawn, mproc::start_method::forkserver}) {
+    INFO("start method " << mproc::to_string(method));
+    mproc::Queue<std::string> q;
+    mproc::JoinableQueue<int> jobs;
+    mproc::SimpleQueue<int> simple;
+    jobs.put(21);
+    mproc::Process p({.name = "qchild", .method = method}, spawned_producer, q, jobs, simple);
+    p.start();
+    REQUIRE(q.get(std::chrono::seconds(20)) == "from qchild");
+    REQUIRE(jobs.join(std::chrono::seconds(20)));
+    REQUIRE(simple.get(std::chrono::seconds(20)) == 42);
+    REQUIRE(p.join(std::chrono::seconds(20)));
+    REQUIRE(p.exitcode() == 0);
+  }
 }

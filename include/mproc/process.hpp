@@ -483,7 +483,8 @@ class basic_process {
       static_assert((detail::spawn_passable<std::decay_t<Args>> && ...),
                     "mproc: with spawn/forkserver every Process argument must be serializable or "
                     "a handle (Value, Array, RawValue, RawArray, Lock, RLock, Semaphore, "
-                    "BoundedSemaphore, Event, Condition, Barrier, Connection, SharedMemory)");
+                    "BoundedSemaphore, Event, Condition, Barrier, Connection, SharedMemory, "
+                    "Queue, JoinableQueue, SimpleQueue)");
     }
   }
 

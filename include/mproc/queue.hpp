@@ -28,6 +28,7 @@
 #include <optional>
 #include <utility>
 
+#include "detail/handle_passing.hpp"
 #include "detail/mpmc_ring.hpp"
 #include "errors.hpp"
 #include "serialization.hpp"
@@ -176,6 +177,8 @@ class SimpleQueue {
   using value_type = T;
   SimpleQueue() = default;
   explicit SimpleQueue(const queue_options& o) : q_(o) {}
+  /// A handle on an existing ring (a queue received by a spawned child).
+  explicit SimpleQueue(std::shared_ptr<detail::mpmc_ring> ring) : q_(std::move(ring)) {}
 
   void put(const T& x) { q_.put(x); }
   template <detail::sends_as<T> U>
@@ -195,5 +198,31 @@ class SimpleQueue {
  private:
   Queue<T> q_;
 };
+
+namespace detail {
+
+/// Queues passed to a spawn/forkserver Process arrive as the same queue: the ring's
+/// descriptor travels, the child maps it again.
+template <class Q>
+struct queue_handle_traits {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Q& q) {
+    std::uint32_t idx = c.add(q.ring()->fd());
+    w.put(&idx, sizeof idx);
+  }
+  static Q adopt(reader& r, std::span<const int> fds) {
+    std::uint32_t idx;
+    r.get(&idx, sizeof idx, "queue descriptor index");
+    return Q(mpmc_ring::attach(dup_received(fds, idx)));
+  }
+};
+template <class T>
+struct handle_traits<Queue<T>> : queue_handle_traits<Queue<T>> {};
+template <class T>
+struct handle_traits<JoinableQueue<T>> : queue_handle_traits<JoinableQueue<T>> {};
+template <class T>
+struct handle_traits<SimpleQueue<T>> : queue_handle_traits<SimpleQueue<T>> {};
+
+}  // namespace detail
 
 }  // namespace mproc
