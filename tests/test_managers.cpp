@@ -3,6 +3,8 @@
 // and no leaks.
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
+
 #include <mproc/managers.hpp>
 #include <mproc/pool.hpp>
 #include <mproc/process.hpp>
@@ -609,4 +611,40 @@ TEST_CASE("proxies passed to Pool tasks", "[managers][pool]") {
   CHECK(d.get(-1) == 40);
   early.close();
   early.join();
+}
+
+namespace {
+void spawn_bump(mproc::DictProxy<std::string, int> d, mproc::ListProxy<int> l) {
+  d.update("count", [](int v) { return v + 1; }, 0);
+  l.append(7);
+}
+int pool_bump(mproc::DictProxy<std::string, int> d) {
+  d.update("pool", [](int v) { return v + 1; }, 0);
+  return 1;
+}
+}  // namespace
+
+TEST_CASE("proxies work in Process targets and Pool tasks under every start method",
+          "[manager][start-methods]") {
+  mproc_test::ensure_init();
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  auto l = m.list<int>();
+  int expected = 0;
+  for (auto method : {mproc::start_method::fork, mproc::start_method::spawn,
+                      mproc::start_method::forkserver}) {
+    INFO("start method " << mproc::to_string(method));
+    mproc::Process p({.method = method}, spawn_bump, d, l);
+    p.start();
+    REQUIRE(p.join(std::chrono::seconds(30)));
+    REQUIRE(p.exitcode() == 0);
+    ++expected;
+    REQUIRE(d.get("count") == expected);
+    REQUIRE(l.size() == std::size_t(expected));
+    mproc::Pool pool({.processes = 2, .method = method});
+    auto done = pool.map_async(pool_bump, std::vector<mproc::DictProxy<std::string, int>>(10, d));
+    REQUIRE(done.wait(std::chrono::seconds(60)));
+    REQUIRE(done.get().size() == 10);
+    REQUIRE(d.get("pool") == 10 * expected);
+  }
 }
