@@ -1724,8 +1724,10 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   /// out one task at a time).
   static std::size_t prefetch_limit(const detail::job_base* j) {
     if (!j || j->avg_item_ns <= 0) return 1;
+    // Once the cost is known, a second chunk waits in the ring, so a worker never sits
+    // idle while the parent wakes up to hand out the next one.
     std::int64_t n = 2'000'000 / std::max<std::int64_t>(j->avg_item_ns, 1);  // ~2 ms of work
-    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, 4096));
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, std::int64_t(2 * j->chunksize), 4096));
   }
 
   /// Gives a worker more work and pushes pending bytes into its ring.
