@@ -155,7 +155,7 @@ struct fork_policy {
   static constexpr bool available = true;
   static launched_child launch(const launch_request& r) {
     pid_t pid = detail::fork_child_stable(r.child_main);
-    return {pid, detail::try_pidfd_open(pid)};
+    return {pid, {}};  // the caller opens a pidfd if and when it needs one
   }
 };
 

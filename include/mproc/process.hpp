@@ -196,6 +196,19 @@ inline bool reap_nohang(process_state& s) {
   return true;
 }
 
+/// The child's pidfd, opened on first need (a join without deadline never needs one,
+/// so a plain start+join costs no pidfd). Opened under the state's lock while the
+/// child is unreaped, so its pid cannot have been reused.
+inline int ensure_pidfd(process_state& s) {
+  std::lock_guard lk(s.m);
+  int fd = s.pidfd.load();
+  if (fd < 0 && !s.finished() && s.status_fd.load() < 0) {
+    fd = try_pidfd_open(s.pid).release();
+    s.pidfd.store(fd);
+  }
+  return fd;
+}
+
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
 inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
   // A timeout too long to add to the clock (hours::max()) means no deadline.
@@ -203,6 +216,12 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
   const std::int64_t deadline =
       timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
   std::int64_t backoff_ns = 1'000'000;
+  // No deadline and our own child: one blocking waitid (WNOWAIT leaves it to be
+  // reaped below, under the state's lock) instead of a poll between two waitpids.
+  if (deadline < 0 && s.status_fd.load() < 0) {
+    siginfo_t info{};
+    retry_eintr([&] { return ::waitid(P_PID, id_t(s.pid), &info, WEXITED | WNOWAIT); });
+  }
   for (;;) {
     if (reap_nohang(s)) return true;
     std::int64_t left = -1;
@@ -211,7 +230,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
       if (left <= 0) return false;
     }
     int fd = s.status_fd.load();
-    if (fd < 0) fd = s.pidfd.load();
+    if (fd < 0) fd = ensure_pidfd(s);
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
       timespec ts{};
@@ -540,7 +559,7 @@ class basic_process {
     launched_child child = Policy::launch(req);
     st->pid = child.pid;
     if (child.status) st->status_fd.store(child.status.release());
-    st->pidfd.store(child.pidfd ? child.pidfd.release() : detail::try_pidfd_open(child.pid).release());
+    if (child.pidfd) st->pidfd.store(child.pidfd.release());  // else opened when needed
     {
       std::lock_guard lk(g.m);
       g.children.push_back(st);
@@ -601,7 +620,8 @@ class basic_process {
   /// A descriptor that becomes readable when the child exits (a pidfd), -1 if none.
   [[nodiscard]] int sentinel() const {
     check_started("sentinel");
-    return state_->pidfd.load();
+    if (int sfd = state_->status_fd.load(); sfd >= 0) return state_->pidfd.load();
+    return detail::ensure_pidfd(*state_);
   }
 
   /// SIGTERM (a no-op once the child has been reaped).
