@@ -418,3 +418,18 @@ TEST_CASE("the pool works the same under every start method", "[pool][start-meth
   }
   REQUIRE(count_fds() == fds);
 }
+
+TEST_CASE("functions from shared libraries are named across spawn and forkserver", "[pool][start-methods]") {
+  mproc_test::ensure_init();
+  // std::abs(int) and ::toupper live in libc, not in the executable: ASLR loads libc
+  // at a different distance from the program in every process.
+  auto libc_abs = static_cast<int (*)(int)>(&::abs);
+  auto libc_toupper = static_cast<int (*)(int)>(&::toupper);
+  for (auto method : {mproc::start_method::fork, mproc::start_method::spawn,
+                      mproc::start_method::forkserver}) {
+    INFO("start method " << mproc::to_string(method));
+    mproc::Pool pool({.processes = 1, .method = method});
+    REQUIRE(pool.map(libc_abs, std::vector<int>{-3, 4, -5}) == std::vector<int>{3, 4, 5});
+    REQUIRE(pool.apply(libc_toupper, int('a')) == int('A'));
+  }
+}

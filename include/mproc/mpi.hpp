@@ -217,7 +217,9 @@ void invoke_chunk(result_writer& out, task_view& t) {
 
 template <class F, class Arg, bool Star, bool PackedArgs>
 std::int64_t invoker_address() {
-  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
+  static const std::int64_t code =
+      encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
+  return code;
 }
 
 /// Decodes and runs one task message; returns the result message.

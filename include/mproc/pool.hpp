@@ -645,6 +645,7 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
     task_view t{h.job, h.first, h.count, reader{r.p, r.p + h.callable_len},
                 reader{r.p + h.callable_len, r.end}};
     auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
+    if (!inv) throw serialization_error("pool worker: task names no function of this program");
     inv(ctx, t);
     if (rec.data) {
       tasks.release(rec);
@@ -719,7 +720,9 @@ struct job_base {
 
 template <class F, class Arg, bool Star, bool Packed>
 std::int64_t invoker_address() {
-  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, Packed>));
+  static const std::int64_t code =
+      encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, Packed>));
+  return code;
 }
 
 /// Encodes items from an input range, chunk by chunk.

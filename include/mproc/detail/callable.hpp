@@ -6,11 +6,17 @@
 // that cannot be named in another process, so it is rejected at compile time.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#include <link.h>
 
 #include "../serialization.hpp"
 
@@ -44,15 +50,95 @@ constexpr void require_portable_callable() {
                 "arguments instead.");
 }
 
-/// Reference point for code addresses: offsets from it are the same in every process
-/// running this program image, whatever address the image was loaded at.
-[[gnu::noinline]] inline void code_anchor() { asm volatile(""); }
+/// Code addresses that mean the same in another process running this program, whatever
+/// address each module (the executable, every shared library) was loaded at: a
+/// module's position in the loader's list (the same for the same program and
+/// libraries, ASLR or not) and the offset into it, packed as index << 48 | offset.
+/// Libraries opened later with dlopen are named the same way as long as both
+/// processes opened them in the same order.
+struct loaded_module {
+  std::uintptr_t base;       // dlpi_addr: what segment addresses are relative to
+  std::uintptr_t lo, hi;     // the address range its loadable segments cover
+};
+
+inline std::vector<loaded_module> scan_modules() {
+  std::vector<loaded_module> out;
+  ::dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto& v = *static_cast<std::vector<loaded_module>*>(data);
+        loaded_module m{info->dlpi_addr, UINTPTR_MAX, 0};
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD) continue;
+          m.lo = std::min<std::uintptr_t>(m.lo, info->dlpi_addr + ph.p_vaddr);
+          m.hi = std::max<std::uintptr_t>(m.hi, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+        }
+        v.push_back(m);
+        return 0;
+      },
+      &out);
+  return out;
+}
+
+/// The module table, rescanned when an address falls outside every known module (a
+/// library opened since). Tables are immutable and never freed, so readers need no
+/// lock: there are only ever a few.
+inline const std::vector<loaded_module>& modules(bool rescan = false) {
+  static std::atomic<const std::vector<loaded_module>*> table{nullptr};
+  static std::mutex m;
+  const auto* t = table.load(std::memory_order_acquire);
+  if (t && !rescan) return *t;
+  std::lock_guard g(m);
+  t = table.load(std::memory_order_acquire);
+  if (!t || rescan) {
+    t = new std::vector<loaded_module>(scan_modules());
+    table.store(t, std::memory_order_release);
+  }
+  return *t;
+}
+
+inline constexpr int code_module_shift = 48;
 
 inline std::int64_t encode_code_address(const void* p) noexcept {
-  return reinterpret_cast<std::intptr_t>(p) - reinterpret_cast<std::intptr_t>(&code_anchor);
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto& t = modules(attempt == 1);
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      const auto& m = t[i];
+      if (a >= m.lo && a < m.hi)
+        return std::int64_t((std::uint64_t(i) << code_module_shift) | (a - m.base));
+    }
+  }
+  return -1;  // not code of this program: decodes to an address that is refused
 }
-inline void* decode_code_address(std::int64_t off) noexcept {
-  return reinterpret_cast<void*>(reinterpret_cast<std::intptr_t>(&code_anchor) + off);
+
+inline void* decode_code_address_slow(std::int64_t code) noexcept {
+  if (code < 0) return nullptr;
+  const std::size_t index = std::size_t(std::uint64_t(code) >> code_module_shift);
+  const std::uintptr_t off = std::uint64_t(code) & ((std::uint64_t(1) << code_module_shift) - 1);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto& t = modules(attempt == 1);
+    if (index < t.size()) {
+      const auto& m = t[index];
+      if (m.base + off >= m.lo && m.base + off < m.hi) return reinterpret_cast<void*>(m.base + off);
+    }
+  }
+  return nullptr;
+}
+
+/// Workers decode the same few codes for every chunk: a tiny per-thread cache keeps
+/// that to a compare.
+inline void* decode_code_address(std::int64_t code) noexcept {
+  struct entry {
+    std::int64_t code = -1;
+    void* p = nullptr;
+  };
+  thread_local entry cache[8];
+  entry& e = cache[std::uint64_t(code) % 8];
+  if (e.code == code && e.p) return e.p;
+  void* p = decode_code_address_slow(code);
+  if (p) e = {code, p};
+  return p;
 }
 
 template <class W, class F>
@@ -73,7 +159,9 @@ F decode_callable(reader& r) {
   if constexpr (function_pointer<F>) {
     std::int64_t off;
     r.get(&off, sizeof off, "function address");
-    return reinterpret_cast<F>(decode_code_address(off));
+    void* p = decode_code_address(off);
+    if (!p) throw serialization_error("corrupt message: the function is not code of this program");
+    return reinterpret_cast<F>(p);
   } else if constexpr (stateless_function_object<F>) {
     return F{};
   } else {
@@ -130,7 +218,11 @@ class portable_call {
     r.get(&has, 1, "initializer flag");
     r.get(&off, sizeof off, "initializer address");
     decode(r, c.bytes_);
-    if (has) c.run_ = reinterpret_cast<void (*)(const std::vector<std::byte>&)>(decode_code_address(off));
+    if (has) {
+      void* p = decode_code_address(off);
+      if (!p) throw serialization_error("corrupt message: the initializer is not code of this program");
+      c.run_ = reinterpret_cast<void (*)(const std::vector<std::byte>&)>(p);
+    }
     return c;
   }
 

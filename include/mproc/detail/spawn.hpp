@@ -416,6 +416,7 @@ void run_on_stable_thread(F&& f) {
       ::_exit(1);
     ::close(sock);
     auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
+    if (!entry) throw start_method_error("the entry is not code of this program");
     code = entry(payload, fds);
   } catch (const std::exception& e) {
     // The entry reports the target's own exceptions; this is the bootstrap failing.
@@ -531,6 +532,7 @@ inline int forkserver_main(std::span<const std::byte>, std::span<const int> fds)
       int code = 1;
       try {
         auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
+        if (!entry) throw start_method_error("the entry is not code of this program");
         code = entry(payload, got);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "mproc: forkserver child %d could not start: %s\n",
