@@ -267,6 +267,13 @@ int main(int argc, char** argv) {
       p.join();
       m["create"].push_back(secs_since(t) * 1e3);
     }
+    for (auto method : {mproc::start_method::spawn, mproc::start_method::forkserver}) {
+      auto t = clk::now();
+      mproc::Pool p({.processes = 2, .method = method});
+      p.close();
+      p.join();
+      m[std::string("create_") + mproc::to_string(method)].push_back(secs_since(t) * 1e3);
+    }
     m["raw_socketpair_rt"].push_back(raw_socketpair_rt(1000));
     m["raw_futex_rt"].push_back(raw_futex_rt(1000));
     m["threads_primes"].push_back(threads_primes(chunks, 2));
@@ -319,6 +326,10 @@ int main(int argc, char** argv) {
   v = med("create");
   row("Pool(2) create+close+join, ms", v, med("raw_fork2"), med("py_create"), med("py_create") / v,
       v / med("raw_fork2"), "<= 1 ms", v <= 1.0);
+  v = med("create_spawn");
+  row("Pool(2) create+close+join with spawn, ms", v, NAN, NAN, NAN, NAN, "<= 5 ms", v <= 5.0);
+  v = med("create_forkserver");
+  row("Pool(2) create+close+join with forkserver, ms", v, NAN, NAN, NAN, NAN, "report", true);
   v = med("idle_rss");
   row("idle worker resident memory, MiB (RSS; PSS in limit column)", v, med("idle_pss"), NAN, NAN,
       NAN, "<= 3 MiB", v <= 3.0);
