@@ -1,6 +1,8 @@
 // Start methods and start policies.
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -52,7 +54,7 @@ struct raw_fork_policy {
 struct not_a_policy {};
 
 void exit_with(int code) { std::exit(code); }
-void init_from_cmdline();
+using mproc_test::init_from_cmdline;
 
 }  // namespace
 
@@ -160,45 +162,8 @@ TEST_CASE("a user-written start policy plugs in", "[context]") {
 
 // ---- spawn and forkserver
 //
-// The test executable's main is Catch's, which does not call mproc::init. A child
-// spawned from this executable must still enter through init before Catch's main runs:
-// this static initializer does it when (and only when) the process is such a child.
-// The library's own statics come from headers included above, so they are constructed
-// before it runs; the children use nothing else of this file's statics.
-namespace {
-
-std::vector<std::string> own_cmdline() {
-  std::vector<std::string> out;
-  std::FILE* f = std::fopen("/proc/self/cmdline", "rb");
-  if (!f) return out;
-  std::string cur;
-  for (int c; (c = std::fgetc(f)) != EOF;) {
-    if (c == 0) {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += char(c);
-    }
-  }
-  std::fclose(f);
-  return out;
-}
-
-void init_from_cmdline() {
-  static std::vector<std::string> args = own_cmdline();
-  static std::vector<char*> argv;
-  argv.clear();
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  mproc::init(int(args.size()), argv.data());
-}
-
-const bool spawned_child_entered = [] {
-  if (std::getenv("MPROC_SPAWN")) init_from_cmdline();  // never returns in a child
-  return false;
-}();
-
-}  // namespace
+// Children spawned from this executable enter through init before Catch's main runs
+// (tests/spawn_entry.hpp); the test process itself calls init as main would.
 
 namespace {
 
