@@ -463,7 +463,7 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
     using R = detail::star_result_t<D, Tup>;
     auto st = std::make_shared<detail::async_state<R>>();
-    set_callbacks<R>(*st, cb);
+    detail::set_callbacks(*st, cb);
     auto one = std::views::single(Tup(std::forward<A>(args)...));
     using V = decltype(one);
     auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
@@ -530,21 +530,6 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     return detail::invoker_address<D, Arg, Star, detail::packed_items<Feed>()>();
   }
 
-  template <class R, class C, class E>
-  static void set_callbacks(detail::async_state<R>& st, callbacks<C, E>& cb) {
-    if constexpr (!std::is_same_v<C, std::nullptr_t>) {
-      if constexpr (std::is_void_v<R>)
-        st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
-      else
-        st.on_value = std::move(cb.callback);
-    }
-    if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
-  }
-
-  template <class In>
-  static auto as_view(In&& in) {
-    return std::views::all(std::forward<In>(in));
-  }
   template <class D, class Arg, bool Star>
   using result_of = typename detail::task_result<D, Arg, Star>::type;
 
@@ -552,13 +537,13 @@ class Pool : public mproc::detail::pool_interface<Pool> {
   auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
     using D = std::decay_t<F>;
     detail::require_portable_callable<D>();
-    using V = decltype(as_view(std::forward<In>(inputs)));
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
     using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
     detail::require_encodable<Arg>();
     using R = result_of<D, Arg, Star>;
     using Out = std::vector<detail::stored_t<R>>;
     auto st = std::make_shared<detail::async_state<Out>>();
-    set_callbacks<Out>(*st, cb);
+    detail::set_callbacks(*st, cb);
     std::size_t chunksize = o.chunksize;
     std::size_t total = 0;
     if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
@@ -571,7 +556,7 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     }
     if (chunksize == 0) chunksize = 1;
     auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
-        static_cast<D>(f), as_view(std::forward<In>(inputs)), st);
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
     job->chunksize = chunksize;
     job->known_total = total;
     job->on_progress = std::move(o.on_progress);
@@ -584,7 +569,7 @@ class Pool : public mproc::detail::pool_interface<Pool> {
   auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
     using D = std::decay_t<F>;
     detail::require_portable_callable<D>();
-    using V = decltype(as_view(std::forward<In>(inputs)));
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
     using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
     detail::require_encodable<Arg>();
     using R = result_of<D, Arg, false>;
@@ -595,7 +580,7 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     const std::size_t window =
         std::max<std::size_t>(64, 2 * opts_.chunks_in_flight * processes() * chunksize);
     auto job = std::make_unique<detail::imap_job<D, false, V, R>>(
-        static_cast<D>(f), as_view(std::forward<In>(inputs)), st, window);
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
     job->chunksize = chunksize;
     job->on_progress = std::move(o.on_progress);
     enqueue(std::move(job), invoker<D, V, false>());

@@ -1070,6 +1070,24 @@ struct worker_slot {
 
 namespace detail {
 
+/// Python's callback / error_callback, attached to a result's shared state.
+template <class R, class C, class E>
+void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
+  if constexpr (!std::is_same_v<C, std::nullptr_t>) {
+    if constexpr (std::is_void_v<R>)
+      st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
+    else
+      st.on_value = std::move(cb.callback);
+  }
+  if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
+}
+
+/// A task's inputs as a view: lvalues by reference, temporaries kept alive inside.
+template <class In>
+auto as_input_view(In&& in) {
+  return std::views::all(std::forward<In>(in));
+}
+
 /// The calls every pool offers (map, starmap, imap, ... apply), written once in
 /// terms of the three a pool implements: submit_gather<Star>(f, inputs, options,
 /// callbacks), submit_imap(f, inputs, options, ordered) and apply_async(callbacks,
@@ -1213,7 +1231,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     using R = detail::star_result_t<D, Tup>;
     auto st = std::make_shared<detail::async_state<R>>();
     st->helper = helper_;
-    set_callbacks<R>(*st, cb);
+    detail::set_callbacks(*st, cb);
     auto one = std::views::single(Tup(std::forward<A>(args)...));
     auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
         static_cast<D>(f), std::move(one), st);
@@ -1258,34 +1276,19 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
  private:
   enum class run_state { running, closed, terminating };
 
-  template <class R, class C, class E>
-  static void set_callbacks(detail::async_state<R>& st, callbacks<C, E>& cb) {
-    if constexpr (!std::is_same_v<C, std::nullptr_t>) {
-      if constexpr (std::is_void_v<R>)
-        st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
-      else
-        st.on_value = std::move(cb.callback);
-    }
-    if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
-  }
-
-  template <class In>
-  static auto as_view(In&& in) {
-    return std::views::all(std::forward<In>(in));
-  }
 
   template <bool Star, class F, class In, class C, class E>
   auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
     using D = std::decay_t<F>;
     detail::require_portable_callable<D>();
-    using V = decltype(as_view(std::forward<In>(inputs)));
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
     using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
     detail::require_encodable<Arg>();
     using R = result_of<D, Arg, Star>;
     using Out = std::vector<detail::stored_t<R>>;
     auto st = std::make_shared<detail::async_state<Out>>();
     st->helper = helper_;
-    set_callbacks<Out>(*st, cb);
+    detail::set_callbacks(*st, cb);
     std::size_t chunksize = o.chunksize;
     std::size_t total = 0;
     if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
@@ -1298,7 +1301,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     }
     if (chunksize == 0) chunksize = 1;
     auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
-        static_cast<D>(f), as_view(std::forward<In>(inputs)), st);
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
     job->chunksize = chunksize;
     job->known_total = total;
     job->on_progress = std::move(o.on_progress);
@@ -1312,7 +1315,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     constexpr bool Star = false;
     using D = std::decay_t<F>;
     detail::require_portable_callable<D>();
-    using V = decltype(as_view(std::forward<In>(inputs)));
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
     using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
     detail::require_encodable<Arg>();
     using R = result_of<D, Arg, Star>;
@@ -1326,7 +1329,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     // Enough in flight to keep every worker busy, little enough to bound memory.
     std::size_t window = std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
     auto job = std::make_unique<detail::imap_job<D, Star, V, R>>(
-        static_cast<D>(f), as_view(std::forward<In>(inputs)), st, window);
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
     job->chunksize = chunksize;
     job->on_progress = std::move(o.on_progress);
     job->known_total = known;
