@@ -2,6 +2,8 @@
 // tracker that removes segments a program leaves behind, even when it is SIGKILLed.
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <mproc/detail/posix/fork.hpp>
 #include <mproc/shared_memory.hpp>
 
@@ -26,23 +28,11 @@ namespace d = mproc::detail;
 
 extern char** environ;
 
+using mproc_test::count_fds;
+using mproc_test::join_child;
+using mproc_test::kTimedOut;
+
 namespace {
-
-constexpr int kTimedOut = 1000;
-
-int join_child(pid_t pid, std::chrono::milliseconds timeout = 20s) {
-  d::unique_fd pfd = d::pidfd_open(pid);
-  pollfd p{pfd.get(), POLLIN, 0};
-  int rc = d::retry_eintr([&] { return ::poll(&p, 1, static_cast<int>(timeout.count())); });
-  int status = 0;
-  if (rc == 0) {
-    ::kill(pid, SIGKILL);
-    d::waitpid_eintr(pid, &status, 0);
-    return kTimedOut;
-  }
-  d::waitpid_eintr(pid, &status, 0);
-  return d::exitcode_from_status(status);
-}
 
 std::set<std::string> list_dir(const char* path) {
   std::set<std::string> out;
@@ -52,7 +42,6 @@ std::set<std::string> list_dir(const char* path) {
   ::closedir(dir);
   return out;
 }
-std::size_t count_fds() { return list_dir("/proc/self/fd").size() - 1; }
 bool shm_exists(const std::string& name) {
   struct stat st;
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;

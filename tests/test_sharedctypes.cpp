@@ -2,6 +2,8 @@
 // forked children (copies and inherited handles are the same memory).
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <mproc/detail/posix/fork.hpp>
 #include <mproc/process.hpp>
 #include <mproc/sharedctypes.hpp>
@@ -19,31 +21,11 @@
 using namespace std::chrono_literals;
 namespace d = mproc::detail;
 
+using mproc_test::count_fds;
+using mproc_test::join_child;
+using mproc_test::kTimedOut;
+
 namespace {
-
-constexpr int kTimedOut = 1000;
-
-int join_child(pid_t pid, std::chrono::milliseconds timeout = 20s) {
-  d::unique_fd pfd = d::pidfd_open(pid);
-  pollfd p{pfd.get(), POLLIN, 0};
-  int rc = d::retry_eintr([&] { return ::poll(&p, 1, static_cast<int>(timeout.count())); });
-  int status = 0;
-  if (rc == 0) {
-    ::kill(pid, SIGKILL);
-    d::waitpid_eintr(pid, &status, 0);
-    return kTimedOut;
-  }
-  d::waitpid_eintr(pid, &status, 0);
-  return d::exitcode_from_status(status);
-}
-
-std::size_t count_fds() {
-  std::size_t n = 0;
-  DIR* dir = ::opendir("/proc/self/fd");
-  while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
-  ::closedir(dir);
-  return n - 1;
-}
 
 /// Joins a Process with a timeout, killing it if it overruns.
 int join_process(mproc::Process& p, std::chrono::milliseconds timeout = 20s) {

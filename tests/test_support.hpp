@@ -1,0 +1,46 @@
+// Small helpers the process-level tests share: joining a forked child with a deadline
+// (so no test can hang) and counting this process's open descriptors (leak checks).
+#pragma once
+
+#include <mproc/detail/posix/fork.hpp>
+#include <mproc/detail/posix/posix.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstddef>
+
+#include <dirent.h>
+#include <poll.h>
+
+namespace mproc_test {
+
+/// join_child's result when the child overran its deadline (and was killed).
+inline constexpr int kTimedOut = 1000;
+
+/// Waits for a forked child with a timeout; kills it if it overruns. Returns its exit
+/// code (-signum when killed by a signal) or kTimedOut.
+inline int join_child(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  namespace d = mproc::detail;
+  d::unique_fd pfd = d::pidfd_open(pid);
+  pollfd p{pfd.get(), POLLIN, 0};
+  int rc = d::retry_eintr([&] { return ::poll(&p, 1, static_cast<int>(timeout.count())); });
+  int status = 0;
+  if (rc == 0) {
+    ::kill(pid, SIGKILL);
+    d::waitpid_eintr(pid, &status, 0);
+    return kTimedOut;
+  }
+  d::waitpid_eintr(pid, &status, 0);
+  return d::exitcode_from_status(status);
+}
+
+/// Descriptors open in this process.
+inline std::size_t count_fds() {
+  std::size_t n = 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
+  ::closedir(dir);
+  return n - 1;  // the DIR's own descriptor
+}
+
+}  // namespace mproc_test
