@@ -9,6 +9,7 @@
 #include <fstream>
 #include <list>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <ranges>
 #include <set>
@@ -51,6 +52,31 @@ int slow_identity(int x) {
   std::this_thread::sleep_for(200us);
   return x;
 }
+
+// A lazy, single-pass, optionally endless input range, as a generator looks to map and
+// imap. Not std::views::iota: clang 14 cannot compile libstdc++ 12's views.
+struct counting {
+  struct iterator {
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    int i = 0;
+    int operator*() const { return i; }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    void operator++(int) { ++i; }
+  };
+  struct sentinel {
+    std::optional<int> stop;
+    friend bool operator==(const iterator& it, const sentinel& s) { return s.stop && it.i >= *s.stop; }
+  };
+  int from = 0;
+  std::optional<int> stop;  // none: endless
+  iterator begin() const { return {from}; }
+  sentinel end() const { return {stop}; }
+};
+static_assert(std::ranges::input_range<counting> && !std::ranges::forward_range<counting>);
 
 int g_init_value = 0;
 void init_worker(int v) { g_init_value = v; }
@@ -100,7 +126,7 @@ TEST_CASE("map returns results in input order", "[pool]") {
   REQUIRE(pool.map(shout, std::vector<std::string>{"a", "b"}) ==
           std::vector<std::string>{"a!", "b!"});
   // any input range, temporaries included
-  auto r = pool.map(square, std::views::iota(0, 10));
+  auto r = pool.map(square, counting{0, 10});
   REQUIRE(r[9] == 81);
   std::list<int> l{1, 2, 3};
   REQUIRE(pool.map(square, l) == std::vector<int>{1, 4, 9});
@@ -130,7 +156,7 @@ TEST_CASE("imap is ordered and lazy; imap_unordered yields everything", "[pool]"
   // an endless input: consumed lazily, abandoned after 100 results
   int n = 0;
   long sum = 0;
-  for (int r : pool.imap(square, std::views::iota(0))) {
+  for (int r : pool.imap(square, counting{0, std::nullopt})) {
     sum += r;
     if (++n == 100) break;
   }
@@ -292,11 +318,12 @@ TEST_CASE("callbacks, progress and as_completed", "[pool]") {
   mproc::Pool pool(2);
   std::atomic<int> got{0};
   std::atomic<int> errors{0};
-  auto ok = pool.apply_async(mproc::callbacks{.callback = [&](const int& v) { got = v; },
-                                              .error_callback = [&](std::exception_ptr) { ++errors; }},
+  // Positional, not designated: clang < 17 cannot deduce from designated initializers.
+  auto ok = pool.apply_async(mproc::callbacks{[&](const int& v) { got = v; },
+                                              [&](std::exception_ptr) { ++errors; }},
                              square, 7);
-  auto bad = pool.apply_async(mproc::callbacks{.callback = [&](const int&) {},
-                                               .error_callback = [&](std::exception_ptr) { ++errors; }},
+  auto bad = pool.apply_async(mproc::callbacks{[&](const int&) {},
+                                               [&](std::exception_ptr) { ++errors; }},
                               fail_on_three, 3);
   ok.wait(10s);
   bad.wait(10s);

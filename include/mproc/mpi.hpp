@@ -464,7 +464,7 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     using R = detail::star_result_t<D, Tup>;
     auto st = std::make_shared<detail::async_state<R>>();
     detail::set_callbacks(*st, cb);
-    auto one = std::views::single(Tup(std::forward<A>(args)...));
+    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
     using V = decltype(one);
     auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
                                                                          std::move(one), st);

@@ -47,6 +47,7 @@
 #include "context.hpp"
 #include "process.hpp"
 #include "detail/callable.hpp"
+#include "detail/input_view.hpp"
 #include "detail/log.hpp"
 #include "detail/posix/fork.hpp"
 #include "detail/posix/posix.hpp"
@@ -95,6 +96,12 @@ struct callbacks {
   C callback{};
   E error_callback{};
 };
+// Spelled out for compilers without aggregate deduction (clang < 17), so that
+// callbacks{on_value} and callbacks{on_value, on_error} work there too.
+template <class C>
+callbacks(C) -> callbacks<C>;
+template <class C, class E>
+callbacks(C, E) -> callbacks<C, E>;
 
 /// A ready on_progress: a throttled bar with rate and ETA on stderr, or plain lines
 /// (at most one a second, and the last) when stderr is not a terminal.
@@ -1082,12 +1089,6 @@ void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
   if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
 }
 
-/// A task's inputs as a view: lvalues by reference, temporaries kept alive inside.
-template <class In>
-auto as_input_view(In&& in) {
-  return std::views::all(std::forward<In>(in));
-}
-
 /// The calls every pool offers (map, starmap, imap, ... apply), written once in
 /// terms of the three a pool implements: submit_gather<Star>(f, inputs, options,
 /// callbacks), submit_imap(f, inputs, options, ordered) and apply_async(callbacks,
@@ -1232,7 +1233,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     auto st = std::make_shared<detail::async_state<R>>();
     st->helper = helper_;
     detail::set_callbacks(*st, cb);
-    auto one = std::views::single(Tup(std::forward<A>(args)...));
+    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
     auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
         static_cast<D>(f), std::move(one), st);
     job->chunksize = 1;

@@ -39,6 +39,29 @@ int sleep_ms(int ms) {
 }
 void nothing(int) {}
 
+// A lazy, single-pass input: 1..n computed as it is read. Not a std::views pipeline:
+// clang 14 cannot compile libstdc++ 12's views.
+struct one_to {
+  struct iterator {
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    int i = 0;
+    int operator*() const { return i + 1; }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    void operator++(int) { ++i; }
+  };
+  struct sentinel {
+    int n = 0;
+    friend bool operator==(const iterator& it, const sentinel& s) { return it.i >= s.n; }
+  };
+  int n = 0;
+  iterator begin() const { return {}; }
+  sentinel end() const { return {n}; }
+};
+
 int fail_on_three(int x) {
   if (x == 3) throw std::invalid_argument("three is not allowed");
   return x;
@@ -115,7 +138,7 @@ TEST_CASE("map returns results in input order for any chunksize") {
   // strings, and a lazy view as input
   std::vector<std::string> words{"a", "bc", ""};
   REQUIRE(pool.map(shout, words) == std::vector<std::string>{"a!", "bc!", "!"});
-  auto lazy = std::views::iota(0, 50) | std::views::transform([](int x) { return x + 1; });
+  one_to lazy{50};
   auto r = pool.map(square, lazy, 3);
   REQUIRE(r.size() == 50);
   REQUIRE(r.back() == 2500);
