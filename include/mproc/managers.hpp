@@ -465,6 +465,36 @@ struct server_config {
   std::int64_t handshake_timeout_ns;
 };
 
+/// One request frame from an authenticated client, parsed and executed: the reply,
+/// and whether the segment's descriptor goes with it. Never throws: every failure,
+/// corrupt bytes included, becomes an error reply (fuzz/fuzz_manager.cpp checks that).
+inline std::pair<response, bool> handle_request(const server_config& cfg, std::string_view frame,
+                                                bool is_unix) {
+  response r;
+  bool with_fd = false;
+  try {
+    request q = request::decode(frame);
+    if (q.o == op::attach) {
+      if (!is_unix) throw manager_error("mproc::Manager: the shared segment is only handed out over the Unix socket");
+      r.a = cfg.uuid;
+      r.n = static_cast<std::int64_t>(cfg.st->capacity());
+      r.list.push_back(std::to_string(cfg.st->root_offset()));
+      with_fd = true;
+    } else if (q.o == op::hello) {
+      r.a = cfg.uuid;
+    } else if (q.o == op::dict_update) {
+      updater u = remote_updater_for(q);
+      r = execute(*cfg.st, q, &u);
+    } else {
+      r = execute(*cfg.st, q, nullptr);
+    }
+  } catch (...) {
+    r = response::from_current_exception();
+    with_fd = false;
+  }
+  return {std::move(r), with_fd};
+}
+
 inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_unix) {
   try {
     if (is_unix) {
@@ -480,28 +510,7 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
     answer_challenge(fd.get(), cfg.authkey, d);
     for (;;) {
       std::string frame = read_frame(fd.get(), cfg.max_message, -1);
-      response r;
-      bool with_fd = false;
-      try {
-        request q = request::decode(frame);
-        if (q.o == op::attach) {
-          if (!is_unix) throw manager_error("mproc::Manager: the shared segment is only handed out over the Unix socket");
-          r.a = cfg.uuid;
-          r.n = static_cast<std::int64_t>(cfg.st->capacity());
-          r.list.push_back(std::to_string(cfg.st->root_offset()));
-          with_fd = true;
-        } else if (q.o == op::hello) {
-          r.a = cfg.uuid;
-        } else if (q.o == op::dict_update) {
-          updater u = remote_updater_for(q);
-          r = execute(*cfg.st, q, &u);
-        } else {
-          r = execute(*cfg.st, q, nullptr);
-        }
-      } catch (...) {
-        r = response::from_current_exception();
-        with_fd = false;
-      }
+      auto [r, with_fd] = handle_request(cfg, frame, is_unix);
       if (with_fd) write_frame_with_fd(fd.get(), r.encode(), cfg.st->fd(), deadline_after(cfg.handshake_timeout_ns));
       else write_frame(fd.get(), r.encode(), deadline_after(cfg.handshake_timeout_ns));
     }
