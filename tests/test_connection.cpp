@@ -1,5 +1,9 @@
-// mproc::Pipe / mproc::Connection: values, errors, framing under stress, descriptors.
+// mproc::Pipe / mproc::Connection: values, errors, framing under stress, descriptors;
+// the cases with a peer process run under every start method.
 #include <catch2/catch.hpp>
+
+#include "spawn_entry.hpp"
+#include "test_support.hpp"
 
 #include <array>
 #include <chrono>
@@ -26,16 +30,10 @@
 
 using namespace std::chrono_literals;
 
-namespace {
+using mproc_test::count_fds;
+using mproc_test::with_method;
 
-int count_fds() {
-  int n = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  while (auto* e = ::readdir(d))
-    if (e->d_name[0] != '.') ++n;
-  ::closedir(d);
-  return n - 1;
-}
+namespace {
 
 struct point {
   int x = 0;
@@ -60,12 +58,7 @@ void raw_write(int fd, const void* p, std::size_t n) {
   }
 }
 
-void join_or_kill(mproc::Process& p) {
-  if (!p.join(60s)) {
-    p.kill();
-    p.join(5s);
-  }
-}
+void join_or_kill(mproc::Process& p) { (void)mproc_test::join_process(p, 60s); }
 
 std::atomic<int> g_signals{0};
 void count_signal(int) { ++g_signals; }
@@ -159,6 +152,9 @@ TEST_CASE("send_bytes / recv_bytes", "[connection]") {
 
 TEST_CASE("eof after the peer closes, also when the peer is a process that exited",
           "[connection]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   {
     auto [a, b] = mproc::Pipe();
     a.send(1);
@@ -171,7 +167,7 @@ TEST_CASE("eof after the peer closes, also when the peer is a process that exite
   }
   {
     auto [a, b] = mproc::Pipe();
-    mproc::Process p([](mproc::Connection c) { c.send(std::string("bye")); }, b);
+    mproc::Process p(with_method(method), [](mproc::Connection c) { c.send(std::string("bye")); }, b);
     p.start();
     b.close();  // the parent's copy: afterwards only the child holds that end
     CHECK(a.recv<std::string>(10s) == "bye");
@@ -182,9 +178,12 @@ TEST_CASE("eof after the peer closes, also when the peer is a process that exite
 }
 
 TEST_CASE("a peer that dies in the middle of a message gives eof_error", "[connection]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   auto [a, b] = mproc::Pipe();
   mproc::Process p(
-      [](mproc::Connection c) {
+      with_method(method), [](mproc::Connection c) {
         std::uint64_t len = 1000;
         raw_write(c.fileno(), &len, sizeof len);
         raw_write(c.fileno(), "partial", 7);
@@ -294,10 +293,13 @@ TEST_CASE("oversized messages are refused without allocating and skipped", "[con
 }
 
 TEST_CASE("a 256 MiB message gets through both ways", "[connection][large]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   constexpr std::size_t size = std::size_t(256) << 20;
   auto [a, b] = mproc::Pipe();
   mproc::Process p(
-      [](mproc::Connection c) {
+      with_method(method), [](mproc::Connection c) {
         std::vector<std::uint8_t> v(size);
         for (std::size_t i = 0; i < size; i += 4096) v[i] = std::uint8_t(i >> 12);
         v.back() = 0xAB;
@@ -332,9 +334,12 @@ TEST_CASE("a 256 MiB message gets through both ways", "[connection][large]") {
 
 TEST_CASE("a message written a byte at a time by another process arrives whole",
           "[connection]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   auto [a, b] = mproc::Pipe();
   mproc::Process p(
-      [](mproc::Connection c) {
+      with_method(method), [](mproc::Connection c) {
         std::string text(3000, 'q');
         for (std::size_t i = 0; i < text.size(); ++i) text[i] = char('a' + i % 26);
         std::vector<std::byte> frame(8 + mproc::detail::message_size(text));
@@ -357,6 +362,9 @@ TEST_CASE("a message written a byte at a time by another process arrives whole",
 
 TEST_CASE("a signal without SA_RESTART during a blocking recv is retried, not an error",
           "[connection]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   struct sigaction sa {}, old{};
   sa.sa_handler = count_signal;
   sigemptyset(&sa.sa_mask);
@@ -366,7 +374,7 @@ TEST_CASE("a signal without SA_RESTART during a blocking recv is retried, not an
   auto [a, b] = mproc::Pipe();
   pid_t parent = ::getpid();
   mproc::Process p(
-      [parent](mproc::Connection c) {
+      with_method(method), [](mproc::Connection c, pid_t parent) {
         for (int i = 0; i < 3; ++i) {
           std::this_thread::sleep_for(50ms);
           ::kill(parent, SIGUSR1);
@@ -380,7 +388,7 @@ TEST_CASE("a signal without SA_RESTART during a blocking recv is retried, not an
         std::this_thread::sleep_for(50ms);
         c.send(12);
       },
-      b);
+      b, parent);
   p.start();
   int first = a.recv<int>();     // blocking recvmsg
   int second = a.recv<int>(30s);  // ppoll with a deadline
@@ -392,11 +400,14 @@ TEST_CASE("a signal without SA_RESTART during a blocking recv is retried, not an
 }
 
 TEST_CASE("file descriptors pass between processes", "[connection]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   auto [a, b] = mproc::Pipe();
   int mfd = ::memfd_create("conn-test", MFD_CLOEXEC);
   REQUIRE(mfd >= 0);
   mproc::Process p(
-      [](mproc::Connection c) {
+      with_method(method), [](mproc::Connection c) {
         auto fd = c.recv_fd(10s);
         raw_write(fd.get(), "from child", 10);
         c.send(fd.get() >= 0);
@@ -424,7 +435,7 @@ TEST_CASE("file descriptors pass between processes", "[connection]") {
 }
 
 TEST_CASE("no descriptor leaks", "[connection]") {
-  int before = count_fds();
+  std::size_t before = count_fds();
   {
     auto [a, b] = mproc::Pipe();
     auto c = a;

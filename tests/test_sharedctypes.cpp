@@ -1,7 +1,9 @@
-// Value, Array, RawValue, RawArray: contents, bounds checks, and sharing with
-// forked children (copies and inherited handles are the same memory).
+// Value, Array, RawValue, RawArray: contents, bounds checks, and sharing with child
+// processes under every start method (copies and handles passed as Process arguments
+// are the same memory).
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
 #include "test_support.hpp"
 
 #include <mproc/detail/posix/fork.hpp>
@@ -22,20 +24,10 @@ using namespace std::chrono_literals;
 namespace d = mproc::detail;
 
 using mproc_test::count_fds;
-using mproc_test::join_child;
-using mproc_test::kTimedOut;
+using mproc_test::join_process;
+using mproc_test::with_method;
 
 namespace {
-
-/// Joins a Process with a timeout, killing it if it overruns.
-int join_process(mproc::Process& p, std::chrono::milliseconds timeout = 20s) {
-  if (!p.join(timeout)) {
-    p.kill();
-    p.join();
-    return kTimedOut;
-  }
-  return p.exitcode().value_or(kTimedOut);
-}
 
 void increment(mproc::Value<long> counter, int n) {
   for (int i = 0; i < n; ++i) {
@@ -46,6 +38,19 @@ void increment(mproc::Value<long> counter, int n) {
 
 void fill_array(mproc::Array<int> arr, int val) {
   for (std::size_t i = 0; i < arr.size(); ++i) arr[i] = val * int(i + 1);
+}
+
+void bump_all_locked(mproc::Array<int> arr, int rounds) {
+  for (int i = 0; i < rounds; ++i) {
+    std::scoped_lock g(arr.get_lock());
+    for (auto& x : arr) x += 1;  // all move together under the lock
+  }
+}
+
+void write_raw(mproc::RawValue<double> rv, mproc::RawArray<char> ra) {
+  rv.value() *= 2;
+  ra[0] = 'o';
+  ra[1] = 'k';
 }
 
 /// An input range whose size is unknown up front (0, 2, 4, ... below `limit`).
@@ -103,10 +108,14 @@ TEST_CASE("Value: initial value, load/store, lock") {
 }
 
 TEST_CASE("Value incremented under its lock by 4 Processes") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   mproc::Value<long> counter(0);
   constexpr int per = 10000;
   std::vector<mproc::Process> procs;
-  for (int c = 0; c < 4; ++c) procs.emplace_back(increment, counter, per);  // a copy: same memory
+  for (int c = 0; c < 4; ++c)
+    procs.emplace_back(with_method(method), increment, counter, per);  // a copy: same memory
   for (auto& p : procs) p.start();
   for (auto& p : procs) CHECK(join_process(p) == 0);
   CHECK(counter.value() == 4 * per);
@@ -144,9 +153,12 @@ TEST_CASE("Array construction, access and bounds") {
 }
 
 TEST_CASE("Array filled by a Process is seen by the parent; copies alias") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   mproc::Array<int> arr(5);
   mproc::Array<int> alias = arr;
-  mproc::Process p(fill_array, arr, 3);
+  mproc::Process p(with_method(method), fill_array, arr, 3);
   p.start();
   CHECK(join_process(p) == 0);
   CHECK(alias.to_vector() == std::vector<int>{3, 6, 9, 12, 15});
@@ -155,30 +167,26 @@ TEST_CASE("Array filled by a Process is seen by the parent; copies alias") {
 }
 
 TEST_CASE("Array guarded by its lock across processes") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   mproc::Array<int> arr(4);
-  std::vector<pid_t> kids;
-  for (int c = 0; c < 3; ++c)
-    kids.push_back(d::fork_child([&] {
-      for (int i = 0; i < 5000; ++i) {
-        std::scoped_lock g(arr.get_lock());
-        for (auto& x : arr) x += 1;  // all four move together under the lock
-      }
-      return 0;
-    }));
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
+  std::vector<mproc::Process> kids;
+  for (int c = 0; c < 3; ++c) kids.emplace_back(with_method(method), bump_all_locked, arr, 5000);
+  for (auto& k : kids) k.start();
+  for (auto& k : kids) CHECK(join_process(k) == 0);
   CHECK(arr.to_vector() == std::vector<int>(4, 15000));
 }
 
 TEST_CASE("RawValue and RawArray share memory without a lock") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   mproc::RawValue<double> rv(2.5);
   mproc::RawArray<char> ra(8);
-  pid_t k = d::fork_child([&] {
-    rv.value() *= 2;
-    ra[0] = 'o';
-    ra[1] = 'k';
-    return 0;
-  });
-  CHECK(join_child(k) == 0);
+  mproc::Process k(with_method(method), write_raw, rv, ra);
+  k.start();
+  CHECK(join_process(k) == 0);
   CHECK(rv.value() == 5.0);
   CHECK(ra[0] == 'o');
   CHECK(ra[1] == 'k');

@@ -2,12 +2,16 @@
 // (so no test can hang) and counting this process's open descriptors (leak checks).
 #pragma once
 
+#include <mproc/context.hpp>
 #include <mproc/detail/posix/fork.hpp>
 #include <mproc/detail/posix/posix.hpp>
+#include <mproc/process.hpp>
 
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <utility>
+#include <string>
 
 #include <dirent.h>
 #include <poll.h>
@@ -41,6 +45,29 @@ inline std::size_t count_fds() {
   while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
   ::closedir(dir);
   return n - 1;  // the DIR's own descriptor
+}
+
+/// Runs the enclosing TEST_CASE once per start method (a Catch2 generator: the body is
+/// written once). Spawn and forkserver need mproc::init first (spawn_entry.hpp's
+/// ensure_init()).
+#define MPROC_TEST_EACH_START_METHOD()                                          \
+  GENERATE(mproc::start_method::fork, mproc::start_method::spawn,              \
+           mproc::start_method::forkserver)
+
+/// Options starting a Process with start method m.
+inline mproc::process_options with_method(mproc::start_method m, std::string name = {}) {
+  return {.name = std::move(name), .daemon = false, .method = m};
+}
+
+/// Joins a Process with a timeout, killing it if it overruns. Returns its exit code or
+/// kTimedOut.
+inline int join_process(mproc::Process& p, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  if (!p.join(timeout)) {
+    p.kill();
+    (void)p.join(std::chrono::seconds(10));
+    return kTimedOut;
+  }
+  return p.exitcode().value_or(kTimedOut);
 }
 
 }  // namespace mproc_test

@@ -1,55 +1,140 @@
 // Cross-process behaviour of Lock, RLock, Semaphore, BoundedSemaphore, Event,
-// Condition and Barrier. Children are forked and report through exit codes; every
-// wait has a timeout and children that overrun are killed.
+// Condition and Barrier, under every start method. Children are Processes whose
+// targets are free functions taking the shared objects as arguments (so they cross
+// spawn and forkserver as the same objects) and report through exit codes; every wait
+// has a timeout and children that overrun are killed.
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
 #include "test_support.hpp"
 
-#include <mproc/detail/posix/fork.hpp>
-#include <mproc/detail/posix/shm_region.hpp>
+#include <mproc/connection.hpp>
 #include <mproc/process.hpp>
+#include <mproc/sharedctypes.hpp>
 #include <mproc/synchronize.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <dirent.h>
+#include <cstdlib>
 #include <mutex>
-#include <poll.h>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 using namespace std::chrono_literals;
-namespace d = mproc::detail;
 
 using mproc_test::count_fds;
-using mproc_test::join_child;
+using mproc_test::join_process;
 using mproc_test::kTimedOut;
+using mproc_test::with_method;
 
 namespace {
 
-/// A shared int for children to update (Value is tested in test_sharedctypes).
-struct shared_ints {
-  d::shm_region r = d::shm_region::create(4096);
-  std::atomic<int>& operator[](std::size_t i) const { return r.as<std::atomic<int>>()[i]; }
-  int* raw() const { return r.as<int>(); }
-};
+/// Shared ints for children to update (Value is tested in test_sharedctypes): a
+/// RawArray, so it reaches children of every start method as the same memory.
+using shared_ints = mproc::RawArray<int>;
+shared_ints make_shared_ints() { return shared_ints(1024); }
+std::atomic_ref<int> at(shared_ints& m, std::size_t i) { return std::atomic_ref<int>(m[i]); }
 
-int join_process(mproc::Process& p, std::chrono::milliseconds timeout = 20s) {
-  if (!p.join(timeout)) {
-    p.kill();
-    p.join();
-    return kTimedOut;
-  }
-  return p.exitcode().value_or(kTimedOut);
+/// A started Process running target(args...) by start method m.
+template <class... A>
+mproc::Process started(mproc::start_method m, A&&... a) {
+  mproc::Process p(with_method(m), std::forward<A>(a)...);
+  p.start();
+  return p;
 }
 
-void locked_increments(mproc::Lock lock, d::shm_region mem, int n) {
+void locked_increments(mproc::Lock lock, shared_ints mem, int n) {
   for (int i = 0; i < n; ++i) {
     std::scoped_lock g(lock);
     // A non-atomic read-modify-write: only the lock keeps it exact.
-    volatile int* p = mem.as<int>();
+    volatile int* p = &mem[0];
     *p = *p + 1;
+  }
+}
+
+void foreign_lock_attempts(mproc::Lock lock) {
+  if (lock.try_lock()) std::exit(2);
+  if (lock.acquire(true, 50ms)) std::exit(3);
+  bool raised = false;
+  try {
+    lock.release();
+  } catch (const mproc::lock_error&) {
+    raised = true;
+  }
+  if (!raised) std::exit(4);
+}
+
+void acquire_and_release(mproc::Lock lock) {
+  if (!lock.acquire(true, 10s)) std::exit(5);
+  lock.release();
+}
+
+[[noreturn]] void hold_lock_forever(mproc::Lock lock, mproc::Connection c) {
+  lock.acquire();
+  c.send(std::string("held"));
+  for (;;) ::pause();
+}
+
+[[noreturn]] void hold_rlock_forever(mproc::RLock lock, mproc::Event held) {
+  lock.acquire();  // blocks until the parent releases it
+  held.set();
+  for (;;) ::pause();
+}
+
+void condition_victim(mproc::Condition cond, shared_ints mem) {
+  std::scoped_lock g(cond);
+  ++at(mem, 0);
+  (void)cond.wait(30s);
+}
+
+void condition_survivor(mproc::Condition cond, shared_ints mem) {
+  bool woken;
+  {
+    std::scoped_lock g(cond);
+    ++at(mem, 0);
+    woken = cond.wait_for([&] { return at(mem, 1).load() != 0; }, 20s);
+  }
+  if (!woken) std::exit(2);
+}
+
+void rlock_foreign_attempts(mproc::RLock r) {
+  if (r.acquire(true, 50ms)) std::exit(2);
+  bool raised = false;
+  try {
+    r.release();
+  } catch (const mproc::lock_error&) {
+    raised = true;
+  }
+  if (!raised) std::exit(3);
+}
+
+void rlock_nested(mproc::RLock r) {
+  if (!r.acquire(true, 10s)) std::exit(2);
+  r.acquire();
+  r.release();
+  r.release();
+}
+
+void release_after_50ms(mproc::Semaphore s) {
+  std::this_thread::sleep_for(50ms);
+  s.release();
+}
+
+void contend_for_slots(mproc::Semaphore slots, shared_ints mem) {
+  // mem: [0] inside now, [1] max seen, [2] entries
+  for (int i = 0; i < 200; ++i) {
+    if (!slots.acquire(true, 10s)) std::exit(2);
+    int now = ++at(mem, 0);
+    int seen = at(mem, 1).load();
+    while (now > seen && !at(mem, 1).compare_exchange_weak(seen, now)) {
+    }
+    ++at(mem, 2);
+    --at(mem, 0);
+    slots.release();
   }
 }
 
@@ -58,36 +143,90 @@ void wait_for_event(mproc::Event ev, mproc::Event ready) {
   if (!ev.wait(10s)) std::exit(2);
 }
 
-}  // namespace
+constexpr int kCapacity = 4;
 
-TEST_CASE("Lock protects a counter incremented by 4 Processes") {
-  mproc::Lock lock;
-  shared_ints mem;
-  constexpr int per_child = 20000;
-  std::vector<mproc::Process> procs;
-  for (int c = 0; c < 4; ++c) procs.emplace_back(locked_increments, lock, mem.r, per_child);
-  for (auto& p : procs) p.start();
-  for (auto& p : procs) CHECK(join_process(p) == 0);
-  CHECK(mem.raw()[0] == 4 * per_child);
+void condition_producer(mproc::Condition cond, shared_ints mem, int index, int count) {
+  // mem: [0] items in buffer, [3 + index] what this producer produced
+  for (int i = 1; i <= count; ++i) {
+    std::unique_lock g(cond);
+    if (!cond.wait_for([&] { return at(mem, 0).load() < kCapacity; }, 10s)) std::exit(2);
+    at(mem, 0) += 1;
+    at(mem, 3 + std::size_t(index)) += i;
+    cond.notify_all();
+  }
 }
 
-TEST_CASE("Lock protects a counter incremented by 4 forked children") {
+void condition_ticket_waiter(mproc::Condition cond, shared_ints mem) {
+  // mem: [0] waiters ready, [1] woken, [2] tickets
+  bool woken;
+  {
+    std::scoped_lock g(cond);
+    ++at(mem, 0);
+    woken = cond.wait_for([&] { return at(mem, 2).load() > 0; }, 20s);
+    if (woken) {
+      --at(mem, 2);  // consume one ticket
+      ++at(mem, 1);
+    }
+  }
+  if (!woken) std::exit(2);
+}
+
+/// One party of the multi-round barrier test: 0 when every round went right.
+int barrier_rounds(mproc::Barrier& bar, shared_ints& mem, int rounds) {
+  for (int r = 0; r < rounds; ++r) {
+    unsigned idx = bar.wait(10s);
+    if (idx >= 4) return 2;
+    at(mem, std::size_t(r) * 4 + idx) += 1;
+  }
+  return 0;
+}
+
+void barrier_party(mproc::Barrier bar, shared_ints mem, int rounds) {
+  if (int rc = barrier_rounds(bar, mem, rounds)) std::exit(rc);
+}
+
+void expect_broken_barrier(mproc::Barrier bar) {
+  bool broken = false;
+  try {
+    (void)bar.wait(20s);
+  } catch (const mproc::broken_barrier_error&) {
+    broken = true;
+  }
+  if (!broken) std::exit(2);
+}
+
+void barrier_wait_once(mproc::Barrier bar) {
+  if (bar.wait(20s) >= 3) std::exit(2);
+}
+
+/// Waits up to 20 s for pred().
+template <class Pred>
+bool eventually(Pred pred) {
+  auto until = std::chrono::steady_clock::now() + 20s;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+}  // namespace
+
+#define FOR_EACH_START_METHOD(method)                       \
+  auto method = MPROC_TEST_EACH_START_METHOD();             \
+  INFO("start method " << mproc::to_string(method));        \
+  mproc_test::ensure_init()
+
+TEST_CASE("Lock protects a counter incremented by 4 Processes") {
+  FOR_EACH_START_METHOD(method);
   mproc::Lock lock;
-  shared_ints mem;
+  shared_ints mem = make_shared_ints();
   constexpr int per_child = 20000;
-  std::vector<pid_t> kids;
-  for (int c = 0; c < 4; ++c)
-    kids.push_back(d::fork_child([&] {
-      for (int i = 0; i < per_child; ++i) {
-        std::scoped_lock g(lock);
-        // A non-atomic read-modify-write: only the lock keeps it exact.
-        volatile int* p = mem.raw();
-        *p = *p + 1;
-      }
-      return 0;
-    }));
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
-  CHECK(mem.raw()[0] == 4 * per_child);
+  std::vector<mproc::Process> procs;
+  for (int c = 0; c < 4; ++c) procs.emplace_back(with_method(method), locked_increments, lock, mem, per_child);
+  for (auto& p : procs) p.start();
+  for (auto& p : procs) CHECK(join_process(p) == 0);
+  CHECK(mem[0] == 4 * per_child);
 }
 
 TEST_CASE("Lock ownership rules") {
@@ -101,23 +240,6 @@ TEST_CASE("Lock ownership rules") {
     CHECK_FALSE(lock.acquire(false));
     CHECK_FALSE(lock.acquire(true, 10ms));
     lock.release();
-  }
-  SECTION("another process cannot take or release a held lock") {
-    lock.acquire();
-    pid_t k = d::fork_child([&] {
-      if (lock.try_lock()) return 2;
-      if (lock.acquire(true, 50ms)) return 3;
-      try {
-        lock.release();
-        return 4;
-      } catch (const mproc::lock_error&) {
-      }
-      return 0;
-    });
-    CHECK(join_child(k) == 0);
-    lock.release();
-    k = d::fork_child([&] { return lock.acquire(true, 5s) ? (lock.release(), 0) : 5; });
-    CHECK(join_child(k) == 0);
   }
   SECTION("copies are the same lock") {
     mproc::Lock copy = lock;
@@ -137,24 +259,27 @@ TEST_CASE("Lock ownership rules") {
   }
 }
 
-TEST_CASE("A Lock whose owner was SIGKILLed is recovered by the next acquirer") {
+TEST_CASE("Another process can neither take nor release a held Lock") {
+  FOR_EACH_START_METHOD(method);
   mproc::Lock lock;
-  int fds[2];
-  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-  d::unique_fd rd(fds[0]), wr(fds[1]);
-  pid_t k = d::fork_child([&] {
-    lock.acquire();
-    char c = 'x';
-    if (::write(wr.get(), &c, 1) != 1) return 2;
-    ::pause();
-    return 0;
-  });
-  wr.reset();
-  char c = 0;
-  REQUIRE(d::retry_eintr([&] { return ::read(rd.get(), &c, 1); }) == 1);
+  lock.acquire();
+  auto k = started(method, foreign_lock_attempts, lock);
+  CHECK(join_process(k) == 0);
+  lock.release();
+  auto k2 = started(method, acquire_and_release, lock);
+  CHECK(join_process(k2) == 0);
+}
+
+TEST_CASE("A Lock whose owner was SIGKILLed is recovered by the next acquirer") {
+  FOR_EACH_START_METHOD(method);
+  mproc::Lock lock;
+  auto [rd, wr] = mproc::Pipe();
+  auto k = started(method, hold_lock_forever, lock, wr);
+  wr.close();  // the child holds its own end
+  REQUIRE(rd.recv<std::string>(30s) == "held");
   CHECK_FALSE(lock.acquire(false));
-  ::kill(k, SIGKILL);
-  CHECK(join_child(k) == -SIGKILL);
+  k.kill();
+  CHECK(join_process(k) == -SIGKILL);
   REQUIRE(lock.acquire(true, 5s));
   CHECK(lock.owner_died());
   lock.release();
@@ -164,25 +289,22 @@ TEST_CASE("A Lock whose owner was SIGKILLed is recovered by the next acquirer") 
 }
 
 TEST_CASE("A waiter blocked on a Lock is woken when the owner dies") {
+  FOR_EACH_START_METHOD(method);
   mproc::RLock lock;
   lock.acquire();
   // The owner is a child; the parent blocks in acquire while it is killed.
   mproc::Event held;
-  pid_t owner = d::fork_child([&] {
-    lock.acquire();  // blocks until the parent releases below
-    held.set();
-    ::pause();
-    return 0;
-  });
+  auto owner = started(method, hold_rlock_forever, lock, held);
   lock.release();
-  REQUIRE(held.wait(5s));
+  REQUIRE(held.wait(30s));
+  const pid_t owner_pid = owner.pid();
   std::thread killer([&] {
     std::this_thread::sleep_for(100ms);
-    ::kill(owner, SIGKILL);
+    ::kill(owner_pid, SIGKILL);  // not reaped before the join below: still our child
   });
   bool got = lock.acquire(true, 10s);
   killer.join();
-  CHECK(join_child(owner) == -SIGKILL);
+  CHECK(join_process(owner) == -SIGKILL);
   REQUIRE(got);
   CHECK(lock.owner_died());
   lock.release();
@@ -198,65 +320,44 @@ TEST_CASE("A Lock held by a thread that exited is recovered") {
 }
 
 TEST_CASE("A waiter killed inside Condition.wait does not block the others") {
+  FOR_EACH_START_METHOD(method);
   mproc::Condition cond;
-  shared_ints mem;  // [0] waiters ready, [1] go
-  pid_t victim = d::fork_child([&] {
-    std::scoped_lock g(cond);
-    ++mem[0];
-    (void)cond.wait(30s);
-    return 0;
-  });
-  pid_t survivor = d::fork_child([&] {
-    std::scoped_lock g(cond);
-    ++mem[0];
-    return cond.wait_for([&] { return mem[1].load() != 0; }, 10s) ? 0 : 2;
-  });
-  auto until = std::chrono::steady_clock::now() + 10s;
-  while (mem[0].load() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
-  ::kill(victim, SIGKILL);
-  CHECK(join_child(victim) == -SIGKILL);
+  shared_ints mem = make_shared_ints();  // [0] waiters ready, [1] go
+  auto victim = started(method, condition_victim, cond, mem);
+  auto survivor = started(method, condition_survivor, cond, mem);
+  CHECK(eventually([&] { return at(mem, 0).load() >= 2; }));
+  victim.kill();
+  CHECK(join_process(victim) == -SIGKILL);
   {
     REQUIRE(cond.acquire(true, 5s));
-    mem[1] = 1;
+    at(mem, 1) = 1;
     cond.notify_all();
     cond.release();
   }
-  CHECK(join_child(survivor) == 0);
+  CHECK(join_process(survivor) == 0);
 }
 
 TEST_CASE("RLock recursion and ownership") {
+  FOR_EACH_START_METHOD(method);
   mproc::RLock r;
   r.acquire();
   r.acquire();
   CHECK(r.acquire(false));
   CHECK(r.recursion_depth() == 3);
-  pid_t k = d::fork_child([&] {
-    if (r.acquire(true, 50ms)) return 2;
-    try {
-      r.release();
-      return 3;
-    } catch (const mproc::lock_error&) {
-      return 0;
-    }
-  });
-  CHECK(join_child(k) == 0);
+  auto k = started(method, rlock_foreign_attempts, r);
+  CHECK(join_process(k) == 0);
   r.release();
   r.release();
   CHECK(r.recursion_depth() == 1);
   r.release();
   CHECK(r.recursion_depth() == 0);
   CHECK_THROWS_AS(r.release(), mproc::lock_error);
-  k = d::fork_child([&] {
-    if (!r.acquire(true, 5s)) return 2;
-    r.acquire();
-    r.release();
-    r.release();
-    return 0;
-  });
-  CHECK(join_child(k) == 0);
+  auto k2 = started(method, rlock_nested, r);
+  CHECK(join_process(k2) == 0);
 }
 
 TEST_CASE("Semaphore counts across processes, with timeouts") {
+  FOR_EACH_START_METHOD(method);
   mproc::Semaphore s(2);
   CHECK(s.get_value() == 2);
   CHECK(s.acquire());
@@ -264,37 +365,20 @@ TEST_CASE("Semaphore counts across processes, with timeouts") {
   CHECK_FALSE(s.acquire(false));
   CHECK_FALSE(s.acquire(true, 30ms));
   CHECK_FALSE(s.try_lock_for(10ms));
-  pid_t k = d::fork_child([&] {
-    std::this_thread::sleep_for(50ms);
-    s.release();
-    return 0;
-  });
-  CHECK(s.acquire(true, 10s));
-  CHECK(join_child(k) == 0);
+  auto k = started(method, release_after_50ms, s);
+  CHECK(s.acquire(true, 30s));
+  CHECK(join_process(k) == 0);
   s.release(2);
   CHECK(s.get_value() == 2);
 
   SECTION("many processes contend for 2 slots, never more than 2 inside") {
     mproc::Semaphore slots(2);
-    shared_ints mem;  // [0] inside now, [1] max seen, [2] entries
-    std::vector<pid_t> kids;
-    for (int c = 0; c < 4; ++c)
-      kids.push_back(d::fork_child([&] {
-        for (int i = 0; i < 200; ++i) {
-          if (!slots.acquire(true, 10s)) return 2;
-          int now = ++mem[0];
-          int seen = mem[1].load();
-          while (now > seen && !mem[1].compare_exchange_weak(seen, now)) {
-          }
-          ++mem[2];
-          --mem[0];
-          slots.release();
-        }
-        return 0;
-      }));
-    for (pid_t p : kids) CHECK(join_child(p) == 0);
-    CHECK(mem[1].load() <= 2);
-    CHECK(mem[2].load() == 800);
+    shared_ints mem = make_shared_ints();  // [0] inside now, [1] max seen, [2] entries
+    std::vector<mproc::Process> kids;
+    for (int c = 0; c < 4; ++c) kids.push_back(started(method, contend_for_slots, slots, mem));
+    for (auto& p : kids) CHECK(join_process(p) == 0);
+    CHECK(at(mem, 1).load() <= 2);
+    CHECK(at(mem, 2).load() == 800);
     CHECK(slots.get_value() == 2);
   }
 }
@@ -315,13 +399,13 @@ TEST_CASE("BoundedSemaphore rejects an extra release") {
 }
 
 TEST_CASE("Event wakes a waiter in another process") {
+  FOR_EACH_START_METHOD(method);
   mproc::Event ev;
   CHECK_FALSE(ev.is_set());
   CHECK_FALSE(ev.wait(20ms));
   mproc::Event child_ready;
-  mproc::Process p(wait_for_event, ev, child_ready);
-  p.start();
-  REQUIRE(child_ready.wait(10s));
+  auto p = started(method, wait_for_event, ev, child_ready);
+  REQUIRE(child_ready.wait(30s));
   std::this_thread::sleep_for(20ms);
   ev.set();
   CHECK(join_process(p) == 0);
@@ -332,39 +416,34 @@ TEST_CASE("Event wakes a waiter in another process") {
 }
 
 TEST_CASE("Condition producer/consumer across processes") {
+  FOR_EACH_START_METHOD(method);
   mproc::Condition cond;
-  shared_ints mem;  // [0] items in buffer, [1] total consumed sum, [2..] unused
-  constexpr int producers = 3, per_producer = 300, capacity = 4;
-  std::vector<pid_t> kids;
+  shared_ints mem = make_shared_ints();  // [0] items in buffer, [3 + p] produced by p
+  constexpr int producers = 3, per_producer = 300;
+  std::vector<mproc::Process> kids;
   for (int p = 0; p < producers; ++p)
-    kids.push_back(d::fork_child([&, p] {
-      for (int i = 1; i <= per_producer; ++i) {
-        std::unique_lock g(cond);
-        if (!cond.wait_for([&] { return mem[0].load() < capacity; }, 10s)) return 2;
-        mem[0] += 1;
-        mem[3 + p] += i;  // what this producer produced
-        cond.notify_all();
-      }
-      return 0;
-    }));
+    kids.push_back(started(method, condition_producer, cond, mem, p, per_producer));
   int consumed = 0;
   bool stalled = false;
   while (consumed < producers * per_producer && !stalled) {
     std::unique_lock g(cond);
-    if (!cond.wait_for([&] { return mem[0].load() > 0; }, 10s)) {
+    // The first wait also covers the producers' start-up.
+    if (!cond.wait_for([&] { return at(mem, 0).load() > 0; }, 20s)) {
       stalled = true;
       break;
     }
-    consumed += mem[0].exchange(0);
+    consumed += at(mem, 0).exchange(0);
     cond.notify_all();
   }
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
+  for (auto& k : kids) CHECK(join_process(k) == 0);
   CHECK_FALSE(stalled);
   CHECK(consumed == producers * per_producer);
-  for (int p = 0; p < producers; ++p) CHECK(mem[3 + p].load() == per_producer * (per_producer + 1) / 2);
+  for (int p = 0; p < producers; ++p)
+    CHECK(at(mem, 3 + std::size_t(p)).load() == per_producer * (per_producer + 1) / 2);
 }
 
 TEST_CASE("Condition notify wakes one waiter; wait needs the lock") {
+  FOR_EACH_START_METHOD(method);
   mproc::Lock lk;
   mproc::Condition cond(lk);
   CHECK_THROWS_AS(cond.wait(1ms), mproc::lock_error);
@@ -374,35 +453,25 @@ TEST_CASE("Condition notify wakes one waiter; wait needs the lock") {
     CHECK_FALSE(cond.wait(20ms));  // nobody notifies
     CHECK(lk.held_by_caller());
   }
-  shared_ints mem;  // [0] waiters ready, [1] woken
-  std::vector<pid_t> kids;
-  for (int c = 0; c < 3; ++c)
-    kids.push_back(d::fork_child([&] {
-      std::scoped_lock g(cond);
-      ++mem[0];
-      if (!cond.wait_for([&] { return mem[2].load() > 0; }, 10s)) return 2;
-      --mem[2];  // consume one ticket
-      ++mem[1];
-      return 0;
-    }));
-  auto until = std::chrono::steady_clock::now() + 10s;
-  while (mem[0].load() < 3 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
-  REQUIRE(mem[0].load() == 3);
+  shared_ints mem = make_shared_ints();  // [0] waiters ready, [1] woken, [2] tickets
+  std::vector<mproc::Process> kids;
+  for (int c = 0; c < 3; ++c) kids.push_back(started(method, condition_ticket_waiter, cond, mem));
+  REQUIRE(eventually([&] { return at(mem, 0).load() == 3; }));
   {
     std::scoped_lock g(cond);
-    mem[2] = 1;
+    at(mem, 2) = 1;
     cond.notify();
   }
-  until = std::chrono::steady_clock::now() + 10s;
-  while (mem[1].load() < 1 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
-  CHECK(mem[1].load() == 1);
+  CHECK(eventually([&] { return at(mem, 1).load() >= 1; }));
+  std::this_thread::sleep_for(50ms);  // a second wake-up would show here
+  CHECK(at(mem, 1).load() == 1);
   {
     std::scoped_lock g(cond);
-    mem[2] = 2;
+    at(mem, 2) = 2;
     cond.notify_all();
   }
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
-  CHECK(mem[1].load() == 3);
+  for (auto& k : kids) CHECK(join_process(k) == 0);
+  CHECK(at(mem, 1).load() == 3);
 }
 
 TEST_CASE("Condition over an RLock restores the recursion depth after wait") {
@@ -417,78 +486,58 @@ TEST_CASE("Condition over an RLock restores the recursion depth after wait") {
 }
 
 TEST_CASE("Barrier with 4 processes over several rounds") {
+  FOR_EACH_START_METHOD(method);
   mproc::Barrier bar(4);
   CHECK(bar.parties() == 4);
-  shared_ints mem;  // [round*4 + index] = 1 when that index was returned
+  shared_ints mem = make_shared_ints();  // [round*4 + index] = 1 when that index was returned
   constexpr int rounds = 5;
-  auto party = [&] {
-    for (int r = 0; r < rounds; ++r) {
-      unsigned idx = bar.wait(10s);
-      if (idx >= 4) return 2;
-      mem[r * 4 + idx] += 1;
-    }
-    return 0;
-  };
-  std::vector<pid_t> kids;
-  for (int c = 0; c < 3; ++c) kids.push_back(d::fork_child(party));
+  std::vector<mproc::Process> kids;
+  for (int c = 0; c < 3; ++c) kids.push_back(started(method, barrier_party, bar, mem, rounds));
   int mine = 0;
   try {
-    mine = party();
+    mine = barrier_rounds(bar, mem, rounds);
   } catch (const mproc::broken_barrier_error&) {
     mine = 3;
   }
   CHECK(mine == 0);
-  for (pid_t k : kids) CHECK(join_child(k) == 0);
-  for (int i = 0; i < rounds * 4; ++i) CHECK(mem[i].load() == 1);
+  for (auto& k : kids) CHECK(join_process(k) == 0);
+  for (int i = 0; i < rounds * 4; ++i) CHECK(at(mem, std::size_t(i)).load() == 1);
   CHECK_FALSE(bar.broken());
 }
 
 TEST_CASE("A broken Barrier raises broken_barrier_error; reset repairs it") {
   mproc::Barrier bar(3);
   SECTION("timeout breaks it for every waiter") {
-    pid_t k = d::fork_child([&] {
-      try {
-        bar.wait(10s);
-        return 2;
-      } catch (const mproc::broken_barrier_error&) {
-        return 0;
-      }
-    });
+    FOR_EACH_START_METHOD(method);
+    auto k = started(method, expect_broken_barrier, bar);
     // Only two of three parties arrive: the parent's timeout breaks the barrier and
     // the child is released with the error too.
-    std::this_thread::sleep_for(20ms);
+    REQUIRE(eventually([&] { return bar.n_waiting() >= 1; }));
     CHECK_THROWS_AS(bar.wait(100ms), mproc::broken_barrier_error);
-    CHECK(join_child(k) == 0);
+    CHECK(join_process(k) == 0);
     CHECK(bar.broken());
     CHECK_THROWS_AS(bar.wait(10ms), mproc::broken_barrier_error);
     bar.reset();
     CHECK_FALSE(bar.broken());
-    std::vector<pid_t> kids;
-    for (int c = 0; c < 2; ++c) kids.push_back(d::fork_child([&] { return bar.wait(10s) < 3 ? 0 : 2; }));
-    CHECK(bar.wait(10s) < 3);
-    for (pid_t p : kids) CHECK(join_child(p) == 0);
+    std::vector<mproc::Process> kids;
+    for (int c = 0; c < 2; ++c) kids.push_back(started(method, barrier_wait_once, bar));
+    CHECK(bar.wait(30s) < 3);
+    for (auto& p : kids) CHECK(join_process(p) == 0);
   }
   SECTION("abort wakes a waiter in another process") {
-    pid_t k = d::fork_child([&] {
-      try {
-        bar.wait(10s);
-        return 2;
-      } catch (const mproc::broken_barrier_error&) {
-        return 0;
-      }
-    });
-    auto until = std::chrono::steady_clock::now() + 10s;
-    while (bar.n_waiting() < 1 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    FOR_EACH_START_METHOD(method);
+    auto k = started(method, expect_broken_barrier, bar);
+    REQUIRE(eventually([&] { return bar.n_waiting() >= 1; }));
     bar.abort();
-    CHECK(join_child(k) == 0);
+    CHECK(join_process(k) == 0);
     CHECK_THROWS_AS(bar.wait(), mproc::broken_barrier_error);
   }
   SECTION("the action runs once per round, in the last arriving party") {
-    shared_ints mem;
-    mproc::Barrier b1(1, [&] { ++mem[0]; });
+    std::atomic<int> runs{0};
+    mproc::Barrier b1(1, [&] { ++runs; });
     CHECK(b1.wait() == 0);
     CHECK(b1.wait(1s) == 0);
-    CHECK(mem[0].load() == 2);
+    CHECK(runs.load() == 2);
   }
   CHECK_THROWS_AS(mproc::Barrier(0), std::invalid_argument);
 }
