@@ -1,10 +1,13 @@
-// SharedMemory (create/attach/close/unlink, names, modes, errors) and the resource
-// tracker that removes segments a program leaves behind, even when it is SIGKILLed.
+// SharedMemory (create/attach/close/unlink, names, modes, errors, sharing with
+// children of every start method) and the resource tracker that removes segments a
+// program leaves behind, even when it is SIGKILLed.
 #include <catch2/catch.hpp>
 
+#include "spawn_entry.hpp"
 #include "test_support.hpp"
 
 #include <mproc/detail/posix/fork.hpp>
+#include <mproc/process.hpp>
 #include <mproc/shared_memory.hpp>
 
 #include <chrono>
@@ -30,9 +33,29 @@ extern char** environ;
 
 using mproc_test::count_fds;
 using mproc_test::join_child;
-using mproc_test::kTimedOut;
+using mproc_test::join_process;
+using mproc_test::with_method;
 
 namespace {
+
+void populate_in_child(mproc::SharedMemory shm) {
+  // The child faults the shared pages in separately; populate does it in one call.
+  if (!shm.populate(4000, 100000)) std::exit(2);
+  if (!shm.populate(0, SIZE_MAX) || !shm.populate(5u << 20)) std::exit(3);
+  if (shm.as<int>()[1000] != 42) std::exit(4);
+  shm.as<int>()[2000] = 7;
+}
+
+void expect_tracker(int pid) {
+  if (d::resource_tracker::instance().ensure_running() != pid) std::exit(2);
+}
+
+void write_by_name_and_handle(mproc::SharedMemory shm, std::string name) {
+  mproc::SharedMemory mine(name);  // attach by name, as an unrelated process would
+  auto v = mine.as<int>();
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = int(i) * 10;
+  shm.as<int>()[0] = 7;  // the handle passed as an argument maps the same memory
+}
 
 std::set<std::string> list_dir(const char* path) {
   std::set<std::string> out;
@@ -200,32 +223,27 @@ TEST_CASE("SharedMemory errors name the call and the segment") {
 }
 
 TEST_CASE("SharedMemory populate maps pages without changing them") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   mproc::SharedMemory shm(mproc::create, 1 << 20);
   shm.as<int>()[1000] = 42;
-  pid_t k = d::fork_child([&] {
-    // The child faults the shared pages in separately; populate does it in one call.
-    if (!shm.populate(4000, 100000)) return 2;
-    if (!shm.populate(0, SIZE_MAX) || !shm.populate(5u << 20)) return 3;
-    if (shm.as<int>()[1000] != 42) return 4;
-    shm.as<int>()[2000] = 7;
-    return 0;
-  });
-  CHECK(join_child(k) == 0);
+  mproc::Process k(with_method(method), populate_in_child, shm);
+  k.start();
+  CHECK(join_process(k) == 0);
   CHECK(shm.as<int>()[2000] == 7);
   shm.unlink();
 }
 
-TEST_CASE("SharedMemory shared with a forked child") {
-  std::string name = unique_name("fork");
+TEST_CASE("SharedMemory shared with a child process") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
+  std::string name = unique_name("child");
   mproc::SharedMemory shm(mproc::create, 4 * sizeof(int), name);
-  pid_t k = d::fork_child([&] {
-    mproc::SharedMemory mine(name);  // attach by name, as an unrelated process would
-    auto v = mine.as<int>();
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = int(i) * 10;
-    shm.as<int>()[0] = 7;  // the inherited handle maps the same memory
-    return 0;
-  });
-  CHECK(join_child(k) == 0);
+  mproc::Process k(with_method(method), write_by_name_and_handle, shm, name);
+  k.start();
+  CHECK(join_process(k) == 0);
   auto v = shm.as<int>();
   CHECK(v[0] == 7);
   CHECK(v[3] == 30);
@@ -271,6 +289,9 @@ TEST_CASE("The tracker stays silent about unlinked segments") {
 }
 
 TEST_CASE("The tracker is not our child and holds only its socket and stdio") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
   pid_t t = d::resource_tracker::instance().ensure_running();
   REQUIRE(t > 0);
   CHECK(::kill(t, 0) == 0);
@@ -279,7 +300,8 @@ TEST_CASE("The tracker is not our child and holds only its socket and stdio") {
   CHECK(errno == ECHILD);
   auto fds = list_dir(("/proc/" + std::to_string(t) + "/fd").c_str());
   CHECK(fds == std::set<std::string>{"0", "1", "2", "3"});
-  // A forked child shares it: no second tracker is started.
-  pid_t k = d::fork_child([&] { return d::resource_tracker::instance().ensure_running() == t ? 0 : 2; });
-  CHECK(join_child(k) == 0);
+  // A child shares it: no second tracker is started.
+  mproc::Process k(with_method(method), expect_tracker, int(t));
+  k.start();
+  CHECK(join_process(k) == 0);
 }

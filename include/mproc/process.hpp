@@ -462,6 +462,12 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
   decode(r, daemon);
   decode(r, parent_pid);
   decode(r, parent_name);
+  std::int32_t tracker_fd = -1, tracker_pid = -1;
+  decode(r, tracker_fd);
+  decode(r, tracker_pid);
+  if (tracker_fd >= 0)
+    resource_tracker::instance().adopt_fd(dup_received(fds, std::uint32_t(tracker_fd)).release(),
+                                          pid_t(tracker_pid));
   {
     auto& g = process_registry();
     std::lock_guard lk(g.m);
@@ -551,6 +557,11 @@ class basic_process {
       detail::encode(w, options_.daemon);
       detail::encode(w, self);
       detail::encode(w, self_name);
+      // The child shares the program's resource tracker, as a forked child does.
+      auto [tracker_fd, tracker_pid] = detail::resource_tracker::instance().running();
+      std::int32_t tracker_index = tracker_fd >= 0 ? std::int32_t(fds.add(tracker_fd)) : -1;
+      detail::encode(w, tracker_index);
+      detail::encode(w, std::int32_t(tracker_pid));
       target_->encode_portable(w, fds);
       req.entry = target_->entry();
       req.payload = payload;

@@ -65,10 +65,18 @@ class resource_tracker {
   }
   /// The descriptor a spawned child can inherit to share this tracker (-1 if none).
   [[nodiscard]] int fd() const noexcept { return fd_; }
-  /// Adopts an inherited tracker descriptor (in a spawned child).
-  void adopt_fd(int fd) noexcept {
+  /// The running tracker's descriptor and pid, or {-1, -1} when none was started.
+  [[nodiscard]] std::pair<int, pid_t> running() {
     std::lock_guard g(mu_);
+    return {fd_, pid_};
+  }
+  /// Adopts a tracker descriptor received from the parent (in a spawn or forkserver
+  /// child), so the child's segments are tracked with the program's, as after fork.
+  void adopt_fd(int fd, pid_t pid) noexcept {
+    std::lock_guard g(mu_);
+    if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
+    pid_ = pid;
   }
 
  private:
