@@ -927,8 +927,13 @@ class mpmc_ring {
           (void)h_->put_lock.unlock();
           break;
         case lock_result::acquired: (void)h_->put_lock.unlock(); break;
-        default: break;  // held by a live producer: keep waiting
+        default: continue;  // held by a live producer: keep waiting
       }
+      // Nobody holds the put lock, so nothing more is coming: unless the lock's last
+      // holder published (or recovery wrote an abort record), the message can never
+      // end. Only corrupt records get here; waiting on would hang the consumer.
+      if (ready()) return;
+      throw serialization_error("corrupt queue record: a fragmented message stops and no producer is writing it");
     }
   }
 
