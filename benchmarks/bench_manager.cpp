@@ -1,13 +1,9 @@
 // Manager dict throughput: 2 processes x N dict sets (and atomic updates), side by
 // side with the limits a shared dict can approach and with Python's Manager
 // (benchmarks/python/bench_manager.py). Prints medians of interleaved rounds, ops/s.
-//   bench_manager [--rounds R] [--ops N] [--no-python]
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
+//   bench_manager [--rounds N] [--quick] [--json] [--no-python] [--ops N]
 #include <cstring>
 #include <iostream>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -18,22 +14,11 @@
 #include <mproc/managers.hpp>
 #include <mproc/process.hpp>
 
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
+#include "bench_common.hpp"
 
 namespace {
 
-using clk = std::chrono::steady_clock;
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
+using bench::clk;
 
 /// Runs body(worker) in two processes; returns total ops / wall seconds (process
 /// start-up included, as on the Python side).
@@ -56,19 +41,6 @@ double two_processes(int ops_each, Body body) {
 
 std::string key(int w, int i) { return "k" + std::to_string(w) + "-" + std::to_string(i % 100); }
 
-std::map<std::string, double> run_python(int rounds, int ops) {
-  std::map<std::string, double> out;
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON) + " " MPROC_BENCHMARK_PYTHON_DIR "/bench_manager.py " +
-                    std::to_string(rounds) + " " + std::to_string(ops) + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char name[64];
-  double v;
-  while (std::fscanf(p, "%63s %lf", name, &v) == 2) out[name] = v;
-  ::pclose(p);
-  return out;
-}
-
 // The floor for any locked shared store: a robust process-shared mutex around a
 // small memcpy into shared memory.
 struct raw_slot_table {
@@ -80,16 +52,15 @@ struct raw_slot_table {
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 5, ops = 10000;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::stoi(argv[++i]);
-    else if (a == "--ops" && i + 1 < argc) ops = std::stoi(argv[++i]);
-    else if (a == "--no-python") python = false;
-  }
-
-  std::map<std::string, std::vector<double>> r;
+  int ops = 10000;
+  auto o = bench::parse_args(argc, argv, 5, 3, "[--rounds N] [--quick] [--json] [--no-python] [--ops N]",
+                             [&](std::string_view a, auto& next) {
+                               if (a != "--ops") return false;
+                               ops = std::max(1, std::atoi(next()));
+                               return true;
+                             });
+  const int rounds = o.rounds;
+  bench::samples r;
   const std::string key_tcp = "bench-key";
   mproc::Manager local;
   mproc::Manager tcp({.address = "127.0.0.1:0", .authkey = key_tcp});
@@ -104,12 +75,13 @@ int main(int argc, char** argv) {
   }
 
   for (int round = 0; round < rounds; ++round) {
+    bench::note_round("bench_manager", round, rounds);
     auto d = local.dict<std::string, int>();
-    r["mproc_set"].push_back(two_processes(ops, [&](int w) {
+    r.add("mproc_set", two_processes(ops, [&](int w) {
       for (int i = 0; i < ops; ++i) d.set(key(w, i), i);
     }));
     auto u = local.dict<std::string, int>();
-    r["mproc_update"].push_back(two_processes(ops, [&](int) {
+    r.add("mproc_update", two_processes(ops, [&](int) {
       for (int i = 0; i < ops; ++i) u.update("counter", [](int v) { return v + 1; }, 0);
     }));
     if (u.get("counter") != 2 * ops) {
@@ -118,12 +90,12 @@ int main(int argc, char** argv) {
     }
     std::string addr = tcp.address();
     int tcp_ops = std::max(1, ops / 10);  // round trips are slow; fewer of them
-    r["mproc_tcp_set"].push_back(two_processes(tcp_ops, [&](int w) {
+    r.add("mproc_tcp_set", two_processes(tcp_ops, [&](int w) {
       auto c = mproc::Manager::connect(addr, key_tcp);
       auto rd = c.dict<std::string, int>("bench");
       for (int i = 0; i < tcp_ops; ++i) rd.set(key(w, i), i);
     }));
-    r["raw_locked_memcpy"].push_back(two_processes(ops, [&](int w) {
+    r.add("raw_locked_memcpy", two_processes(ops, [&](int w) {
       auto* t = table.as<raw_slot_table>();
       char buf[32] = {};
       for (int i = 0; i < ops; ++i) {
@@ -133,7 +105,7 @@ int main(int argc, char** argv) {
         pthread_mutex_unlock(&t->m);
       }
     }));
-    r["raw_socket_roundtrip"].push_back(two_processes(ops, [&](int) {
+    r.add("raw_socket_roundtrip", two_processes(ops, [&](int) {
       // Each worker ping-pongs with an echo process: the cost per operation of any
       // design that asks a server.
       int sv[2];
@@ -162,29 +134,46 @@ int main(int argc, char** argv) {
       ::close(sv[0]);
       ::waitpid(echo, nullptr, 0);
     }));
-    if (python) {
-      for (auto& [k, v] : run_python(1, ops)) r[k].push_back(v);
+    if (o.python) {
+      auto py = bench::run_python("bench_manager.py", "1 " + std::to_string(ops));
+      r.add("python_dict_set", bench::get(py, "python_dict_set"));
+      r.add("python_locked_update", bench::get(py, "python_locked_update"));
     }
   }
 
-  auto med = [&](const char* k) { return median(r[k]); };
-  std::printf("Manager dict, 2 processes x %d operations each; median of %d rounds (ops/s, start-up included)\n",
-              ops, rounds);
-  std::printf("  %-52s %12.0f\n", "mproc Manager dict.set (shared segment)", med("mproc_set"));
-  std::printf("  %-52s %12.0f\n", "mproc Manager dict.update (atomic RMW)", med("mproc_update"));
-  std::printf("  %-52s %12.0f\n", "mproc Manager dict.set over TCP (remote client)", med("mproc_tcp_set"));
-  std::printf("  %-52s %12.0f\n", "limit: robust mutex + memcpy in shared memory", med("raw_locked_memcpy"));
-  std::printf("  %-52s %12.0f\n", "limit: Unix socket round trip (any server design)", med("raw_socket_roundtrip"));
-  if (python) {
-    std::printf("  %-52s %12.0f\n", "Python Manager dict[k] = v", med("python_dict_set"));
-    std::printf("  %-52s %12.0f\n", "Python Manager get+set under manager Lock", med("python_locked_update"));
-    std::printf("Ratios\n");
-    std::printf("  %-52s %12.1fx\n", "mproc set / Python set", med("mproc_set") / med("python_dict_set"));
-    std::printf("  %-52s %12.1fx\n", "mproc update / Python locked get+set",
-                med("mproc_update") / med("python_locked_update"));
-    std::printf("  %-52s %12.1fx\n", "mproc TCP set / Python set", med("mproc_tcp_set") / med("python_dict_set"));
-  }
-  std::printf("  %-52s %12.2f\n", "mproc set / locked-memcpy limit", med("mproc_set") / med("raw_locked_memcpy"));
-  std::printf("  %-52s %12.1fx\n", "mproc set / socket round-trip limit",
-              med("mproc_set") / med("raw_socket_roundtrip"));
+  auto med = [&](const char* k) { return r.med(k); };
+  bench::report rep("manager");
+  const std::string params = "2 processes x " + std::to_string(ops) + " ops, start-up included";
+  double m = med("mproc_set"), py = med("python_dict_set");
+  rep.add({.metric = "Manager dict set, ops/s",
+           .params = params,
+           .unit = "ops/s",
+           .mproc = m,
+           .python = py,
+           .raw = med("raw_locked_memcpy"),
+           .raw_label = "robust mutex + memcpy in shared memory",
+           .target = ">= 5x Python's Manager",
+           .met = m >= 5 * py,
+           .issue = "6"});
+  rep.add({.metric = "Manager dict update (atomic read-modify-write), ops/s",
+           .params = params + "; Python: get+set under a manager Lock",
+           .unit = "ops/s",
+           .mproc = med("mproc_update"),
+           .python = med("python_locked_update"),
+           .raw = med("raw_locked_memcpy"),
+           .raw_label = "robust mutex + memcpy in shared memory",
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "6"});
+  rep.add({.metric = "Manager dict set over TCP (remote client), ops/s",
+           .params = "2 processes x " + std::to_string(std::max(1, ops / 10)) + " ops, start-up included",
+           .unit = "ops/s",
+           .mproc = med("mproc_tcp_set"),
+           .python = py,
+           .raw = med("raw_socket_roundtrip"),
+           .raw_label = "Unix socket round trip",
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "6"});
+  rep.print(o, rounds);
 }

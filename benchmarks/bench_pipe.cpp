@@ -7,46 +7,29 @@
 // Rounds are interleaved and medians reported, so a noisy machine skews every
 // column alike.
 //
-//   bench_pipe [--rounds N] [--trips N] [--blocks N] [--no-python]
+//   bench_pipe [--rounds N] [--quick] [--json] [--no-python] [--trips N] [--blocks N]
 #include <mproc/connection.hpp>
 #include <mproc/process.hpp>
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
+#include "bench_common.hpp"
+
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
-using clk = std::chrono::steady_clock;
+using bench::clk;
+using bench::secs_since;
 using namespace std::chrono_literals;
 
 namespace {
 
 constexpr std::size_t block = 64 * 1024;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-double best(const std::vector<double>& v, bool larger_is_better) {
-  if (v.empty()) return 0;
-  return larger_is_better ? *std::max_element(v.begin(), v.end()) : *std::min_element(v.begin(), v.end());
-}
-double secs_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 void read_full(int fd, void* p, std::size_t n) {
   auto* c = static_cast<char*>(p);
@@ -186,68 +169,59 @@ double raw_stream(int blocks) {
   return double(block) * blocks / s / (1 << 20);
 }
 
-/// Runs the Python twin once; fills its two results (0 on failure).
-void python_round(int trips, int blocks, double& pingpong_us, double& stream_mib_s) {
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON[0] ? MPROC_BENCHMARK_PYTHON : "python3") +
-                    " " MPROC_BENCHMARK_PYTHON_DIR "/bench_pipe.py " + std::to_string(trips) + " " +
-                    std::to_string(blocks);
-  pingpong_us = stream_mib_s = 0;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (!f) return;
-  char line[512] = {};
-  bool got = std::fgets(line, sizeof line, f) != nullptr;
-  ::pclose(f);
-  if (!got) return;
-  auto field = [&](const char* key) {
-    const char* p = std::strstr(line, key);
-    return p ? std::strtod(p + std::strlen(key) + 3, nullptr) : 0.0;
-  };
-  pingpong_us = field("pingpong_us");
-  stream_mib_s = field("stream_mib_s");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 7, trips = 20000, blocks = 8192;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
-    else if (a == "--trips" && i + 1 < argc) trips = std::atoi(argv[++i]);
-    else if (a == "--blocks" && i + 1 < argc) blocks = std::atoi(argv[++i]);
-    else if (a == "--no-python") python = false;
-  }
-  std::vector<double> mp, rp, pp, ms, rs, ps;
+  int trips = 20000, blocks = 8192;
+  auto o = bench::parse_args(argc, argv, 7, 3,
+                             "[--rounds N] [--quick] [--json] [--no-python] [--trips N] [--blocks N]",
+                             [&](std::string_view a, auto& next) {
+                               if (a == "--trips") trips = std::max(1, std::atoi(next()));
+                               else if (a == "--blocks") blocks = std::max(1, std::atoi(next()));
+                               else return false;
+                               return true;
+                             });
+  if (o.quick) trips = std::min(trips, 10000), blocks = std::min(blocks, 4096);
+  bench::samples s;
   mproc_pingpong(1000);  // warm up
   raw_pingpong(1000);
-  for (int round = 0; round < rounds; ++round) {
-    mp.push_back(mproc_pingpong(trips));
-    rp.push_back(raw_pingpong(trips));
-    ms.push_back(mproc_stream(blocks));
-    rs.push_back(raw_stream(blocks));
-    if (python) {
-      double a, b;
-      python_round(trips, blocks, a, b);
-      pp.push_back(a);
-      ps.push_back(b);
+  for (int round = 0; round < o.rounds; ++round) {
+    bench::note_round("bench_pipe", round, o.rounds);
+    s.add("m_pp", mproc_pingpong(trips));
+    s.add("r_pp", raw_pingpong(trips));
+    s.add("m_st", mproc_stream(blocks));
+    s.add("r_st", raw_stream(blocks));
+    if (o.python) {
+      auto py = bench::run_python("bench_pipe.py", std::to_string(trips) + " " + std::to_string(blocks));
+      s.add("p_pp", bench::get(py, "pingpong_us"));
+      s.add("p_st", bench::get(py, "stream_mib_s"));
     }
   }
-  std::printf("Pipe, median of %d rounds (best round in brackets: on a busy machine the\n"
-              "medians carry scheduling noise, the best rounds show the code's own cost)\n", rounds);
-  std::printf("ping-pong (int, %d round trips), us per round trip\n", trips);
-  std::printf("  %-30s %10.2f  [%.2f]\n", "mproc::Pipe", median(mp), best(mp, false));
-  std::printf("  %-30s %10.2f  [%.2f]\n", "raw socketpair", median(rp), best(rp, false));
-  if (python) std::printf("  %-30s %10.2f  [%.2f]\n", "python mp.Pipe", median(pp), best(pp, false));
-  std::printf("  ratio mproc/raw      %6.2fx  (target <= 1.2x; best rounds %.2fx)\n",
-              median(mp) / median(rp), best(mp, false) / best(rp, false));
-  if (python && median(pp) > 0) std::printf("  ratio python/mproc   %6.2fx\n", median(pp) / median(mp));
-  std::printf("stream (64 KiB blocks, %d per round), MiB/s\n", blocks);
-  std::printf("  %-30s %10.0f  [%.0f]\n", "mproc::Pipe send_bytes", median(ms), best(ms, true));
-  std::printf("  %-30s %10.0f  [%.0f]\n", "raw pipe write/read", median(rs), best(rs, true));
-  if (python) std::printf("  %-30s %10.0f  [%.0f]\n", "python mp.Pipe send_bytes", median(ps), best(ps, true));
-  std::printf("  ratio mproc/raw      %6.2fx  (target >= 0.9x; best rounds %.2fx)\n",
-              median(ms) / median(rs), best(ms, true) / best(rs, true));
-  if (python && median(ps) > 0) std::printf("  ratio mproc/python   %6.2fx\n", median(ms) / median(ps));
+  bench::report rep("pipe");
+  double m = s.med("m_pp"), r = s.med("r_pp");
+  rep.add({.metric = "Pipe ping-pong round trip, us",
+           .params = std::to_string(trips) + " round trips of an int",
+           .unit = "us",
+           .dir = bench::better::lower,
+           .mproc = m,
+           .python = s.med("p_pp"),
+           .raw = r,
+           .raw_label = "socketpair",
+           .target = "<= 1.2x raw socketpair",
+           .met = m <= 1.2 * r,
+           .issue = "2"});
+  m = s.med("m_st"), r = s.med("r_st");
+  rep.add({.metric = "Pipe stream of 64 KiB blocks, MiB/s",
+           .params = std::to_string(blocks) + " blocks, send_bytes/recv_bytes",
+           .unit = "MiB/s",
+           .dir = bench::better::higher,
+           .mproc = m,
+           .python = s.med("p_st"),
+           .raw = r,
+           .raw_label = "pipe write/read",
+           .target = ">= 0.9x raw pipe",
+           .met = m >= 0.9 * r,
+           .issue = "2"});
+  rep.print(o, o.rounds);
 }

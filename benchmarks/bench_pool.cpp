@@ -3,21 +3,18 @@
 // (benchmarks/python/bench_pool.py, run between rounds). Rounds are interleaved and
 // the medians reported, so a noisy machine skews every column alike.
 //
-//   bench_pool [--rounds N] [--quick] [--no-python]
+//   bench_pool [--rounds N] [--quick] [--json] [--no-python]
 #include <mproc/mproc.hpp>
+
+#include "bench_common.hpp"
 
 #include <boost/multiprecision/cpp_int.hpp>
 #include <boost/multiprecision/cpp_int/serialize.hpp>
 
-#include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <map>
 #include <numeric>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,15 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-// The build defines where the Python twin lives and which interpreter runs it.
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
-using clk = std::chrono::steady_clock;
+using bench::clk;
+using bench::secs_since;
 using boost::multiprecision::cpp_int;
 using boost::multiprecision::msb;
 
@@ -70,14 +60,6 @@ cpp_int factorial(int n) {
   cpp_int r = 1;
   for (int i = 2; i <= n; ++i) r *= i;
   return r;
-}
-
-double secs_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
-
-double median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 // ---------------------------------------------------------------- raw baselines
@@ -184,49 +166,21 @@ long rss_kib(pid_t pid, const char* field) {
 
 int worker_pid(int) { return static_cast<int>(::getpid()); }
 
-std::map<std::string, double> run_python(const std::string& which) {
-  std::map<std::string, double> out;
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON) + " " MPROC_BENCHMARK_PYTHON_DIR "/bench_pool.py " +
-                    which + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::string s;
-  while (std::fgets(buf, sizeof buf, p)) s += buf;
-  ::pclose(p);
-  // tiny parser for {"k": v, ...}
-  for (std::size_t i = 0; (i = s.find('"', i)) != std::string::npos;) {
-    std::size_t j = s.find('"', i + 1);
-    std::string key = s.substr(i + 1, j - i - 1);
-    std::size_t c = s.find(':', j);
-    out[key] = std::strtod(s.c_str() + c + 1, nullptr);
-    i = s.find_first_of(",}", c);
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 5;
-  bool python = true, quick = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
-    if (a == "--quick") quick = true;
-    if (a == "--no-python") python = false;
-  }
-  if (quick) rounds = 3;
-  std::map<std::string, std::vector<double>> m;  // metric -> samples
+  auto o = bench::parse_args(argc, argv, 5, 3, "[--rounds N] [--quick] [--json] [--no-python]");
+  const int rounds = o.rounds;
+  bench::samples m;  // metric -> samples
   // An idle worker, as a program that starts a pool early sees it: forked before the
   // benchmark's own large allocations, which a fork would otherwise map into it.
   for (int r = 0; r < rounds; ++r) {
     mproc::Pool pool(2);
     const pid_t w = pool.apply(worker_pid, 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    m["idle_rss"].push_back(rss_kib(w, "VmRSS:") / 1024.0);
-    m["idle_pss"].push_back(rss_kib(w, "Pss:") / 1024.0);
+    m.add("idle_rss", rss_kib(w, "VmRSS:") / 1024.0);
+    m.add("idle_pss", rss_kib(w, "Pss:") / 1024.0);
   }
   const std::vector<int> ints(100'000);
   const auto chunks = prime_chunks(2'000'000, 64);
@@ -234,107 +188,185 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 2000; ++i) fact_in[i] = i + 1;
 
   for (int r = 0; r < rounds; ++r) {
-    std::fprintf(stderr, "round %d/%d\n", r + 1, rounds);
+    bench::note_round("bench_pool", r, rounds);
     {
       mproc::Pool pool(2);
       (void)pool.map(identity, std::vector<int>(100));  // warm
       auto t = clk::now();
       auto v = pool.map(identity, ints, 1);
-      m["map_cs1"].push_back(ints.size() / secs_since(t));
+      m.add("map_cs1", ints.size() / secs_since(t));
       t = clk::now();
       v = pool.map(identity, ints);
-      m["map_default"].push_back(ints.size() / secs_since(t));
+      m.add("map_default", ints.size() / secs_since(t));
       t = clk::now();
       for (int i = 0; i < 1000; ++i) (void)pool.apply_async(identity, i).get();
-      m["apply_rt"].push_back(secs_since(t) / 1000 * 1e6);
+      m.add("apply_rt", secs_since(t) / 1000 * 1e6);
       t = clk::now();
       auto counts = pool.map(count_primes, chunks, 1);
-      m["primes"].push_back(secs_since(t));
+      m.add("primes", secs_since(t));
       sink = std::accumulate(counts.begin(), counts.end(), 0L);
       t = clk::now();
       auto facts = pool.map(factorial, fact_in);
-      m["factorials"].push_back(secs_since(t));
+      m.add("factorials", secs_since(t));
       if (facts.back() != factorial(2000)) std::fprintf(stderr, "factorial mismatch!\n");
       // idle worker memory
       auto pids = pool.map(worker_pid, std::vector<int>(8), 1);
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      m["worker_rss"].push_back(rss_kib(pids[0], "VmRSS:") / 1024.0);
+      m.add("worker_rss", rss_kib(pids[0], "VmRSS:") / 1024.0);
     }
     {
       auto t = clk::now();
       mproc::Pool p(2);
       p.close();
       p.join();
-      m["create"].push_back(secs_since(t) * 1e3);
+      m.add("create", secs_since(t) * 1e3);
     }
     for (auto method : {mproc::start_method::spawn, mproc::start_method::forkserver}) {
       auto t = clk::now();
       mproc::Pool p({.processes = 2, .method = method});
       p.close();
       p.join();
-      m[std::string("create_") + mproc::to_string(method)].push_back(secs_since(t) * 1e3);
+      m.add(std::string("create_") + mproc::to_string(method), secs_since(t) * 1e3);
     }
-    m["raw_socketpair_rt"].push_back(raw_socketpair_rt(1000));
-    m["raw_futex_rt"].push_back(raw_futex_rt(1000));
-    m["threads_primes"].push_back(threads_primes(chunks, 2));
+    m.add("raw_socketpair_rt", raw_socketpair_rt(1000));
+    m.add("raw_futex_rt", raw_futex_rt(1000));
+    m.add("threads_primes", threads_primes(chunks, 2));
     {
       auto t = clk::now();
       long c = 0;
       for (auto& b : chunks) c += count_primes(b);
       sink = c;  // keeps the work from being optimized away
-      m["serial_primes"].push_back(secs_since(t));
+      m.add("serial_primes", secs_since(t));
       t = clk::now();
       std::size_t bits = 0;
       for (int n : fact_in) bits += msb(factorial(n));
       sink = long(bits);
-      m["serial_factorials"].push_back(secs_since(t));
+      m.add("serial_factorials", secs_since(t));
     }
-    m["raw_fork2"].push_back(raw_fork2_ms());
-    if (python) {
-      for (auto& [k, v] : run_python("map_cs1,map_default,apply_rt,factorials,create"))
-        m["py_" + k].push_back(v);
+    m.add("raw_fork2", raw_fork2_ms());
+    if (o.python) {
+      auto py = bench::run_python("bench_pool.py",
+                                  "map_cs1,map_default,apply_rt,factorials,create,create_spawn,create_forkserver");
+      for (const char* k : {"map_cs1", "map_default", "apply_rt", "factorials", "create", "create_spawn",
+                            "create_forkserver"})
+        m.add(std::string("py_") + k, bench::get(py, k));
     }
   }
 
-  auto med = [&](const std::string& k) { return median(m[k]); };
+  auto med = [&](const std::string& k) { return m.med(k); };
   const double raw_rt = std::min(med("raw_futex_rt"), med("raw_socketpair_rt"));
-  std::printf("\n| metric | mproc | raw limit | Python | mproc/Python | mproc/limit | target | met |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  auto row = [](const char* name, double v, double lim, double py, double vs_py, double vs_lim,
-                const char* target, bool met) {
-    std::printf("| %s | %.4g | %.4g | %.4g | %.3gx | %.3gx | %s | %s |\n", name, v, lim, py, vs_py,
-                vs_lim, target, met ? "yes" : "no");
-  };
+  bench::report rep("pool");
+  using bench::better;
   double v = med("map_cs1"), py = med("py_map_cs1");
-  row("map(identity, 100k ints, chunksize=1), tasks/s", v, NAN, py, v / py, NAN,
-      ">= 1,000,000/s and >= 50x Python", v >= 1e6 && v / py >= 50);
+  rep.add({.metric = "Pool.map(identity), chunksize=1, tasks/s",
+           .params = "Pool(2), 100,000 ints",
+           .unit = "tasks/s",
+           .mproc = v,
+           .python = py,
+           .target = ">= 1,000,000/s and >= 50x Python",
+           .met = v >= 1e6 && v >= 50 * py,
+           .issue = "3"});
   v = med("map_default"), py = med("py_map_default");
-  row("map(identity, 100k ints, default chunksize), tasks/s", v, NAN, py, v / py, NAN,
-      ">= 10x Python", v / py >= 10);
+  rep.add({.metric = "Pool.map(identity), default chunksize, tasks/s",
+           .params = "Pool(2), 100,000 ints",
+           .unit = "tasks/s",
+           .mproc = v,
+           .python = py,
+           .target = ">= 10x Python",
+           .met = v >= 10 * py,
+           .issue = "3"});
   v = med("apply_rt"), py = med("py_apply_rt");
-  row("apply_async().get() round trip, us", v, raw_rt, py, py / v, v / raw_rt,
-      "<= 1.2x raw, >= 4x faster than Python", v <= 1.2 * raw_rt && py / v >= 4);
+  rep.add({.metric = "apply_async().get() round trip, us",
+           .params = "1,000 sequential calls",
+           .unit = "us",
+           .dir = better::lower,
+           .mproc = v,
+           .python = py,
+           .raw = raw_rt,
+           .raw_label = "blocking futex/socketpair round trip",
+           .target = "<= 1.2x raw, >= 4x faster than Python",
+           .met = v <= 1.2 * raw_rt && py >= 4 * v,
+           .issue = "3"});
+  const double ser = med("serial_primes"), thr = med("threads_primes");
   v = med("primes");
-  double ser = med("serial_primes"), thr = med("threads_primes");
-  row("primes < 2M, 64 chunks, Pool(2) speedup over serial", ser / v, ser / thr, NAN, NAN,
-      (ser / v) / (ser / thr), ">= 1.9x serial, >= 0.95x std::thread", ser / v >= 1.9 && thr / v >= 0.95);
+  rep.add({.metric = "primes by trial division, speedup over serial C++",
+           .params = "below 2,000,000, 64 chunks, Pool(2)",
+           .unit = "x",
+           .mproc = ser / v,
+           .raw = ser / thr,
+           .raw_label = "2 std::threads",
+           .target = ">= 1.9x serial, >= 0.95x std::thread",
+           .met = ser / v >= 1.9 && thr / v >= 0.95,
+           .issue = "3"});
   v = med("factorials"), py = med("py_factorials");
-  ser = med("serial_factorials");
-  row("factorials 1..2000 (cpp_int), Pool(2) speedup over serial", ser / v, NAN, NAN, NAN, NAN,
-      "report", true);
-  row("factorials 1..2000, seconds (Python: big ints)", v, NAN, py, py / v, NAN, "report", true);
+  rep.add({.metric = "factorials as cpp_int, speedup over serial C++",
+           .params = "1..2000, results returned, Pool(2)",
+           .unit = "x",
+           .mproc = med("serial_factorials") / v,
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "3"});
+  rep.add({.metric = "factorials, seconds (Python: its big ints)",
+           .params = "1..2000, results returned, Pool(2)",
+           .unit = "s",
+           .dir = better::lower,
+           .mproc = v,
+           .python = py,
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "3"});
   v = med("create");
-  row("Pool(2) create+close+join, ms", v, med("raw_fork2"), med("py_create"), med("py_create") / v,
-      v / med("raw_fork2"), "<= 1 ms", v <= 1.0);
+  rep.add({.metric = "Pool(2) create+close+join, ms",
+           .params = "fork",
+           .unit = "ms",
+           .dir = better::lower,
+           .mproc = v,
+           .python = med("py_create"),
+           .raw = med("raw_fork2"),
+           .raw_label = "2 x fork+waitpid",
+           .target = "<= 1 ms",
+           .met = v <= 1.0,
+           .issue = "3"});
   v = med("create_spawn");
-  row("Pool(2) create+close+join with spawn, ms", v, NAN, NAN, NAN, NAN, "<= 5 ms", v <= 5.0);
+  rep.add({.metric = "Pool(2) create+close+join with spawn, ms",
+           .params = "spawn",
+           .unit = "ms",
+           .dir = better::lower,
+           .mproc = v,
+           .python = med("py_create_spawn"),
+           .target = "<= 5 ms",
+           .met = v <= 5.0,
+           .issue = "5"});
   v = med("create_forkserver");
-  row("Pool(2) create+close+join with forkserver, ms", v, NAN, NAN, NAN, NAN, "report", true);
+  rep.add({.metric = "Pool(2) create+close+join with forkserver, ms",
+           .params = "forkserver (already running)",
+           .unit = "ms",
+           .dir = better::lower,
+           .mproc = v,
+           .python = med("py_create_forkserver"),
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "5"});
   v = med("idle_rss");
-  row("idle worker resident memory, MiB (RSS; PSS in limit column)", v, med("idle_pss"), NAN, NAN,
-      NAN, "<= 3 MiB", v <= 3.0);
-  row("worker RSS after the runs above, MiB (includes the parent's heap it shares)",
-      med("worker_rss"), NAN, NAN, NAN, NAN, "report", true);
-  std::printf("\nraw round trips: futex %.2f us, socketpair %.2f us; %d rounds, medians\n",
-              med("raw_futex_rt"), med("raw_socketpair_rt"), rounds);
+  rep.add({.metric = "idle worker resident memory (RSS), MiB",
+           .params = "worker of a pool started early (PSS " + bench::fmt(med("idle_pss")) + " MiB)",
+           .unit = "MiB",
+           .dir = better::lower,
+           .mproc = v,
+           .target = "<= 3 MiB",
+           .met = v <= 3.0,
+           .issue = "3"});
+  rep.add({.metric = "worker RSS after the runs above, MiB",
+           .params = "includes the parent's heap it shares",
+           .unit = "MiB",
+           .dir = better::lower,
+           .mproc = med("worker_rss"),
+           .target = "report",
+           .met = std::nullopt,
+           .issue = "3"});
+  rep.note("raw round trips: futex " + bench::fmt(med("raw_futex_rt")) + " us, socketpair " +
+           bench::fmt(med("raw_socketpair_rt")) +
+           " us. The apply round trip can beat the raw blocking one: a waiting caller drives the pool "
+           "itself and yields instead of sleeping in the kernel.");
+  rep.print(o, rounds);
 }

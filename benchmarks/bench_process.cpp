@@ -3,43 +3,22 @@
 // Rounds are interleaved and medians reported, so a noisy machine skews every column
 // alike.
 //
-//   bench_process [--rounds N] [--count N] [--no-python]
+//   bench_process [--rounds N] [--quick] [--json] [--no-python] [--count N]
 #include <mproc/process.hpp>
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include "bench_common.hpp"
+
 #include <string>
 #include <vector>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
-using clk = std::chrono::steady_clock;
+using bench::clk;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-double best(const std::vector<double>& v) {
-  return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
-}
-
-double us_per_op(clk::time_point t0, int count) {
-  return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / count;
-}
+double us_per_op(clk::time_point t0, int count) { return bench::secs_since(t0) * 1e6 / count; }
 
 double mproc_start_join(int count) {
   auto t0 = clk::now();
@@ -62,48 +41,39 @@ double raw_fork_waitpid(int count) {
   return us_per_op(t0, count);
 }
 
-/// Runs the Python twin; returns the number after `"key":` in its JSON line (0 on failure).
-double python_result(const std::string& args, const char* key) {
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON[0] ? MPROC_BENCHMARK_PYTHON : "python3") +
-                    " " MPROC_BENCHMARK_PYTHON_DIR "/bench_process.py " + args;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (!f) return 0;
-  char line[512] = {};
-  bool got = std::fgets(line, sizeof line, f) != nullptr;
-  ::pclose(f);
-  if (!got) return 0;
-  const char* p = std::strstr(line, key);
-  return p ? std::strtod(p + std::strlen(key) + 3, nullptr) : 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 7, count = 200;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
-    else if (a == "--count" && i + 1 < argc) count = std::atoi(argv[++i]);
-    else if (a == "--no-python") python = false;
-  }
-  std::vector<double> m, r, py;
+  int count = 200;
+  auto o = bench::parse_args(argc, argv, 7, 3, "[--rounds N] [--quick] [--json] [--no-python] [--count N]",
+                             [&](std::string_view a, auto& next) {
+                               if (a != "--count") return false;
+                               count = std::max(1, std::atoi(next()));
+                               return true;
+                             });
+  if (o.quick) count = std::min(count, 100);
+  bench::samples s;
   mproc_start_join(20);  // warm up
   raw_fork_waitpid(20);
-  for (int round = 0; round < rounds; ++round) {
-    m.push_back(mproc_start_join(count));
-    r.push_back(raw_fork_waitpid(count));
-    if (python) py.push_back(python_result(std::to_string(count), "start_join_us"));
+  for (int round = 0; round < o.rounds; ++round) {
+    bench::note_round("bench_process", round, o.rounds);
+    s.add("mproc", mproc_start_join(count));
+    s.add("raw", raw_fork_waitpid(count));
+    if (o.python) s.add("python", bench::get(bench::run_python("bench_process.py", std::to_string(count)), "start_join_us"));
   }
-  double mm = median(m), rm = median(r), pm = median(py);
-  std::printf("Process start+join, %d per round, median of %d rounds (us per start+join;\n"
-              "best round in brackets: on a busy machine the medians carry scheduling noise)\n",
-              count, rounds);
-  std::printf("  %-28s %10.1f  [%.1f]\n", "mproc::Process", mm, best(m));
-  std::printf("  %-28s %10.1f  [%.1f]\n", "raw fork+waitpid", rm, best(r));
-  if (python) std::printf("  %-28s %10.1f  [%.1f]\n", "python mp.Process (fork)", pm, best(py));
-  std::printf("  ratio mproc/raw     %6.2fx  (target <= 1.3x; best rounds %.2fx)\n", mm / rm,
-              best(m) / best(r));
-  if (python && pm > 0) std::printf("  ratio python/mproc  %6.2fx\n", pm / mm);
+  bench::report rep("process");
+  const double m = s.med("mproc"), r = s.med("raw");
+  rep.add({.metric = "Process start+join, us",
+           .params = std::to_string(count) + " per round, child does nothing",
+           .unit = "us",
+           .dir = bench::better::lower,
+           .mproc = m,
+           .python = s.med("python"),
+           .raw = r,
+           .raw_label = "fork+waitpid",
+           .target = "<= 1.3x raw fork+waitpid",
+           .met = m <= 1.3 * r,
+           .issue = "2"});
+  rep.print(o, o.rounds);
 }

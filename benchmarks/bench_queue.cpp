@@ -8,33 +8,19 @@
 // Rounds are interleaved and medians reported, so a noisy machine skews every
 // column alike. Each run is timed from the producer's go signal to the last get().
 //
-//   bench_queue [--rounds N] [--no-python]
+//   bench_queue [--rounds N] [--quick] [--json] [--no-python]
 #include <mproc/process.hpp>
 #include <mproc/queue.hpp>
 
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdio>
-#include <cstring>
-#include <map>
+#include "bench_common.hpp"
+
+#include <cstdint>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <sched.h>
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
-using clk = std::chrono::steady_clock;
+using bench::clk;
+using bench::secs_since;
 using namespace std::chrono_literals;
 
 namespace {
@@ -43,8 +29,6 @@ constexpr long n_ints = 200'000;
 constexpr std::size_t block = 64 * 1024;
 constexpr long n_blocks = 10'000;
 constexpr std::size_t big = 256u << 20;
-
-double secs_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 template <class T, class Produce, class Consume>
 double time_transfer(Produce produce, Consume consume) {
@@ -104,140 +88,61 @@ double mproc_big() {
                            });
 }
 
-// ------------------------------------------------------------------ raw limit
-// Bare SPSC byte ring in anonymous shared memory: fixed-size messages, busy polling,
-// memcpy in and out, nothing else. What two processes can do at best.
-struct raw_ring {
-  alignas(64) std::atomic<std::uint64_t> head;
-  alignas(64) std::atomic<std::uint64_t> tail;
-  alignas(64) std::atomic<int> go;
-};
-
-double raw_transfer(std::size_t msg, long count) {
-  const std::size_t cap = 4u << 20;
-  const std::size_t step = std::min(msg, cap / 4);  // big messages move in 1 MiB pieces
-  void* mem = ::mmap(nullptr, sizeof(raw_ring) + cap, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) std::abort();
-  auto* r = new (mem) raw_ring{};
-  auto* data = static_cast<std::byte*>(mem) + sizeof(raw_ring);
-  const std::uint64_t total = std::uint64_t(msg) * std::uint64_t(count);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    std::vector<std::byte> src(msg, std::byte{7});
-    while (!r->go.load(std::memory_order_acquire)) {
-    }
-    std::uint64_t t = 0, h = 0;
-    for (std::uint64_t sent = 0; sent < total;) {
-      std::size_t off = std::size_t(sent % msg), n = std::min(step, msg - off);
-      for (int spins = 0; cap - (t - h) < n; ++spins) {
-        if (spins > 1000) ::sched_yield();  // a shared core: let the other side run
-        h = r->head.load(std::memory_order_acquire);
-      }
-      // Contiguous pieces: n divides cap for every size used here.
-      std::memcpy(data + (t % cap), src.data() + off, n);
-      t += n;
-      sent += n;
-      r->tail.store(t, std::memory_order_release);
-    }
-    ::_exit(0);
-  }
-  std::vector<std::byte> dst(msg);
-  std::this_thread::sleep_for(50ms);
-  auto t0 = clk::now();
-  r->go.store(1, std::memory_order_release);
-  std::uint64_t h = 0, t = 0;
-  for (std::uint64_t got = 0; got < total;) {
-    std::size_t off = std::size_t(got % msg), n = std::min(step, msg - off);
-    for (int spins = 0; t - h < n; ++spins) {
-      if (spins > 1000) ::sched_yield();
-      t = r->tail.load(std::memory_order_acquire);
-    }
-    std::memcpy(dst.data() + off, data + (h % cap), n);
-    h += n;
-    got += n;
-    r->head.store(h, std::memory_order_release);
-  }
-  double s = secs_since(t0);
-  int st;
-  ::waitpid(pid, &st, 0);
-  ::munmap(mem, sizeof(raw_ring) + cap);
-  return s;
-}
-
-double memcpy_bandwidth() {
-  std::vector<std::byte> a(big, std::byte{1}), b(big);
-  auto t0 = clk::now();
-  std::memcpy(b.data(), a.data(), big);
-  double s = secs_since(t0);
-  if (b[big / 2] != std::byte{1}) std::abort();
-  return double(big) / s;
-}
-
-std::map<std::string, double> run_python() {
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON) + " " MPROC_BENCHMARK_PYTHON_DIR "/bench_queue.py 2>/dev/null";
-  std::map<std::string, double> out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char name[64];
-  double v;
-  while (std::fscanf(p, "%63s %lf", name, &v) == 2) out[name] = v;
-  ::pclose(p);
-  return out;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 5;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
-    if (a == "--no-python") python = false;
-  }
-  std::map<std::string, std::vector<double>> m, raw, py;
-  std::vector<double> mcpy;
-  for (int r = 0; r < rounds; ++r) {
-    m["ints"].push_back(mproc_ints());
-    m["64k"].push_back(mproc_blocks());
-    m["256m"].push_back(mproc_big());
-    raw["ints"].push_back(n_ints / raw_transfer(sizeof(int), n_ints));
-    raw["64k"].push_back(double(block * n_blocks) / raw_transfer(block, n_blocks));
-    raw["256m"].push_back(double(big) / raw_transfer(big, 1));
-    mcpy.push_back(memcpy_bandwidth());
-    if (python)
-      for (auto& [k, v] : run_python()) py[k].push_back(v);
-    std::fprintf(stderr, "round %d/%d done\n", r + 1, rounds);
-  }
-
-  std::printf("Queue throughput, median of %d rounds (1 producer process -> 1 consumer)\n", rounds);
-  std::printf("%-24s %14s %14s %14s %9s %9s\n", "transfer", "mproc", "raw SPSC ring", "Python mp", "vs raw",
-              "vs Python");
-  struct row {
-    const char* key;
-    const char* label;
-    const char* unit;
-    double scale;
-  };
-  for (row x : {row{"ints", "200,000 ints", "M msg/s", 1e6}, row{"64k", "10,000 x 64 KiB", "GB/s", 1e9},
-                row{"256m", "one 256 MiB message", "GB/s", 1e9}}) {
-    double a = median(m[x.key]), b = median(raw[x.key]), c = median(py[x.key]);
-    char cs[32] = "n/a", ratio_py[16] = "n/a";
-    if (c > 0) {
-      std::snprintf(cs, sizeof cs, "%.3f %s", c / x.scale, x.unit);
-      std::snprintf(ratio_py, sizeof ratio_py, "%.1fx", a / c);
+  auto o = bench::parse_args(argc, argv, 5, 3, "[--rounds N] [--quick] [--json] [--no-python]");
+  bench::samples s;
+  for (int r = 0; r < o.rounds; ++r) {
+    bench::note_round("bench_queue", r, o.rounds);
+    s.add("ints", mproc_ints());
+    s.add("64k", mproc_blocks());
+    s.add("256m", mproc_big());
+    s.add("raw_ints", n_ints / bench::raw_ring_transfer(sizeof(int), n_ints));
+    s.add("raw_64k", double(block * n_blocks) / bench::raw_ring_transfer(block, n_blocks));
+    s.add("raw_256m", double(big) / bench::raw_ring_transfer(big, 1));
+    s.add("memcpy", bench::memcpy_bandwidth(big));
+    if (o.python) {
+      auto py = bench::run_python("bench_queue.py", "ints,64k,256m");
+      for (const char* k : {"ints", "64k", "256m"}) s.add(std::string("py_") + k, bench::get(py, k));
     }
-    char as[32], bs[32];
-    std::snprintf(as, sizeof as, "%.3f %s", a / x.scale, x.unit);
-    std::snprintf(bs, sizeof bs, "%.3f %s", b / x.scale, x.unit);
-    std::printf("%-24s %14s %14s %14s %8.0f%% %9s\n", x.label, as, bs, cs, 100 * a / b, ratio_py);
   }
-  std::printf("memcpy bandwidth (one core, 256 MiB): %.2f GB/s\n", median(mcpy) / 1e9);
+  bench::report rep("queue");
+  const std::string raw_label = "bare shared-memory SPSC ring";
+  double m = s.med("ints"), py = s.med("py_ints");
+  rep.add({.metric = "Queue<int> throughput, msg/s",
+           .params = "200,000 ints, 1 producer -> 1 consumer process",
+           .unit = "msg/s",
+           .mproc = m,
+           .python = py,
+           .raw = s.med("raw_ints"),
+           .raw_label = raw_label,
+           .target = ">= 5,000,000 msg/s and >= 25x Python",
+           .met = m >= 5e6 && m >= 25 * py,
+           .issue = "4"});
+  m = s.med("64k"), py = s.med("py_64k");
+  rep.add({.metric = "Queue of 64 KiB messages, GB/s",
+           .params = "10,000 x 64 KiB",
+           .unit = "GB/s",
+           .mproc = m / 1e9,
+           .python = py / 1e9,
+           .raw = s.med("raw_64k") / 1e9,
+           .raw_label = raw_label,
+           .target = ">= 3 GB/s and >= 4x Python",
+           .met = m >= 3e9 && m >= 4 * py,
+           .issue = "4"});
+  m = s.med("256m"), py = s.med("py_256m");
+  rep.add({.metric = "one 256 MiB message through a Queue, GB/s",
+           .params = "4 MiB ring: streams through in fragments",
+           .unit = "GB/s",
+           .mproc = m / 1e9,
+           .python = py / 1e9,
+           .raw = s.med("raw_256m") / 1e9,
+           .raw_label = raw_label,
+           .target = ">= 1 GB/s",
+           .met = m >= 1e9,
+           .issue = "4"});
+  rep.note("memcpy bandwidth (one core, 256 MiB): " + bench::fmt(s.med("memcpy") / 1e9) + " GB/s");
+  rep.print(o, o.rounds);
 }

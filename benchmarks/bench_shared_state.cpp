@@ -11,20 +11,16 @@
 // Rounds are interleaved (mproc, raw, Python, ...) and medians reported, so a noisy
 // machine skews every column alike. Python is benchmarks/python/bench_shared_state.py.
 //
-//   bench_shared_state [--rounds N] [--increments N] [--mib N] [--no-python]
+//   bench_shared_state [--rounds N] [--quick] [--json] [--no-python] [--increments N] [--mib N]
 #include <mproc/process.hpp>
 #include <mproc/shared_memory.hpp>
 #include <mproc/sharedctypes.hpp>
 #include <mproc/synchronize.hpp>
 
-#include <algorithm>
+#include "bench_common.hpp"
+
 #include <atomic>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -35,24 +31,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
-using clk = std::chrono::steady_clock;
+using bench::clk;
+using bench::secs_since;
 
 namespace {
-
-double secs_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
-
-double median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
 
 /// Runs body(i) in 2 forked processes and waits for both. With `gated`, both wait at a
 /// start line and the time runs from their release (so they really contend);
@@ -246,103 +228,75 @@ fill_times thread_fill(std::size_t size) {
   return t;
 }
 
-// ----------------------------------------------------------------------- python
-
-std::map<std::string, double> python_round(int increments, std::size_t size) {
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON) + " " + MPROC_BENCHMARK_PYTHON_DIR +
-                    "/bench_shared_state.py " + std::to_string(increments) + " " + std::to_string(size);
-  std::fflush(nullptr);
-  FILE* f = ::popen(cmd.c_str(), "r");
-  std::map<std::string, double> out;
-  if (!f) return out;
-  char line[4096];
-  std::string text;
-  while (std::fgets(line, sizeof line, f)) text += line;
-  if (::pclose(f) != 0) return out;
-  // A flat JSON object of numbers: "key": value pairs.
-  std::size_t pos = 0;
-  while ((pos = text.find('"', pos)) != std::string::npos) {
-    std::size_t end = text.find('"', pos + 1);
-    if (end == std::string::npos) break;
-    std::string key = text.substr(pos + 1, end - pos - 1);
-    std::size_t colon = text.find(':', end);
-    if (colon == std::string::npos) break;
-    out[key] = std::strtod(text.c_str() + colon + 1, nullptr);
-    pos = colon;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
-  int rounds = 5, increments = 200'000;
+  int increments = 200'000;
   std::size_t mib = 256;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
-    else if (a == "--increments" && i + 1 < argc) increments = std::atoi(argv[++i]);
-    else if (a == "--mib" && i + 1 < argc) mib = std::strtoul(argv[++i], nullptr, 10);
-    else if (a == "--no-python") python = false;
-    else {
-      std::fprintf(stderr, "usage: %s [--rounds N] [--increments N] [--mib N] [--no-python]\n", argv[0]);
-      return 2;
-    }
-  }
+  auto o = bench::parse_args(argc, argv, 5, 3,
+                             "[--rounds N] [--quick] [--json] [--no-python] [--increments N] [--mib N]",
+                             [&](std::string_view a, auto& next) {
+                               if (a == "--increments") increments = std::max(1, std::atoi(next()));
+                               else if (a == "--mib") mib = std::max(2ul, std::strtoul(next(), nullptr, 10));
+                               else return false;
+                               return true;
+                             });
   const std::size_t size = mib << 20;
 
-  std::map<std::string, std::vector<double>> t;
-  for (int r = 0; r < rounds; ++r) {
-    t["value_mproc"].push_back(mproc_value(increments));
-    t["value_atomic"].push_back(raw_atomic(increments));
-    t["value_pthread"].push_back(raw_pthread_mutex(increments));
+  bench::samples t;
+  for (int r = 0; r < o.rounds; ++r) {
+    bench::note_round("bench_shared_state", r, o.rounds);
+    t.add("value_mproc", mproc_value(increments));
+    t.add("value_atomic", raw_atomic(increments));
+    t.add("value_pthread", raw_pthread_mutex(increments));
     fill_times m = mproc_fill(size);
-    t["fill_first_mproc"].push_back(m.first);
-    t["fill_warm_mproc"].push_back(m.warm);
+    t.add("fill_first_mproc", m.first);
+    t.add("fill_warm_mproc", m.warm);
     fill_times th = thread_fill(size);
-    t["fill_first_threads"].push_back(th.first);
-    t["fill_warm_threads"].push_back(th.warm);
-    if (python) {
-      auto py = python_round(increments, size);
-      if (py.empty()) {
-        std::fprintf(stderr, "python twin failed; continuing without it\n");
-        python = false;
-      } else {
-        t["value_python"].push_back(py["value_s"]);
-        t["fill_first_python"].push_back(py["fill_first_s"]);
-        t["fill_warm_python"].push_back(py["fill_warm_s"]);
-      }
+    t.add("fill_first_threads", th.first);
+    t.add("fill_warm_threads", th.warm);
+    if (o.python) {
+      auto py = bench::run_python("bench_shared_state.py", std::to_string(increments) + " " + std::to_string(size));
+      t.add("value_python", bench::get(py, "value_s"));
+      t.add("fill_first_python", bench::get(py, "fill_first_s"));
+      t.add("fill_warm_python", bench::get(py, "fill_warm_s"));
     }
   }
-  auto ms = [&](const char* k) { return median(t[k]) * 1e3; };
-
-  std::printf("bench_shared_state: medians of %d rounds (2 processes each)\n\n", rounds);
-  std::printf("Counter, 2 x %d locked increments            time (ms)   vs mproc\n", increments);
-  double vm = ms("value_mproc");
-  std::printf("  mproc::Value<int> + its RLock (robust)     %9.2f   1.00x\n", vm);
-  std::printf("  raw pthread mutex (not robust)             %9.2f   %.2fx faster\n", ms("value_pthread"),
-              vm / ms("value_pthread"));
-  std::printf("  raw atomic fetch_add (no lock)             %9.2f   %.2fx faster\n", ms("value_atomic"),
-              vm / ms("value_atomic"));
-  if (!t["value_python"].empty())
-    std::printf("  Python multiprocessing.Value               %9.2f   mproc %.1fx faster\n", ms("value_python"),
-                ms("value_python") / vm);
-
-  std::printf("\nFill %zu MiB, one half per process          first touch (ms)   warm (ms)\n", mib);
-  double ff = ms("fill_first_mproc"), fw = ms("fill_warm_mproc");
-  std::printf("  mproc SharedMemory, 2 processes            %9.2f         %9.2f\n", ff, fw);
-  std::printf("  2 threads, private memory                  %9.2f         %9.2f\n", ms("fill_first_threads"),
-              ms("fill_warm_threads"));
-  if (!t["fill_first_python"].empty())
-    std::printf("  Python shared_memory, 2 processes          %9.2f         %9.2f\n", ms("fill_first_python"),
-                ms("fill_warm_python"));
-  std::printf("\n  mproc vs threads (throughput ratio)        %9.2fx        %9.2fx\n",
-              ms("fill_first_threads") / ff, ms("fill_warm_threads") / fw);
-  if (!t["fill_first_python"].empty())
-    std::printf("  mproc vs Python (throughput ratio)         %9.2fx        %9.2fx\n",
-                ms("fill_first_python") / ff, ms("fill_warm_python") / fw);
-  std::printf("  mproc warm fill bandwidth                  %9.2f GB/s\n", double(size) / (fw * 1e-3) / 1e9);
+  auto ms = [&](const char* k) { return t.med(k) * 1e3; };
+  bench::report rep("shared_state");
+  double m = ms("value_mproc"), py = ms("value_python");
+  rep.add({.metric = "Value<int> + its lock, 2 processes incrementing, ms",
+           .params = "2 x " + std::to_string(increments) + " locked increments",
+           .unit = "ms",
+           .dir = bench::better::lower,
+           .mproc = m,
+           .python = py,
+           .raw = ms("value_pthread"),
+           .raw_label = "plain pthread mutex, not robust",
+           .target = ">= 20x Python",
+           .met = py >= 20 * m,
+           .issue = "4"});
+  for (const char* phase : {"first", "warm"}) {
+    const std::string p = phase;
+    m = ms(("fill_" + p + "_mproc").c_str()), py = ms(("fill_" + p + "_python").c_str());
+    const double th = ms(("fill_" + p + "_threads").c_str());
+    rep.add({.metric = "SharedMemory fill by 2 processes, " + std::string(p == "first" ? "first touch" : "warm") +
+                       ", ms",
+             .params = std::to_string(mib) + " MiB, one half each",
+             .unit = "ms",
+             .dir = bench::better::lower,
+             .mproc = m,
+             .python = py,
+             .raw = th,
+             .raw_label = "2 threads, private memory",
+             .target = ">= Python and >= 0.8x two threads",
+             .met = m <= py && th / m >= 0.8,
+             .issue = "4"});
+  }
+  rep.note("Raw atomic fetch_add (no lock), 2 x " + std::to_string(increments) + ": " + bench::fmt(ms("value_atomic")) +
+           " ms; mproc warm fill bandwidth " + bench::fmt(double(size) / (ms("fill_warm_mproc") * 1e-3) / 1e9) +
+           " GB/s");
+  rep.print(o, o.rounds);
   return 0;
 }

@@ -7,13 +7,11 @@
 // Rounds are interleaved and medians reported, so a noisy machine skews every column
 // alike; the best round of each column is shown too.
 //
-//   bench_start_methods [--rounds N] [--count N] [--no-python]
+//   bench_start_methods [--rounds N] [--quick] [--json] [--no-python] [--count N]
 #include <mproc/process.hpp>
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
+#include "bench_common.hpp"
+
 #include <cstring>
 #include <string>
 #include <vector>
@@ -22,31 +20,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef MPROC_BENCHMARK_PYTHON_DIR
-#define MPROC_BENCHMARK_PYTHON_DIR "benchmarks/python"
-#endif
-#ifndef MPROC_BENCHMARK_PYTHON
-#define MPROC_BENCHMARK_PYTHON "python3"
-#endif
-
 extern char** environ;
 
-using clk = std::chrono::steady_clock;
+using bench::clk;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-double best(const std::vector<double>& v) {
-  return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
-}
-
-double us_per_op(clk::time_point t0, int count) {
-  return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / count;
-}
+double us_per_op(clk::time_point t0, int count) { return bench::secs_since(t0) * 1e6 / count; }
 
 void nothing() {}
 
@@ -74,75 +54,67 @@ double raw_posix_spawn(int count) {
   return us_per_op(t0, count);
 }
 
-/// Runs the Python twin; returns the number in its JSON line (0 on failure).
-double python_result(const char* method, int count) {
-  std::string cmd = std::string(MPROC_BENCHMARK_PYTHON[0] ? MPROC_BENCHMARK_PYTHON : "python3") +
-                    " " MPROC_BENCHMARK_PYTHON_DIR "/bench_start_methods.py " + method + " " +
-                    std::to_string(count);
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (!f) return 0;
-  char line[512] = {};
-  bool got = std::fgets(line, sizeof line, f) != nullptr;
-  ::pclose(f);
-  if (!got) return 0;
-  const char* p = std::strstr(line, "start_join_us");
-  return p ? std::strtod(p + std::strlen("start_join_us") + 3, nullptr) : 0;
-}
-
-void line(const char* what, const std::vector<double>& v) {
-  std::printf("  %-34s %10.1f  [%.1f]\n", what, median(v), best(v));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "--raw-child") == 0) return 0;
-  int rounds = 7, count = 50;
-  bool python = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
-    else if (a == "--count" && i + 1 < argc) count = std::atoi(argv[++i]);
-    else if (a == "--no-python") python = false;
-  }
+  int count = 50;
+  auto o = bench::parse_args(argc, argv, 7, 3, "[--rounds N] [--quick] [--json] [--no-python] [--count N]",
+                             [&](std::string_view a, auto& next) {
+                               if (a != "--count") return false;
+                               count = std::max(1, std::atoi(next()));
+                               return true;
+                             });
+  if (o.quick) count = std::min(count, 30);
   using mproc::start_method;
   // Warm up (the forkserver starts on first use).
   mproc_start_join(start_method::spawn, 5);
   mproc_start_join(start_method::forkserver, 5);
   mproc_start_join(start_method::fork, 5);
   raw_posix_spawn(5);
-  std::vector<double> sp, raw, pysp, fs, fk, pyfs;
-  for (int round = 0; round < rounds; ++round) {
-    sp.push_back(mproc_start_join(start_method::spawn, count));
-    raw.push_back(raw_posix_spawn(count));
-    fs.push_back(mproc_start_join(start_method::forkserver, count));
-    fk.push_back(mproc_start_join(start_method::fork, count));
-    if (python) {
-      pysp.push_back(python_result("spawn", std::max(1, count / 5)));
-      pyfs.push_back(python_result("forkserver", count));
+  // Python's spawn costs tens of ms a child: fewer of them per round.
+  const int py_spawn_count = std::max(1, count / 5);
+  bench::samples s;
+  for (int round = 0; round < o.rounds; ++round) {
+    bench::note_round("bench_start_methods", round, o.rounds);
+    s.add("spawn", mproc_start_join(start_method::spawn, count));
+    s.add("raw_spawn", raw_posix_spawn(count));
+    s.add("forkserver", mproc_start_join(start_method::forkserver, count));
+    s.add("fork", mproc_start_join(start_method::fork, count));
+    if (o.python) {
+      s.add("py_spawn", bench::get(bench::run_python("bench_start_methods.py",
+                                                     "spawn " + std::to_string(py_spawn_count)),
+                                   "start_join_us"));
+      s.add("py_forkserver", bench::get(bench::run_python("bench_start_methods.py",
+                                                          "forkserver " + std::to_string(count)),
+                                        "start_join_us"));
     }
   }
-  std::printf("Start methods, start+join of a child doing nothing, %d per round, median of %d\n"
-              "rounds in us (best round in brackets: on a busy machine the medians carry\n"
-              "scheduling noise)\n",
-              count, rounds);
-  std::printf("spawn\n");
-  line("mproc::Process (spawn)", sp);
-  line("raw posix_spawn+waitpid (same exe)", raw);
-  if (python) line("python mp.Process (spawn)", pysp);
-  double r1 = median(sp) / median(raw);
-  std::printf("  ratio mproc/raw     %6.2fx  (target <= 1.3x: %s; best rounds %.2fx)\n", r1,
-              r1 <= 1.3 ? "met" : "NOT met", best(sp) / best(raw));
-  if (python && median(pysp) > 0)
-    std::printf("  ratio python/mproc  %6.2fx\n", median(pysp) / median(sp));
-  std::printf("forkserver\n");
-  line("mproc::Process (forkserver)", fs);
-  line("mproc::Process (fork)", fk);
-  if (python) line("python mp.Process (forkserver)", pyfs);
-  double r2 = median(fs) / median(fk);
-  std::printf("  ratio forkserver/fork %5.2fx  (target <= 1.5x: %s; best rounds %.2fx)\n", r2,
-              r2 <= 1.5 ? "met" : "NOT met", best(fs) / best(fk));
-  if (python && median(pyfs) > 0)
-    std::printf("  ratio python/mproc  %6.2fx\n", median(pyfs) / median(fs));
+  bench::report rep("start_methods");
+  double m = s.med("spawn"), r = s.med("raw_spawn");
+  rep.add({.metric = "Process start+join with spawn, us",
+           .params = std::to_string(count) + " per round (Python: " + std::to_string(py_spawn_count) + ")",
+           .unit = "us",
+           .dir = bench::better::lower,
+           .mproc = m,
+           .python = s.med("py_spawn"),
+           .raw = r,
+           .raw_label = "posix_spawn+waitpid of the same exe",
+           .target = "<= 1.3x raw posix_spawn",
+           .met = m <= 1.3 * r,
+           .issue = "5"});
+  m = s.med("forkserver"), r = s.med("fork");
+  rep.add({.metric = "Process start+join with forkserver, us",
+           .params = std::to_string(count) + " per round",
+           .unit = "us",
+           .dir = bench::better::lower,
+           .mproc = m,
+           .python = s.med("py_forkserver"),
+           .raw = r,
+           .raw_label = "mproc fork start+join",
+           .target = "<= 1.5x fork start+join",
+           .met = m <= 1.5 * r,
+           .issue = "5"});
+  rep.print(o, o.rounds);
 }

@@ -79,6 +79,16 @@ def main():
         p.close()
         p.join()
         out["create"] = (time.perf_counter() - t) * 1e3
+    for method in ("spawn", "forkserver"):
+        if want("create_" + method):
+            ctx = mp.get_context(method)
+            if method == "forkserver":  # started on first use; mproc's is warm too
+                ctx.Pool(1).close()
+            t = time.perf_counter()
+            p = ctx.Pool(2)
+            p.close()
+            p.join()
+            out["create_" + method] = (time.perf_counter() - t) * 1e3
     print(json.dumps(out))
 
 

@@ -1,0 +1,202 @@
+// The headline demo (what `bash scripts/demo.sh` runs): the seeds' CPU-bound workloads
+//   - the sum of the primes below 10,000,000 (a segmented sieve, in 40 chunks)
+//   - the factorials of 1..2000 as boost::multiprecision::cpp_int, returned to the parent
+// done serially, with mproc::Pool under each start method (fork, spawn, forkserver),
+// and with Python's multiprocessing (serially and with its Pool: benchmarks/python/
+// headline.py, the same algorithms on Python ints). mproc's progress bar shows each
+// map; then a table of times and speedups. Every variant's results are checked
+// against the serial ones: any difference is an error (exit status 1).
+//
+//   headline [--processes N] [--no-python]
+#include <mproc/pool.hpp>
+
+#include "bench_common.hpp"
+
+#include <boost/multiprecision/cpp_int.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+using bench::clk;
+using bench::secs_since;
+using boost::multiprecision::cpp_int;
+
+namespace {
+
+constexpr std::uint64_t kLimit = 10'000'000;
+constexpr int kChunks = 40;
+constexpr int kFactorials = 2000;
+// Factorials are compared with Python's through this checksum: the sum of n! mod P.
+constexpr std::uint64_t kP = 1'000'000'007;
+
+/// Sum of the primes in [lo, hi): a segmented sieve, crossing off multiples of every
+/// prime up to sqrt(hi) inside the segment only (as examples/001_ex1_sum_primes.cpp).
+std::uint64_t sum_primes_in(std::pair<std::uint64_t, std::uint64_t> range) {
+  auto [lo, hi] = range;
+  if (hi <= 2 || lo >= hi) return 0;
+  lo = std::max<std::uint64_t>(lo, 2);
+  std::uint64_t root = 1;
+  while ((root + 1) * (root + 1) < hi) ++root;
+  std::vector<char> small(root + 1, 1);
+  std::vector<char> seg(hi - lo, 1);
+  for (std::uint64_t p = 2; p <= root; ++p) {
+    if (!small[p]) continue;
+    for (std::uint64_t m = p * p; m <= root; m += p) small[m] = 0;
+    const std::uint64_t first = std::max(p * p, (lo + p - 1) / p * p);
+    for (std::uint64_t m = first; m < hi; m += p) seg[m - lo] = 0;
+  }
+  std::uint64_t sum = 0;
+  for (std::uint64_t i = 0; i < seg.size(); ++i)
+    if (seg[i]) sum += lo + i;
+  return sum;
+}
+
+cpp_int factorial(int n) {
+  cpp_int r = 1;
+  for (int i = 2; i <= n; ++i) r *= i;
+  return r;
+}
+
+std::vector<std::pair<std::uint64_t, std::uint64_t>> prime_chunks() {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> v;
+  for (int k = 0; k < kChunks; ++k) v.emplace_back(kLimit * k / kChunks, kLimit * (k + 1) / kChunks);
+  return v;
+}
+
+std::uint64_t checksum(const std::vector<cpp_int>& facts) {
+  std::uint64_t s = 0;
+  for (const cpp_int& f : facts) s = (s + static_cast<std::uint64_t>(f % kP)) % kP;
+  return s;
+}
+
+struct outcome {
+  std::string name;
+  double start = 0, primes = NAN, factorials = NAN;  // seconds
+  std::uint64_t prime_sum = 0, fact_checksum = 0;
+  bool ok = true;
+  double total() const { return start + primes + factorials; }
+};
+
+outcome run_serial(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& chunks,
+                   const std::vector<int>& ns, std::vector<cpp_int>& facts) {
+  outcome o{.name = "C++, one process"};
+  auto t = clk::now();
+  for (const auto& c : chunks) o.prime_sum += sum_primes_in(c);
+  o.primes = secs_since(t);
+  t = clk::now();
+  facts.clear();
+  for (int n : ns) facts.push_back(factorial(n));
+  o.factorials = secs_since(t);
+  o.fact_checksum = checksum(facts);
+  return o;
+}
+
+outcome run_pool(mproc::start_method method, std::size_t processes,
+                 const std::vector<std::pair<std::uint64_t, std::uint64_t>>& chunks, const std::vector<int>& ns,
+                 const outcome& serial, const std::vector<cpp_int>& serial_facts) {
+  const std::string m = mproc::to_string(method);
+  outcome o{.name = "mproc::Pool(" + std::to_string(processes) + "), " + m};
+  auto t = clk::now();
+  mproc::Pool pool({.processes = processes, .method = method});
+  o.start = secs_since(t);
+  t = clk::now();
+  auto sums = pool.map(sum_primes_in, chunks,
+                       mproc::map_options{.chunksize = 1, .on_progress = mproc::progress_bar(m + " primes     ")});
+  o.primes = secs_since(t);
+  o.prime_sum = std::accumulate(sums.begin(), sums.end(), std::uint64_t(0));
+  t = clk::now();
+  auto facts = pool.map(factorial, ns, mproc::map_options{.on_progress = mproc::progress_bar(m + " factorials ")});
+  o.factorials = secs_since(t);
+  t = clk::now();
+  pool.close();
+  pool.join();
+  o.start += secs_since(t);  // start and shutdown: what a one-off computation pays
+  o.fact_checksum = checksum(facts);
+  o.ok = o.prime_sum == serial.prime_sum && facts == serial_facts;
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mproc::init(argc, argv);
+  std::size_t processes = mproc::cpu_count();
+  auto opts = bench::parse_args(argc, argv, 1, 1, "[--processes N] [--no-python]",
+                                [&](std::string_view a, auto& next) {
+                                  if (a != "--processes") return false;
+                                  processes = std::max(1, std::atoi(next()));
+                                  return true;
+                                });
+  const auto chunks = prime_chunks();
+  std::vector<int> ns(kFactorials);
+  std::iota(ns.begin(), ns.end(), 1);
+
+  std::printf("mproc headline: sum of the primes below 10,000,000 (%d chunks) and the factorials of\n"
+              "1..2000 as big integers, on %zu processes of a %d-core machine\n\n",
+              kChunks, processes, mproc::cpu_count());
+  std::fflush(stdout);
+  std::vector<cpp_int> serial_facts;
+  std::vector<outcome> rows;
+  rows.push_back(run_serial(chunks, ns, serial_facts));
+  const outcome serial = rows.front();  // a copy: rows grows below
+  for (auto method : {mproc::start_method::fork, mproc::start_method::spawn, mproc::start_method::forkserver})
+    rows.push_back(run_pool(method, processes, chunks, ns, serial, serial_facts));
+
+  if (opts.python) {
+    std::fprintf(stderr, "Python multiprocessing: the same work, serially and with Pool(%zu) ...\n", processes);
+    auto py = bench::run_python("headline.py", std::to_string(processes));
+    if (py.empty()) {
+      std::fprintf(stderr, "the Python side failed to run\n");
+      return 1;
+    }
+    for (const char* which : {"serial", "pool"}) {
+      const std::string w = which;
+      outcome o{.name = w == "serial" ? "Python, one process"
+                                      : "Python multiprocessing.Pool(" + std::to_string(processes) + "), fork"};
+      o.start = bench::get(py, w + "_start");
+      o.primes = bench::get(py, w + "_primes");
+      o.factorials = bench::get(py, w + "_factorials");
+      // Below 2^53: exact as a double.
+      o.prime_sum = static_cast<std::uint64_t>(bench::get(py, w + "_prime_sum"));
+      o.fact_checksum = static_cast<std::uint64_t>(bench::get(py, w + "_fact_checksum"));
+      o.ok = o.prime_sum == serial.prime_sum && o.fact_checksum == serial.fact_checksum;
+      rows.push_back(o);
+    }
+  }
+
+  const double base = serial.total();
+  const outcome* py_pool = nullptr;
+  for (const auto& r : rows)
+    if (r.name.rfind("Python multiprocessing", 0) == 0) py_pool = &r;
+  std::printf("\n%-38s %10s %8s %10s %8s %9s %9s %s\n", "seconds", "start+stop", "primes", "factorials",
+              "total", "speedup", "vs Python", "results");
+  std::printf("%-38s %10s %8s %10s %8s %9s %9s\n", "", "", "", "", "", "", "Pool");
+  bool all_ok = true;
+  for (const auto& r : rows) {
+    char vs_py[32] = "";
+    if (py_pool) std::snprintf(vs_py, sizeof vs_py, "%.1fx", py_pool->total() / r.total());
+    char speedup[32];
+    std::snprintf(speedup, sizeof speedup, "%.2fx", base / r.total());
+    std::printf("%-38s %10.3f %8.3f %10.3f %8.3f %9s %9s %s\n", r.name.c_str(), r.start, r.primes, r.factorials,
+                r.total(), speedup, vs_py, r.ok ? "match" : "DIFFER");
+    all_ok &= r.ok;
+  }
+  std::printf("\nSum of primes below 10,000,000: %llu; checksum of the factorials (sum of n! mod %llu): %llu\n",
+              static_cast<unsigned long long>(serial.prime_sum), static_cast<unsigned long long>(kP),
+              static_cast<unsigned long long>(serial.fact_checksum));
+  std::printf("speedup: over one C++ process (at most %dx on %d cores); vs Python Pool: how many times\n"
+              "less time than Python's Pool took for the same work. Pool rows include starting and\n"
+              "stopping the pool. One run each: expect some noise on a busy machine.\n",
+              mproc::cpu_count(), mproc::cpu_count());
+  if (!all_ok) {
+    std::printf("\nERROR: some results differ from the serial ones\n");
+    return 1;
+  }
+  std::printf("All results match the serial ones.\n");
+  return 0;
+}

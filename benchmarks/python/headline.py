@@ -1,0 +1,92 @@
+"""Python twin of headline.cpp: the sum of the primes below 10,000,000 (segmented sieve,
+40 chunks) and the factorials of 1..2000 (Python ints, returned to the parent), serially
+and with multiprocessing.Pool (fork). Stdlib only.
+
+usage: headline.py [PROCESSES]
+Prints "name value" lines: {serial,pool}_{start,primes,factorials} in seconds,
+{serial,pool}_prime_sum and {serial,pool}_fact_checksum (sum of n! mod 1,000,000,007).
+"""
+import itertools
+import math
+import multiprocessing as mp
+import sys
+import time
+
+LIMIT = 10_000_000
+CHUNKS = 40
+FACTORIALS = 2000
+P = 1_000_000_007
+
+
+def sum_primes_in(bounds):
+    lo, hi = bounds
+    if hi <= 2 or lo >= hi:
+        return 0
+    lo = max(lo, 2)
+    root = math.isqrt(hi - 1)
+    small = bytearray([1]) * (root + 1)
+    seg = bytearray([1]) * (hi - lo)
+    for p in range(2, root + 1):
+        if not small[p]:
+            continue
+        small[p * p::p] = bytes(len(range(p * p, root + 1, p)))
+        first = max(p * p, (lo + p - 1) // p * p)
+        if first < hi:
+            seg[first - lo::p] = bytes(len(range(first - lo, hi - lo, p)))
+    return sum(itertools.compress(range(lo, hi), seg))
+
+
+def factorial(n):
+    r = 1
+    for i in range(2, n + 1):
+        r *= i
+    return r
+
+
+def chunks():
+    return [(LIMIT * k // CHUNKS, LIMIT * (k + 1) // CHUNKS) for k in range(CHUNKS)]
+
+
+def checksum(facts):
+    return sum(f % P for f in facts) % P
+
+
+def report(prefix, start, primes, facts_s, prime_sum, facts):
+    print(f"{prefix}_start {start}")
+    print(f"{prefix}_primes {primes}")
+    print(f"{prefix}_factorials {facts_s}")
+    print(f"{prefix}_prime_sum {prime_sum}")
+    print(f"{prefix}_fact_checksum {checksum(facts)}")
+
+
+def main():
+    processes = int(sys.argv[1]) if len(sys.argv) > 1 else mp.cpu_count()
+    mp.set_start_method("fork")
+    ns = range(1, FACTORIALS + 1)
+
+    t = time.perf_counter()
+    prime_sum = sum(sum_primes_in(c) for c in chunks())
+    primes = time.perf_counter() - t
+    t = time.perf_counter()
+    facts = [factorial(n) for n in ns]
+    facts_s = time.perf_counter() - t
+    report("serial", 0.0, primes, facts_s, prime_sum, facts)
+
+    t = time.perf_counter()
+    pool = mp.Pool(processes)
+    start = time.perf_counter() - t
+    t = time.perf_counter()
+    prime_sum = sum(pool.map(sum_primes_in, chunks(), chunksize=1))
+    primes = time.perf_counter() - t
+    t = time.perf_counter()
+    facts = pool.map(factorial, ns)
+    facts_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pool.close()
+    pool.join()
+    start += time.perf_counter() - t
+    report("pool", start, primes, facts_s, prime_sum, facts)
+
+
+if __name__ == "__main__":
+    main()
