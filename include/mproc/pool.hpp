@@ -1872,7 +1872,9 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     w.outstanding.clear();
     std::lock_guard l(m_);
     if (state_ == run_state::terminating) return;
-    if (!was_initialized && code != 0) {
+    // A worker that dies before it finished starting while another one did start was
+    // killed from outside (the start itself works): replace it, never give up on it.
+    if (!was_initialized && code != 0 && !another_worker_started(w)) {
       if (++failed_starts_ >= 3) {
         throw error("Pool: workers keep dying before they finish starting (exit code " +
                     std::to_string(code) + "); is the initializer failing?");
@@ -1884,7 +1886,33 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       w.pid = -1;
       return;
     }
-    start_worker(w);
+    start_replacement(w);
+  }
+
+  [[nodiscard]] bool another_worker_started(const detail::worker_slot& w) const {
+    for (const auto& o : workers_)
+      if (&o != &w && o.pid > 0 && o.ctl && o.ctl->initialized.load(std::memory_order_acquire))
+        return true;
+    return false;
+  }
+
+  /// Starts the replacement of a dead worker. A replacement killed before it reached
+  /// mproc::init (spawn) fails to launch: that is one more worker dying while starting,
+  /// and counts as such.
+  void start_replacement(detail::worker_slot& w) {
+    for (int launch_failures = 0;;) {
+      try {
+        start_worker(w);
+        return;
+      } catch (const start_method_error&) {
+        w.pid = -1;
+        w.pidfd.reset();
+        w.status.reset();
+        const bool others_start = another_worker_started(w);
+        if ((!others_start && ++failed_starts_ >= 3) || ++launch_failures >= 100) throw;
+        detail::log(log_level::warning, "pool worker died while starting; starting another");
+      }
+    }
   }
 
   /// A chunk holding items [from, count) of c, to run again elsewhere.

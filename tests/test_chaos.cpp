@@ -1,0 +1,524 @@
+// mproc-test-timeout: 400
+// Chaos and leak tests across the library, under every start method:
+// - maps run while a thread SIGKILLs and SIGSEGVs random pool workers: every result
+//   not lost to a kill is right, killed items raise worker_died, nothing hangs, and the
+//   pool still works afterwards;
+// - a SIGKILLed parent holding a Pool, Queue, SharedMemory, Manager and Processes
+//   leaves no process, no /dev/shm segment and no socket directory within 3 s;
+// - 1,000 create/destroy cycles of Pool, Queue, Manager and SharedMemory leave open
+//   descriptors, /dev/shm entries and child processes unchanged.
+#include <catch2/catch.hpp>
+
+#include "spawn_entry.hpp"
+#include "test_support.hpp"
+
+#include <mproc/mproc.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <dirent.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MPROC_TEST_HELPER_DIR
+#error "MPROC_TEST_HELPER_DIR must name the directory holding the test helpers"
+#endif
+
+extern char** environ;
+
+using namespace std::chrono_literals;
+namespace d = mproc::detail;
+using mproc::start_method;
+
+namespace {
+
+// Workers killed with SIGSEGV on purpose must not write core files (the limit is
+// inherited by every child, whatever its start method).
+const bool no_core_files = [] {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_CORE, &rl) == 0) {
+    rl.rlim_cur = 0;
+    ::setrlimit(RLIMIT_CORE, &rl);
+  }
+  return true;
+}();
+
+// ---------------------------------------------------------------- /proc helpers
+
+struct proc_stat {
+  pid_t ppid = -1;
+  char state = '?';
+};
+
+/// ppid and state of a process; nullopt when it is gone.
+std::optional<proc_stat> stat_of(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return std::nullopt;
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+  auto close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(line.substr(close + 1));
+  proc_stat s;
+  rest >> s.state >> s.ppid;
+  return s;
+}
+
+std::vector<pid_t> all_pids() {
+  std::vector<pid_t> out;
+  DIR* dir = ::opendir("/proc");
+  while (dirent* e = ::readdir(dir)) {
+    char* end = nullptr;
+    long v = std::strtol(e->d_name, &end, 10);
+    if (end != e->d_name && *end == 0) out.push_back(pid_t(v));
+  }
+  ::closedir(dir);
+  return out;
+}
+
+/// Live (not zombie) descendants of `root`, each with its parent.
+std::map<pid_t, pid_t> descendants(pid_t root) {
+  std::map<pid_t, proc_stat> st;
+  for (pid_t p : all_pids())
+    if (auto s = stat_of(p)) st[p] = *s;
+  std::map<pid_t, pid_t> out;
+  std::set<pid_t> frontier{root};
+  while (!frontier.empty()) {
+    std::set<pid_t> next;
+    for (auto& [pid, s] : st)
+      if (frontier.count(s.ppid) && !out.count(pid) && s.state != 'Z' && s.state != 'X') {
+        out[pid] = s.ppid;
+        next.insert(pid);
+      }
+    frontier = std::move(next);
+  }
+  return out;
+}
+
+/// Direct children of this process, from /proc (zombies included).
+std::size_t child_count() {
+  std::size_t n = 0;
+  DIR* dir = ::opendir("/proc/self/task");
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/children");
+    for (pid_t p; f >> p;) ++n;
+  }
+  ::closedir(dir);
+  return n;
+}
+
+std::set<std::string> dev_shm() {
+  std::set<std::string> out;
+  DIR* dir = ::opendir("/dev/shm");
+  while (dirent* e = ::readdir(dir))
+    if (e->d_name[0] != '.') out.insert(e->d_name);
+  ::closedir(dir);
+  return out;
+}
+
+/// /dev/shm entries that appeared since `before` and are still there after up to
+/// `grace` (tests running in parallel create and remove segments of their own; a
+/// leaked one stays).
+std::set<std::string> lasting_new_shm(const std::set<std::string>& before,
+                                      std::chrono::milliseconds grace = 5s) {
+  auto until = std::chrono::steady_clock::now() + grace;
+  for (;;) {
+    std::set<std::string> extra;
+    for (auto& n : dev_shm())
+      if (!before.count(n)) extra.insert(n);
+    if (extra.empty() || std::chrono::steady_clock::now() > until) return extra;
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+bool alive(pid_t pid) {
+  auto s = stat_of(pid);
+  return s && s->state != 'Z' && s->state != 'X';
+}
+
+/// Signals `pid` only if it is still a descendant of this process: the pidfd pins the
+/// process, so a recycled pid can never be hit.
+bool signal_descendant(pid_t pid, int sig) {
+  int fd = int(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return false;
+  d::unique_fd pfd(fd);
+  auto mine = descendants(::getpid());
+  if (!mine.count(pid)) return false;
+  return ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) == 0;
+}
+
+// ---------------------------------------------------------------- tasks
+
+int triple_plus_one(int x) {
+  // Long enough that a signal often lands in the middle of an item.
+  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50 + x % 200);
+  while (std::chrono::steady_clock::now() < until) {
+  }
+  return 3 * x + 1;
+}
+
+int square(int x) { return x * x; }
+
+/// Sends SIGKILL or SIGSEGV to random pool workers until stopped: workers are the
+/// leaf descendants of this process that did not exist before the pool (so never the
+/// forkserver, the Manager server or another test's child).
+class worker_killer {
+ public:
+  explicit worker_killer(std::set<pid_t> before) : before_(std::move(before)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~worker_killer() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int kills() const { return kills_; }
+  int segvs() const { return segvs_; }
+
+ private:
+  void run() {
+    std::mt19937 rng(20240611);
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(15 + rng() % 40));
+      auto tree = descendants(::getpid());
+      std::set<pid_t> parents;
+      for (auto& [pid, ppid] : tree) parents.insert(ppid);
+      std::vector<pid_t> workers;
+      for (auto& [pid, ppid] : tree)
+        if (!before_.count(pid) && !parents.count(pid)) workers.push_back(pid);
+      if (workers.empty()) continue;
+      pid_t victim = workers[rng() % workers.size()];
+      int sig = rng() % 2 ? SIGKILL : SIGSEGV;
+      if (signal_descendant(victim, sig)) {
+        ++kills_;
+        if (sig == SIGSEGV) ++segvs_;
+      }
+    }
+  }
+  std::set<pid_t> before_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> kills_{0}, segvs_{0};
+  std::thread thread_;
+};
+
+std::set<pid_t> descendant_set() {
+  std::set<pid_t> out;
+  for (auto& [pid, ppid] : descendants(::getpid())) out.insert(pid);
+  return out;
+}
+
+/// Restores a signal's disposition when the scope ends.
+struct default_signal {
+  int sig;
+  struct sigaction old {};
+  explicit default_signal(int s) : sig(s) {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_DFL;
+    ::sigaction(sig, &sa, &old);
+  }
+  ~default_signal() { ::sigaction(sig, &old, nullptr); }
+};
+
+}  // namespace
+
+TEST_CASE("maps go on while random workers are SIGKILLed and SIGSEGVed", "[chaos]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
+  // Workers forked from this process would otherwise run the test framework's SIGSEGV
+  // handler (which reports a failure) before dying.
+  default_signal segv(SIGSEGV);
+  { mproc::Pool warm({.processes = 1, .method = method}); }  // start-method singletons
+  // Whatever runs before the pool (a forkserver, other children) is never a victim.
+  const auto before = descendant_set();
+  mproc::Pool pool({.processes = 2, .method = method});
+  REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+
+  const auto deadline = std::chrono::steady_clock::now() + 4s;
+  int maps_ok = 0, maps_failed = 0, items_ok = 0, items_failed = 0;
+  std::mt19937 rng(7);
+  worker_killer killer(before);
+  while (std::chrono::steady_clock::now() < deadline) {
+    // A map: all results right, or worker_died for an item a kill hit.
+    std::vector<int> in(300);
+    std::iota(in.begin(), in.end(), int(rng() % 1000));
+    try {
+      auto out = pool.map_async(triple_plus_one, in, {.chunksize = 1 + rng() % 16}).get(60s);
+      REQUIRE(out.size() == in.size());
+      for (std::size_t i = 0; i < in.size(); ++i) REQUIRE(out[i] == 3 * in[i] + 1);
+      ++maps_ok;
+    } catch (const mproc::worker_died& e) {
+      INFO("worker_died: " << e.what());
+      REQUIRE((e.signal() == SIGKILL || e.signal() == SIGSEGV));
+      ++maps_failed;
+    }
+    // Single items: each one right or worker_died on its own.
+    std::vector<mproc::AsyncResult<int>> rs;
+    for (int i = 0; i < 200; ++i) rs.push_back(pool.apply_async(triple_plus_one, i));
+    for (int i = 0; i < 200; ++i) {
+      try {
+        int v = rs[i].get(60s);
+        REQUIRE(v == 3 * i + 1);
+        ++items_ok;
+      } catch (const mproc::worker_died& e) {
+        REQUIRE((e.signal() == SIGKILL || e.signal() == SIGSEGV));
+        ++items_failed;
+      }
+    }
+  }
+  killer.stop();
+  INFO("kills " << killer.kills() << " (SIGSEGV " << killer.segvs() << "), maps ok " << maps_ok
+                << ", maps failed " << maps_failed << ", items ok " << items_ok
+                << ", items failed " << items_failed);
+  CHECK(killer.kills() >= 10);
+  CHECK(killer.segvs() >= 1);
+  CHECK(maps_failed + items_failed <= killer.kills());
+  CHECK(maps_ok >= 1);
+  CHECK(items_ok >= 1000);
+  // Still working afterwards, with both workers.
+  std::vector<int> in(1000);
+  std::iota(in.begin(), in.end(), 0);
+  auto out = pool.map_async(square, in).get(60s);
+  for (int i = 0; i < 1000; ++i) REQUIRE(out[i] == i * i);
+}
+
+// ---------------------------------------------------------------- SIGKILLed parent
+
+namespace {
+
+/// Processes whose environment holds `entry`: a program and everything it started,
+/// whichever way (forked, spawned, double-forked away like the resource tracker).
+std::vector<pid_t> tagged_processes(const std::string& entry) {
+  std::vector<pid_t> out;
+  for (pid_t p : all_pids()) {
+    std::ifstream f("/proc/" + std::to_string(p) + "/environ", std::ios::binary);
+    std::string env((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (env.find(entry + '\0') != std::string::npos && alive(p)) out.push_back(p);
+  }
+  return out;
+}
+
+struct started_helper {
+  pid_t pid = -1;
+  d::unique_fd out;
+};
+
+started_helper spawn_helper(const std::string& name, std::vector<std::string> args,
+                            const std::string& extra_env) {
+  int o[2];
+  REQUIRE(::pipe2(o, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, o[1], 1);
+  std::string path = std::string(MPROC_TEST_HELPER_DIR) + "/" + name;
+  std::vector<char*> argv{path.data()};
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_store{extra_env};
+  std::vector<char*> envp{env_store[0].data()};
+  for (char** e = environ; *e; ++e) envp.push_back(*e);
+  envp.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, path.c_str(), &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(o[1]);
+  REQUIRE(rc == 0);
+  return {pid, d::unique_fd(o[0])};
+}
+
+/// Lines from fd until one equals `last`, EOF, or the timeout.
+std::vector<std::string> read_lines_until(int fd, const std::string& last, std::chrono::milliseconds timeout) {
+  std::string buf;
+  std::vector<std::string> lines;
+  auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    std::size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+      lines.push_back(buf.substr(0, nl));
+      buf.erase(0, nl + 1);
+      if (lines.back() == last) return lines;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return lines;
+    pollfd p{fd, POLLIN, 0};
+    if (d::retry_eintr([&] { return ::poll(&p, 1, int(left.count())); }) <= 0) return lines;
+    char chunk[512];
+    ssize_t n = d::retry_eintr([&] { return ::read(fd, chunk, sizeof chunk); });
+    if (n <= 0) return lines;
+    buf.append(chunk, std::size_t(n));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a SIGKILLed parent leaves no process and no /dev/shm segment within 3 s", "[chaos]") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  const std::string m = mproc::to_string(method);
+  INFO("start method " << m);
+  static int round = 0;
+  const std::string tag = "MPROC_CHAOS_TAG=" + std::to_string(::getpid()) + "-" + std::to_string(++round);
+  started_helper h = spawn_helper("resources_parent_killed", {m}, tag);
+  auto lines = read_lines_until(h.out.get(), "ready", 60s);
+  std::vector<pid_t> pids;
+  std::vector<std::string> segments, dirs;
+  for (auto& l : lines) {
+    if (l.rfind("pid ", 0) == 0) pids.push_back(pid_t(std::atoi(l.c_str() + 4)));
+    if (l.rfind("shm ", 0) == 0) segments.push_back(l.substr(4));
+    if (l.rfind("dir ", 0) == 0) dirs.push_back(l.substr(4));
+  }
+  auto family = tagged_processes(tag);
+  INFO("helper said:\n" << [&] {
+    std::string s;
+    for (auto& l : lines) s += l + "\n";
+    return s;
+  }() << "processes of its own: " << family.size());
+  if (lines.empty() || lines.back() != "ready") {
+    ::kill(h.pid, SIGKILL);
+    mproc_test::join_child(h.pid);
+    FAIL("the helper did not get ready");
+  }
+  REQUIRE(pids.size() == 4);  // tracker, idle, daemon, creator
+  REQUIRE(segments.size() == 2);
+  REQUIRE(dirs.size() == 1);
+  // The helper, its tracker, 3 Processes, 2 pool workers, the Manager's server (and a
+  // forkserver under that method).
+  CHECK(family.size() >= 8);
+  for (pid_t p : pids) CHECK(alive(p));
+  for (auto& s : segments) CHECK(std::filesystem::exists("/dev/shm/" + s));
+
+  ::kill(h.pid, SIGKILL);
+  CHECK(mproc_test::join_child(h.pid) == -SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  auto all_gone = [&] {
+    if (!tagged_processes(tag).empty()) return false;
+    for (pid_t p : pids)
+      if (alive(p)) return false;
+    for (auto& s : segments)
+      if (std::filesystem::exists("/dev/shm/" + s)) return false;
+    for (auto& dir : dirs)
+      if (std::filesystem::exists(dir)) return false;
+    return true;
+  };
+  while (!all_gone() && std::chrono::steady_clock::now() - killed_at < 3s)
+    std::this_thread::sleep_for(20ms);
+  INFO("cleaned up after "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at)
+              .count()
+       << " ms");
+  auto left = tagged_processes(tag);
+  CHECK(left.empty());
+  for (pid_t p : pids) CHECK_FALSE(alive(p));
+  for (auto& s : segments) CHECK_FALSE(std::filesystem::exists("/dev/shm/" + s));
+  for (auto& dir : dirs) CHECK_FALSE(std::filesystem::exists(dir));
+  // Leave nothing behind for the next test even when a check failed.
+  for (pid_t p : left) ::kill(p, SIGKILL);
+  for (auto& s : segments) ::shm_unlink(("/" + s).c_str());
+}
+
+// ---------------------------------------------------------------- create/destroy cycles
+
+namespace {
+
+/// Waits until `pred()` or the timeout.
+template <class Pred>
+bool settles(Pred pred, std::chrono::milliseconds timeout = 5s) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+struct resource_snapshot {
+  std::size_t fds = mproc_test::count_fds();
+  std::set<std::string> shm = dev_shm();
+  std::size_t children = child_count();
+
+  void check_unchanged(const char* what) const {
+    INFO("after 1,000 cycles of " << what);
+    CHECK(settles([&] { return child_count() == children; }));
+    CHECK(child_count() == children);
+    CHECK(mproc_test::count_fds() == fds);
+    CHECK(lasting_new_shm(shm).empty());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("1,000 create/destroy cycles leave descriptors, /dev/shm and children unchanged",
+          "[chaos][leaks]") {
+  mproc_test::ensure_init();
+  {  // library singletons (tracker, forkserver connection) exist from here on
+    mproc::Pool p(1);
+    mproc::Manager m;
+    mproc::SharedMemory s(mproc::create, 64);
+    s.unlink();
+  }
+  constexpr int cycles = 1000;
+  SECTION("Pool") {
+    auto method = MPROC_TEST_EACH_START_METHOD();
+    INFO("start method " << mproc::to_string(method));
+    { mproc::Pool warm({.processes = 1, .method = method}); }  // start-method singletons
+    resource_snapshot before;
+    for (int i = 0; i < cycles; ++i) {
+      mproc::Pool pool({.processes = 1, .method = method});
+      if (i % 10 == 0) REQUIRE(pool.apply(square, i) == i * i);  // a used pool, now and then
+    }
+    before.check_unchanged("Pool");
+  }
+  SECTION("Queue") {
+    resource_snapshot before;
+    for (int i = 0; i < cycles; ++i) {
+      mproc::Queue<std::string> q;
+      q.put(std::string(100, 'q'));
+      REQUIRE(q.get(5s).size() == 100);
+      mproc::Queue<int> left_full(1);
+      left_full.put(i);  // destroyed holding a message
+    }
+    before.check_unchanged("Queue");
+  }
+  SECTION("Manager") {
+    resource_snapshot before;
+    for (int i = 0; i < cycles; ++i) {
+      mproc::Manager m;
+      if (i % 10 == 0) {
+        auto dict = m.dict<int, int>();
+        dict.set(i, i);
+        REQUIRE(dict.get(i) == i);
+      }
+    }
+    before.check_unchanged("Manager");
+  }
+  SECTION("SharedMemory") {
+    resource_snapshot before;
+    for (int i = 0; i < cycles; ++i) {
+      mproc::SharedMemory created(mproc::create, 4096);
+      created.as<int>()[0] = i;
+      mproc::SharedMemory attached(created.name());
+      REQUIRE(attached.as<int>()[0] == i);
+      created.unlink();
+    }
+    before.check_unchanged("SharedMemory");
+  }
+}
