@@ -42,6 +42,9 @@ inline void die_with_parent(pid_t expected_parent) noexcept {
 /// where touching the iostream objects costs copy-on-write page faults.
 inline void flush_all_output() noexcept {
   try {
+    // mproc::init may run from a static initializer (a spawned child enters there)
+    // before this program's iostreams exist; an Init object guarantees they do.
+    const std::ios_base::Init streams_exist;
 #if defined(__GLIBCXX__)
     // typeid compares inline; dynamic_cast would run library code whose pages a fresh
     // child has not mapped yet (one more page fault per child).
