@@ -2,8 +2,10 @@
 #include <catch2/catch.hpp>
 
 #include "spawn_entry.hpp"
+#include "test_support.hpp"
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -14,9 +16,13 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <dirent.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -590,4 +596,301 @@ TEST_CASE("spawn and forkserver children and the forkserver die with a SIGKILLed
     CHECK(k > 0);
     CHECK(wait_gone(k, 3000ms));
   }
+}
+
+// ---- the forkserver itself: where it lives, who may talk to it, when it ends
+
+namespace {
+
+/// A running tests/helpers/forkserver_probe and what it reported.
+struct probe {
+  pid_t pid = -1;
+  int in = -1;  // its standard input: closing it ends the probe normally
+  std::map<std::string, std::string> info;
+  [[nodiscard]] pid_t pid_of(const char* key) const {
+    auto it = info.find(key);
+    return it == info.end() ? -1 : std::atoi(it->second.c_str());
+  }
+  [[nodiscard]] std::string dir() const { return info.count("dir") ? info.at("dir") : ""; }
+};
+
+probe start_probe(const char* mode) {
+  int in[2], out[2];
+  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  std::string path = std::string(MPROC_TEST_HELPER_DIR) + "/forkserver_probe";
+  char* argv[] = {path.data(), const_cast<char*>(mode), nullptr};
+  probe pr;
+  REQUIRE(::posix_spawn(&pr.pid, path.c_str(), &fa, nullptr, argv, environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(in[0]);
+  ::close(out[1]);
+  pr.in = in[1];
+  std::string text;
+  char buf[512];
+  const auto end = std::chrono::steady_clock::now() + 30s;
+  while (text.find("ready\n") == std::string::npos && std::chrono::steady_clock::now() < end) {
+    pollfd pf{out[0], POLLIN, 0};
+    if (::poll(&pf, 1, 200) <= 0) continue;
+    ssize_t n = ::read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    text.append(buf, std::size_t(n));
+  }
+  ::close(out[0]);
+  for (std::size_t i = 0, j; (j = text.find('\n', i)) != std::string::npos; i = j + 1) {
+    std::string line = text.substr(i, j - i);
+    auto sp = line.find(' ');
+    if (sp != std::string::npos) pr.info[line.substr(0, sp)] = line.substr(sp + 1);
+  }
+  INFO(text);
+  REQUIRE(text.find("ready\n") != std::string::npos);
+  return pr;
+}
+
+/// Field `key` of /proc/<pid>/status (empty when the process is gone).
+std::string proc_status(pid_t pid, const std::string& key) {
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (!f) return {};
+  char line[512];
+  std::string out;
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, key.c_str(), key.size()) == 0 && line[key.size()] == ':') {
+      out = line + key.size() + 1;
+      out.erase(0, out.find_first_not_of(" \t"));
+      out.erase(out.find_last_not_of(" \t\n") + 1);
+    }
+  std::fclose(f);
+  return out;
+}
+
+bool wait_path_gone(const std::string& path, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  struct stat st;
+  while (::lstat(path.c_str(), &st) == 0) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+/// Connects to the forkserver's socket and reads its 32-byte challenge; -1 if refused.
+int connect_forkserver(const std::string& path) {
+  int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ::close(s);
+    return -1;
+  }
+  return s;
+}
+
+/// Reads what the peer sends within the limit, until EOF: (bytes, saw EOF).
+std::pair<std::string, bool> drain(int s, std::chrono::milliseconds limit) {
+  std::string got;
+  char buf[256];
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    pollfd pf{s, POLLIN, 0};
+    if (::poll(&pf, 1, 50) <= 0) continue;
+    ssize_t n = ::recv(s, buf, sizeof buf, 0);
+    if (n <= 0) return {got, true};
+    got.append(buf, std::size_t(n));
+  }
+  return {got, false};
+}
+
+}  // namespace
+
+TEST_CASE("forkserver: forked from init, single-threaded, not a child, private socket",
+          "[context][forkserver]") {
+  for (const char* mode : {"eager", "lazy"}) {
+    DYNAMIC_SECTION(mode) {
+      probe pr = start_probe(mode);
+      const pid_t server = pr.pid_of("server"), child = pr.pid_of("child");
+      const std::string dir = pr.dir();
+      REQUIRE(server > 0);
+      REQUIRE(child > 0);
+      CHECK(proc_status(server, "Threads") == "1");
+      CHECK(proc_status(server, "Name") == "mproc-forksrv");
+      // Forked from init it is nobody's child (a wait() loop in the program never waits
+      // for it); spawned on first use it is the program's child.
+      const std::string ppid = proc_status(server, "PPid");
+      if (std::strcmp(mode, "eager") == 0) CHECK(ppid != std::to_string(pr.pid));
+      else CHECK(ppid == std::to_string(pr.pid));
+      CHECK(proc_status(child, "PPid") == std::to_string(server));
+      struct stat st;
+      REQUIRE(::stat(dir.c_str(), &st) == 0);
+      CHECK((st.st_mode & 0777) == 0700);
+      CHECK(st.st_uid == ::geteuid());
+      REQUIRE(::stat((dir + "/s").c_str(), &st) == 0);
+      CHECK(S_ISSOCK(st.st_mode));
+      CHECK((st.st_mode & 0777) == 0600);
+      // A normal exit of the program ends the server and its children and removes the
+      // directory.
+      ::close(pr.in);
+      CHECK(mproc_test::join_child(pr.pid, 20s) == 0);
+      CHECK(wait_gone(server, 3000ms));
+      CHECK(wait_gone(child, 3000ms));
+      CHECK(wait_path_gone(dir, 3000ms));
+    }
+  }
+}
+
+TEST_CASE("forkserver: a SIGKILLed program takes the server, its children and its socket with it",
+          "[context][forkserver]") {
+  for (const char* mode : {"eager", "lazy"}) {
+    DYNAMIC_SECTION(mode) {
+      probe pr = start_probe(mode);
+      const pid_t server = pr.pid_of("server"), child = pr.pid_of("child");
+      REQUIRE(server > 0);
+      REQUIRE(!pr.dir().empty());
+      ::kill(pr.pid, SIGKILL);
+      CHECK(mproc_test::join_child(pr.pid, 20s) == -SIGKILL);
+      ::close(pr.in);
+      CHECK(wait_gone(server, 3000ms));
+      CHECK(wait_gone(child, 3000ms));
+      CHECK(wait_path_gone(pr.dir(), 3000ms));
+    }
+  }
+}
+
+TEST_CASE("forkserver: only the key holder of the same uid gets in", "[context][forkserver]") {
+  init_from_cmdline();
+  {
+    mproc::Process warm(with(start_method::forkserver), noop);
+    warm.start();
+    REQUIRE(warm.join(30s));
+  }
+  auto& fs = mproc::detail::forkserver_state();
+  const std::string path = fs.addr.path, dir = fs.addr.dir;
+  REQUIRE(!path.empty());
+
+  SECTION("a wrong answer to the challenge is cut off") {
+    int s = connect_forkserver(path);
+    REQUIRE(s >= 0);
+    char nonce[32];
+    REQUIRE(mproc::detail::recv_all_fds(s, nonce, sizeof nonce, nullptr, 5'000'000'000, "nonce"));
+    const std::string wrong = mproc::detail::hmac_sha256("not the key", std::string(nonce, 32));
+    REQUIRE(::send(s, wrong.data(), wrong.size(), MSG_NOSIGNAL) == 32);
+    auto [got, eof] = drain(s, 5s);
+    CHECK(got.empty());  // no welcome byte
+    CHECK(eof);
+    ::close(s);
+  }
+  SECTION("silence is cut off after the challenge time limit") {
+    int s = connect_forkserver(path);
+    REQUIRE(s >= 0);
+    auto [got, eof] = drain(s, 6s);
+    CHECK(got.size() == 32);  // the challenge, then nothing
+    CHECK(eof);
+    ::close(s);
+  }
+  SECTION("another uid cannot reach the socket, and is refused if it does") {
+    if (::geteuid() != 0) {
+      WARN("not root: cannot act as another user, so this section checks nothing");
+      return;
+    }
+    auto as_nobody = [&](bool expect_refused_connect) {
+      pid_t pid = ::fork();
+      if (pid == 0) {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+        int s = connect_forkserver(path);
+        if (expect_refused_connect) ::_exit(s < 0 ? 0 : 11);
+        if (s < 0) ::_exit(12);
+        auto [got, eof] = drain(s, 5s);
+        ::_exit(got.empty() && eof ? 0 : 13);  // closed before any challenge
+      }
+      return mproc_test::join_child(pid, 20s);
+    };
+    CHECK(as_nobody(true) == 0);  // the 0700 directory keeps it out
+    // Open the way (as root, for this test only): SO_PEERCRED still refuses it.
+    REQUIRE(::chmod(dir.c_str(), 0711) == 0);
+    REQUIRE(::chmod(path.c_str(), 0666) == 0);
+    const int code = as_nobody(false);
+    ::chmod(path.c_str(), 0600);
+    ::chmod(dir.c_str(), 0700);
+    CHECK(code == 0);
+  }
+  // The server is unharmed and serves the key holder.
+  mproc::Process after(with(start_method::forkserver), exit_with, 7);
+  after.start();
+  REQUIRE(after.join(30s));
+  CHECK(after.exitcode() == 7);
+}
+
+TEST_CASE("forkserver: a killed server is replaced on the next start", "[context][forkserver]") {
+  init_from_cmdline();
+  mproc::Process first(with(start_method::forkserver), exit_with, 3);
+  first.start();
+  REQUIRE(first.join(30s));
+  auto& fs = mproc::detail::forkserver_state();
+  const pid_t old_server = fs.server_pid;
+  const std::string old_dir = fs.addr.dir;
+  REQUIRE(old_server > 0);
+  ::kill(old_server, SIGKILL);
+  REQUIRE(wait_gone(old_server, 3000ms));
+  mproc::Process second(with(start_method::forkserver), exit_with, 4);
+  second.start();
+  REQUIRE(second.join(30s));
+  CHECK(second.exitcode() == 4);
+  CHECK(fs.server_pid > 0);
+  CHECK(fs.server_pid != old_server);
+  struct stat st;
+  CHECK(::stat(old_dir.c_str(), &st) != 0);  // the dead server's directory is removed
+}
+
+TEST_CASE("forkserver and spawn requests from a hostile peer are refused, not obeyed",
+          "[context][forkserver]") {
+  using mproc::detail::spawn_header;
+  auto read_from = [](const std::string& bytes, std::int64_t timeout_ns = 2'000'000'000) {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    REQUIRE(::send(sv[0], bytes.data(), bytes.size(), MSG_NOSIGNAL) == ssize_t(bytes.size()));
+    ::shutdown(sv[0], SHUT_WR);
+    mproc::detail::spawn_request req;
+    try {
+      bool ok = mproc::detail::read_spawn_request(sv[1], req, timeout_ns, timeout_ns, "test request");
+      ::close(sv[0]);
+      ::close(sv[1]);
+      return std::string(ok ? "ok" : "eof");
+    } catch (const mproc::error& e) {
+      ::close(sv[0]);
+      ::close(sv[1]);
+      return std::string(e.what());
+    }
+  };
+  auto header_bytes = [](const spawn_header& h) {
+    return std::string(reinterpret_cast<const char*>(&h), sizeof h);
+  };
+  spawn_header good;
+  good.entry_offset = mproc::detail::encode_code_address(reinterpret_cast<const void*>(&exit_with));
+  good.payload_size = 3;
+  CHECK(read_from(header_bytes(good) + "abc") == "ok");
+  CHECK(read_from("") == "eof");
+
+  spawn_header h = good;
+  h.magic = 42;
+  CHECK_THAT(read_from(header_bytes(h) + "abc"), Catch::Contains("bad magic"));
+  h = good;
+  h.payload_size = std::uint64_t(1) << 40;  // claims a terabyte: refused, nothing allocated
+  CHECK_THAT(read_from(header_bytes(h)), Catch::Contains("larger than 1 GiB"));
+  h = good;
+  h.payload_size = std::uint64_t(1) << 29;  // allowed size, but the peer stops early
+  CHECK_THAT(read_from(header_bytes(h) + "abc"), Catch::Contains("peer closed mid-"));
+  h = good;
+  h.nfds = 1000;
+  CHECK_THAT(read_from(header_bytes(h) + "abc"), Catch::Contains("descriptors"));
+  h = good;
+  h.nfds = 2;  // announced, not sent
+  CHECK_THAT(read_from(header_bytes(h) + "abc"), Catch::Contains("2 descriptors, 0 arrived"));
+  h = good;
+  h.entry_offset = 0x7fff'ffff'ffffLL;
+  CHECK_THAT(read_from(header_bytes(h) + "abc"), Catch::Contains("not code of this program"));
+  CHECK_THAT(read_from(header_bytes(good).substr(0, 10)), Catch::Contains("closed mid-message"));
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "detail/posix/fork.hpp"
+#include "detail/forkserver.hpp"
 #include "detail/spawn.hpp"
 #include "detail/posix/forker.hpp"
 #include "detail/posix/posix.hpp"
@@ -81,10 +82,19 @@ inline std::pair<std::string, std::vector<std::string>> spawn_image(start_method
 
 }  // namespace detail
 
+/// What init does besides recording the command line.
+struct init_options {
+  /// Fork the forkserver now, while the program is single-threaded (it costs one idle
+  /// process of about 1 MiB). Off, or when init runs with threads already started, the
+  /// first forkserver start spawns the server instead.
+  bool start_forkserver = true;
+};
+
 /// Records the command line. Call it as the first line of main: it is where children
-/// started by spawn or forkserver enter (there it runs the child's work and never
-/// returns). In the parent, and with fork, it only records what it needs and returns.
-inline void init(int argc, char** argv) {
+/// started by spawn enter (there it runs the child's work and never returns), and
+/// where the forkserver is forked from, while the program is still single-threaded.
+/// With fork it only records what it needs and returns.
+inline void init(int argc, char** argv, init_options options = {}) {
   auto& b = detail::bootstrap();
   {
     std::lock_guard lk(b.m);
@@ -95,8 +105,9 @@ inline void init(int argc, char** argv) {
     b.executable = n > 0 ? std::string(buf, std::size_t(n)) : (b.argv.empty() ? "" : b.argv[0]);
     b.called = true;
   }
-  // A child started by spawn (or the forkserver) runs its work here and exits.
+  // A child started by spawn runs its work here and exits.
   detail::enter_if_spawned();
+  if (options.start_forkserver) detail::forkserver_start_from_init();
 }
 
 /// True once init(argc, argv) has run in this process.
@@ -190,9 +201,10 @@ struct spawn_policy {
   }
 };
 
-/// A small single-threaded server (this program, spawned on first use and entering
-/// through init) forks each child; the child runs request.entry(payload, fds). The
-/// child is the server's: its exit code arrives over launched_child::status.
+/// A small single-threaded server, forked from init (or spawned on first use when init
+/// ran with threads started), forks each child over an authenticated Unix socket; the
+/// child runs request.entry(payload, fds). The child is the server's: its exit code
+/// arrives over launched_child::status.
 struct forkserver_policy {
   static constexpr start_method method = start_method::forkserver;
   static constexpr bool available = true;

@@ -8,12 +8,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <link.h>
@@ -80,21 +82,42 @@ inline std::vector<loaded_module> scan_modules() {
   return out;
 }
 
-/// The module table, rescanned when an address falls outside every known module (a
-/// library opened since). Tables are immutable and never freed, so readers need no
-/// lock: there are only ever a few.
+/// How many modules the loader has loaded and unloaded so far (dlpi_adds/dlpi_subs).
+inline std::pair<unsigned long long, unsigned long long> loader_generation() noexcept {
+  std::pair<unsigned long long, unsigned long long> g{0, 0};
+  ::dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t size, void* data) -> int {
+        if (size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs)
+          *static_cast<std::pair<unsigned long long, unsigned long long>*>(data) = {
+              info->dlpi_adds, info->dlpi_subs};
+        return 1;  // the counters are the same in every entry
+      },
+      &g);
+  return g;
+}
+
+struct module_table {
+  std::vector<loaded_module> modules;
+  std::pair<unsigned long long, unsigned long long> generation;
+};
+
+/// The module table, rescanned when an address falls outside every known module and
+/// the loader has loaded or unloaded something since (so an address from a hostile
+/// peer costs a look at two counters, not a new table). Tables are immutable and never
+/// freed, so readers need no lock: there is one per dlopen/dlclose at most.
 inline const std::vector<loaded_module>& modules(bool rescan = false) {
-  static std::atomic<const std::vector<loaded_module>*> table{nullptr};
+  static std::atomic<const module_table*> table{nullptr};
   static std::mutex m;
   const auto* t = table.load(std::memory_order_acquire);
-  if (t && !rescan) return *t;
+  if (t && !rescan) return t->modules;
   std::lock_guard g(m);
   t = table.load(std::memory_order_acquire);
-  if (!t || rescan) {
-    t = new std::vector<loaded_module>(scan_modules());
+  if (!t || (rescan && loader_generation() != t->generation)) {
+    auto generation = loader_generation();
+    t = new module_table{scan_modules(), generation};
     table.store(t, std::memory_order_release);
   }
-  return *t;
+  return t->modules;
 }
 
 inline constexpr int code_module_shift = 48;

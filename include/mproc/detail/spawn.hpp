@@ -10,18 +10,10 @@
 // start_method_error; such a child also cannot start children of its own by spawn
 // (the marker without init refuses), so a missing init is never a fork bomb.
 //
-// forkserver: on first use the program spawns (as above) a small single-threaded
-// server, itself this program entering through init, so it holds no threads, locks
-// or state of the program at the time of the request. The server talks to the
-// program over the anonymous socketpair it was spawned with: no name in the file
-// system, reachable by no other process, hence nothing to authenticate. On request
-// it forks a child that runs the entry, and answers with the child's pid, a pidfd for
-// it and one end of a per-child status socket on which it writes the child's exit
-// code when it reaps it. The server exits when the program closes its end (program
-// exit, or the program is killed) and dies with it (PR_SET_PDEATHSIG); its children
-// die with the server.
+// The forkserver (detail/forkserver.hpp) reads requests in the same format.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -34,10 +26,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <new>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -47,7 +39,6 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -79,6 +70,29 @@ struct spawn_header {
   std::uint32_t nfds = 0;
   std::int32_t parent_pid = 0;
 };
+
+/// A request's payload is the child's serialized target and arguments; bulk data
+/// belongs in SharedMemory. The cap also bounds what a peer can make a reader allocate.
+inline constexpr std::uint64_t max_spawn_payload = std::uint64_t(1) << 30;
+
+/// Why a request header read from a peer is unacceptable, or nullptr.
+inline const char* spawn_header_problem(const spawn_header& h) noexcept {
+  if (h.magic != spawn_magic) return "not a request (bad magic)";
+  if (h.payload_size > max_spawn_payload) return "payload larger than 1 GiB";
+  if (h.nfds > max_passed_fds) return "more descriptors than one request carries";
+  return nullptr;
+}
+
+/// Raises in the parent, before any child exists, what a reader would refuse.
+inline void check_spawn_request_size(std::size_t payload, std::size_t nfds, const char* method) {
+  if (nfds > max_passed_fds)
+    throw std::invalid_argument(std::string("mproc: ") + method + ": " + std::to_string(nfds) +
+                                " descriptors to pass, at most " + std::to_string(max_passed_fds));
+  if (payload > max_spawn_payload)
+    throw std::length_error(std::string("mproc: ") + method + ": the target and its arguments "
+                            "serialize to " + std::to_string(payload) +
+                            " bytes, more than 1 GiB; pass bulk data through SharedMemory");
+}
 
 inline std::int64_t spawn_ack_timeout_ns() {
   // A legitimate child acknowledges as soon as main starts; a loaded machine can delay
@@ -240,9 +254,7 @@ inline void discard_child(pid_t pid) noexcept {
 inline spawned spawn_entry(const std::string& executable, const std::vector<std::string>& args,
                            entry_fn entry, std::span<const std::byte> payload,
                            std::span<const int> fds) {
-  if (fds.size() > max_passed_fds)
-    throw std::invalid_argument("mproc: spawn: " + std::to_string(fds.size()) +
-                                " descriptors to pass, at most " + std::to_string(max_passed_fds));
+  check_spawn_request_size(payload.size(), fds.size(), "spawn");
   int sv[2];
   check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair(spawn)");
   unique_fd mine(sv[0]), theirs(sv[1]);
@@ -401,25 +413,89 @@ void run_on_stable_thread(F&& f) {
 
 // ---- child side (from init)
 
-/// Reads one request {header, fds, payload} from sock and runs it; never returns.
+// ---- reading a request (spawned child and forkserver alike)
+
+/// One request as read from a peer. The descriptors are owned until taken.
+struct spawn_request {
+  spawn_header header{};
+  std::vector<std::byte> payload;
+  std::vector<int> fds;
+  entry_fn entry = nullptr;
+
+  spawn_request() = default;
+  spawn_request(const spawn_request&) = delete;
+  spawn_request& operator=(const spawn_request&) = delete;
+  ~spawn_request() { close_fds(); }
+  void close_fds() noexcept {
+    for (int f : fds) ::close(f);
+    fds.clear();
+  }
+};
+
+/// Reads one request {header, fds, payload} from sock. Returns false on EOF before the
+/// first byte. A malformed, oversized or truncated request raises (start_method_error,
+/// eof_error or timeout_error naming `what`); once the header is in, the rest must
+/// follow within body_timeout_ns. The payload grows as bytes arrive, so a header that
+/// merely claims a large payload costs nothing.
+inline bool read_spawn_request(int sock, spawn_request& out, std::int64_t header_timeout_ns,
+                               std::int64_t body_timeout_ns, const char* what) {
+  auto fail = [&](const std::string& why) -> bool {
+    throw start_method_error(std::string("mproc: ") + what + ": " + why);
+  };
+  if (!recv_all_fds(sock, &out.header, sizeof out.header, &out.fds, header_timeout_ns, what))
+    return false;
+  if (const char* problem = spawn_header_problem(out.header)) fail(problem);
+  const std::int64_t start = monotonic_ns();
+  const std::size_t total = std::size_t(out.header.payload_size);
+  std::size_t have = 0;
+  while (have < total || out.fds.size() > out.header.nfds) {
+    if (out.fds.size() > out.header.nfds)
+      fail("more descriptors than the header announces (" + std::to_string(out.header.nfds) + ")");
+    const std::size_t step = std::min<std::size_t>(total - have, std::size_t(1) << 20);
+    out.payload.resize(have + step);
+    std::int64_t left = -1;
+    if (body_timeout_ns >= 0) left = std::max<std::int64_t>(0, body_timeout_ns - (monotonic_ns() - start));
+    if (!recv_all_fds(sock, out.payload.data() + have, step, &out.fds, left, what))
+      throw eof_error(std::string("mproc: ") + what + ": peer closed mid-request");
+    have += step;
+  }
+  if (out.fds.size() != out.header.nfds)
+    fail("the header announces " + std::to_string(out.header.nfds) + " descriptors, " +
+         std::to_string(out.fds.size()) + " arrived");
+  out.entry = reinterpret_cast<entry_fn>(decode_code_address(out.header.entry_offset));
+  if (!out.entry) fail("the entry is not code of this program");
+  return true;
+}
+
+/// Runs a request's entry: the descriptors pass to it. Returns its exit code; a
+/// failure before the target runs (the entry reports the target's own exceptions) is
+/// reported on stderr as `who` could not start.
+inline int run_spawn_request(spawn_request& req, const char* who) noexcept {
+  try {
+    std::vector<int> fds = std::move(req.fds);
+    req.fds.clear();
+    return req.entry(req.payload, fds);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mproc: %s %d could not start: %s\n", who, int(::getpid()), e.what());
+  } catch (...) {
+  }
+  return 1;
+}
+
+// ---- child side (from init)
+
+/// Reads one request from sock and runs it; never returns.
 [[noreturn]] inline void run_request_and_exit(int sock, std::int32_t expected_parent_check) {
   int code = 1;
   try {
-    spawn_header h;
-    std::vector<int> fds;
-    if (!recv_all_fds(sock, &h, sizeof h, &fds, -1, "spawn request")) ::_exit(1);
-    if (h.magic != spawn_magic) ::_exit(1);
-    if (expected_parent_check && ::getppid() != h.parent_pid) ::_exit(128 + SIGKILL);
-    std::vector<std::byte> payload(h.payload_size);
-    if (h.payload_size && !recv_all_fds(sock, payload.data(), payload.size(), &fds, -1,
-                                        "spawn payload"))
-      ::_exit(1);
+    spawn_request req;
+    // The parent sends the request right after the acknowledgement.
+    const std::int64_t limit = 60'000'000'000;
+    if (!read_spawn_request(sock, req, limit, limit, "spawn request")) ::_exit(1);
+    if (expected_parent_check && ::getppid() != req.header.parent_pid) ::_exit(128 + SIGKILL);
     ::close(sock);
-    auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
-    if (!entry) throw start_method_error("the entry is not code of this program");
-    code = entry(payload, fds);
+    code = run_spawn_request(req, "spawned child");
   } catch (const std::exception& e) {
-    // The entry reports the target's own exceptions; this is the bootstrap failing.
     std::fprintf(stderr, "mproc: spawned child %d could not start: %s\n", int(::getpid()),
                  e.what());
     code = 1;
@@ -451,228 +527,6 @@ inline void enter_if_spawned() {
     ::_exit(1);
   }
   run_request_and_exit(fd, 1);
-}
-
-// ---- forkserver
-
-/// Server side: the entry the server is spawned with. fds[0] is its request socket.
-/// Request: spawn_header (+fds) + payload. Reply: int32 pid (or -errno) with two fds
-/// {status socket, pidfd}; when the child is reaped the int32 exit code is written to
-/// the status socket.
-inline int forkserver_main(std::span<const std::byte>, std::span<const int> fds) {
-  if (fds.size() != 1) return 2;
-  const int req = fds[0];
-  // The server ends when the program's end of the socket closes (the program exited or
-  // was killed), not when the thread that happened to start it ends.
-  ::prctl(PR_SET_PDEATHSIG, 0);
-  sigset_t chld, old;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  ::sigprocmask(SIG_BLOCK, &chld, &old);
-  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sfd < 0) return 3;
-  std::map<pid_t, int> status_of;  // child -> server end of its status socket
-  const pid_t self = ::getpid();
-  auto reap = [&] {
-    signalfd_siginfo si;
-    while (::read(sfd, &si, sizeof si) > 0) {
-    }
-    for (;;) {
-      int st = 0;
-      pid_t p = ::waitpid(-1, &st, WNOHANG);
-      if (p <= 0) break;
-      auto it = status_of.find(p);
-      if (it == status_of.end()) continue;
-      std::int32_t code = exitcode_from_status(st);
-      (void)::send(it->second, &code, sizeof code, MSG_NOSIGNAL | MSG_DONTWAIT);
-      ::close(it->second);
-      status_of.erase(it);
-    }
-  };
-  for (;;) {
-    pollfd p[2] = {{req, POLLIN, 0}, {sfd, POLLIN, 0}};
-    int rc = ::poll(p, 2, -1);
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      return 4;
-    }
-    if (p[1].revents) reap();
-    if (!p[0].revents) continue;
-    spawn_header h;
-    std::vector<int> got;
-    std::vector<std::byte> payload;
-    try {
-      if (!recv_all_fds(req, &h, sizeof h, &got, -1, "forkserver request")) break;  // program gone
-      if (h.magic != spawn_magic) break;
-      payload.resize(h.payload_size);
-      if (h.payload_size &&
-          !recv_all_fds(req, payload.data(), payload.size(), &got, -1, "forkserver payload"))
-        break;
-    } catch (...) {
-      break;
-    }
-    int sv[2];
-    std::int32_t reply = 0;
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      reply = -errno;
-      for (int f : got) ::close(f);
-      (void)::send(req, &reply, sizeof reply, MSG_NOSIGNAL);
-      continue;
-    }
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != self) ::_exit(128 + SIGKILL);
-      ::close(req);
-      ::close(sfd);
-      ::close(sv[0]);
-      ::close(sv[1]);
-      for (auto& [k, f] : status_of) ::close(f);
-      ::sigprocmask(SIG_SETMASK, &old, nullptr);
-      int code = 1;
-      try {
-        auto entry = reinterpret_cast<entry_fn>(decode_code_address(h.entry_offset));
-        if (!entry) throw start_method_error("the entry is not code of this program");
-        code = entry(payload, got);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "mproc: forkserver child %d could not start: %s\n",
-                     int(::getpid()), e.what());
-        code = 1;
-      } catch (...) {
-        code = 1;
-      }
-      flush_all_output();
-      ::_exit(code);
-    }
-    for (int f : got) ::close(f);
-    if (pid < 0) {
-      reply = -errno;
-      ::close(sv[0]);
-      ::close(sv[1]);
-      (void)::send(req, &reply, sizeof reply, MSG_NOSIGNAL);
-      continue;
-    }
-    status_of[pid] = sv[0];
-    int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    reply = pid;
-    int out[2] = {sv[1], pfd};
-    try {
-      send_all_fds(req, &reply, sizeof reply, std::span<const int>(out, pfd >= 0 ? 2 : 1),
-                   "forkserver reply");
-    } catch (...) {
-      ::close(sv[1]);
-      if (pfd >= 0) ::close(pfd);
-      break;
-    }
-    ::close(sv[1]);
-    if (pfd >= 0) ::close(pfd);
-  }
-  return 0;
-}
-
-struct forkserver_client {
-  std::mutex m;
-  pid_t owner = -1;  // the process whose server this is (a forked child starts its own)
-  pid_t server_pid = -1;
-  unique_fd sock;
-  unique_fd server_pidfd;
-};
-
-inline forkserver_client& forkserver_state() {
-  static forkserver_client* c = new forkserver_client;  // leaked: used until exit
-  return *c;
-}
-
-// A forked child does not share its parent's server: its copy of the connection is
-// closed (so the server sees EOF when the program itself is gone), and its lock may
-// have been held by a thread that does not exist in the child.
-inline void forkserver_after_fork_child() noexcept {
-  auto& c = forkserver_state();
-  new (&c.m) std::mutex;
-  c.sock.reset();
-  c.server_pidfd.reset();
-  c.server_pid = -1;
-  c.owner = -1;
-}
-
-inline const int forkserver_atfork_registered = [] {
-  forkserver_state();
-  return ::pthread_atfork(nullptr, nullptr, &forkserver_after_fork_child);
-}();
-
-struct forkserver_child {
-  pid_t pid = -1;
-  unique_fd pidfd;
-  unique_fd status;
-};
-
-/// Asks the server (started on first use) to fork a child running entry.
-inline forkserver_child forkserver_launch(const std::string& executable,
-                                          const std::vector<std::string>& args, entry_fn entry,
-                                          std::span<const std::byte> payload,
-                                          std::span<const int> fds) {
-  auto& c = forkserver_state();
-  std::lock_guard lk(c.m);
-  if (c.owner != ::getpid()) {
-    c.sock.reset();
-    c.server_pidfd.reset();
-    c.server_pid = -1;
-  }
-  if (c.server_pid > 0) {
-    // A server that died (killed by someone) is replaced.
-    int st;
-    pid_t w = ::waitpid(c.server_pid, &st, WNOHANG);
-    if (w == c.server_pid || (w == -1 && errno == ECHILD)) {
-      c.sock.reset();
-      c.server_pidfd.reset();
-      c.server_pid = -1;
-    }
-  }
-  if (c.server_pid <= 0) {
-    int sv[2];
-    check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair(forkserver)");
-    unique_fd mine(sv[0]), theirs(sv[1]);
-    const int pass[1] = {theirs.get()};
-    spawned s = spawn_entry(executable, args, &forkserver_main, {}, pass);
-    c.server_pid = s.pid;
-    c.server_pidfd = std::move(s.pidfd);
-    c.sock = std::move(mine);
-    c.owner = ::getpid();
-  }
-  spawn_header h;
-  h.entry_offset = encode_code_address(reinterpret_cast<const void*>(entry));
-  h.payload_size = payload.size();
-  h.nfds = std::uint32_t(fds.size());
-  h.parent_pid = c.server_pid;
-  std::int32_t reply = 0;
-  std::vector<int> got;
-  try {
-    send_all_fds(c.sock.get(), &h, sizeof h, fds, "sendmsg(forkserver request)");
-    if (!payload.empty())
-      send_all_fds(c.sock.get(), payload.data(), payload.size(), {}, "send(forkserver payload)");
-    if (!recv_all_fds(c.sock.get(), &reply, sizeof reply, &got, 30'000'000'000,
-                      "forkserver reply"))
-      throw start_method_error("mproc: the forkserver closed its connection");
-  } catch (...) {
-    for (int f : got) ::close(f);
-    // The connection is in an unknown state: next use starts a new server.
-    c.sock.reset();
-    if (c.server_pid > 0) discard_child(c.server_pid);
-    c.server_pidfd.reset();
-    c.server_pid = -1;
-    throw;
-  }
-  if (reply <= 0) {
-    for (int f : got) ::close(f);
-    errno = -reply;
-    throw_errno("fork (in the forkserver)");
-  }
-  forkserver_child out;
-  out.pid = reply;
-  if (!got.empty()) out.status = unique_fd(got[0]);
-  if (got.size() > 1) out.pidfd = unique_fd(got[1]);
-  for (std::size_t i = 2; i < got.size(); ++i) ::close(got[i]);
-  return out;
 }
 
 }  // namespace mproc::detail
