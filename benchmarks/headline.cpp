@@ -7,13 +7,14 @@
 // map; then a table of times and speedups. Every variant's results are checked
 // against the serial ones: any difference is an error (exit status 1).
 //
-//   headline [--processes N] [--no-python]
+//   headline [--rounds N] [--processes N] [--no-python]
 #include <mproc/pool.hpp>
 
 #include "bench_common.hpp"
 
 #include <boost/multiprecision/cpp_int.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
@@ -98,19 +99,22 @@ outcome run_serial(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& c
 
 outcome run_pool(mproc::start_method method, std::size_t processes,
                  const std::vector<std::pair<std::uint64_t, std::uint64_t>>& chunks, const std::vector<int>& ns,
-                 const outcome& serial, const std::vector<cpp_int>& serial_facts) {
+                 const outcome& serial, const std::vector<cpp_int>& serial_facts, bool show_progress) {
   const std::string m = mproc::to_string(method);
+  auto bar = [&](const std::string& what) {
+    return show_progress ? mproc::progress_bar(m + " " + what) : mproc::progress_fn{};
+  };
   outcome o{.name = "mproc::Pool(" + std::to_string(processes) + "), " + m};
   auto t = clk::now();
   mproc::Pool pool({.processes = processes, .method = method});
   o.start = secs_since(t);
   t = clk::now();
   auto sums = pool.map(sum_primes_in, chunks,
-                       mproc::map_options{.chunksize = 1, .on_progress = mproc::progress_bar(m + " primes     ")});
+                       mproc::map_options{.chunksize = 1, .on_progress = bar("primes    ")});
   o.primes = secs_since(t);
   o.prime_sum = std::accumulate(sums.begin(), sums.end(), std::uint64_t(0));
   t = clk::now();
-  auto facts = pool.map(factorial, ns, mproc::map_options{.on_progress = mproc::progress_bar(m + " factorials ")});
+  auto facts = pool.map(factorial, ns, mproc::map_options{.on_progress = bar("factorials")});
   o.factorials = secs_since(t);
   t = clk::now();
   pool.close();
@@ -121,12 +125,24 @@ outcome run_pool(mproc::start_method method, std::size_t processes,
   return o;
 }
 
+/// The run with the median total of `runs` (all of which must have matched).
+outcome median_run(std::vector<outcome> runs) {
+  bool ok = true;
+  for (const auto& r : runs) ok &= r.ok;
+  std::sort(runs.begin(), runs.end(), [](const outcome& a, const outcome& b) { return a.total() < b.total(); });
+  outcome m = runs[runs.size() / 2];
+  m.ok = ok;
+  return m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
   std::size_t processes = mproc::cpu_count();
-  auto opts = bench::parse_args(argc, argv, 1, 1, "[--processes N] [--no-python]",
+  // --rounds: each variant runs this many times and the run with the median total is
+  // shown (the progress bars show the first).
+  auto opts = bench::parse_args(argc, argv, 3, 1, "[--rounds N] [--processes N] [--no-python]",
                                 [&](std::string_view a, auto& next) {
                                   if (a != "--processes") return false;
                                   processes = std::max(1, std::atoi(next()));
@@ -142,14 +158,22 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   std::vector<cpp_int> serial_facts;
   std::vector<outcome> rows;
-  rows.push_back(run_serial(chunks, ns, serial_facts));
+  {
+    std::vector<outcome> runs;
+    for (int r = 0; r < opts.rounds; ++r) runs.push_back(run_serial(chunks, ns, serial_facts));
+    rows.push_back(median_run(runs));
+  }
   const outcome serial = rows.front();  // a copy: rows grows below
-  for (auto method : {mproc::start_method::fork, mproc::start_method::spawn, mproc::start_method::forkserver})
-    rows.push_back(run_pool(method, processes, chunks, ns, serial, serial_facts));
+  for (auto method : {mproc::start_method::fork, mproc::start_method::spawn, mproc::start_method::forkserver}) {
+    std::vector<outcome> runs;
+    for (int r = 0; r < opts.rounds; ++r)
+      runs.push_back(run_pool(method, processes, chunks, ns, serial, serial_facts, r == 0));
+    rows.push_back(median_run(runs));
+  }
 
   if (opts.python) {
     std::fprintf(stderr, "Python multiprocessing: the same work, serially and with Pool(%zu) ...\n", processes);
-    auto py = bench::run_python("headline.py", std::to_string(processes));
+    auto py = bench::run_python("headline.py", std::to_string(processes) + " " + std::to_string(opts.rounds));
     if (py.empty()) {
       std::fprintf(stderr, "the Python side failed to run\n");
       return 1;
@@ -191,8 +215,8 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(serial.fact_checksum));
   std::printf("speedup: over one C++ process (at most %dx on %d cores); vs Python Pool: how many times\n"
               "less time than Python's Pool took for the same work. Pool rows include starting and\n"
-              "stopping the pool. One run each: expect some noise on a busy machine.\n",
-              mproc::cpu_count(), mproc::cpu_count());
+              "stopping the pool. Each row: the median of %d runs.\n",
+              mproc::cpu_count(), mproc::cpu_count(), opts.rounds);
   if (!all_ok) {
     std::printf("\nERROR: some results differ from the serial ones\n");
     return 1;

@@ -28,14 +28,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order: cheap and foundational first; the cost-growth sweep last.
 PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "scaling"]
-ISSUE_NAMES = {
-    "2": "Process and Pipe",
-    "3": "Pool",
-    "4": "shared state",
-    "5": "start methods",
-    "6": "Manager",
-    "7": "cost growth",
-}
+# Rounds of a full run: more than each program's own default, so that the medians hold
+# on a shared machine; still well under 15 minutes on 2 cores (about 5 when idle).
+FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
+               "manager": 7, "scaling": 5}
 SERIES_TITLES = {
     "pool_map": "Pool.map(identity): time for n tasks",
     "queue_msg": "Queue: time per message of n bytes",
@@ -256,14 +252,14 @@ def svg_chart(rows, points, title):
 
     # Cost growth: one log-log panel per series.
     series = [s for s in SERIES_TITLES if any(p["series"] == s for p in points)]
-    panel_w, panel_h, pad = 300, 220, 30
+    panel_w, panel_h, pad = 290, 220, 30
     gy = bottom + 50
     growth = []
     if series:
         growth.append(f'<text x="10" y="{gy - 20}" class="h2">Cost growth (log-log; a straight line of slope 1 '
                       f'is linear growth)</text>')
     for i, s in enumerate(series):
-        px = 20 + i * (panel_w + 30) + pad + 20
+        px = 60 + i * (panel_w + 20)
         py0 = gy
         pts = [p for p in points if p["series"] == s]
         def t_of(p):
@@ -306,7 +302,7 @@ def svg_chart(rows, points, title):
     total_h = gy + (panel_h + 60 if series else 0)
     if series:
         ly = total_h - 14
-        growth.append(f'<text x="{20 + pad + 20}" y="{ly}" class="lbl">'
+        growth.append(f'<text x="60" y="{ly}" class="lbl">'
                       f'<tspan fill="{COLORS["mproc"]}">&#9632; mproc</tspan>   '
                       f'<tspan fill="{COLORS["python"]}">&#9632; Python multiprocessing</tspan>   '
                       f'<tspan fill="{COLORS["raw"]}">&#9632; raw limit</tspan></text>')
@@ -449,8 +445,6 @@ def main():
     extra = []
     if args.quick:
         extra.append("--quick")
-    if args.rounds:
-        extra += ["--rounds", str(args.rounds)]
     if args.no_python:
         extra.append("--no-python")
 
@@ -459,9 +453,11 @@ def main():
     started = time.monotonic()
     for p in programs:
         exe = build_dir / "benchmarks" / f"bench_{p}"
-        log(f"run.py: bench_{p} {' '.join(extra)}")
+        rounds = args.rounds or (None if args.quick else FULL_ROUNDS.get(p))
+        prog_args = extra + (["--rounds", str(rounds)] if rounds else [])
+        log(f"run.py: bench_{p} {' '.join(prog_args)}")
         try:
-            items, secs = run_program(exe, extra, timeout=600)
+            items, secs = run_program(exe, prog_args, timeout=600)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             log(f"run.py: bench_{p} failed: {e}")
             failures.append(f"bench_{p} ({e})")

@@ -2,7 +2,8 @@
 40 chunks) and the factorials of 1..2000 (Python ints, returned to the parent), serially
 and with multiprocessing.Pool (fork). Stdlib only.
 
-usage: headline.py [PROCESSES]
+usage: headline.py [PROCESSES [RUNS]]
+Each variant runs RUNS times (default 3); the run with the median total is reported.
 Prints "name value" lines: {serial,pool}_{start,primes,factorials} in seconds,
 {serial,pool}_prime_sum and {serial,pool}_fact_checksum (sum of n! mod 1,000,000,007).
 """
@@ -59,19 +60,16 @@ def report(prefix, start, primes, facts_s, prime_sum, facts):
     print(f"{prefix}_fact_checksum {checksum(facts)}")
 
 
-def main():
-    processes = int(sys.argv[1]) if len(sys.argv) > 1 else mp.cpu_count()
-    mp.set_start_method("fork")
-    ns = range(1, FACTORIALS + 1)
-
+def run_serial(ns):
     t = time.perf_counter()
     prime_sum = sum(sum_primes_in(c) for c in chunks())
     primes = time.perf_counter() - t
     t = time.perf_counter()
     facts = [factorial(n) for n in ns]
-    facts_s = time.perf_counter() - t
-    report("serial", 0.0, primes, facts_s, prime_sum, facts)
+    return 0.0, primes, time.perf_counter() - t, prime_sum, facts
 
+
+def run_pool(processes, ns):
     t = time.perf_counter()
     pool = mp.Pool(processes)
     start = time.perf_counter() - t
@@ -85,7 +83,21 @@ def main():
     pool.close()
     pool.join()
     start += time.perf_counter() - t
-    report("pool", start, primes, facts_s, prime_sum, facts)
+    return start, primes, facts_s, prime_sum, facts
+
+
+def median_run(runs):
+    runs = sorted(runs, key=lambda r: r[0] + r[1] + r[2])
+    return runs[len(runs) // 2]
+
+
+def main():
+    processes = int(sys.argv[1]) if len(sys.argv) > 1 else mp.cpu_count()
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    mp.set_start_method("fork")
+    ns = range(1, FACTORIALS + 1)
+    report("serial", *median_run([run_serial(ns) for _ in range(runs)]))
+    report("pool", *median_run([run_pool(processes, ns) for _ in range(runs)]))
 
 
 if __name__ == "__main__":
