@@ -368,6 +368,9 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         markdown_table(rows),
         "",
     ]
+    missed = [r for r in met if not r["met"]]
+    if missed:
+        lines += ["Not met in this run: " + "; ".join(f"{r['metric']} ({r['target']})" for r in missed) + ".", ""]
     if failures:
         lines += ["**Programs that failed in this run:** " + ", ".join(failures), ""]
     if notes:
