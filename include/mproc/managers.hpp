@@ -947,8 +947,8 @@ class Manager {
       ready_w.reset();
       char c;
       pollfd p{ready_r.get(), POLLIN, 0};
-      int rc = detail::retry_eintr([&] { return ::poll(&p, 1, 10'000); });
-      if (rc != 1 || ::read(ready_r.get(), &c, 1) != 1) {
+      int rc = detail::poll_until(&p, 1, detail::monotonic_ns() + 10'000'000'000);
+      if (rc != 1 || detail::retry_eintr([&] { return ::read(ready_r.get(), &c, 1); }) != 1) {
         stop_server();
         throw manager_error("mproc::Manager: the server process failed to start");
       }

@@ -634,8 +634,7 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
                        int wake_fd, const portable_call& initializer, std::size_t max_tasks,
                        bool timed, std::string name) {
   process_name_storage() = std::move(name);
-  // Ctrl-C reaches the whole process group; the parent decides what happens.
-  ::signal(SIGINT, SIG_IGN);
+  pool_worker_signals();  // Ctrl-C reaches the whole process group; the parent decides
   if (initializer) initializer();
   ctl->initialized.store(1, std::memory_order_release);
   worker_context ctx(results, ctl, shared, wake_fd, timed);
@@ -1197,7 +1196,10 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     workers_.resize(opts_.processes);
     for (auto& w : workers_) start_worker(w);
     detail::log(log_level::info, "pool started with %zu workers", workers_.size());
-    thread_ = std::thread([this] { service(); });
+    thread_ = std::thread([this] {
+      detail::block_async_signals();  // the program's signals go to the program's threads
+      service();
+    });
   }
 
   basic_pool(const basic_pool&) = delete;
@@ -1971,9 +1973,9 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       if (w.pid <= 0) continue;
       if (terminating) ::kill(w.pid, SIGKILL);
       pollfd p{w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0};
-      if (detail::retry_eintr([&] { return ::poll(&p, 1, 5000); }) == 0) {
+      if (detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000) == 0) {
         ::kill(w.pid, SIGKILL);
-        detail::retry_eintr([&] { return ::poll(&p, 1, 5000); });
+        detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000);
       }
       if (!w.status) {  // a forkserver's child is reaped by the forkserver
         int status;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -11,6 +12,9 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +107,44 @@ inline bool futex_wait(const void* addr, std::uint32_t expected, std::int64_t ti
 
 inline void futex_wake(const void* addr, int count = INT32_MAX) noexcept {
   ::syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
+}
+
+/// poll() until an event, the deadline (monotonic ns; -1: none) or an error. EINTR
+/// polls again for what is left of the time, so a signal neither ends the wait
+/// early nor restarts it in full. Returns poll's result (0: deadline passed).
+inline int poll_until(pollfd* fds, nfds_t n, std::int64_t deadline_ns) {
+  for (;;) {
+    int ms = -1;
+    if (deadline_ns >= 0) {
+      const std::int64_t left = deadline_ns - monotonic_ns();
+      ms = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999'999) / 1'000'000, 1 << 30));
+    }
+    const int rc = ::poll(fds, n, ms);
+    if (rc >= 0 || errno != EINTR) return rc;
+  }
+}
+
+/// For the library's own threads (a pool's service thread): asynchronous signals
+/// belong to the program, so they go to the program's threads and never interrupt
+/// ours. Faults (SIGSEGV, SIGBUS, ...) stay deliverable: they are this thread's own.
+inline void block_async_signals() noexcept {
+  sigset_t s;
+  ::sigfillset(&s);
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT}) ::sigdelset(&s, sig);
+  ::pthread_sigmask(SIG_BLOCK, &s, nullptr);
+}
+
+/// Signal state of a pool worker, whatever the start method and whatever the thread
+/// that forked it had blocked: nothing blocked, and SIGINT / SIGTERM ignored. Ctrl-C
+/// reaches the whole process group and a service manager may signal every process
+/// of the program; the parent decides, and its workers end with the pool (SIGKILL)
+/// or with the parent (parent-death signal), never one by one with a trace each.
+inline void pool_worker_signals() noexcept {
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGTERM, SIG_IGN);
+  sigset_t none;
+  ::sigemptyset(&none);
+  ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
 }
 
 inline void set_cloexec(int fd) {
