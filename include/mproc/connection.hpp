@@ -58,6 +58,10 @@ inline constexpr std::size_t read_ahead_size = 16 * 1024;
 inline constexpr std::size_t max_fds_per_read = 16;
 // Sends up to this size are framed in a reused per-connection buffer.
 inline constexpr std::size_t reused_send_buffer_limit = 1 << 20;
+// A body up to this size is allocated when its header arrives; a larger one grows as
+// its bytes do, so a peer announcing a huge message (under the cap) and sending
+// nothing costs this much memory at most, not the announced size.
+inline constexpr std::size_t upfront_body_limit = std::size_t(64) << 20;
 
 struct connection_state {
   unique_fd fd;
@@ -73,6 +77,7 @@ struct connection_state {
   std::size_t hdr_got = 0;
   bool in_body = false;
   std::vector<std::byte> body;
+  std::size_t body_len = 0;  // announced length; body.size() catches up as bytes arrive
   std::size_t body_got = 0;
   std::uint64_t discard = 0;  // bytes of a refused (oversized) message still to skip
   std::deque<unique_fd> fds;  // received with SCM_RIGHTS, in order
@@ -190,12 +195,18 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
                                   " bytes exceeds the limit of " + std::to_string(s.max_message) +
                                   " bytes (connection_options::max_message_size); it is skipped");
       }
-      s.body.resize(std::size_t(len));
+      s.body_len = std::size_t(len);
+      s.body.resize(std::min(s.body_len, upfront_body_limit));
       s.body_got = 0;
       s.in_body = true;
     }
-    std::size_t need = s.body.size() - s.body_got;
+    // Room for at least `want` bytes, doubling (never past the announced length).
+    auto grow_to = [&s](std::size_t want) {
+      if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
+    };
+    std::size_t need = s.body_len - s.body_got;
     std::size_t take = std::min(avail, need);
+    grow_to(s.body_got + take);
     if (take) std::memcpy(s.body.data() + s.body_got, s.in.get() + s.in_begin, take);
     s.body_got += take;
     s.in_begin += take;
@@ -204,10 +215,13 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
       s.in_body = false;
       return std::exchange(s.body, {});
     }
-    if (need >= read_ahead_size)
-      s.body_got += read_some(s, s.body.data() + s.body_got, need, deadline, what);
-    else
+    if (need >= read_ahead_size) {
+      grow_to(s.body_got + read_ahead_size);
+      s.body_got += read_some(s, s.body.data() + s.body_got, std::min(need, s.body.size() - s.body_got),
+                              deadline, what);
+    } else {
       fill_read_ahead(s, deadline, what);
+    }
   }
 }
 

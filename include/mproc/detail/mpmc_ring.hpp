@@ -821,6 +821,12 @@ class mpmc_ring {
     const std::byte* payload = ring_.data() + (h & mask_) + record_header;
     std::uint64_t total;
     std::memcpy(&total, payload, 8);
+    // Allocated below before the fragments arrive: a corrupt header must not ask for
+    // more than the machine's memory.
+    const std::uint64_t ram = std::uint64_t(::sysconf(_SC_PHYS_PAGES)) * std::uint64_t(::sysconf(_SC_PAGESIZE));
+    if (total > ram)
+      throw serialization_error("corrupt queue record: message of " + std::to_string(total) +
+                                " bytes announced, more than this machine's memory");
     if constexpr (raw_contiguous<T>) {
       constexpr std::size_t prefix = message_header_size + 8;  // type tag, element count
       std::uint64_t tag, count;
