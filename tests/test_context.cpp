@@ -28,6 +28,7 @@
 
 #include <mproc/context.hpp>
 #include <mproc/connection.hpp>
+#include <mproc/pool.hpp>
 #include <mproc/process.hpp>
 #include <mproc/shared_memory.hpp>
 #include <mproc/sharedctypes.hpp>
@@ -164,6 +165,29 @@ TEST_CASE("a user-written start policy plugs in", "[context]") {
   CHECK(r.sentinel() >= 0);
   REQUIRE(r.join(10s));
   CHECK(r.exitcode() == 8);
+}
+
+namespace {
+int triple(int x) { return 3 * x; }
+}  // namespace
+
+TEST_CASE("basic_pool starts its workers with its policy, a user-written one included",
+          "[context][pool]") {
+  mproc_test::ensure_init();
+  const std::vector<int> in{1, 2, 3, 4, 5, 6, 7};
+  const std::vector<int> want{3, 6, 9, 12, 15, 18, 21};
+  counting_fork_policy::launches = 0;
+  {
+    mproc::basic_pool<counting_fork_policy> pool(2);
+    CHECK(pool.map(triple, in) == want);
+  }
+  CHECK(counting_fork_policy::launches >= 2);  // one per worker (more if one is replaced)
+  mproc::basic_pool<mproc::spawn_policy> spawned(2);
+  CHECK(spawned.map(triple, in) == want);
+  mproc::basic_pool<mproc::forkserver_policy> served(2);
+  CHECK(served.map(triple, in) == want);
+  mproc::basic_pool<mproc::fork_policy> forked(2);
+  CHECK(forked.map(triple, in) == want);
 }
 
 // ---- spawn and forkserver
