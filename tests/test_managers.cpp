@@ -648,3 +648,54 @@ TEST_CASE("proxies work in Process targets and Pool tasks under every start meth
     REQUIRE(d.get("pool") == 10 * expected);
   }
 }
+
+#include <sys/stat.h>
+
+#include "test_support.hpp"
+
+TEST_CASE("the Unix socket lives in a private 0700 directory; another uid is refused",
+          "[managers][security]") {
+  mproc::Manager m;
+  mproc::Manager other;
+  const std::filesystem::path sock = m.unix_address();
+  const std::string dir = sock.parent_path().string();
+  struct stat sb;
+  REQUIRE(::stat(dir.c_str(), &sb) == 0);
+  CHECK(S_ISDIR(sb.st_mode));
+  CHECK((sb.st_mode & 0777) == 0700);
+  CHECK(sb.st_uid == ::geteuid());
+  // mkdtemp's random suffix: not a name another user could predict and pre-create.
+  const std::string leaf = sock.parent_path().filename().string();
+  CHECK(leaf.rfind("mproc-mgr-", 0) == 0);
+  CHECK(leaf.size() == 16);
+  CHECK(std::filesystem::path(other.unix_address()).parent_path() != sock.parent_path());
+
+  if (::geteuid() != 0) {
+    WARN("not root: cannot connect as another uid; the uid check is not exercised");
+    return;
+  }
+  // As another uid: the directory alone keeps it out.
+  auto connect_as_nobody = [&]() -> int {
+    pid_t pid = mproc::detail::fork_child([&]() -> int {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;
+      try {
+        auto fd = mgr::connect_to(sock.string(), mgr::deadline_after(5'000'000'000));
+        // Reached the socket: the server must hang up without sending a challenge.
+        char c;
+        pollfd p{fd.get(), POLLIN, 0};
+        if (::poll(&p, 1, 5000) != 1) return 11;
+        return ::recv(fd.get(), &c, 1, 0) == 0 ? 2 : 12;
+      } catch (const std::system_error& e) {
+        return e.code().value() == EACCES ? 1 : 13;
+      }
+    });
+    return mproc_test::join_child(pid);
+  };
+  CHECK(connect_as_nobody() == 1);  // EACCES: cannot even reach the socket
+  // Opened up by hand (as a careless chmod would): SO_PEERCRED still refuses the uid.
+  REQUIRE(::chmod(dir.c_str(), 0711) == 0);
+  REQUIRE(::chmod(sock.c_str(), 0777) == 0);
+  CHECK(connect_as_nobody() == 2);
+  REQUIRE(::chmod(dir.c_str(), 0700) == 0);
+  CHECK(m.dict<int, int>().size() == 0);  // the server is unaffected
+}

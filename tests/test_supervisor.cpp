@@ -13,16 +13,35 @@
 #include <string>
 #include <thread>
 
+#include <filesystem>
+#include <system_error>
+
 #include <unistd.h>
 
 using namespace std::chrono_literals;
 
 namespace {
 
+// Files live in a private mkdtemp directory: a predictable name in /tmp could be
+// pre-created (or be a symlink) by another user. Removed when the test process ends.
+struct private_dir {
+  std::string path;
+  pid_t owner = ::getpid();
+  private_dir() {
+    char t[] = "/tmp/mproc-sup-XXXXXX";
+    if (!::mkdtemp(t)) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+    path = t;
+  }
+  ~private_dir() {
+    std::error_code ec;
+    if (::getpid() == owner) std::filesystem::remove_all(path, ec);
+  }
+};
+
 std::string unique_path(const char* tag) {
+  static private_dir dir;
   static std::atomic<int> n{0};
-  return "/tmp/mproc-sup-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
-         std::to_string(n++);
+  return dir.path + "/" + std::string(tag) + "-" + std::to_string(n++);
 }
 
 // Counts runs in a file so the count survives each child's exit.
