@@ -16,9 +16,10 @@
 //
 // The server watches a pidfd of the program: when the program ends, by exit or by
 // SIGKILL, it removes its socket and directory and exits, and its children die with it
-// (PR_SET_PDEATHSIG). It ignores the terminal's SIGINT/SIGQUIT (the program decides) and
-// cleans up on SIGTERM/SIGHUP. A program whose init ran with threads already running,
-// or whose server was killed, gets one spawned on first use instead (same protocol).
+// (PR_SET_PDEATHSIG). Like the pool's workers it ignores SIGINT, SIGTERM, SIGHUP and
+// SIGQUIT sent to the process group: the program decides, and the server follows it.
+// A program whose init ran with threads already running, or whose server was killed
+// (SIGKILL), gets one spawned on first use instead (same protocol).
 #pragma once
 
 #include <cerrno>
@@ -319,10 +320,8 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
     if (program_pidfd >= 0 ? p[2].revents != 0 : !process_alive(program)) finish(0);
     if (p[0].revents) {
       signalfd_siginfo si;
-      bool stop = false;
-      while (::read(sfd, &si, sizeof si) == sizeof si)
-        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGHUP) stop = true;
-      if (stop) finish(0);
+      while (::read(sfd, &si, sizeof si) == sizeof si) {
+      }
       reap();
     }
     for (std::size_t i = 3; i < p.size(); ++i) {

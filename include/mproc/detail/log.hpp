@@ -3,6 +3,8 @@
 // processes stays readable.
 #pragma once
 
+#include <cerrno>
+
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
@@ -56,7 +58,14 @@ inline const char* level_name(log_level l) noexcept {
   if (m < 0) return;
   std::size_t len = std::min(sizeof buf - 2, std::size_t(n) + std::size_t(m));
   buf[len++] = '\n';
-  [[maybe_unused]] auto rc = ::write(2, buf, len);
+  // A signal may interrupt the write, or cut it short (a pipe near full).
+  for (const char* p = buf; len > 0;) {
+    ssize_t rc = ::write(2, p, len);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc <= 0) return;
+    p += rc;
+    len -= std::size_t(rc);
+  }
 }
 
 }  // namespace detail
