@@ -848,7 +848,8 @@ TEST_CASE("forkserver: only the key holder of the same uid gets in", "[context][
   CHECK(after.exitcode() == 7);
 }
 
-TEST_CASE("forkserver: a killed server is replaced on the next start", "[context][forkserver]") {
+TEST_CASE("forkserver: ignores the group's signals; a killed server is replaced on the next start",
+          "[context][forkserver]") {
   init_from_cmdline();
   mproc::Process first(with(start_method::forkserver), exit_with, 3);
   first.start();
@@ -857,6 +858,16 @@ TEST_CASE("forkserver: a killed server is replaced on the next start", "[context
   const pid_t old_server = fs.server_pid;
   const std::string old_dir = fs.addr.dir;
   REQUIRE(old_server > 0);
+  // Signals meant for the program's group (Ctrl-C, a SIGTERM to the group) leave the
+  // server to follow the program.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::kill(old_server, sig);
+  std::this_thread::sleep_for(200ms);
+  CHECK_FALSE(is_gone(old_server));
+  mproc::Process still(with(start_method::forkserver), exit_with, 5);
+  still.start();
+  REQUIRE(still.join(30s));
+  CHECK(still.exitcode() == 5);
+  CHECK(fs.server_pid == old_server);
   ::kill(old_server, SIGKILL);
   REQUIRE(wait_gone(old_server, 3000ms));
   mproc::Process second(with(start_method::forkserver), exit_with, 4);
