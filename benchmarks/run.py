@@ -208,7 +208,7 @@ def svg_chart(rows, points, title):
     """Horizontal bars of mproc/Python and mproc/limit on a log scale, then the cost
     growth sweeps as log-log lines. Hand-written SVG: no plotting library needed."""
     bars = [r for r in rows if r["vs_python"] is not None or r["vs_limit"] is not None]
-    width, label_w, plot_w = 1000, 430, 500
+    width, label_w, plot_w = 1000, 460, 480
     bar_h, gap = 9, 8
     lo, hi = 0.1, 1000.0  # the log axis: 0.1x .. 1000x
 
@@ -221,7 +221,7 @@ def svg_chart(rows, points, title):
     top = y
     for r in bars:
         label = r["metric"] if len(r["metric"]) <= 62 else r["metric"][:60] + "..."
-        parts.append(f'<text x="{label_w - 8}" y="{y + bar_h + 2}" text-anchor="end" class="lbl">'
+        parts.append(f'<text x="{label_w - 40}" y="{y + bar_h + 2}" text-anchor="end" class="lbl">'
                      f'{html.escape(label)}</text>')
         for i, key in enumerate(("vs_python", "vs_limit")):
             v = r[key]
@@ -385,6 +385,13 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
             "steepest step between neighbouring sizes. The raw limit's own cost per byte rises once "
             "messages no longer fit in the caches; that shows in every column alike.",
             "",
+            "A step between 16 and 64 MiB in mproc's (and Python's) message curves is glibc's, not the "
+            "transport's: allocations above 32 MiB (glibc's largest mmap threshold) get fresh pages from "
+            "mmap every time, so each received message pays page faults and zeroing on top of the copy, "
+            "and freeing it unmaps them again. The step disappears when `MALLOC_MMAP_THRESHOLD_` is "
+            "raised. The raw limit reads into one reused buffer; receiving into a caller's reused buffer "
+            "(as Python's `recv_bytes_into`) would avoid it.",
+            "",
             growth_tables(points),
         ]
     lines += [
@@ -405,15 +412,22 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
     return "\n".join(lines)
 
 
-def update_readme(readme, table_md):
-    """Replaces the text between the README's benchmark-table markers."""
+def readme_block(table_md, mach, n_met, n_targets, load_before, load_after):
+    """What goes between the README's benchmark-table markers."""
+    return (f"From the last full run ({mach['date']}; {n_met} of {n_targets} targets met; load average "
+            f"{load_before} before and {load_after} after, on {mach['cores']} cores shared with other "
+            f"work):\n\n{table_md}")
+
+
+def update_readme(readme, block):
+    """Replaces the text between the README's benchmark-table markers, nothing else."""
     text = readme.read_text()
     start, end = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         log("run.py: README has no benchmark-table markers; left alone")
         return
-    readme.write_text(text[:i + len(start)] + "\n" + table_md + "\n" + text[j:])
+    readme.write_text(text[:i + len(start)] + "\n" + block + "\n" + text[j:])
 
 
 def main():
@@ -487,7 +501,7 @@ def main():
              f"{mach['date'][:10]}{' (quick run)' if args.quick else ''}; bars above 1x: mproc faster")
     args.svg.write_text(svg_chart(rows, points, title))
     if args.readme:
-        update_readme(args.readme, table)
+        update_readme(args.readme, readme_block(table, mach, n_met, len(met), load_before, load_after))
     log(f"run.py: wrote {args.results} and {args.svg}")
     if failures:
         return 1
