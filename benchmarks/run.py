@@ -400,7 +400,7 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         "```sh",
         "python3 benchmarks/run.py --quick   # under 2 minutes: fewer rounds, smaller sizes",
         "python3 benchmarks/run.py           # under 15 minutes on 2 cores",
-        "python3 benchmarks/run.py --only pool,queue   # some programs only",
+        "python3 benchmarks/run.py --only pool,queue   # some programs only (prints; writes no files)",
         "```",
         "",
         "Each program also runs alone and prints its own table, e.g. "
@@ -433,14 +433,17 @@ def update_readme(readme, block):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (under 2 minutes)")
-    ap.add_argument("--rounds", type=int, help="rounds per program (default: each program's own)")
+    ap.add_argument("--rounds", type=int,
+                    help="rounds per program (default: each program's own with --quick, more in a full run)")
     ap.add_argument("--only", help="comma-separated programs: " + ",".join(PROGRAMS))
-    ap.add_argument("--build-dir", type=Path, default=ROOT / "build-bench-release")
+    ap.add_argument("--build-dir", type=Path, default=ROOT / "build-bench-release",
+                    help="where to build (default: build-bench-release/ in the repository)")
     ap.add_argument("--source", type=Path, default=ROOT, help="the mproc source tree to build")
     ap.add_argument("--no-build", action="store_true", help="run what is already built")
     ap.add_argument("--no-python", action="store_true", help="skip the Python twins")
-    ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--svg", type=Path, default=HERE / "results.svg")
+    ap.add_argument("--results", type=Path,
+                    help="markdown report (default: benchmarks/RESULTS.md; not written with --only)")
+    ap.add_argument("--svg", type=Path, help="chart (default: benchmarks/results.svg; not written with --only)")
     ap.add_argument("--readme", type=Path, help="also replace the table between this README's markers")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
     args = ap.parse_args()
@@ -495,14 +498,20 @@ def main():
     if failures:
         print("failed: " + ", ".join(failures))
 
-    args.results.write_text(results_md(rows, points, notes, mach, load_before, load_after, args, durations,
-                                       failures))
-    title = (f"mproc vs Python multiprocessing vs the raw limit - {mach['cores']} cores, "
-             f"{mach['date'][:10]}{' (quick run)' if args.quick else ''}; bars above 1x: mproc faster")
-    args.svg.write_text(svg_chart(rows, points, title))
+    # A partial run (--only) does not replace the whole suite's report unless asked to.
+    results = args.results or (None if args.only else HERE / "RESULTS.md")
+    svg = args.svg or (None if args.only else HERE / "results.svg")
+    if results:
+        results.write_text(results_md(rows, points, notes, mach, load_before, load_after, args, durations,
+                                      failures))
+        log(f"run.py: wrote {results}")
+    if svg:
+        title = (f"mproc vs Python multiprocessing vs the raw limit - {mach['cores']} cores, "
+                 f"{mach['date'][:10]}{' (quick run)' if args.quick else ''}; bars above 1x: mproc faster")
+        svg.write_text(svg_chart(rows, points, title))
+        log(f"run.py: wrote {svg}")
     if args.readme:
         update_readme(args.readme, readme_block(table, mach, n_met, len(met), load_before, load_after))
-    log(f"run.py: wrote {args.results} and {args.svg}")
     if failures:
         return 1
     if args.strict and n_met < len(met):
