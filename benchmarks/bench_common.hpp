@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -281,6 +282,15 @@ struct row {
   std::optional<bool> met{};  // empty: reported, no target
   std::string issue{};        // which issue's target this is
 };
+
+/// A target's verdict: empty (not judged) when a figure it needs is missing, e.g. the
+/// Python side with --no-python or a failed twin, so a missing column never reads as
+/// a missed target.
+inline std::optional<bool> judged(bool met, std::initializer_list<double> needed) {
+  for (double v : needed)
+    if (std::isnan(v)) return std::nullopt;
+  return met;
+}
 
 /// One point of a cost-growth sweep: `x` units of work (tasks or bytes) took `seconds`.
 struct point {

@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
              .dir = bench::better::lower,
              .mproc = m.slope,
              .target = "0.8 .. 1.2 (linear)",
-             .met = m.slope >= 0.8 && m.slope <= 1.2,
+             .met = bench::judged(m.slope >= 0.8 && m.slope <= 1.2, {m.slope}),
              .issue = "7"});
     rep.add({.metric = std::string(c.name) + " steepest step, growth exponent between neighbouring sizes",
              .params = others(py.steepest, raw.steepest),
@@ -301,7 +301,7 @@ int main(int argc, char** argv) {
              .dir = bench::better::lower,
              .mproc = m.steepest,
              .target = "<= 1.75 (no cliff)",
-             .met = m.steepest <= 1.75,
+             .met = bench::judged(m.steepest <= 1.75, {m.steepest}),
              .issue = "7"});
   }
   rep.print(o, o.rounds);

@@ -361,7 +361,8 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         "the parent does nothing meanwhile; a speedup of 1.9x is 95% of the machine. Ratios against "
         "Python measure overhead per operation (Python pays for pickling and its interpreter on every "
         "message), so they are largest for tiny tasks and shrink as tasks grow.",
-        "- `met`: whether the program found the target met in this run; `-`: reported, no target.",
+        "- `met`: whether the program found the target met in this run; `-`: reported, no target "
+        "(or a figure the target needs is missing, e.g. with `--no-python`).",
         "",
         "## Results",
         "",
