@@ -1,4 +1,4 @@
-// mproc-test-timeout: 400
+// mproc-test-timeout: 180
 // Chaos and leak tests across the library, under every start method:
 // - maps run while a thread SIGKILLs and SIGSEGVs random pool workers: every result
 //   not lost to a kill is right, killed items raise worker_died, nothing hangs, and the
@@ -18,12 +18,15 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -65,11 +68,12 @@ const bool no_core_files = [] {
 // ---------------------------------------------------------------- /proc helpers
 
 struct proc_stat {
-  pid_t ppid = -1;
   char state = '?';
+  pid_t ppid = -1;
+  std::uint64_t start = 0;  // start time in clock ticks since boot: pid + start is unique
 };
 
-/// ppid and state of a process; nullopt when it is gone.
+/// State and start time of a process; nullopt when it is gone.
 std::optional<proc_stat> stat_of(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
@@ -80,6 +84,10 @@ std::optional<proc_stat> stat_of(pid_t pid) {
   std::istringstream rest(line.substr(close + 1));
   proc_stat s;
   rest >> s.state >> s.ppid;
+  std::string skip;
+  for (int field = 5; field < 22; ++field) rest >> skip;  // pgrp ... priority, nice, ...
+  rest >> s.start;
+  if (!rest) return std::nullopt;
   return s;
 }
 
@@ -95,37 +103,19 @@ std::vector<pid_t> all_pids() {
   return out;
 }
 
-/// Live (not zombie) descendants of `root`, each with its parent.
-std::map<pid_t, pid_t> descendants(pid_t root) {
-  std::map<pid_t, proc_stat> st;
-  for (pid_t p : all_pids())
-    if (auto s = stat_of(p)) st[p] = *s;
-  std::map<pid_t, pid_t> out;
-  std::set<pid_t> frontier{root};
-  while (!frontier.empty()) {
-    std::set<pid_t> next;
-    for (auto& [pid, s] : st)
-      if (frontier.count(s.ppid) && !out.count(pid) && s.state != 'Z' && s.state != 'X') {
-        out[pid] = s.ppid;
-        next.insert(pid);
-      }
-    frontier = std::move(next);
-  }
-  return out;
-}
-
 /// Direct children of this process, from /proc (zombies included).
-std::size_t child_count() {
-  std::size_t n = 0;
+std::set<pid_t> children() {
+  std::set<pid_t> out;
   DIR* dir = ::opendir("/proc/self/task");
   while (dirent* e = ::readdir(dir)) {
     if (e->d_name[0] == '.') continue;
     std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/children");
-    for (pid_t p; f >> p;) ++n;
+    for (pid_t p; f >> p;) out.insert(p);
   }
   ::closedir(dir);
-  return n;
+  return out;
 }
+std::size_t child_count() { return children().size(); }
 
 std::set<std::string> dev_shm() {
   std::set<std::string> out;
@@ -156,87 +146,86 @@ bool alive(pid_t pid) {
   return s && s->state != 'Z' && s->state != 'X';
 }
 
-/// Signals `pid` only if it is still a descendant of this process: the pidfd pins the
-/// process, so a recycled pid can never be hit.
-bool signal_descendant(pid_t pid, int sig) {
-  int fd = int(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) return false;
-  d::unique_fd pfd(fd);
-  auto mine = descendants(::getpid());
-  if (!mine.count(pid)) return false;
-  return ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) == 0;
-}
-
 // ---------------------------------------------------------------- tasks
 
-int triple_plus_one(int x) {
+/// A result and the identity of the worker that computed it.
+struct tagged_result {
+  int value;
+  int pid;
+  std::uint64_t start;
+};
+
+tagged_result triple_plus_one(int x) {
   // Long enough that a signal often lands in the middle of an item.
   auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50 + x % 200);
   while (std::chrono::steady_clock::now() < until) {
   }
-  return 3 * x + 1;
+  // Once per worker. A worker copied from this test process (fork, or a forkserver
+  // forked from it) would run the test framework's SIGSEGV handler, which reports a
+  // failure, before dying: the killer only signals workers that got here, so they die
+  // of SIGSEGV as any program would.
+  static const std::uint64_t start = [] {
+    std::signal(SIGSEGV, SIG_DFL);
+    return stat_of(::getpid()).value_or(proc_stat{}).start;
+  }();
+  return {3 * x + 1, int(::getpid()), start};
 }
 
 int square(int x) { return x * x; }
 
-/// Sends SIGKILL or SIGSEGV to random pool workers until stopped: workers are the
-/// leaf descendants of this process that did not exist before the pool (so never the
-/// forkserver, the Manager server or another test's child).
+/// Sends SIGKILL or SIGSEGV to random pool workers until stopped. Workers are known
+/// by what their results say (pid and start time): wherever a start method puts them
+/// in the process tree, a worker is never confused with another process, and the
+/// pidfd pins the process between the identity check and the signal.
 class worker_killer {
  public:
-  explicit worker_killer(std::set<pid_t> before) : before_(std::move(before)) {
-    thread_ = std::thread([this] { run(); });
-  }
+  worker_killer() : thread_([this] { run(); }) {}
   ~worker_killer() { stop(); }
   void stop() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
   }
+  void saw(const tagged_result& r) {
+    std::lock_guard g(m_);
+    if (r.start) known_[r.pid] = r.start;
+  }
   int kills() const { return kills_; }
   int segvs() const { return segvs_; }
 
  private:
+  bool signal_worker(pid_t pid, std::uint64_t start, int sig) {
+    int fd = int(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd < 0) return false;
+    d::unique_fd pfd(fd);
+    auto s = stat_of(pid);
+    if (!s || s->start != start) return false;  // gone, and the pid used again
+    return ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) == 0;
+  }
   void run() {
     std::mt19937 rng(20240611);
     while (!stop_) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(15 + rng() % 40));
-      auto tree = descendants(::getpid());
-      std::set<pid_t> parents;
-      for (auto& [pid, ppid] : tree) parents.insert(ppid);
-      std::vector<pid_t> workers;
-      for (auto& [pid, ppid] : tree)
-        if (!before_.count(pid) && !parents.count(pid)) workers.push_back(pid);
-      if (workers.empty()) continue;
-      pid_t victim = workers[rng() % workers.size()];
+      std::this_thread::sleep_for(std::chrono::milliseconds(30 + rng() % 60));
+      std::pair<pid_t, std::uint64_t> victim{-1, 0};
+      {
+        std::lock_guard g(m_);
+        if (known_.empty()) continue;
+        auto it = known_.begin();
+        std::advance(it, rng() % known_.size());
+        victim = *it;
+        known_.erase(it);  // dead or about to be
+      }
       int sig = rng() % 2 ? SIGKILL : SIGSEGV;
-      if (signal_descendant(victim, sig)) {
+      if (signal_worker(victim.first, victim.second, sig)) {
         ++kills_;
         if (sig == SIGSEGV) ++segvs_;
       }
     }
   }
-  std::set<pid_t> before_;
+  std::mutex m_;
+  std::map<pid_t, std::uint64_t> known_;
   std::atomic<bool> stop_{false};
   std::atomic<int> kills_{0}, segvs_{0};
   std::thread thread_;
-};
-
-std::set<pid_t> descendant_set() {
-  std::set<pid_t> out;
-  for (auto& [pid, ppid] : descendants(::getpid())) out.insert(pid);
-  return out;
-}
-
-/// Restores a signal's disposition when the scope ends.
-struct default_signal {
-  int sig;
-  struct sigaction old {};
-  explicit default_signal(int s) : sig(s) {
-    struct sigaction sa {};
-    sa.sa_handler = SIG_DFL;
-    ::sigaction(sig, &sa, &old);
-  }
-  ~default_signal() { ::sigaction(sig, &old, nullptr); }
 };
 
 }  // namespace
@@ -245,27 +234,24 @@ TEST_CASE("maps go on while random workers are SIGKILLed and SIGSEGVed", "[chaos
   auto method = MPROC_TEST_EACH_START_METHOD();
   INFO("start method " << mproc::to_string(method));
   mproc_test::ensure_init();
-  // Workers forked from this process would otherwise run the test framework's SIGSEGV
-  // handler (which reports a failure) before dying.
-  default_signal segv(SIGSEGV);
-  { mproc::Pool warm({.processes = 1, .method = method}); }  // start-method singletons
-  // Whatever runs before the pool (a forkserver, other children) is never a victim.
-  const auto before = descendant_set();
   mproc::Pool pool({.processes = 2, .method = method});
   REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 
   const auto deadline = std::chrono::steady_clock::now() + 4s;
   int maps_ok = 0, maps_failed = 0, items_ok = 0, items_failed = 0;
   std::mt19937 rng(7);
-  worker_killer killer(before);
+  worker_killer killer;
   while (std::chrono::steady_clock::now() < deadline) {
     // A map: all results right, or worker_died for an item a kill hit.
-    std::vector<int> in(300);
+    std::vector<int> in(200);  // short enough that many maps see no kill at all
     std::iota(in.begin(), in.end(), int(rng() % 1000));
     try {
       auto out = pool.map_async(triple_plus_one, in, {.chunksize = 1 + rng() % 16}).get(60s);
       REQUIRE(out.size() == in.size());
-      for (std::size_t i = 0; i < in.size(); ++i) REQUIRE(out[i] == 3 * in[i] + 1);
+      for (std::size_t i = 0; i < in.size(); ++i) {
+        REQUIRE(out[i].value == 3 * in[i] + 1);
+        killer.saw(out[i]);
+      }
       ++maps_ok;
     } catch (const mproc::worker_died& e) {
       INFO("worker_died: " << e.what());
@@ -273,12 +259,13 @@ TEST_CASE("maps go on while random workers are SIGKILLed and SIGSEGVed", "[chaos
       ++maps_failed;
     }
     // Single items: each one right or worker_died on its own.
-    std::vector<mproc::AsyncResult<int>> rs;
+    std::vector<mproc::AsyncResult<tagged_result>> rs;
     for (int i = 0; i < 200; ++i) rs.push_back(pool.apply_async(triple_plus_one, i));
     for (int i = 0; i < 200; ++i) {
       try {
-        int v = rs[i].get(60s);
-        REQUIRE(v == 3 * i + 1);
+        tagged_result r = rs[i].get(60s);
+        REQUIRE(r.value == 3 * i + 1);
+        killer.saw(r);
         ++items_ok;
       } catch (const mproc::worker_died& e) {
         REQUIRE((e.signal() == SIGKILL || e.signal() == SIGSEGV));
@@ -300,6 +287,62 @@ TEST_CASE("maps go on while random workers are SIGKILLed and SIGSEGVed", "[chaos
   std::iota(in.begin(), in.end(), 0);
   auto out = pool.map_async(square, in).get(60s);
   for (int i = 0; i < 1000; ++i) REQUIRE(out[i] == i * i);
+}
+
+TEST_CASE("a pool survives replacement workers killed while they start", "[chaos]") {
+  // Workers of these methods are this process's own children, so a thread can see each
+  // replacement appear and kill it at once: before it reaches mproc::init (spawn), or
+  // before it finished starting. The other worker did start, so the pool keeps
+  // replacing rather than giving up as it does when no worker can start.
+  auto method = GENERATE(start_method::fork, start_method::spawn);
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
+  const auto others = children();
+  mproc::Pool pool({.processes = 2, .method = method});
+  REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+  std::set<pid_t> spared = children();
+  const tagged_result victim_id = pool.apply(triple_plus_one, 0);
+  const pid_t victim = victim_id.pid;
+  REQUIRE(spared.count(victim));
+  REQUIRE_FALSE(others.count(victim));
+  spared.erase(victim);
+
+  constexpr int replacements_to_kill = 6;
+  std::atomic<int> sniped{0};
+  std::atomic<bool> stop{false};
+  std::thread sniper([&] {
+    while (!stop && sniped < replacements_to_kill) {
+      for (pid_t c : children()) {
+        if (spared.count(c) || c == victim) continue;
+        int fd = int(::syscall(SYS_pidfd_open, c, 0));
+        if (fd < 0) continue;
+        d::unique_fd pfd(fd);
+        auto st = stat_of(c);
+        if (!st || st->ppid != ::getpid() || st->state == 'Z') continue;  // reaped, or not ours
+        if (::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0) == 0) {
+          spared.insert(c);  // dead now; never counted twice
+          ++sniped;
+        }
+      }
+      std::this_thread::sleep_for(200us);
+    }
+  });
+  ::kill(victim, SIGKILL);
+  auto until = std::chrono::steady_clock::now() + 30s;
+  while (sniped < replacements_to_kill && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(1ms);
+  stop = true;
+  sniper.join();
+  CHECK(sniped == replacements_to_kill);
+  std::vector<int> in(500);
+  std::iota(in.begin(), in.end(), 0);
+  auto out = pool.map_async(square, in).get(60s);
+  for (int i = 0; i < 500; ++i) REQUIRE(out[i] == i * i);
+  // The victim was replaced (pids may be reused: the start time tells processes apart).
+  std::set<std::pair<int, std::uint64_t>> workers;
+  for (const auto& r : pool.map_async(triple_plus_one, std::vector<int>(200, 1), {.chunksize = 1}).get(60s))
+    workers.insert({r.pid, r.start});
+  CHECK_FALSE(workers.count({victim_id.pid, victim_id.start}));
 }
 
 // ---------------------------------------------------------------- SIGKILLed parent
