@@ -2,11 +2,12 @@
 // Chaos and leak tests across the library, under every start method:
 // - maps run while a thread SIGKILLs and SIGSEGVs random pool workers: every result
 //   not lost to a kill is right, killed items raise worker_died, nothing hangs, and the
-//   pool still works afterwards;
+//   pool still works afterwards; replacements killed while they start are replaced
+//   again (fork and spawn, whose workers a test thread can see appear);
 // - a SIGKILLed parent holding a Pool, Queue, SharedMemory, Manager and Processes
 //   leaves no process, no /dev/shm segment and no socket directory within 3 s;
-// - 1,000 create/destroy cycles of Pool, Queue, Manager and SharedMemory leave open
-//   descriptors, /dev/shm entries and child processes unchanged.
+// - 1,000 create/destroy cycles of Pool (under each method), Queue, Manager and
+//   SharedMemory leave open descriptors, /dev/shm entries and child processes unchanged.
 #include <catch2/catch.hpp>
 
 #include "spawn_entry.hpp"
