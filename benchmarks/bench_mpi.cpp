@@ -14,19 +14,20 @@
 #include <mproc/mpi.hpp>
 #include <mproc/pool.hpp>
 
+#include "bench_common.hpp"
+
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = bench::clk;
 
 double median_seconds(int reps, const std::function<void()>& body) {
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     auto t0 = clock_type::now();
     body();
-    t.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
+    t.push_back(bench::secs_since(t0));
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return bench::median(t);
 }
 
 int identity(int x) { return x; }
@@ -148,7 +149,7 @@ int main(int argc, char** argv) {
     auto timed = [](std::vector<double>& into, auto&& body) {
       auto t0 = clock_type::now();
       body();
-      into.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
+      into.push_back(bench::secs_since(t0));
     };
     {
       mproc::Pool local1(1), local2(nw);
