@@ -453,3 +453,63 @@ TEST_CASE("no descriptor leaks", "[connection]") {
   }
   CHECK(count_fds() == before);
 }
+
+TEST_CASE("recv_bytes_into reuses the caller's buffer; a message too large is kept whole",
+          "[connection]") {
+  auto [a, b] = mproc::Pipe();
+  std::vector<std::byte> buf(1 << 20, std::byte{0xee});
+  a.send_bytes("hello");
+  REQUIRE(b.recv_bytes_into(buf) == 5);
+  CHECK(std::string(reinterpret_cast<const char*>(buf.data()), 5) == "hello");
+  CHECK(buf[5] == std::byte{0xee});  // nothing past the message is touched
+
+  // Larger than the read-ahead buffer: read straight into the caller's memory; from a
+  // writer process, so the body arrives in many pieces.
+  std::vector<std::byte> big(600 * 1024);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = std::byte(i * 7 + 3);
+  pid_t pid = mproc::detail::fork_child([&] {
+    a.send_bytes(std::span<const std::byte>(big));
+    a.send_bytes(std::span<const std::byte>());
+    return 0;
+  });
+  REQUIRE(b.recv_bytes_into(buf, 10s) == big.size());
+  CHECK(std::equal(big.begin(), big.end(), buf.begin()));
+  CHECK(b.recv_bytes_into(buf, 10s) == 0);
+  CHECK(mproc_test::join_child(pid) == 0);
+
+  // Too large for the buffer: consumed and raised whole, the stream stays in step.
+  a.send_bytes("0123456789");
+  a.send_bytes("ok");
+  std::array<std::byte, 4> small{};
+  try {
+    (void)b.recv_bytes_into(small);
+    FAIL("no buffer_too_short");
+  } catch (const mproc::buffer_too_short& e) {
+    CHECK(e.message().size() == 10);
+    CHECK(std::string(reinterpret_cast<const char*>(e.message().data()), 10) == "0123456789");
+    CHECK_THAT(e.what(), Catch::Contains("10 bytes") && Catch::Contains("buffer of 4 bytes"));
+  }
+  CHECK(b.recv_bytes_into(small) == 2);
+
+  // Half a message when the timeout passes: a later call, into another buffer or by
+  // recv_bytes, completes it.
+  std::vector<std::byte> payload(100 * 1024);
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = std::byte(i % 251);
+  std::uint64_t len = payload.size();
+  raw_write(a.fileno(), &len, sizeof len);
+  raw_write(a.fileno(), payload.data(), 70 * 1024);
+  CHECK_THROWS_AS(b.recv_bytes_into(buf, 30ms), mproc::timeout_error);
+  raw_write(a.fileno(), payload.data() + 70 * 1024, payload.size() - 70 * 1024);
+  std::vector<std::byte> other(payload.size());
+  REQUIRE(b.recv_bytes_into(other, 1s) == payload.size());
+  CHECK(other == payload);
+  raw_write(a.fileno(), &len, sizeof len);
+  raw_write(a.fileno(), payload.data(), 1000);
+  CHECK_THROWS_AS(b.recv_bytes_into(buf, 30ms), mproc::timeout_error);
+  raw_write(a.fileno(), payload.data() + 1000, payload.size() - 1000);
+  CHECK(b.recv_bytes(1s) == payload);
+
+  // A closed peer is eof_error, as for recv_bytes.
+  a.close();
+  CHECK_THROWS_AS(b.recv_bytes_into(buf, 1s), mproc::eof_error);
+}

@@ -160,10 +160,10 @@ inline void fill_read_ahead(connection_state& s, std::int64_t deadline, const ch
   s.in_end = n;
 }
 
-/// Receives one whole frame body. On timeout the partial frame is kept, so a later
-/// call continues where this one stopped.
-inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
-                                         const char* what) {
+/// Reads the next frame's header unless a frame is already under way; on return
+/// s.in_body is set and s.body_len is the body's length. A frame over the limit is
+/// skipped (serialization_error); on timeout what arrived is kept for the next call.
+inline void read_frame_header(connection_state& s, std::int64_t deadline, const char* what) {
   for (;;) {
     std::size_t avail = s.in_end - s.in_begin;
     if (s.discard) {
@@ -176,34 +176,46 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
       }
       avail = s.in_end - s.in_begin;
     }
-    if (!s.in_body) {
-      std::size_t take = std::min(avail, frame_header_size - s.hdr_got);
-      if (take) std::memcpy(s.hdr + s.hdr_got, s.in.get() + s.in_begin, take);
-      s.hdr_got += take;
-      s.in_begin += take;
-      avail -= take;
-      if (s.hdr_got < frame_header_size) {
-        fill_read_ahead(s, deadline, what);
-        continue;
-      }
-      std::uint64_t len;
-      std::memcpy(&len, s.hdr, sizeof len);
-      s.hdr_got = 0;
-      if (len > s.max_message) {
-        s.discard = len;
-        throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
-                                  " bytes exceeds the limit of " + std::to_string(s.max_message) +
-                                  " bytes (connection_options::max_message_size); it is skipped");
-      }
-      s.body_len = std::size_t(len);
-      s.body.resize(std::min(s.body_len, upfront_body_limit));
-      s.body_got = 0;
-      s.in_body = true;
+    if (s.in_body) return;
+    std::size_t take = std::min(avail, frame_header_size - s.hdr_got);
+    if (take) std::memcpy(s.hdr + s.hdr_got, s.in.get() + s.in_begin, take);
+    s.hdr_got += take;
+    s.in_begin += take;
+    if (s.hdr_got < frame_header_size) {
+      fill_read_ahead(s, deadline, what);
+      continue;
     }
-    // Room for at least `want` bytes, doubling (never past the announced length).
-    auto grow_to = [&s](std::size_t want) {
-      if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
-    };
+    std::uint64_t len;
+    std::memcpy(&len, s.hdr, sizeof len);
+    s.hdr_got = 0;
+    if (len > s.max_message) {
+      s.discard = len;
+      throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
+                                " bytes exceeds the limit of " + std::to_string(s.max_message) +
+                                " bytes (connection_options::max_message_size); it is skipped");
+    }
+    s.body_len = std::size_t(len);
+    s.body.clear();
+    s.body_got = 0;
+    s.in_body = true;
+    return;
+  }
+}
+
+/// Receives one whole frame body. On timeout the partial frame is kept, so a later
+/// call continues where this one stopped.
+inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
+                                         const char* what) {
+  read_frame_header(s, deadline, what);
+  // Up to upfront_body_limit at once; beyond, the body grows as its bytes arrive.
+  if (s.body.size() < std::min(s.body_len, upfront_body_limit))
+    s.body.resize(std::min(s.body_len, upfront_body_limit));
+  // Room for at least `want` bytes, doubling (never past the announced length).
+  auto grow_to = [&s](std::size_t want) {
+    if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
+  };
+  for (;;) {
+    std::size_t avail = s.in_end - s.in_begin;
     std::size_t need = s.body_len - s.body_got;
     std::size_t take = std::min(avail, need);
     grow_to(s.body_got + take);
@@ -223,6 +235,45 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
       fill_read_ahead(s, deadline, what);
     }
   }
+}
+
+/// Receives one whole frame body into `out`, with no allocation and no copy beyond
+/// the socket's; returns its length. A body that does not fit is received whole and
+/// raised as buffer_too_short; a body begun by an earlier call that timed out is
+/// finished the usual way and copied.
+inline std::size_t read_frame_into(connection_state& s, std::span<std::byte> out,
+                                   std::int64_t deadline, const char* what) {
+  read_frame_header(s, deadline, what);
+  if (s.body_got > 0 || s.body_len > out.size()) {
+    std::vector<std::byte> body = read_frame(s, deadline, what);
+    if (body.size() > out.size()) throw buffer_too_short(std::move(body), out.size());
+    if (!body.empty()) std::memcpy(out.data(), body.data(), body.size());
+    return body.size();
+  }
+  const std::size_t len = s.body_len;
+  std::size_t got = 0;
+  try {
+    while (got < len) {
+      const std::size_t avail = s.in_end - s.in_begin;
+      if (avail) {
+        const std::size_t take = std::min(avail, len - got);
+        std::memcpy(out.data() + got, s.in.get() + s.in_begin, take);
+        s.in_begin += take;
+        got += take;
+      } else if (len - got >= read_ahead_size) {
+        got += read_some(s, out.data() + got, len - got, deadline, what);
+      } else {
+        fill_read_ahead(s, deadline, what);
+      }
+    }
+  } catch (...) {
+    // Keep what arrived, so the next call (into any buffer) continues this message.
+    s.body.assign(out.data(), out.data() + got);
+    s.body_got = got;
+    throw;
+  }
+  s.in_body = false;
+  return len;
 }
 
 /// If a whole frame sits in the read-ahead buffer, consumes it and returns its body
@@ -353,6 +404,21 @@ class Connection {
   template <class Rep, class Period>
   [[nodiscard]] std::vector<std::byte> recv_bytes(std::chrono::duration<Rep, Period> timeout) {
     return frame(detail::to_ns(timeout), "recv_bytes");
+  }
+
+  /// Receives a message sent with send_bytes into `buffer` (reused across calls: no
+  /// allocation); returns its length. A message larger than the buffer is consumed
+  /// and raised as buffer_too_short, which holds it whole.
+  [[nodiscard]] std::size_t recv_bytes_into(std::span<std::byte> buffer) {
+    return detail::read_frame_into(readable_state("recv_bytes_into"), buffer, -1,
+                                   "recv_bytes_into");
+  }
+  template <class Rep, class Period>
+  [[nodiscard]] std::size_t recv_bytes_into(std::span<std::byte> buffer,
+                                            std::chrono::duration<Rep, Period> timeout) {
+    auto& s = readable_state("recv_bytes_into");
+    return detail::read_frame_into(s, buffer, detail::deadline_after(detail::to_ns(timeout)),
+                                   "recv_bytes_into");
   }
 
   /// True when there is something to receive (or the peer has closed: recv raises).

@@ -3,8 +3,10 @@
 // std::system_error whose what() names the call.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <vector>
 #include <sys/types.h>
 
 namespace mproc {
@@ -67,6 +69,22 @@ struct start_method_error : error {
 };
 struct authentication_error : error {
   using error::error;
+};
+
+/// Connection::recv_bytes_into: the message is larger than the buffer. It was
+/// consumed and is held here whole, so nothing is lost (Python's BufferTooShort).
+class buffer_too_short : public error {
+ public:
+  buffer_too_short(std::vector<std::byte> message, std::size_t capacity)
+      : error("mproc: Connection::recv_bytes_into: a message of " +
+              std::to_string(message.size()) + " bytes does not fit a buffer of " +
+              std::to_string(capacity) + " bytes; it is in buffer_too_short::message()"),
+        message_(std::move(message)) {}
+  [[nodiscard]] const std::vector<std::byte>& message() const noexcept { return message_; }
+  [[nodiscard]] std::vector<std::byte> take_message() noexcept { return std::move(message_); }
+
+ private:
+  std::vector<std::byte> message_;
 };
 
 /// Misuse of an object's lifecycle (start twice, join before start, use after close).
