@@ -221,8 +221,9 @@ def svg_chart(rows, points, title):
     top = y
     for r in bars:
         label = r["metric"] if len(r["metric"]) <= 62 else r["metric"][:60] + "..."
-        parts.append(f'<text x="{label_w - 40}" y="{y + bar_h + 2}" text-anchor="end" class="lbl">'
-                     f'{html.escape(label)}</text>')
+        mark = {True: " \u2713", False: " \u2717", None: ""}[r["met"]]  # target met / missed / none
+        parts.append(f'<text x="{label_w - 40}" y="{y + bar_h + 2}" text-anchor="end" '
+                     f'class="{"lbl miss" if r["met"] is False else "lbl"}">{html.escape(label + mark)}</text>')
         for i, key in enumerate(("vs_python", "vs_limit")):
             v = r[key]
             yy = y + i * (bar_h + 1)
@@ -248,7 +249,9 @@ def svg_chart(rows, points, title):
     legend = (f'<rect x="{label_w}" y="{legend_y - 9}" width="12" height="9" fill="{COLORS["vs_python"]}"/>'
               f'<text x="{label_w + 16}" y="{legend_y}" class="lbl">mproc / Python multiprocessing</text>'
               f'<rect x="{label_w + 230}" y="{legend_y - 9}" width="12" height="9" fill="{COLORS["vs_limit"]}"/>'
-              f'<text x="{label_w + 246}" y="{legend_y}" class="lbl">mproc / raw limit (1x = at the limit)</text>')
+              f'<text x="{label_w + 246}" y="{legend_y}" class="lbl">mproc / raw limit (1x = at the limit)</text>'
+              f'<text x="10" y="{legend_y}" class="lbl">\u2713 target met, <tspan class="miss">\u2717 missed</tspan> '
+              f'in this run</text>')
 
     # Cost growth: one log-log panel per series.
     series = [s for s in SERIES_TITLES if any(p["series"] == s for p in points)]
@@ -306,7 +309,7 @@ def svg_chart(rows, points, title):
                       f'<tspan fill="{COLORS["mproc"]}">&#9632; mproc</tspan>   '
                       f'<tspan fill="{COLORS["python"]}">&#9632; Python multiprocessing</tspan>   '
                       f'<tspan fill="{COLORS["raw"]}">&#9632; raw limit</tspan></text>')
-    style = ("<style>.lbl{font:12px sans-serif;fill:#222}.val{font:10px sans-serif;fill:#444}"
+    style = ("<style>.lbl{font:12px sans-serif;fill:#222}.miss{fill:#c00}.val{font:10px sans-serif;fill:#444}"
              ".h1{font:bold 15px sans-serif}.h2{font:bold 13px sans-serif}"
              ".grid{stroke:#ddd;stroke-width:1}.one{stroke:#000;stroke-width:1.2}"
              ".frame{fill:none;stroke:#999}</style>")
