@@ -813,6 +813,9 @@ class mpmc_ring {
     }
   }
 
+  /// Bytes a fragmented message's buffer gets before its fragments arrive.
+  static constexpr std::size_t stream_upfront_limit = std::size_t(64) << 20;
+
   /// Reassembles a fragmented message starting with the `first` record at h.
   /// Returns false when the message was aborted by its producer (nothing taken).
   template <class T>
@@ -821,8 +824,11 @@ class mpmc_ring {
     const std::byte* payload = ring_.data() + (h & mask_) + record_header;
     std::uint64_t total;
     std::memcpy(&total, payload, 8);
-    // Allocated below before the fragments arrive: a corrupt header must not ask for
-    // more than the machine's memory.
+    // No message is larger than the machine's memory. Below that, a buffer is
+    // allocated up front only to stream_upfront_limit and grows as fragments arrive,
+    // so a corrupt header cannot make get() allocate what it announces (that could
+    // raise bad_alloc instead of serialization_error, or cost real memory under
+    // strict overcommit or a sanitizer).
     const std::uint64_t ram = std::uint64_t(::sysconf(_SC_PHYS_PAGES)) * std::uint64_t(::sysconf(_SC_PAGESIZE));
     if (total > ram)
       throw serialization_error("corrupt queue record: message of " + std::to_string(total) +
@@ -840,7 +846,7 @@ class mpmc_ring {
           // touched as its bytes arrive, so the producer never stalls on a
           // consumer busy zero-filling the whole thing first.
           T v;
-          v.reserve(count);
+          v.reserve(std::size_t(std::min<std::uint64_t>(count, stream_upfront_limit / sizeof(E))));
           bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
             // The first `prefix` bytes are the tag and count, already checked.
             if (at < prefix) {
@@ -851,6 +857,9 @@ class mpmc_ring {
             }
             if (!n) return;
             const std::size_t end = at - prefix + n;  // bytes of elements filled after this
+            const std::size_t elems = (end + sizeof(E) - 1) / sizeof(E);
+            if (v.capacity() < elems)  // doubling, never past the announced count
+              v.reserve(std::size_t(std::min<std::uint64_t>(count, std::max(elems, 2 * v.capacity()))));
             prefault_write(reinterpret_cast<std::byte*>(v.data()) + (at - prefix), n);
             if constexpr (std::is_same_v<T, std::string>) {
               v.append(reinterpret_cast<const char*>(src), n);
@@ -869,8 +878,16 @@ class mpmc_ring {
         }
       }
     }
-    std::unique_ptr<std::byte[]> buf(new std::byte[total]);  // no zero fill
+    std::size_t cap = std::size_t(std::min<std::uint64_t>(total, stream_upfront_limit));
+    std::unique_ptr<std::byte[]> buf(new std::byte[cap]);  // no zero fill
     bool done = stream_fragments(h, len, total, [&](std::size_t at, const std::byte* src, std::size_t n) {
+      if (at + n > cap) {  // doubling, never past the announced total
+        const std::size_t grown = std::size_t(std::min<std::uint64_t>(total, std::max(at + n, 2 * cap)));
+        std::unique_ptr<std::byte[]> bigger(new std::byte[grown]);
+        std::memcpy(bigger.get(), buf.get(), at);
+        buf = std::move(bigger);
+        cap = grown;
+      }
       prefault_write(buf.get() + at, n);
       std::memcpy(buf.get() + at, src, n);
     });
