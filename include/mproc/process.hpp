@@ -103,7 +103,10 @@ inline void registry_before_fork() noexcept { process_registry().m.lock(); }
 inline void registry_after_fork_parent() noexcept { process_registry().m.unlock(); }
 inline void registry_after_fork_child() noexcept {
   auto& g = process_registry();
-  new (&g.m) std::mutex;
+  // The forking thread took it in registry_before_fork and is this child's thread:
+  // unlocking it (rather than constructing a fresh one) is what ThreadSanitizer
+  // can follow, and just as valid.
+  g.m.unlock();
   for (auto& c : g.children) {
     int fd = c->pidfd.exchange(-1);
     if (fd >= 0) ::close(fd);

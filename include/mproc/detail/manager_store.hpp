@@ -55,6 +55,7 @@
 #include "../serialization.hpp"
 #include "log.hpp"
 #include "posix/posix.hpp"
+#include "posix/robust_mutex.hpp"
 #include "posix/shm_region.hpp"
 
 namespace mproc {
@@ -353,6 +354,7 @@ class store {
         ts.tv_sec += timeout_ns / 1'000'000'000 + ns / 1'000'000'000;
         ts.tv_nsec = ns % 1'000'000'000;
         rc = ::pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &ts);
+        if (rc == 0 || rc == EOWNERDEAD) clocklock_acquired(m_);
       }
       if (rc == EOWNERDEAD) {
         ::pthread_mutex_consistent(m_);

@@ -33,6 +33,16 @@
 
 namespace mproc::detail {
 
+/// Call after pthread_mutex_clocklock acquired m. ThreadSanitizer does not intercept
+/// that call; without this it reports the matching unlock as an unlock of an unlocked
+/// mutex (and misses the ordering the lock gives).
+inline void clocklock_acquired([[maybe_unused]] pthread_mutex_t* m) noexcept {
+#ifdef MPROC_DETAIL_TSAN
+  __tsan_mutex_pre_lock(m, 0);
+  __tsan_mutex_post_lock(m, 0, 0);
+#endif
+}
+
 /// The calling thread's id, cached: gettid() is a system call and ownership checks
 /// sit on every release. The cache is per thread and cleared in a forked child (whose
 /// only thread has a new id).
@@ -82,14 +92,7 @@ class robust_mutex {
       } else {
         timespec abs = abs_monotonic(timeout_ns);
         rc = ::pthread_mutex_clocklock(&m_, CLOCK_MONOTONIC, &abs);
-#ifdef MPROC_DETAIL_TSAN
-        // ThreadSanitizer does not intercept pthread_mutex_clocklock; without this
-        // it would report the matching unlock as an unlock of an unlocked mutex.
-        if (rc == 0 || rc == EOWNERDEAD) {
-          __tsan_mutex_pre_lock(&m_, 0);
-          __tsan_mutex_post_lock(&m_, 0, 0);
-        }
-#endif
+        if (rc == 0 || rc == EOWNERDEAD) clocklock_acquired(&m_);
       }
     }
     switch (rc) {
