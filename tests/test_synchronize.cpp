@@ -28,7 +28,6 @@ using namespace std::chrono_literals;
 
 using mproc_test::count_fds;
 using mproc_test::join_process;
-using mproc_test::kTimedOut;
 using mproc_test::with_method;
 
 namespace {
