@@ -5,7 +5,8 @@
 //              a noticeable part of the quick budget)
 //   queue_msg  messages of 8 B .. 64 MiB through a Queue, one producer process, one
 //              consumer; raw = a bare shared-memory SPSC ring
-//   pipe_msg   the same sizes through a Pipe (send_bytes/recv_bytes); raw = a bare
+//   pipe_msg   the same sizes through a Pipe (send_bytes, then recv_bytes, and
+//              recv_bytes_into a reused buffer: "mproc_into"); raw = a bare
 //              socketpair with write()/read() loops
 // Each size moves about the same number of bytes (at least a few messages, at most
 // 20,000), so every point costs similar time. Medians of interleaved rounds.
@@ -84,7 +85,9 @@ double mproc_queue(std::size_t size, long count) {
   return s;
 }
 
-double mproc_pipe(std::size_t size, long count) {
+/// With `into`, the parent receives with recv_bytes_into into one buffer it reuses, as
+/// the raw limit does; otherwise recv_bytes returns a new vector per message.
+double mproc_pipe(std::size_t size, long count, bool into) {
   auto [rx, tx] = mproc::Pipe(false);
   auto [go_a, go_b] = mproc::Pipe();
   mproc::Process p(
@@ -96,11 +99,13 @@ double mproc_pipe(std::size_t size, long count) {
       go_b, tx, size, count);
   p.start();
   tx.close();
+  std::vector<std::byte> buf(into ? size : 0);  // allocated (and touched) off the clock, as the raw limit's
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   auto t = clk::now();
   go_a.send(1);
   for (long i = 0; i < count; ++i)
-    if (rx.recv_bytes().size() != size) throw std::runtime_error("pipe_msg: wrong size");
+    if ((into ? rx.recv_bytes_into(std::span<std::byte>(buf)) : rx.recv_bytes().size()) != size)
+      throw std::runtime_error("pipe_msg: wrong size");
   const double s = secs_since(t);
   p.join();
   return s;
@@ -234,7 +239,8 @@ int main(int argc, char** argv) {
       const long count = message_count(size, volume);
       s.add(key("queue_msg", "mproc", double(size)), mproc_queue(size, count));
       s.add(key("queue_msg", "raw", double(size)), bench::raw_ring_transfer(size, count));
-      s.add(key("pipe_msg", "mproc", double(size)), mproc_pipe(size, count));
+      s.add(key("pipe_msg", "mproc", double(size)), mproc_pipe(size, count, false));
+      s.add(key("pipe_msg", "mproc_into", double(size)), mproc_pipe(size, count, true));
       s.add(key("pipe_msg", "raw", double(size)), raw_socketpair(size, count));
     }
     if (o.python) {
@@ -257,31 +263,34 @@ int main(int argc, char** argv) {
   for (const char* impl : {"mproc", "raw", "python"})
     for (std::size_t n : tasks) collect("pool_map", impl, double(n), double(n));
   for (const char* series : {"queue_msg", "pipe_msg"})
-    for (const char* impl : {"mproc", "raw", "python"})
+    for (const char* impl : {"mproc", "raw", "python", "mproc_into", "python_into"})
       for (std::size_t size : sizes) collect(series, impl, double(size), double(message_count(size, volume)));
 
   // Time must grow in proportion to work: on a log-log plot a line of slope 1. The
   // machine's own cost per byte rises once data leaves the caches (the raw limit's
   // steps reach about 1.5 there), so the targets leave room above 1; a cliff - a slow
-  // path from some size on - shows as one step much steeper than that. Below 10^4 tasks / 4 KiB messages fixed costs (a wake-up, a message
-  // header) dominate and are left out.
+  // path from some size on - shows as one step much steeper than that. Below 10^4
+  // tasks / 4 KiB messages fixed costs (a wake-up, a message header) dominate and are
+  // left out.
   struct check {
     const char* series;
+    const char* impl;  // mproc's variant; Python's is the same name with "python"
     const char* name;
     const char* params;
     const char* raw_label;
     double from;
   };
-  for (check c : {check{"pool_map", "Pool.map", "identity on 10^4..10^7 ints, default chunksize, Pool(2)",
+  const char* sizes_text = "messages of 4 KiB..64 MiB (x8 steps; 16 -> 64 MiB x4)";
+  for (check c : {check{"pool_map", "", "Pool.map", "identity on 10^4..10^7 ints, default chunksize, Pool(2)",
                         "2 std::threads", 1e4},
-                  check{"queue_msg", "Queue", "messages of 4 KiB..64 MiB (x8 steps; 16 -> 64 MiB x4)",
-                        "bare shared-memory SPSC ring", 4096},
-                  check{"pipe_msg", "Pipe", "messages of 4 KiB..64 MiB (x8 steps; 16 -> 64 MiB x4)",
-                        "bare socketpair", 4096}}) {
+                  check{"queue_msg", "", "Queue", sizes_text, "bare shared-memory SPSC ring", 4096},
+                  check{"pipe_msg", "", "Pipe recv_bytes", sizes_text, "bare socketpair", 4096},
+                  check{"pipe_msg", "_into", "Pipe recv_bytes_into (reused buffer)", sizes_text, "bare socketpair",
+                        4096}}) {
     const std::string k = c.series;
-    const fit m = loglog_fit(curves[k + "/mproc"], c.from);
+    const fit m = loglog_fit(curves[k + "/mproc" + c.impl], c.from);
     const fit raw = loglog_fit(curves[k + "/raw"], c.from);
-    const fit py = loglog_fit(curves[k + "/python"], c.from);
+    const fit py = loglog_fit(curves[k + "/python" + c.impl], c.from);
     // Not speed ratios: the ratio columns would mislead, so the other sides go in the
     // parameters instead.
     auto others = [&](double p, double r) {

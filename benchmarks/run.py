@@ -158,27 +158,33 @@ def markdown_table(rows):
     return "\n".join(out)
 
 
+IMPL_NAMES = {"mproc": "mproc", "mproc_into": "mproc recv_bytes_into", "python": "Python",
+              "python_into": "Python recv_bytes_into", "raw": "raw limit"}
+
+
 def growth_tables(points):
-    """One table per series: work, then time per item for mproc, Python and raw."""
+    """One table per series: work, then time per item for each side measured."""
     out = []
     for series, title in SERIES_TITLES.items():
         pts = [p for p in points if p["series"] == series]
         if not pts:
             continue
         xs = sorted({p["x"] for p in pts})
+        impls = [i for i in IMPL_NAMES if any(p["impl"] == i for p in pts)]
         by = {(p["impl"], p["x"]): p for p in pts}
         per = "task" if series == "pool_map" else "message"
         unit_x = "tasks" if series == "pool_map" else "bytes"
         out.append(f"**{title}** (time per {per}; medians)\n")
-        out.append(f"| {unit_x} | mproc | Python | raw limit | mproc/Python |")
-        out.append("|---|---|---|---|---|")
+        out.append(f"| {unit_x} | " + " | ".join(IMPL_NAMES[i] for i in impls) + " | mproc/Python |")
+        out.append("|---" * (len(impls) + 2) + "|")
         for x in xs:
             def per_item(impl):
                 p = by.get((impl, x))
                 return None if p is None else p["seconds"] / p["items"]
-            m, py, raw = per_item("mproc"), per_item("python"), per_item("raw")
-            out.append(f"| {size_text(x) if series != 'pool_map' else num(x)} | {dur(m)} | {dur(py)} | {dur(raw)} | "
-                       f"{ratio(py / m) if m and py else '-'} |")
+            m, py = per_item("mproc"), per_item("python")
+            label = num(x) if series == "pool_map" else size_text(x)
+            out.append(f"| {label} | " + " | ".join(dur(per_item(i)) for i in impls) +
+                       f" | {ratio(py / m) if m and py else '-'} |")
         out.append("")
     return "\n".join(out)
 
@@ -201,7 +207,8 @@ def dur(s):
 
 # ------------------------------------------------------------------ SVG chart
 
-COLORS = {"mproc": "#1f77b4", "python": "#d62728", "raw": "#7f7f7f", "vs_python": "#2ca02c", "vs_limit": "#1f77b4"}
+COLORS = {"mproc": "#1f77b4", "python": "#d62728", "raw": "#7f7f7f", "mproc_into": "#17becf",
+          "python_into": "#ff9896", "vs_python": "#2ca02c", "vs_limit": "#1f77b4"}
 
 
 def svg_chart(rows, points, title):
@@ -291,12 +298,13 @@ def svg_chart(rows, points, title):
                           f'class="grid"/>')
             growth.append(f'<text x="{px - 3}" y="{Y(10 ** e) + 3:.1f}" text-anchor="end" class="val">'
                           f'{dur(10.0 ** e)}</text>')
-        for impl in ("raw", "python", "mproc"):
+        for impl in ("raw", "python_into", "python", "mproc_into", "mproc"):
             line = sorted((p["x"], t_of(p)) for p in pts if p["impl"] == impl and t_of(p) > 0)
             if not line:
                 continue
             d = " ".join(f"{X(x):.1f},{Y(t):.1f}" for x, t in line)
-            growth.append(f'<polyline points="{d}" fill="none" stroke="{COLORS[impl]}" stroke-width="2"/>')
+            dash = ' stroke-dasharray="5,3"' if impl.endswith("_into") else ""
+            growth.append(f'<polyline points="{d}" fill="none" stroke="{COLORS[impl]}" stroke-width="2"{dash}/>')
             for x, t in line:
                 growth.append(f'<circle cx="{X(x):.1f}" cy="{Y(t):.1f}" r="2.5" fill="{COLORS[impl]}">'
                               f'<title>{impl}: {num(x)} -> {dur(t)}</title></circle>')
@@ -308,7 +316,9 @@ def svg_chart(rows, points, title):
         growth.append(f'<text x="60" y="{ly}" class="lbl">'
                       f'<tspan fill="{COLORS["mproc"]}">&#9632; mproc</tspan>   '
                       f'<tspan fill="{COLORS["python"]}">&#9632; Python multiprocessing</tspan>   '
-                      f'<tspan fill="{COLORS["raw"]}">&#9632; raw limit</tspan></text>')
+                      f'<tspan fill="{COLORS["raw"]}">&#9632; raw limit</tspan>   '
+                      f'<tspan fill="{COLORS["mproc_into"]}">- - mproc recv_bytes_into</tspan>   '
+                      f'<tspan fill="{COLORS["python_into"]}">- - Python recv_bytes_into</tspan></text>')
     style = ("<style>.lbl{font:12px sans-serif;fill:#222}.miss{fill:#c00}.val{font:10px sans-serif;fill:#444}"
              ".h1{font:bold 15px sans-serif}.h2{font:bold 13px sans-serif}"
              ".grid{stroke:#ddd;stroke-width:1}.one{stroke:#000;stroke-width:1.2}"
@@ -389,12 +399,12 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
             "steepest step between neighbouring sizes. The raw limit's own cost per byte rises once "
             "messages no longer fit in the caches; that shows in every column alike.",
             "",
-            "A step between 16 and 64 MiB in mproc's (and Python's) message curves is glibc's, not the "
-            "transport's: allocations above 32 MiB (glibc's largest mmap threshold) get fresh pages from "
-            "mmap every time, so each received message pays page faults and zeroing on top of the copy, "
-            "and freeing it unmaps them again. The step disappears when `MALLOC_MMAP_THRESHOLD_` is "
-            "raised. The raw limit reads into one reused buffer; receiving into a caller's reused buffer "
-            "(as Python's `recv_bytes_into`) would avoid it.",
+            "A step between 16 and 64 MiB in the message curves of `recv_bytes` and `Queue.get` (mproc's "
+            "and Python's) is glibc's, not the transport's: allocations above 32 MiB (glibc's largest "
+            "mmap threshold) get fresh pages from mmap every time, so each received message pays page "
+            "faults and zeroing on top of the copy, and freeing it unmaps them again; the step disappears "
+            "when `MALLOC_MMAP_THRESHOLD_` is raised. The raw limit reads into one reused buffer, and so "
+            "does `Connection::recv_bytes_into` (as Python's): its rows show the Pipe without that cost.",
             "",
             growth_tables(points),
         ]

@@ -2,7 +2,8 @@
 messages from 8 B to 64 MiB, with multiprocessing. Stdlib only.
 
 usage: bench_scaling.py MAX_TASKS VOLUME_BYTES
-Prints "series/python/x seconds" lines, one per point (x = tasks or message bytes).
+Prints "series/impl/x seconds" lines, one per point (x = tasks or message bytes;
+impl python, or python_into for Pipe.recv_bytes_into a reused bytearray).
 Pool.map runs 10^3 tasks and up, by powers of ten, to MAX_TASKS.
 """
 import multiprocessing as mp
@@ -55,17 +56,19 @@ def time_queue(size, count):
     return dt
 
 
-def time_pipe(size, count):
+def time_pipe(size, count, into=False):
     rx, tx = mp.Pipe(duplex=False)
     go_a, go_b = mp.Pipe()
     p = mp.Process(target=produce_pipe, args=(go_b, tx, size, count))
     p.start()
     tx.close()
+    buf = bytearray(size) if into else None  # allocated off the clock, as on the C++ side
     time.sleep(0.03)
     t = time.perf_counter()
     go_a.send(1)
     for _ in range(count):
-        if len(rx.recv_bytes()) != size:
+        n = rx.recv_bytes_into(buf) if into else len(rx.recv_bytes())
+        if n != size:
             raise SystemExit("pipe: wrong size")
     dt = time.perf_counter() - t
     p.join()
@@ -94,6 +97,7 @@ def main():
         count = message_count(size, volume)
         print(f"queue_msg/python/{size} {time_queue(size, count)}", flush=True)
         print(f"pipe_msg/python/{size} {time_pipe(size, count)}", flush=True)
+        print(f"pipe_msg/python_into/{size} {time_pipe(size, count, into=True)}", flush=True)
 
 
 if __name__ == "__main__":
