@@ -17,7 +17,7 @@
 #include <vector>
 
 #include <map>
-#include <ranges>
+#include <numeric>
 
 #include <mproc/pool.hpp>
 
@@ -74,7 +74,9 @@ row run(mproc::start_method m) {
   auto t0 = std::chrono::steady_clock::now();
   mproc::Pool pool({.processes = kWorkers, .method = m});
   auto t1 = std::chrono::steady_clock::now();
-  std::vector<slice_report> reports = pool.map(sum_slice, std::views::iota(0, kWorkers), 1);
+  std::vector<int> slices(kWorkers);
+  std::iota(slices.begin(), slices.end(), 0);  // not std::views::iota: clang 14 cannot compile it
+  std::vector<slice_report> reports = pool.map(sum_slice, slices, 1);
   pool.close();
   pool.join();
   auto t2 = std::chrono::steady_clock::now();

@@ -467,7 +467,8 @@ TEST_CASE("recv_bytes_into reuses the caller's buffer; a message too large is ke
   // writer process, so the body arrives in many pieces.
   std::vector<std::byte> big(600 * 1024);
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = std::byte(i * 7 + 3);
-  pid_t pid = mproc::detail::fork_child([&] {
+  // a is named in the capture: clang < 16 cannot capture a structured binding.
+  pid_t pid = mproc::detail::fork_child([&big, &a = a] {
     a.send_bytes(std::span<const std::byte>(big));
     a.send_bytes(std::span<const std::byte>());
     return 0;
