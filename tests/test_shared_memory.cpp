@@ -7,6 +7,7 @@
 #include "test_support.hpp"
 
 #include <mproc/detail/posix/fork.hpp>
+#include <mproc/pool.hpp>
 #include <mproc/process.hpp>
 #include <mproc/shared_memory.hpp>
 
@@ -55,6 +56,14 @@ void write_by_name_and_handle(mproc::SharedMemory shm, std::string name) {
   auto v = mine.as<int>();
   for (std::size_t i = 0; i < v.size(); ++i) v[i] = int(i) * 10;
   shm.as<int>()[0] = 7;  // the handle passed as an argument maps the same memory
+}
+
+/// A pool task: creates a segment, leaves it to the caller (no unlink) and reports the
+/// name and the tracker its worker uses.
+std::pair<std::string, int> make_segment_in_task(int value) {
+  mproc::SharedMemory shm(mproc::create, sizeof(int));
+  shm.as<int>()[0] = value;
+  return {shm.name(), int(d::resource_tracker::instance().ensure_running())};
 }
 
 std::set<std::string> list_dir(const char* path) {
@@ -304,4 +313,25 @@ TEST_CASE("The tracker is not our child and holds only its socket and stdio") {
   mproc::Process k(with_method(method), expect_tracker, int(t));
   k.start();
   CHECK(join_process(k) == 0);
+}
+
+TEST_CASE("A segment a pool task creates outlives its worker: workers share the tracker") {
+  auto method = MPROC_TEST_EACH_START_METHOD();
+  INFO("start method " << mproc::to_string(method));
+  mproc_test::ensure_init();
+  std::vector<std::pair<std::string, int>> made;
+  {
+    mproc::Pool pool({.processes = 2, .method = method, .max_tasks_per_child = 1});
+    made = pool.map(make_segment_in_task, std::vector<int>{11, 22, 33});
+    pool.close();
+    pool.join();  // every worker that made one has exited
+  }
+  const int tracker = int(d::resource_tracker::instance().ensure_running());
+  REQUIRE(made.size() == 3);
+  for (std::size_t i = 0; i < made.size(); ++i) {
+    CHECK(made[i].second == tracker);
+    mproc::SharedMemory seg(made[i].first);  // still there
+    CHECK(seg.as<int>()[0] == 11 * int(i + 1));
+    seg.unlink();
+  }
 }

@@ -665,7 +665,8 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
 
 /// A pool worker in a fresh program image (spawn, forkserver): maps the rings and
 /// the pool's shared word from the received descriptors, then runs as a forked
-/// worker would. fds: [worker region, pool region, wake eventfd].
+/// worker would. fds: [worker region, pool region, wake eventfd, resource tracker
+/// (if one runs)].
 inline int pool_worker_entry(std::span<const std::byte> payload, std::span<const int> fds) {
   reader r{payload.data(), payload.data() + payload.size()};
   std::uint64_t capacity = 0, region_bytes = 0, shared_bytes = 0, max_tasks = 0;
@@ -678,7 +679,12 @@ inline int pool_worker_entry(std::span<const std::byte> payload, std::span<const
   decode(r, timed);
   decode(r, name);
   portable_call init = portable_call::decode_from(r);
-  if (fds.size() != 3) throw start_method_error("pool worker: expected 3 descriptors");
+  std::int32_t tracker_pid = -1;
+  decode(r, tracker_pid);
+  if (fds.size() != (tracker_pid > 0 ? 4u : 3u))
+    throw start_method_error("pool worker: unexpected number of descriptors");
+  // Segments a task creates are tracked with the program's, as in a forked worker.
+  if (tracker_pid > 0) resource_tracker::instance().adopt_fd(fds[3], tracker_pid);
   shm_region region = shm_region::map(unique_fd(fds[0]), region_bytes);
   shm_region shared = shm_region::map(unique_fd(fds[1]), shared_bytes);
   const int wake_fd = fds[2];  // kept open for the life of the worker
@@ -1395,11 +1401,19 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     encode(pw, std::uint8_t(timed));
     encode(pw, name);
     init.encode_to_writer(pw);
-    const int fds[3] = {w.region.fd(), shared_region_.fd(), wfd};
+    // A fresh image shares the program's resource tracker (started now if need be,
+    // as for a spawned Process); a forked worker inherits it anyway.
+    bool fresh_image = !std::is_same_v<Policy, fork_policy>;
+    if constexpr (std::is_same_v<Policy, dynamic_policy>)
+      fresh_image = opts_.method.value_or(get_start_method()) != start_method::fork;
+    if (fresh_image) resource_tracker::instance().ensure_running();
+    const auto [tracker_fd, tracker_pid] = resource_tracker::instance().running();
+    encode(pw, std::int32_t(tracker_fd >= 0 ? tracker_pid : -1));
+    const int fds[4] = {w.region.fd(), shared_region_.fd(), wfd, tracker_fd};
     launch_request req{name, true, opts_.method, body};
     req.entry = &pool_worker_entry;
     req.payload = payload;
-    req.fds = fds;
+    req.fds = std::span<const int>(fds, tracker_fd >= 0 ? 4 : 3);
     launched_child child = Policy::launch(req);
     w.pid = child.pid;
     w.status = std::move(child.status);

@@ -560,7 +560,10 @@ class basic_process {
       detail::encode(w, options_.daemon);
       detail::encode(w, self);
       detail::encode(w, self_name);
-      // The child shares the program's resource tracker, as a forked child does.
+      // The child shares the program's resource tracker, as a forked child does; it is
+      // started now (as Python does for spawn), or a segment the child creates would be
+      // tracked by a tracker of the child's own and removed when the child exits.
+      detail::resource_tracker::instance().ensure_running();
       auto [tracker_fd, tracker_pid] = detail::resource_tracker::instance().running();
       std::int32_t tracker_index = tracker_fd >= 0 ? std::int32_t(fds.add(tracker_fd)) : -1;
       detail::encode(w, tracker_index);
