@@ -813,8 +813,12 @@ class mpmc_ring {
     }
   }
 
-  /// Bytes a fragmented message's buffer gets before its fragments arrive.
-  static constexpr std::size_t stream_upfront_limit = std::size_t(64) << 20;
+  /// Bytes a fragmented message's buffer gets before its fragments arrive. Up to this
+  /// the buffer is taken whole (untouched pages cost nothing until written); growing
+  /// a large message step by step instead would copy it again and fault its pages in
+  /// twice (a 256 MiB message went from 2.3 to 1.5 GB/s). Above it, a corrupt header
+  /// announcing more than was sent costs nothing beyond this.
+  static constexpr std::size_t stream_upfront_limit = std::size_t(1) << 30;
 
   /// Reassembles a fragmented message starting with the `first` record at h.
   /// Returns false when the message was aborted by its producer (nothing taken).
