@@ -341,8 +341,10 @@ TEST_CASE("a pool survives replacement workers killed while they start", "[chaos
   for (int i = 0; i < 500; ++i) REQUIRE(out[i] == i * i);
   // The victim was replaced (pids may be reused: the start time tells processes apart).
   std::set<std::pair<int, std::uint64_t>> workers;
-  for (const auto& r : pool.map_async(triple_plus_one, std::vector<int>(200, 1), {.chunksize = 1}).get(60s))
-    workers.insert({r.pid, r.start});
+  // The AsyncResult is kept: get() returns a reference into it, which a temporary
+  // would take with it before the loop runs (ASan: heap-use-after-free).
+  auto replaced = pool.map_async(triple_plus_one, std::vector<int>(200, 1), {.chunksize = 1});
+  for (const auto& r : replaced.get(60s)) workers.insert({r.pid, r.start});
   CHECK_FALSE(workers.count({victim_id.pid, victim_id.start}));
 }
 
