@@ -50,8 +50,6 @@ step "build" cmake --build "$build_dir" -j "$jobs"
 step "test" ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j "$jobs" \
   ${ctest_args[@]+"${ctest_args[@]}"}
 
-# Kept in step with the tsan test preset's exclude list in CMakePresets.json.
-tsan_excluded='^(test_chaos|test_context|test_process)$'
 if ((sanitizers)); then
   for preset in asan tsan; do
     dir_args=()
@@ -72,12 +70,8 @@ if ((sanitizers)); then
       step "$preset: fuzzers" ctest --test-dir "$dir" --output-on-failure --no-tests=error \
         -j "$jobs" -L fuzz
     else
-      # Left out under TSan (they run under ASan and in the normal build): TSan's
-      # runtime adds a thread to every process and forked child, which test_context's
-      # single-threaded-forkserver checks see, and test_chaos / test_process's
-      # orphan-reaping cases do not yet pass there (see README, Sanitizers).
       step "$preset: unit tests" ctest --test-dir "$dir" --output-on-failure --no-tests=error \
-        -j "$jobs" -L unit -LE mpi -E "$tsan_excluded"
+        -j "$jobs" -L unit -LE mpi
     fi
   done
 fi
