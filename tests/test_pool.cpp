@@ -184,6 +184,23 @@ TEST_CASE("apply, apply_async, submit, map_async", "[pool]") {
   REQUIRE(v.successful());
 }
 
+TEST_CASE("get() on a temporary AsyncResult returns the value, not a dangling reference",
+          "[pool]") {
+  mproc::Pool pool(2);
+  int sum = 0;
+  for (int x : pool.map_async(square, std::vector<int>{1, 2, 3}).get()) sum += x;
+  CHECK(sum == 14);
+  for (int x : pool.map_async(square, std::vector<int>{4}).get(5s)) sum += x;
+  CHECK(sum == 30);
+  auto kept = pool.map_async(square, std::vector<int>{5});
+  STATIC_REQUIRE(std::is_same_v<decltype(kept.get()), const std::vector<int>&>);
+  STATIC_REQUIRE(std::is_same_v<decltype(std::move(kept).get()), std::vector<int>>);
+  auto copy = kept;  // shares the state: the value is copied out, not moved
+  CHECK(std::move(copy).get() == std::vector<int>{25});
+  CHECK(kept.get() == std::vector<int>{25});
+  CHECK(std::move(kept).get() == std::vector<int>{25});
+}
+
 TEST_CASE("get with a timeout raises timeout_error and can be retried", "[pool]") {
   mproc::Pool pool(1);
   auto a = pool.apply_async(sleep_ms, 300);

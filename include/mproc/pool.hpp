@@ -274,19 +274,29 @@ class [[nodiscard]] AsyncResult {
 
   /// Waits for the result and returns it (again on every call); rethrows the task's
   /// exception.
-  decltype(auto) get() const {
+  decltype(auto) get() const& {
     check();
     s_->wait();
     return take();
   }
+  /// On a temporary (`for (auto& x : pool.map_async(f, v).get())`) the result comes
+  /// by value: a reference into the temporary's state would dangle.
+  auto get() && {
+    check();
+    s_->wait();
+    return take_value();
+  }
   /// As get(), raising timeout_error when not ready within `timeout`; the result
   /// can still be fetched later.
   template <class Rep, class Period>
-  decltype(auto) get(std::chrono::duration<Rep, Period> timeout) const {
-    check();
-    if (!s_->wait_for_ns(detail::to_ns(timeout)))
-      throw timeout_error("AsyncResult::get: result not ready within the timeout");
+  decltype(auto) get(std::chrono::duration<Rep, Period> timeout) const& {
+    wait_or_throw(detail::to_ns(timeout));
     return take();
+  }
+  template <class Rep, class Period>
+  auto get(std::chrono::duration<Rep, Period> timeout) && {
+    wait_or_throw(detail::to_ns(timeout));
+    return take_value();
   }
   void wait() const {
     check();
@@ -332,6 +342,21 @@ class [[nodiscard]] AsyncResult {
  private:
   void check() const {
     if (!s_) throw state_error("AsyncResult: empty (moved-from or default-constructed)");
+  }
+  void wait_or_throw(std::int64_t timeout_ns) const {
+    check();
+    if (!s_->wait_for_ns(timeout_ns))
+      throw timeout_error("AsyncResult::get: result not ready within the timeout");
+  }
+  /// The value as a new object: moved out when no other copy shares the state.
+  auto take_value() {
+    if (s_->error) std::rethrow_exception(s_->error);
+    if constexpr (std::is_void_v<R>)
+      return;
+    else if (s_.use_count() == 1)
+      return R(std::move(s_->value));
+    else
+      return R(s_->value);
   }
   decltype(auto) take() const {
     if (s_->error) std::rethrow_exception(s_->error);
