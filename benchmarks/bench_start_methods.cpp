@@ -1,6 +1,6 @@
 // Start methods, side by side (microseconds per start+join of a child that does nothing):
 //  - spawn: mproc::Process with start_method::spawn vs a bare posix_spawn()+waitpid() of
-//    this same executable (which returns from main right after init: the limit for
+//    this same executable (which returns from main before init: the limit for
 //    re-executing the program) vs Python's multiprocessing spawn;
 //  - forkserver: mproc::Process with start_method::forkserver vs mproc::Process with
 //    fork vs Python's multiprocessing forkserver.
@@ -57,8 +57,10 @@ double raw_posix_spawn(int count) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  mproc::init(argc, argv);
+  // The raw baseline's child returns before init, which would fork the forkserver:
+  // a bare exec of this executable, as a spawned child is up to its entry.
   if (argc > 1 && std::strcmp(argv[1], "--raw-child") == 0) return 0;
+  mproc::init(argc, argv);
   int count = 50;
   auto o = bench::parse_args(argc, argv, 7, 3, "[--rounds N] [--quick] [--json] [--no-python] [--count N]",
                              [&](std::string_view a, auto& next) {
