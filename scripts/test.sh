@@ -6,7 +6,7 @@
 # Other arguments go to the first ctest, e.g. scripts/test.sh -L unit  or  -R test_queue
 #
 # The sanitizer step configures, builds and tests the CMakePresets.json presets asan
-# (clang, ASan+UBSan: unit tests, then each fuzzer for MPROC_FUZZ_SECONDS) and tsan
+# (clang, ASan+UBSan: unit tests and examples, then each fuzzer for MPROC_FUZZ_SECONDS) and tsan
 # (clang, TSan: unit tests but the MPI ones). Their trees are build-asan/ and
 # build-tsan/, or $SANITIZER_BUILD_ROOT/build-{asan,tsan}.
 set -euo pipefail
@@ -65,8 +65,8 @@ if ((sanitizers)); then
     # The same selection as `ctest --preset $preset` (unit tests; fuzzers under asan;
     # no MPI under tsan: Open MPI itself is not built with TSan).
     if [[ $preset == asan ]]; then
-      step "$preset: unit tests" ctest --test-dir "$dir" --output-on-failure --no-tests=error \
-        -j "$jobs" -L unit
+      step "$preset: unit tests, examples" ctest --test-dir "$dir" --output-on-failure \
+        --no-tests=error -j "$jobs" -L "unit|example"
       step "$preset: fuzzers" ctest --test-dir "$dir" --output-on-failure --no-tests=error \
         -j "$jobs" -L fuzz
     else
