@@ -61,10 +61,8 @@ inline bootstrap_state& bootstrap() {
   return *s;
 }
 
-inline std::atomic<start_method>& default_start_method() {
-  static std::atomic<start_method> m{start_method::fork};
-  return m;
-}
+static_assert(int(start_method::spawn) == start_method_value_spawn &&
+              int(start_method::forkserver) == start_method_value_forkserver);
 
 /// What spawn and forkserver re-execute, recorded by init; raises when they cannot be
 /// used from this process.
@@ -218,11 +216,11 @@ struct forkserver_policy {
 
 /// Sets the method used when process_options::method (or pool_options::method) is empty.
 inline void set_start_method(start_method m) {
-  detail::default_start_method().store(m);
+  detail::default_start_method_value().store(int(m));
 }
 
 [[nodiscard]] inline start_method get_start_method() noexcept {
-  return detail::default_start_method().load();
+  return static_cast<start_method>(detail::default_start_method_value().load());
 }
 
 /// The methods usable in this build, the default first.

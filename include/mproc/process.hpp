@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -61,10 +62,16 @@ struct process_state {
   std::mutex m;  // serialises reaping and signalling
   pid_t pid = -1;
   pid_t owner = -1;  // the process that started it: the only one that may wait for it
+  // Kept open after reaping, as the sentinel stays valid until close(); once the child
+  // is reaped without ever having had one, an always-readable eventfd stands in.
   std::atomic<int> pidfd{-1};
   // A child that is not ours (forkserver) reports its exit code on this socket.
   std::atomic<int> status_fd{-1};
   std::optional<int> exitcode;  // set when reaped
+  // A forkserver child reports its own exit code just before it exits (so that it
+  // arrives even if the server was killed): held here until its pidfd shows the exit.
+  std::optional<int> reported_code;
+  std::atomic<bool> code_reported{false};
   bool lost = false;            // reaped by someone else (SIGCHLD ignored, waitpid(-1))
   std::string name;
   bool daemon = false;
@@ -88,6 +95,12 @@ struct process_globals {
   int counter = 0;            // last number handed out to a child of this process
   pid_t self_pid = ::getpid();
   std::optional<process_info> parent;
+  // Becomes readable when the parent ends: a pidfd (received from the parent, or
+  // opened on first need), or an eventfd once the parent is known to be gone.
+  int parent_fd = -1;
+  // A forked or spawned child's parent is its real parent (getppid); a forkserver
+  // child's real parent is the server.
+  bool parent_is_ppid = false;
   bool daemon = false;
   std::atomic<bool> exit_handler_registered{false};
 };
@@ -116,6 +129,9 @@ inline void registry_after_fork_child() noexcept {
   g.children.clear();
   g.counter = 0;
   g.parent = process_info{g.self_pid, process_name_storage()};
+  if (g.parent_fd >= 0) ::close(g.parent_fd);
+  g.parent_fd = -1;
+  g.parent_is_ppid = true;
   g.self_pid = ::getpid();
 }
 
@@ -169,16 +185,30 @@ inline bool reap_nohang(process_state& s) {
     std::lock_guard lk(s.m);
     if (s.finished()) return true;
     if (int sfd = s.status_fd.load(); sfd >= 0) {
-      // Not our child: the process that reaps it sends the exit code.
-      std::int32_t code = 0;
-      ssize_t n = ::recv(sfd, &code, sizeof code, MSG_DONTWAIT | MSG_WAITALL);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
-        throw_errno("recv(exit status)");
+      // Not our child: it, or the server when it reaps it, sends the exit code.
+      if (!s.reported_code) {
+        std::int32_t code = 0;
+        ssize_t n = ::recv(sfd, &code, sizeof code, MSG_DONTWAIT | MSG_WAITALL);
+        if (n < 0) {
+          if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+          throw_errno("recv(exit status)");
+        }
+        if (n == sizeof code) {
+          s.reported_code = code;
+          s.code_reported.store(true);
+        } else {
+          s.lost = true;  // it and its server ended without reporting
+        }
       }
-      if (n == sizeof code) s.exitcode = code;
-      else s.lost = true;  // its reaper went away without reporting
-      ::close(s.status_fd.exchange(-1));
+      if (s.reported_code) {
+        // Finished once it has really exited (its code may come just before).
+        if (int pfd = s.pidfd.load(); pfd >= 0) {
+          pollfd p{pfd, POLLIN, 0};
+          if (::poll(&p, 1, 0) == 0) return false;
+        }
+        s.exitcode = *s.reported_code;
+      }
+      // Left open: it is readable from now on, a valid sentinel until close().
     } else {
       int status = 0;
       pid_t rc = waitpid_eintr(s.pid, &status, WNOHANG);
@@ -191,8 +221,6 @@ inline bool reap_nohang(process_state& s) {
         throw_errno("waitpid");
       }
     }
-    int fd = s.pidfd.exchange(-1);
-    if (fd >= 0) ::close(fd);
   }
   unregister_child(&s);
   log_exit(s);
@@ -210,6 +238,33 @@ inline int ensure_pidfd(process_state& s) {
     s.pidfd.store(fd);
   }
   return fd;
+}
+
+/// A descriptor that is readable once the child has ended, valid until the state's
+/// descriptors are released: the pidfd, else the status socket of a forkserver child,
+/// else (the child reaped before anyone asked) an eventfd that is always readable.
+inline int sentinel_fd(process_state& s) {
+  {
+    std::lock_guard lk(s.m);
+    if (int fd = s.pidfd.load(); fd >= 0) return fd;
+    if (s.finished()) {
+      int fd = ::eventfd(1, EFD_CLOEXEC);
+      if (fd < 0) throw_errno("eventfd(sentinel)");
+      s.pidfd.store(fd);
+      return fd;
+    }
+    if (int sfd = s.status_fd.load(); sfd >= 0) return sfd;
+  }
+  return ensure_pidfd(s);
+}
+
+/// Releases the child's descriptors (Process::close()); the child is reaped.
+inline void release_fds(process_state& s) noexcept {
+  std::lock_guard lk(s.m);
+  for (auto* a : {&s.pidfd, &s.status_fd}) {
+    int fd = a->exchange(-1);
+    if (fd >= 0) ::close(fd);
+  }
 }
 
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
@@ -234,6 +289,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
     }
     int fd = s.status_fd.load();
     if (fd < 0) fd = ensure_pidfd(s);
+    else if (s.code_reported.load() && s.pidfd.load() >= 0) fd = s.pidfd.load();
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
       timespec ts{};
@@ -465,6 +521,8 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
   decode(r, daemon);
   decode(r, parent_pid);
   decode(r, parent_name);
+  std::int32_t parent_fd = -1;
+  decode(r, parent_fd);
   std::int32_t tracker_fd = -1, tracker_pid = -1;
   decode(r, tracker_fd);
   decode(r, tracker_pid);
@@ -475,6 +533,9 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
     auto& g = process_registry();
     std::lock_guard lk(g.m);
     g.parent = process_info{pid_t(parent_pid), parent_name};
+    if (g.parent_fd >= 0) ::close(g.parent_fd);
+    g.parent_fd = parent_fd >= 0 ? dup_received(fds, std::uint32_t(parent_fd)).release() : -1;
+    g.parent_is_ppid = ::getppid() == pid_t(parent_pid);
     g.self_pid = ::getpid();
   }
   F f = decode_callable<F>(r);
@@ -548,6 +609,7 @@ class basic_process {
     // The work in a form a fresh program image can run, unless fork is certain.
     std::vector<std::byte> payload;
     detail::fd_collector fds;
+    detail::unique_fd self_pidfd;
     bool portable_needed = !std::is_same_v<Policy, fork_policy>;
     if constexpr (std::is_same_v<Policy, dynamic_policy>)
       portable_needed = options_.method.value_or(get_start_method()) != start_method::fork;
@@ -560,6 +622,11 @@ class basic_process {
       detail::encode(w, options_.daemon);
       detail::encode(w, self);
       detail::encode(w, self_name);
+      // A pidfd of this process: the child's parent_process() watches it (a forkserver
+      // child's real parent is the server).
+      self_pidfd = detail::try_pidfd_open(self);
+      std::int32_t parent_index = self_pidfd ? std::int32_t(fds.add(self_pidfd.get())) : -1;
+      detail::encode(w, parent_index);
       // The child shares the program's resource tracker, as a forked child does; it is
       // started now (as Python does for spawn), or a segment the child creates would be
       // tracked by a tracker of the child's own and removed when the child exits.
@@ -634,11 +701,12 @@ class basic_process {
     return state_->exitcode;
   }
 
-  /// A descriptor that becomes readable when the child exits (a pidfd), -1 if none.
+  /// A descriptor that becomes readable when the child exits (a pidfd), for poll or
+  /// select; owned by this object and valid until close() or destruction, also
+  /// after join().
   [[nodiscard]] int sentinel() const {
     check_started("sentinel");
-    if (int sfd = state_->status_fd.load(); sfd >= 0) return state_->pidfd.load();
-    return detail::ensure_pidfd(*state_);
+    return detail::sentinel_fd(*state_);
   }
 
   /// SIGTERM (a no-op once the child has been reaped).
@@ -654,6 +722,7 @@ class basic_process {
       if (!detail::reap_nohang(*state_))
         throw state_error("mproc: cannot close process '" + name_ +
                           "' while it is still running; join() or terminate() it first");
+      detail::release_fds(*state_);
     }
     target_.reset();
     closed_ = true;
@@ -700,11 +769,90 @@ using Process = basic_process<dynamic_policy>;
   return {::getpid(), detail::process_name_storage()};
 }
 
+namespace detail {
+
+/// A descriptor that becomes readable when this process's parent ends (-1: no parent,
+/// or no pidfd support). Opened on first need and kept for the process's lifetime.
+inline int parent_sentinel() {
+  auto& g = process_registry();
+  std::lock_guard lk(g.m);
+  if (!g.parent) return -1;
+  if (g.parent_fd >= 0) return g.parent_fd;
+  int fd = try_pidfd_open(g.parent->pid).release();
+  // Still our parent after the pidfd was opened: it is that process, alive then. A
+  // process that was reparented has lost its parent (its pid may be reused since).
+  if (g.parent_is_ppid && ::getppid() != g.parent->pid) {
+    if (fd >= 0) ::close(fd);
+    fd = ::eventfd(1, EFD_CLOEXEC);
+    if (fd < 0) throw_errno("eventfd(parent sentinel)");
+  }
+  g.parent_fd = fd;
+  return fd;
+}
+
+/// Waits up to timeout_ns (-1: forever) for the parent to end; true when it has.
+inline bool wait_parent(std::int64_t timeout_ns) {
+  const int fd = parent_sentinel();
+  const std::int64_t now = monotonic_ns();
+  const std::int64_t deadline =
+      timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+  pid_t pid;
+  bool is_ppid;
+  {
+    auto& g = process_registry();
+    std::lock_guard lk(g.m);
+    if (!g.parent) return true;
+    pid = g.parent->pid;
+    is_ppid = g.parent_is_ppid;
+  }
+  for (;;) {
+    std::int64_t left = -1;
+    if (deadline >= 0) left = std::max<std::int64_t>(0, deadline - monotonic_ns());
+    if (fd >= 0) {
+      pollfd p{fd, POLLIN, 0};
+      timespec ts{};
+      if (left >= 0) ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
+      int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
+      if (rc > 0) return true;
+      if (rc == 0) return false;
+      if (errno != EINTR) throw_errno("ppoll(parent sentinel)");
+      continue;
+    }
+    // No pidfd (kernel before 5.3): check now and then.
+    if (is_ppid ? ::getppid() != pid : !(::kill(pid, 0) == 0 || errno == EPERM)) return true;
+    if (left == 0) return false;
+    std::int64_t nap = left >= 0 ? std::min<std::int64_t>(left, 10'000'000) : 10'000'000;
+    timespec ts{time_t(0), long(nap)};
+    ::nanosleep(&ts, nullptr);
+  }
+}
+
+}  // namespace detail
+
+/// What parent_process() returns (Python's parent_process()): the parent's pid and
+/// name, and whether it still runs. Also for a parent that is not the real parent (a
+/// forkserver child's parent is the process that asked for it).
+struct parent_process_info : process_info {
+  /// True while the parent runs.
+  [[nodiscard]] bool is_alive() const { return !detail::wait_parent(0); }
+  /// Waits for the parent to end.
+  void join() const { (void)detail::wait_parent(-1); }
+  /// Waits at most `timeout` for the parent to end; true when it has.
+  template <class Rep, class Period>
+  bool join(std::chrono::duration<Rep, Period> timeout) const {
+    return detail::wait_parent(detail::to_ns(timeout));
+  }
+};
+
 /// The process that started this one; empty in the main process.
-[[nodiscard]] inline std::optional<process_info> parent_process() {
+[[nodiscard]] inline std::optional<parent_process_info> parent_process() {
   auto& g = detail::process_registry();
   std::lock_guard lk(g.m);
-  return g.parent;
+  if (!g.parent) return std::nullopt;
+  parent_process_info out;
+  out.pid = g.parent->pid;
+  out.name = g.parent->name;
+  return out;
 }
 
 /// Children of this process that are still running (finished ones are reaped).

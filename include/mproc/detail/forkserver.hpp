@@ -15,11 +15,14 @@
 // the exit code when it reaps the child.
 //
 // The server watches a pidfd of the program: when the program ends, by exit or by
-// SIGKILL, it removes its socket and directory and exits, and its children die with it
-// (PR_SET_PDEATHSIG). Like the pool's workers it ignores SIGINT, SIGTERM, SIGHUP and
-// SIGQUIT sent to the process group: the program decides, and the server follows it.
-// A program whose init ran with threads already running, or whose server was killed
-// (SIGKILL), gets one spawned on first use instead (same protocol).
+// SIGKILL, it kills its children, removes its socket and directory and exits. Its
+// children die with the program, never with the server: they do not follow the server
+// (no PR_SET_PDEATHSIG), and a keeper process forked by the server holds a pidfd of
+// each of them, so that children whose server was killed still end with the program.
+// Like the pool's workers both ignore SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the
+// process group: the program decides, and the server follows it. A program whose init
+// ran with threads already running, or whose server was killed (SIGKILL), gets one
+// spawned on first use instead (same protocol).
 #pragma once
 
 #include <cerrno>
@@ -77,6 +80,13 @@ inline void forkserver_remove(const forkserver_address& a) noexcept {
 
 // ---- the program's side: where the server is, and this process's connection
 
+/// In a forkserver child: the server's end of its status socket, held until exit (-1
+/// elsewhere). Processes forked from the child close it.
+inline int& forkserver_child_status_fd() noexcept {
+  static int fd = -1;
+  return fd;
+}
+
 struct forkserver_client {
   std::mutex m;
   forkserver_address addr;  // empty: no server known yet
@@ -95,6 +105,10 @@ inline forkserver_client& forkserver_state() {
 // connection: two processes writing one socket would interleave requests. Its lock may
 // have been held by a thread that does not exist in the child.
 inline void forkserver_after_fork_child() noexcept {
+  if (int& sfd = forkserver_child_status_fd(); sfd >= 0) {
+    ::close(sfd);
+    sfd = -1;
+  }
   auto& c = forkserver_state();
   new (&c.m) std::mutex;
   c.sock.reset();
@@ -202,11 +216,53 @@ inline pid_t forkserver_answer(int sock, std::string_view key, std::int64_t time
 
 inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || errno == EPERM; }
 
+/// The keeper: receives a pidfd of each child the server forks (one byte each over
+/// `from_server`) and kills the children still running when the program ends. It
+/// outlives a killed server until the last of them has ended.
+[[noreturn]] inline void forkserver_keeper(int from_server, int program_pidfd,
+                                           pid_t program) noexcept {
+  ::prctl(PR_SET_NAME, "mproc-fskeeper");
+  std::vector<int> kids;
+  bool server_gone = false;
+  std::vector<pollfd> p;
+  for (;;) {
+    if (server_gone && kids.empty()) ::_exit(0);
+    p.clear();
+    p.push_back({program_pidfd, POLLIN, 0});
+    p.push_back({server_gone ? -1 : from_server, POLLIN, 0});
+    for (int k : kids) p.push_back({k, POLLIN, 0});
+    const int rc = ::poll(p.data(), p.size(), program_pidfd >= 0 ? -1 : 500);
+    if (rc < 0 && errno != EINTR) ::_exit(4);
+    if (program_pidfd >= 0 ? p[0].revents != 0 : !process_alive(program)) {
+      for (int k : kids) ::syscall(SYS_pidfd_send_signal, k, SIGKILL, nullptr, 0);
+      ::_exit(0);
+    }
+    if (p[1].revents) {
+      char byte = 0;
+      std::vector<int> got;
+      bool open = false;
+      try {
+        open = recv_all_fds(from_server, &byte, 1, &got, -1, "forkserver keeper");
+      } catch (...) {
+      }
+      kids.insert(kids.end(), got.begin(), got.end());
+      if (!open) {
+        server_gone = true;
+        ::close(from_server);
+      }
+    }
+    for (std::size_t i = 2; i < p.size(); ++i)
+      if (p[i].revents) {
+        ::close(p[i].fd);
+        std::erase(kids, p[i].fd);
+      }
+  }
+}
+
 /// The server's loop; never returns. listen_fd: its socket; program_pidfd: the
 /// program's pidfd (-1: poll for it by pid).
 [[noreturn]] inline void forkserver_serve(int listen_fd, int program_pidfd, pid_t program,
                                           const forkserver_address& addr) noexcept {
-  const pid_t self = ::getpid();
   // Children forked from here find the same server (and never this one's sockets).
   {
     auto& c = forkserver_state();
@@ -228,17 +284,48 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
 
   std::vector<int> conns;
   std::map<pid_t, int> status_of;  // child -> server end of its status socket
+  pid_t keeper = -1;
   auto finish = [&](int code) {
     forkserver_remove(addr);
+    // The program has ended: so do its children and the keeper. They are this
+    // process's own (their pids cannot have been reused), and are reaped here so that
+    // none is left behind as a zombie for whoever adopts them.
+    for (auto& [pid, fd] : status_of) ::kill(pid, SIGKILL);
+    if (keeper > 0) ::kill(keeper, SIGKILL);
+    for (auto& [pid, fd] : status_of) ::waitpid(pid, nullptr, 0);
+    if (keeper > 0) ::waitpid(keeper, nullptr, 0);
     ::_exit(code);
   };
   if (sfd < 0) finish(3);
+
+  // The keeper, forked before any child so that none inherits its socket.
+  int keeper_sock = -1;
+  {
+    int kp[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, kp) == 0) {
+      const pid_t k = ::fork();
+      if (k == 0) {
+        ::close(kp[0]);
+        ::close(listen_fd);
+        ::close(sfd);
+        forkserver_keeper(kp[1], program_pidfd, program);
+      }
+      ::close(kp[1]);
+      if (k > 0) {
+        keeper_sock = kp[0];
+        keeper = k;
+      } else {
+        ::close(kp[0]);
+      }
+    }
+  }
 
   auto reap = [&] {
     for (;;) {
       int st = 0;
       pid_t p = ::waitpid(-1, &st, WNOHANG);
       if (p <= 0) break;
+      if (p == keeper) keeper = -1;
       auto it = status_of.find(p);
       if (it == status_of.end()) continue;
       std::int32_t code = exitcode_from_status(st);
@@ -267,19 +354,26 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
     }
     const pid_t pid = ::fork();
     if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != self) ::_exit(128 + SIGKILL);
+      // No PR_SET_PDEATHSIG: the child outlives a killed server (the keeper ends it
+      // with the program). It keeps the server's end of its status socket, so the
+      // program sees the socket close only once both have ended, never while it runs.
       ::prctl(PR_SET_NAME, comm);
       ::close(listen_fd);
       if (program_pidfd >= 0) ::close(program_pidfd);
+      if (keeper_sock >= 0) ::close(keeper_sock);
       ::close(sfd);
-      ::close(sv[0]);
       ::close(sv[1]);
       for (int f : conns) ::close(f);
       for (auto& [k, f] : status_of) ::close(f);
       ::sigprocmask(SIG_SETMASK, &old, nullptr);
+      default_start_method_value().store(start_method_value_forkserver);
+      forkserver_child_status_fd() = sv[0];
       const int code = run_spawn_request(req, "forkserver child");
       flush_all_output();
+      // Reported here too, for a server that was killed meanwhile; a server alive
+      // reports the same code when it reaps the child, and the first one counts.
+      const std::int32_t code32 = code;
+      (void)::send(sv[0], &code32, sizeof code32, MSG_NOSIGNAL | MSG_DONTWAIT);
       ::_exit(code);
     }
     req.close_fds();
@@ -291,6 +385,15 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
     }
     status_of[pid] = sv[0];
     const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pfd >= 0 && keeper_sock >= 0) {
+      const char byte = 'k';
+      try {
+        send_all_fds(keeper_sock, &byte, 1, std::span<const int>(&pfd, 1), "forkserver keeper");
+      } catch (...) {
+        ::close(keeper_sock);  // the keeper is gone: the server alone follows the program
+        keeper_sock = -1;
+      }
+    }
     reply = pid;
     const int out[2] = {sv[1], pfd};
     bool ok = true;

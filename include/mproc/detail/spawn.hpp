@@ -58,6 +58,17 @@ namespace mproc::detail {
 /// it (owned by the entry; whatever it does not keep open is closed at exit anyway).
 using entry_fn = int (*)(std::span<const std::byte> payload, std::span<const int> fds);
 
+/// The process-wide default start method, as mproc::start_method's value (0 fork,
+/// 1 spawn, 2 forkserver). Kept at this level so that a child entering through a spawn
+/// or forkserver request takes over the method that started it, as Python's context
+/// does: its own children are started the same way unless it says otherwise.
+inline std::atomic<int>& default_start_method_value() noexcept {
+  static std::atomic<int> m{0};
+  return m;
+}
+inline constexpr int start_method_value_spawn = 1;
+inline constexpr int start_method_value_forkserver = 2;
+
 inline constexpr const char* spawn_marker = "MPROC_SPAWN";
 inline constexpr std::uint64_t spawn_magic = 0x6d70726f63737077ULL;  // "mprocspw"
 // SCM_MAX_FD is 253; one request carries at most this many descriptors.
@@ -494,6 +505,7 @@ inline int run_spawn_request(spawn_request& req, const char* who) noexcept {
     if (!read_spawn_request(sock, req, limit, limit, "spawn request")) ::_exit(1);
     if (expected_parent_check && ::getppid() != req.header.parent_pid) ::_exit(128 + SIGKILL);
     ::close(sock);
+    default_start_method_value().store(start_method_value_spawn);
     code = run_spawn_request(req, "spawned child");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mproc: spawned child %d could not start: %s\n", int(::getpid()),
