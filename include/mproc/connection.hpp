@@ -399,6 +399,24 @@ class Connection {
   void send_bytes(std::span<const std::byte> bytes, std::chrono::duration<Rep, Period> timeout) {
     send_raw(bytes.data(), bytes.size(), detail::to_ns(timeout));
   }
+  /// Sends `size` bytes of buf from `offset` (Python's send_bytes(buf, offset, size));
+  /// without size, the rest of buf. Raises value_error when offset or offset + size
+  /// lies beyond the end of buf.
+  template <detail::byte_range R>
+  void send_bytes(const R& buf, std::size_t offset) {
+    const std::size_t n = std::ranges::size(buf);
+    check_slice(n, offset, n - std::min(offset, n));
+    send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, n - offset, -1);
+  }
+  template <detail::byte_range R>
+  void send_bytes(const R& buf, std::size_t offset, std::size_t size) {
+    check_slice(std::ranges::size(buf), offset, size);
+    send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, size, -1);
+  }
+  void send_bytes(std::string_view s, std::size_t offset) { send_bytes<std::string_view>(s, offset); }
+  void send_bytes(std::string_view s, std::size_t offset, std::size_t size) {
+    send_bytes<std::string_view>(s, offset, size);
+  }
 
   [[nodiscard]] std::vector<std::byte> recv_bytes() { return frame(-1, "recv_bytes"); }
   template <class Rep, class Period>
@@ -469,6 +487,17 @@ class Connection {
   }
 
  private:
+  static void check_slice(std::size_t length, std::size_t offset, std::size_t size) {
+    // Python's rules: the offset, and the slice's end, lie within the buffer. A
+    // negative argument arrives here as a huge unsigned value and fails the same way.
+    if (offset > length)
+      throw value_error("mproc: Connection::send_bytes: buffer length " + std::to_string(length) +
+                        " < offset " + std::to_string(offset));
+    if (size > length - offset)
+      throw value_error("mproc: Connection::send_bytes: buffer length " + std::to_string(length) +
+                        " < offset + size (" + std::to_string(offset) + " + " +
+                        std::to_string(size) + ")");
+  }
   void check_open(const char* what) const {
     if (closed()) throw state_error(std::string("mproc: Connection::") + what + " on a closed connection");
   }

@@ -92,4 +92,8 @@ struct state_error : error {
   using error::error;
 };
 
+/// An invalid argument (Python's ValueError): out of range, negative, zero where it
+/// cannot be.
+struct value_error : error { using error::error; };
+
 }  // namespace mproc

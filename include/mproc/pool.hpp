@@ -90,18 +90,24 @@ struct map_options {
 };
 
 /// Python's callback / error_callback for the *_async calls. They run on the pool's
-/// service thread: keep them short.
-template <class C = std::nullptr_t, class E = std::nullptr_t>
+/// service thread: keep them short. The error callback's type has a default, so that
+/// `callbacks{.error_callback = f}` needs nothing deduced (compilers without aggregate
+/// deduction, clang before 17, take `callbacks<>{.error_callback = f}`).
+template <class C = std::nullptr_t, class E = std::function<void(std::exception_ptr)>>
 struct callbacks {
   C callback{};
   E error_callback{};
 };
 // Spelled out for compilers without aggregate deduction (clang < 17), so that
-// callbacks{on_value} and callbacks{on_value, on_error} work there too.
+// callbacks{on_value} and callbacks{on_value, on_error} work there too. Only there:
+// GCC would let these guides take a designated `.error_callback = f` for the value
+// callback.
+#if defined(__clang__) && __clang_major__ < 17
 template <class C>
 callbacks(C) -> callbacks<C>;
 template <class C, class E>
 callbacks(C, E) -> callbacks<C, E>;
+#endif
 
 /// A ready on_progress: a throttled bar with rate and ETA on stderr, or plain lines
 /// (at most one a second, and the last) when stderr is not a terminal.

@@ -65,6 +65,14 @@ class shared_storage {
     if constexpr (!std::is_scalar_v<T>) std::uninitialized_value_construct_n(data_, n);
   }
 
+  /// n elements guarded by an existing lock (Python's lock= argument): several objects
+  /// may share one lock.
+  shared_storage(std::size_t n, const basic_lock& lock) : shared_storage(n) {
+    static_assert(Locked);
+    lock_ = RLock(share_lock, lock);
+    external_lock_ = true;
+  }
+
   /// Adopts an existing region (its descriptor received after spawn, for example).
   shared_storage(adopt_region_t, shm_region region)
       : block_(std::make_shared<shared_block>(std::move(region))),
@@ -106,12 +114,21 @@ class shared_storage {
 
   /// The region holding this object, for passing it to another process.
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
+  /// True when the lock is one given at construction, not the object's own.
+  [[nodiscard]] bool external_lock() const noexcept { return external_lock_; }
 
  protected:
+  /// Adopts a region guarded by a lock that lives elsewhere (received after spawn).
+  void adopt_external_lock(const basic_lock& lock) {
+    lock_ = RLock(share_lock, lock);
+    external_lock_ = true;
+  }
+
   std::shared_ptr<shared_block> block_;
   mutable std::conditional_t<Locked, RLock, int> lock_;
   T* data_;
   std::size_t size_;
+  bool external_lock_ = false;
 };
 
 template <class T, bool Locked>
@@ -123,6 +140,11 @@ class basic_value : public shared_storage<T, Locked> {
 
   basic_value() : base(1) {}
   explicit basic_value(const T& initial) : base(1) { *this->data_ = initial; }
+  basic_value(const T& initial, const basic_lock& lock)
+    requires Locked
+      : base(1, lock) {
+    *this->data_ = initial;
+  }
   basic_value(adopt_region_t tag, shm_region r) : base(tag, std::move(r)) {
     if (this->size_ != 1) throw std::invalid_argument("mproc Value: adopted region is not a Value");
   }
@@ -145,6 +167,9 @@ class basic_array : public shared_storage<T, Locked> {
 
   /// n value-initialised (zero) elements.
   explicit basic_array(std::size_t n) : base(n) {}
+  basic_array(std::size_t n, const basic_lock& lock)
+    requires Locked
+      : base(n, lock) {}
   basic_array(std::size_t n, const T& fill) : base(n) { std::fill_n(this->data_, n, fill); }
   basic_array(std::initializer_list<T> init) : base(init.size()) {
     std::copy(init.begin(), init.end(), this->data_);
@@ -195,7 +220,8 @@ class basic_array : public shared_storage<T, Locked> {
 }  // namespace detail
 
 /// A T in shared memory with its own RLock: `{ std::scoped_lock g(v.get_lock());
-/// v.value() += 1; }`.
+/// v.value() += 1; }`. `Value<T>(initial, lock)` uses an existing Lock or RLock
+/// instead (Python's lock=), so that several objects can share one.
 template <class T>
 class Value : public detail::basic_value<T, true> {
   using base = detail::basic_value<T, true>;
@@ -203,8 +229,14 @@ class Value : public detail::basic_value<T, true> {
  public:
   using base::base;
   Value() = default;
+  /// Adopts a received region guarded by a received lock.
+  Value(detail::adopt_region_t tag, detail::shm_region r, const detail::basic_lock& lock)
+      : base(tag, std::move(r)) {
+    this->adopt_external_lock(lock);
+  }
 
-  /// The lock guarding this value (an RLock, as in Python).
+  /// The lock guarding this value: its own RLock, as in Python, or the Lock or RLock
+  /// given at construction (a handle of that same lock, acting as it does).
   [[nodiscard]] RLock& get_lock() const noexcept { return this->lock_; }
   void acquire() { this->lock_.acquire(); }
   void release() { this->lock_.release(); }
@@ -228,6 +260,11 @@ class Array : public detail::basic_array<T, true> {
  public:
   using base::base;
   Array(std::initializer_list<T> init) : base(init) {}
+  /// Adopts a received region guarded by a received lock.
+  Array(detail::adopt_region_t tag, detail::shm_region r, const detail::basic_lock& lock)
+      : base(tag, std::move(r)) {
+    this->adopt_external_lock(lock);
+  }
 
   [[nodiscard]] RLock& get_lock() const noexcept { return this->lock_; }
   void acquire() { this->lock_.acquire(); }

@@ -35,9 +35,13 @@
 #include <cstdint>
 #include <functional>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <memory>
 #include <string>
+#include <type_traits>
+
+#include <sys/stat.h>
 
 #include "detail/log.hpp"
 #include "detail/posix/posix.hpp"
@@ -70,6 +74,11 @@ struct alignas(64) mutex_state {
 static_assert(sizeof(mutex_state) <= 64);
 
 /// Implementation shared by Lock and RLock (Condition holds either through it).
+struct share_lock_t {
+  explicit share_lock_t() = default;
+};
+inline constexpr share_lock_t share_lock{};
+
 class basic_lock {
  public:
   /// The underlying state at `offset` of an existing block (Value/Array keep their
@@ -155,7 +164,18 @@ class basic_lock {
     return std::size_t(reinterpret_cast<const char*>(st_) -
                        static_cast<const char*>(block_->region().data()));
   }
-  [[nodiscard]] bool same_object(const basic_lock& o) const noexcept { return st_ == o.st_; }
+  /// True when both handles name one lock, also when it reached this process twice
+  /// (two handles received from a parent map its memory at two addresses).
+  [[nodiscard]] bool same_object(const basic_lock& o) const noexcept {
+    if (st_ == o.st_) return true;
+    if (shared_offset() != o.shared_offset()) return false;
+    struct stat a {}, b {};
+    return ::fstat(block_->region().fd(), &a) == 0 && ::fstat(o.block_->region().fd(), &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  }
+  friend bool operator==(const basic_lock& a, const basic_lock& b) noexcept {
+    return a.same_object(b);
+  }
   [[nodiscard]] bool recursive() const noexcept { return recursive_; }
 
  protected:
@@ -218,6 +238,9 @@ class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
   RLock() : basic_lock(true) {}
   RLock(detail::adopt_region_t, std::shared_ptr<detail::shared_block> b, std::size_t offset, bool init)
       : basic_lock(std::move(b), offset, true, init) {}
+  /// Another handle of an existing lock, behaving as that lock does (a Lock given to
+  /// Value/Array as their lock stays non-recursive).
+  RLock(detail::share_lock_t, const basic_lock& other) : basic_lock(other) {}
 
   bool acquire() { return acquire_ns(-1); }
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
@@ -533,6 +556,7 @@ struct alignas(64) barrier_state {
   std::int32_t state = 0;               // 0 filling, 1 draining, -1 resetting, -2 broken
   std::uint32_t count = 0;              // parties inside wait()
   std::uint32_t parties = 0;
+  std::int64_t default_timeout_ns = -1;  // wait() without a timeout; -1: none
 };
 
 }  // namespace detail
@@ -546,28 +570,45 @@ struct alignas(64) barrier_state {
 /// left inside.
 class Barrier {
  public:
-  explicit Barrier(unsigned parties, std::function<void()> action = {})
-      : block_(detail::make_block(sizeof(detail::barrier_state), "mproc-barrier")),
-        st_(new (block_->at<void>(0)) detail::barrier_state),
-        lock_(detail::adopt_region, block_, 0, true),
-        action_(std::move(action)) {
-    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
-    st_->parties = parties;
-  }
-  /// Adopts an existing barrier (its region received after spawn). The action, a
-  /// closure of the creating process, does not come along.
-  Barrier(detail::adopt_region_t, detail::shm_region r)
+  /// Python's Barrier(parties, action=None, timeout=None). The action runs in the last
+  /// party to arrive, before any is released. An action that is a plain function (a
+  /// free function, a captureless lambda) comes along when the barrier is passed to a
+  /// spawn or forkserver child; any other (a closure) stays in this process. `timeout`
+  /// is what wait() without one uses, in every process that shares the barrier.
+  explicit Barrier(unsigned parties) : Barrier(parties, std::function<void()>{}, -1) {}
+  template <class F>
+    requires std::is_constructible_v<std::function<void()>, F>
+  Barrier(unsigned parties, F action) : Barrier(parties, std::move(action), -1) {}
+  template <class F, class Rep, class Period>
+    requires std::is_constructible_v<std::function<void()>, F>
+  Barrier(unsigned parties, F action, std::chrono::duration<Rep, Period> timeout)
+      : Barrier(parties, std::move(action), detail::to_ns(timeout)) {}
+
+  /// Adopts an existing barrier (its region received after spawn), with the creating
+  /// process's action if that was a plain function.
+  Barrier(detail::adopt_region_t, detail::shm_region r, void (*action)() = nullptr)
       : block_(std::make_shared<detail::shared_block>(
             detail::require_size(std::move(r), sizeof(detail::barrier_state), "Barrier"))),
         st_(block_->at<detail::barrier_state>(0)),
-        lock_(detail::adopt_region, block_, 0, false) {}
+        lock_(detail::adopt_region, block_, 0, false),
+        action_(action ? std::function<void()>(action) : std::function<void()>{}),
+        plain_action_(action) {}
   Barrier(const Barrier&) = default;
   Barrier& operator=(const Barrier&) = default;
-  /// True when wait() runs an action (which only the creating process can run).
+  /// True when wait() runs an action.
   [[nodiscard]] bool has_action() const noexcept { return bool(action_); }
+  /// The action as a plain function (null if none, or if it is a closure): what a
+  /// spawn or forkserver child receives.
+  [[nodiscard]] auto plain_action() const noexcept { return plain_action_; }
+  /// The default timeout of wait() (Python's Barrier.timeout); empty: none.
+  [[nodiscard]] std::optional<std::chrono::nanoseconds> timeout() const noexcept {
+    if (st_->default_timeout_ns < 0) return std::nullopt;
+    return std::chrono::nanoseconds(st_->default_timeout_ns);
+  }
 
-  /// Blocks until all parties have called wait().
-  unsigned wait() { return wait_ns(-1); }
+  /// Blocks until all parties have called wait(), or for the barrier's default timeout
+  /// if it has one.
+  unsigned wait() { return wait_ns(st_->default_timeout_ns); }
   /// Raises broken_barrier_error when the timeout passes first (and breaks the barrier,
   /// as Python does).
   template <class Rep, class Period>
@@ -605,6 +646,24 @@ class Barrier {
   [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
 
  private:
+  template <class F>
+  Barrier(unsigned parties, F&& action, std::int64_t timeout_ns)
+      : block_(detail::make_block(sizeof(detail::barrier_state), "mproc-barrier")),
+        st_(new (block_->at<void>(0)) detail::barrier_state),
+        lock_(detail::adopt_region, block_, 0, true) {
+    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
+    using D = std::decay_t<F>;
+    if constexpr (std::is_convertible_v<D, void (*)()> && !std::is_same_v<D, std::nullptr_t> &&
+                  (std::is_pointer_v<D> || std::is_empty_v<D>)) {
+      plain_action_ = static_cast<void (*)()>(action);
+      if (plain_action_) action_ = plain_action_;
+    } else {
+      action_ = std::function<void()>(std::forward<F>(action));
+    }
+    st_->parties = parties;
+    st_->default_timeout_ns = timeout_ns;
+  }
+
   unsigned wait_ns(std::int64_t timeout_ns) {
     detail::deadline dl = detail::deadline::after(timeout_ns);
     std::unique_lock g(lock_);
@@ -668,6 +727,7 @@ class Barrier {
   detail::barrier_state* st_;
   RLock lock_;
   std::function<void()> action_;
+  void (*plain_action_)() = nullptr;
 };
 
 }  // namespace mproc

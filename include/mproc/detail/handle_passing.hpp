@@ -24,6 +24,7 @@
 #include "../shared_memory.hpp"
 #include "../sharedctypes.hpp"
 #include "../synchronize.hpp"
+#include "callable.hpp"
 #include "posix/posix.hpp"
 #include "posix/shm_region.hpp"
 #include "shared_block.hpp"
@@ -87,10 +88,45 @@ struct region_handle_traits {
   static H adopt(reader& r, std::span<const int> fds) { return H(adopt_region, get_region(r, fds)); }
 };
 
+/// Value and Array: their region, then the lock if it is one given at construction
+/// (its region, where in it, recursive or not), so the child shares that lock too.
+template <class H>
+struct locked_region_handle_traits {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const H& h) {
+    put_region(w, c, h.shared_region());
+    std::uint8_t external = h.external_lock() ? 1 : 0;
+    w.put(&external, sizeof external);
+    if (!external) return;
+    const RLock& l = h.get_lock();
+    put_region(w, c, l.shared_region());
+    std::uint64_t off = l.shared_offset();
+    std::uint8_t rec = l.recursive() ? 1 : 0;
+    w.put(&off, sizeof off);
+    w.put(&rec, sizeof rec);
+  }
+  static H adopt(reader& r, std::span<const int> fds) {
+    shm_region data = get_region(r, fds);
+    std::uint8_t external = 0;
+    r.get(&external, sizeof external, "shared object lock flag");
+    if (!external) return H(adopt_region, std::move(data));
+    shm_region lreg = get_region(r, fds);
+    std::uint64_t off;
+    std::uint8_t rec;
+    r.get(&off, sizeof off, "shared object lock offset");
+    r.get(&rec, sizeof rec, "shared object lock kind");
+    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
+      throw serialization_error("mproc: received lock lies outside its region");
+    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
+                    false);
+    return H(adopt_region, std::move(data), lock);
+  }
+};
+
 template <class T>
-struct handle_traits<Value<T>> : region_handle_traits<Value<T>> {};
+struct handle_traits<Value<T>> : locked_region_handle_traits<Value<T>> {};
 template <class T>
-struct handle_traits<Array<T>> : region_handle_traits<Array<T>> {};
+struct handle_traits<Array<T>> : locked_region_handle_traits<Array<T>> {};
 template <class T>
 struct handle_traits<RawValue<T>> : region_handle_traits<RawValue<T>> {};
 template <class T>
@@ -129,14 +165,29 @@ template <>
 struct handle_traits<Barrier> {
   static constexpr bool passable = true;
   static void encode(vector_writer& w, fd_collector& c, const Barrier& b) {
-    if (b.has_action())
+    if (b.has_action() && !b.plain_action())
       throw state_error(
-          "mproc: a Barrier with an action cannot be passed to a spawn/forkserver process (the "
-          "action is a closure of this process); create it without an action, or use fork");
+          "mproc: a Barrier whose action is a closure cannot be passed to a spawn/forkserver "
+          "process (it exists in this process only); make the action a free function or a "
+          "captureless lambda, or use fork");
     put_region(w, c, b.shared_region());
+    // The action travels as a code address, as a Process target does.
+    std::int64_t action = b.plain_action()
+                              ? encode_code_address(reinterpret_cast<const void*>(b.plain_action()))
+                              : 0;
+    w.put(&action, sizeof action);
   }
   static Barrier adopt(reader& r, std::span<const int> fds) {
-    return Barrier(adopt_region, get_region(r, fds));
+    shm_region region = get_region(r, fds);
+    std::int64_t action = 0;
+    r.get(&action, sizeof action, "barrier action");
+    void (*fn)() = nullptr;
+    if (action) {
+      void* p = decode_code_address(action);
+      if (!p) throw serialization_error("mproc: the Barrier's action is not code of this program");
+      fn = reinterpret_cast<void (*)()>(p);
+    }
+    return Barrier(adopt_region, std::move(region), fn);
   }
 };
 
