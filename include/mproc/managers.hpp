@@ -30,7 +30,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <iterator>
+#include <limits>
 #include <map>
+#include <random>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -132,7 +135,7 @@ class remote_backend final : public backend {
   response call(const request& q, const updater*) override {
     std::lock_guard g(m_);
     if (!fd_) throw eof_error("mproc::Manager: connection to the server was lost");
-    bool blocking = q.o == op::queue_get || q.o == op::queue_put || q.o == op::lock_acquire;
+    bool blocking = blocking_op(q.o);
     deadline_t d = !blocking ? deadline_after(timeout_ns_)
                    : q.m < 0 ? -1
                              : deadline_after(q.m > INT64_MAX - timeout_ns_ ? -1 : q.m + timeout_ns_);
@@ -140,24 +143,31 @@ class remote_backend final : public backend {
     try {
       write_frame(fd_.get(), q.encode(), d);
       r = response::decode(read_frame(fd_.get(), cap_, d));
-    } catch (const eof_error&) {
+    } catch (const eof_error& e) {
       broken();
-      throw;
+      throw server_gone(e);
     } catch (const timeout_error&) {
       broken();  // a late reply would be taken for the next call's
       throw;
     } catch (const serialization_error&) {
       broken();
       throw;
-    } catch (const std::system_error&) {
+    } catch (const std::system_error& e) {
       broken();
-      throw;
+      throw server_gone(e);
     }
     r.raise_if_error();  // the operation's own error: the connection is fine
     return r;
   }
   [[nodiscard]] bool local() const noexcept override { return false; }
   [[nodiscard]] bool usable() const noexcept override { return !broken_.load(); }
+
+  /// A connection that broke, or could not be made: the server is gone (or
+  /// unreachable), which every proxy reports as manager_error, as a local one does.
+  static manager_error server_gone(const std::exception& e) {
+    return manager_error(std::string("mproc::Manager: the manager's server is gone or unreachable: ") +
+                         e.what());
+  }
 
  private:
   void broken() {
@@ -272,8 +282,15 @@ struct endpoint {
  private:
   std::shared_ptr<backend> resolve() {
     if (remote) {
-      return std::make_shared<remote_backend>(open_connection(tcp_address, authkey, timeout_ns), timeout_ns,
-                                              max_message);
+      unique_fd fd;
+      try {
+        fd = open_connection(tcp_address, authkey, timeout_ns);
+      } catch (const std::system_error& e) {
+        throw remote_backend::server_gone(e);  // refused: nobody listens there any more
+      } catch (const eof_error& e) {
+        throw remote_backend::server_gone(e);
+      }
+      return std::make_shared<remote_backend>(std::move(fd), timeout_ns, max_message);
     }
     {
       std::lock_guard g(registry_mutex());
@@ -575,6 +592,59 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
 
 // ------------------------------------------------------------------ proxies
 
+namespace detail::mgr {
+
+/// Names the calling thread to the holder checks of a manager RLock or Condition,
+/// also among clients on other hosts: a random number drawn once per process, its pid
+/// and the thread id.
+inline std::string caller_token() {
+  static std::atomic<std::uint64_t> state{0};  // pid << 32 | random
+  const auto pid = static_cast<std::uint32_t>(::getpid());
+  std::uint64_t cur = state.load();
+  while (static_cast<std::uint32_t>(cur >> 32) != pid) {
+    std::random_device rd;
+    const std::uint64_t mine = std::uint64_t(pid) << 32 | std::uint32_t(rd());
+    if (state.compare_exchange_weak(cur, mine)) cur = mine;  // else another thread won: use its draw
+  }
+  std::uint64_t t = ((cur & 0xffffffffu) ^ pid) << 32 | static_cast<std::uint32_t>(::gettid());
+  if (t == 0) t = 1;
+  return std::string(reinterpret_cast<const char*>(&t), sizeof t);
+}
+
+/// Iterates over a snapshot taken when iteration began (Python's iteration over a
+/// proxy's copy): later changes by any process do not disturb it.
+template <class T>
+class snapshot_iterator {
+ public:
+  using value_type = T;
+  using difference_type = std::ptrdiff_t;
+  using reference = const T&;
+  using pointer = const T*;
+  using iterator_category = std::input_iterator_tag;
+  snapshot_iterator() = default;
+  explicit snapshot_iterator(std::shared_ptr<const std::vector<T>> v) : v_(std::move(v)) {}
+  const T& operator*() const { return (*v_)[i_]; }
+  const T* operator->() const { return &(*v_)[i_]; }
+  snapshot_iterator& operator++() {
+    ++i_;
+    return *this;
+  }
+  snapshot_iterator operator++(int) {
+    auto t = *this;
+    ++i_;
+    return t;
+  }
+  friend bool operator==(const snapshot_iterator& it, std::default_sentinel_t) noexcept {
+    return !it.v_ || it.i_ >= it.v_->size();
+  }
+
+ private:
+  std::shared_ptr<const std::vector<T>> v_;
+  std::size_t i_ = 0;
+};
+
+}  // namespace detail::mgr
+
 /// Common part of every proxy: which manager, which object. Copies refer to the same
 /// object; a proxy may be passed to Process targets and Pool tasks (it serializes to
 /// the manager's address, key and the object's id).
@@ -680,6 +750,29 @@ class DictProxy : public BaseProxy {
     for (auto& [k, v] : items()) out.push_back(std::move(v));
     return out;
   }
+  /// Removes k and returns its value, or dflt when k is missing (Python's pop(k, d)).
+  V pop(const K& k, const V& dflt) {
+    auto r = call(op::dict_pop, detail::mgr::enc(k));
+    return r.n ? detail::mgr::dec<V>(r.a) : dflt;
+  }
+  /// Removes and returns the item inserted last; std::out_of_range (KeyError) when
+  /// the dict is empty.
+  std::pair<K, V> popitem() {
+    auto r = call(op::dict_popitem);
+    if (r.list.size() != 2) throw serialization_error("mproc::DictProxy::popitem: corrupt reply");
+    return {detail::mgr::dec<K>(r.list[0]), detail::mgr::dec<V>(r.list[1])};
+  }
+  /// d[k] if present, else sets d[k] = dflt and returns it, in one step.
+  V setdefault(const K& k, const V& dflt) {
+    return detail::mgr::dec<V>(call(op::dict_setdefault, detail::mgr::enc(k), detail::mgr::enc(dflt)).a);
+  }
+  /// Iterates over a snapshot of the items, in insertion order.
+  [[nodiscard]] detail::mgr::snapshot_iterator<std::pair<K, V>> begin() const {
+    return detail::mgr::snapshot_iterator<std::pair<K, V>>(
+        std::make_shared<const std::vector<std::pair<K, V>>>(items()));
+  }
+  [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
+
   /// The snapshot as a std::map (needs K ordered).
   [[nodiscard]] std::map<K, V> to_map() const {
     std::map<K, V> out;
@@ -770,6 +863,48 @@ class ListProxy : public BaseProxy {
     return out;
   }
 
+  // Python's list methods. Elements compare by their serialized bytes (equal values
+  // of one type serialize equally; for floating point, 0.0 and -0.0 differ and a NaN
+  // equals a NaN with the same bits).
+  /// How many elements equal x.
+  [[nodiscard]] std::size_t count(const T& x) const {
+    return static_cast<std::size_t>(call(op::list_count, {}, detail::mgr::enc(x)).n);
+  }
+  /// The first position of x in [start, stop) (Python's slice bounds: negative counts
+  /// from the end); value_error when it is not there.
+  [[nodiscard]] std::size_t index(const T& x, std::int64_t start = 0,
+                                  std::int64_t stop = std::numeric_limits<std::int64_t>::max()) const {
+    return static_cast<std::size_t>(call(op::list_index, {}, detail::mgr::enc(x), start, stop).n);
+  }
+  /// Inserts x before position i (clamped to the list, as Python does).
+  void insert(std::int64_t i, const T& x) { call(op::list_insert, {}, detail::mgr::enc(x), i); }
+  /// Removes the first element equal to x; value_error when there is none.
+  void remove(const T& x) { call(op::list_remove, {}, detail::mgr::enc(x)); }
+  void reverse() { call(op::list_reverse); }
+  /// Sorts the list (stable, as Python's) by `comp`. The elements are sorted here and
+  /// written back only if no process changed the list meanwhile (else it retries),
+  /// so no concurrent change is lost.
+  template <class Compare = std::less<>>
+  void sort(Compare comp = {}) {
+    for (;;) {
+      auto r = call(op::list_items);
+      std::vector<T> v;
+      v.reserve(r.list.size());
+      for (auto& e : r.list) v.push_back(detail::mgr::dec<T>(e));
+      std::stable_sort(v.begin(), v.end(), comp);
+      detail::mgr::request q;
+      q.o = op::list_assign_if, q.id = id_, q.n = r.n;
+      q.list.reserve(v.size());
+      for (auto& e : v) q.list.push_back(detail::mgr::enc(e));
+      if (be()->call(q, nullptr).n) return;
+    }
+  }
+  /// Iterates over a snapshot taken when iteration begins.
+  [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
+    return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
+  }
+  [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
+
  private:
   friend class Manager;
   using BaseProxy::BaseProxy;
@@ -847,10 +982,37 @@ class QueueProxy : public BaseProxy {
   }
   [[nodiscard]] std::size_t qsize() const { return static_cast<std::size_t>(call(op::queue_size).n); }
   [[nodiscard]] bool empty() const { return qsize() == 0; }
+  /// True when a bounded queue holds maxsize items.
+  [[nodiscard]] bool full() const { return call(op::queue_full).n != 0; }
+
+ protected:
+  using BaseProxy::BaseProxy;
 
  private:
   friend class Manager;
-  using BaseProxy::BaseProxy;
+};
+
+/// A queue whose consumers confirm each item (Python's manager.JoinableQueue()).
+template <class T>
+class JoinableQueueProxy : public QueueProxy<T> {
+  using op = detail::mgr::op;
+
+ public:
+  JoinableQueueProxy() = default;
+  /// One item taken from the queue is done; value_error when more are confirmed
+  /// than were put.
+  void task_done() { this->call(op::queue_task_done); }
+  /// Waits until every item put has been confirmed with task_done().
+  void join() { this->call(op::queue_join, {}, {}, 0, -1); }
+  /// As join(); false if items are still unconfirmed when the timeout passes.
+  template <class Rep, class Period>
+  [[nodiscard]] bool join(std::chrono::duration<Rep, Period> timeout) {
+    return this->call(op::queue_join, {}, {}, 0, detail::to_ns(timeout)).n != 0;
+  }
+
+ private:
+  friend class Manager;
+  using QueueProxy<T>::QueueProxy;
 };
 
 /// A lock in the manager (Python's manager.Lock()): any process may release it.
@@ -889,6 +1051,176 @@ class ValueProxy : public BaseProxy {
   [[nodiscard]] T get() const { return detail::mgr::dec<T>(call(op::value_get).a); }
   [[nodiscard]] T value() const { return get(); }
   void set(const T& v) { call(op::value_set, {}, detail::mgr::enc(v)); }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// An event in the manager (Python's manager.Event()).
+class EventProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  EventProxy() = default;
+  void set() { call(op::event_set); }
+  void clear() { call(op::event_clear); }
+  [[nodiscard]] bool is_set() const { return call(op::event_is_set).n != 0; }
+  /// Waits until the flag is set; returns it.
+  bool wait() { return call(op::event_wait, {}, {}, 0, -1).n != 0; }
+  /// False if the flag is still clear when the timeout passes.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) {
+    return call(op::event_wait, {}, {}, 0, detail::to_ns(timeout)).n != 0;
+  }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A semaphore in the manager (manager.Semaphore() and manager.BoundedSemaphore();
+/// releasing a bounded one above its initial value raises value_error).
+class SemaphoreProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  SemaphoreProxy() = default;
+  bool acquire(bool block = true) { return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
+  }
+  void release(std::int64_t n = 1) { call(op::sem_release, {}, {}, n); }
+  [[nodiscard]] std::int64_t get_value() const { return call(op::sem_value).n; }
+  void lock() { acquire(true); }
+  bool try_lock() { return acquire(false); }
+  void unlock() { release(); }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A recursive lock in the manager (Python's manager.RLock()): the thread holding it
+/// may take it again, and only that thread may release it (state_error otherwise).
+class RLockProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  RLockProxy() = default;
+  bool acquire(bool block = true) {
+    return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1, block ? -1 : 0).n != 0;
+  }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
+    return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1,
+                block ? detail::to_ns(timeout) : 0).n != 0;
+  }
+  void release() { call(op::rlock_release, {}, detail::mgr::caller_token()); }
+  void lock() { acquire(true); }
+  bool try_lock() { return acquire(false); }
+  void unlock() { release(); }
+
+ protected:
+  using BaseProxy::BaseProxy;
+
+ private:
+  friend class Manager;
+};
+
+/// A condition variable in the manager with its own RLock (Python's
+/// manager.Condition()). wait() and notify() need the lock held by the caller.
+class ConditionProxy : public RLockProxy {
+  using op = detail::mgr::op;
+
+ public:
+  ConditionProxy() = default;
+  /// Releases the lock, waits for a notify, takes the lock back.
+  bool wait() { return call(op::cond_wait, {}, detail::mgr::caller_token(), 0, -1).n != 0; }
+  /// As wait(); false when the timeout passed without a notify (the lock is taken
+  /// back either way).
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) {
+    return call(op::cond_wait, {}, detail::mgr::caller_token(), 0, detail::to_ns(timeout)).n != 0;
+  }
+  /// Waits until pred() holds or the timeout passes; returns pred()'s last value.
+  template <class Pred, class Rep, class Period>
+  bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) {
+    const std::int64_t end = detail::monotonic_ns() + std::min<std::int64_t>(detail::to_ns(timeout), INT64_MAX / 2);
+    bool ok = pred();
+    while (!ok) {
+      const std::int64_t left = end - detail::monotonic_ns();
+      if (left <= 0) break;
+      (void)wait(std::chrono::nanoseconds(left));
+      ok = pred();
+    }
+    return ok;
+  }
+  template <class Pred>
+  void wait_for(Pred pred) {
+    while (!pred()) (void)wait();
+  }
+  /// Wakes up to n waiters.
+  void notify(std::int64_t n = 1) { call(op::cond_notify, {}, detail::mgr::caller_token(), n); }
+  void notify_all() { call(op::cond_notify, {}, detail::mgr::caller_token(), -1); }
+
+ private:
+  friend class Manager;
+  using RLockProxy::RLockProxy;
+};
+
+/// A barrier in the manager (Python's manager.Barrier(parties, timeout=)); wait()
+/// returns the arrival index. A timeout, abort() or reset() while parties wait breaks
+/// it: they raise broken_barrier_error.
+class BarrierProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  BarrierProxy() = default;
+  /// Waits for the other parties, or the barrier's default timeout if it has one.
+  std::size_t wait() { return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, -2).n); }
+  template <class Rep, class Period>
+  std::size_t wait(std::chrono::duration<Rep, Period> timeout) {
+    return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, detail::to_ns(timeout)).n);
+  }
+  void reset() { call(op::barrier_reset); }
+  void abort() { call(op::barrier_abort); }
+  [[nodiscard]] std::size_t parties() const { return static_cast<std::size_t>(call(op::barrier_info).n); }
+  [[nodiscard]] std::size_t n_waiting() const {
+    return static_cast<std::size_t>(std::stoll(call(op::barrier_info).list.at(0)));
+  }
+  [[nodiscard]] bool broken() const { return call(op::barrier_info).list.at(1) != "0"; }
+
+ private:
+  friend class Manager;
+  using BaseProxy::BaseProxy;
+};
+
+/// A fixed-size array in the manager (Python's manager.Array()); indexes may be
+/// negative, out-of-range ones raise std::out_of_range (IndexError).
+template <class T>
+class ArrayProxy : public BaseProxy {
+  using op = detail::mgr::op;
+
+ public:
+  using value_type = T;
+  ArrayProxy() = default;
+  [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
+  [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
+  /// A copy of the contents (Python's arr[:]).
+  [[nodiscard]] std::vector<T> items() const {
+    auto r = call(op::list_items);
+    std::vector<T> out;
+    out.reserve(r.list.size());
+    for (auto& e : r.list) out.push_back(detail::mgr::dec<T>(e));
+    return out;
+  }
+  [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
+    return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
+  }
+  [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
   friend class Manager;
@@ -1071,6 +1403,44 @@ class Manager {
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
     return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
+  template <class T>
+  [[nodiscard]] JoinableQueueProxy<T> JoinableQueue(std::size_t maxsize = 0) {
+    return JoinableQueueProxy<T>(ep_, create(detail::mgr::kind::joinable_queue, {}, tag<T>(), 0, maxsize));
+  }
+  [[nodiscard]] EventProxy Event() { return EventProxy(ep_, create(detail::mgr::kind::event, {}, 0, 0)); }
+  [[nodiscard]] ConditionProxy Condition() {
+    return ConditionProxy(ep_, create(detail::mgr::kind::condition, {}, 0, 0));
+  }
+  /// value_error when value is negative.
+  [[nodiscard]] SemaphoreProxy Semaphore(std::int64_t value = 1) {
+    return SemaphoreProxy(ep_, create(detail::mgr::kind::semaphore, {}, 0, 0, semaphore_value(value)));
+  }
+  [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::int64_t value = 1) {
+    return SemaphoreProxy(ep_, create(detail::mgr::kind::bounded_semaphore, {}, 0, 0, semaphore_value(value)));
+  }
+  [[nodiscard]] RLockProxy RLock() { return RLockProxy(ep_, create(detail::mgr::kind::rlock, {}, 0, 0)); }
+  /// A barrier for `parties` (value_error when 0); wait() without a timeout waits
+  /// for ever.
+  [[nodiscard]] BarrierProxy Barrier(std::size_t parties) { return make_barrier(parties, -1); }
+  /// A barrier whose wait() without a timeout uses `timeout` (Python's timeout=).
+  template <class Rep, class Period>
+  [[nodiscard]] BarrierProxy Barrier(std::size_t parties, std::chrono::duration<Rep, Period> timeout) {
+    return make_barrier(parties, detail::to_ns(timeout));
+  }
+  /// n value-initialised elements.
+  template <class T>
+  [[nodiscard]] ArrayProxy<T> Array(std::size_t n) {
+    return Array<T>(std::vector<T>(n));
+  }
+  /// A copy of `init`.
+  template <class T>
+  [[nodiscard]] ArrayProxy<T> Array(const std::vector<T>& init) {
+    std::vector<std::string> elements;
+    elements.reserve(init.size());
+    for (const T& e : init) elements.push_back(detail::mgr::enc(e));
+    return ArrayProxy<T>(ep_, create(detail::mgr::kind::array, {}, tag<T>(), 0, 0, std::nullopt, std::move(elements)));
+  }
+
   /// Frees a managed object now instead of at shutdown (objects are not reference
   /// counted). Proxies to it, in any process, then raise manager_error. Returns
   /// whether the object still existed.
@@ -1098,8 +1468,19 @@ class Manager {
   static std::uint64_t tag() {
     return detail::type_tag<T>::value;
   }
+  static std::size_t semaphore_value(std::int64_t value) {
+    if (value < 0) throw value_error("mproc::Manager: a semaphore's initial value must be >= 0");
+    return static_cast<std::size_t>(value);
+  }
+  BarrierProxy make_barrier(std::size_t parties, std::int64_t timeout_ns) {
+    if (parties == 0) throw value_error("mproc::Manager::Barrier: parties must be at least 1");
+    std::string t(sizeof timeout_ns, '\0');
+    std::memcpy(t.data(), &timeout_ns, sizeof timeout_ns);
+    return BarrierProxy(ep_, create(detail::mgr::kind::barrier, {}, 0, 0, parties, std::nullopt, {std::move(t)}));
+  }
   std::uint64_t create(detail::mgr::kind k, const std::string& name, std::uint64_t t1, std::uint64_t t2,
-                       std::size_t maxsize = 0, std::optional<std::string> initial = std::nullopt) {
+                       std::size_t maxsize = 0, std::optional<std::string> initial = std::nullopt,
+                       std::vector<std::string> list = {}) {
     if (!ep_) throw state_error("mproc::Manager: use of a moved-from or shut down manager");
     detail::mgr::request q;
     q.o = detail::mgr::op::create;
@@ -1109,6 +1490,7 @@ class Manager {
     std::uint64_t t[2] = {t1, t2};
     q.b.assign(reinterpret_cast<const char*>(t), sizeof t);
     if (initial) q.list.push_back(std::move(*initial));
+    else q.list = std::move(list);
     auto r = ep_->get()->call(q, nullptr);
     return static_cast<std::uint64_t>(r.n);
   }

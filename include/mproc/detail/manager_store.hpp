@@ -53,6 +53,7 @@
 
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "../synchronize.hpp"
 #include "log.hpp"
 #include "posix/posix.hpp"
 #include "posix/robust_mutex.hpp"
@@ -103,7 +104,12 @@ using dict_map = bc::map<shm_string, dict_entry, bytes_less,
 using bytes_vec = bc::vector<shm_string, shm_alloc<shm_string>>;
 using bytes_deque = bc::deque<shm_string, shm_alloc<shm_string>>;
 
-enum class kind : std::uint32_t { dict = 1, list, ns, queue, lock, value };
+enum class kind : std::uint32_t {
+  dict = 1, list, ns, queue, lock, value,
+  // New kinds go last: the numbers are the wire protocol.
+  event, condition, semaphore, bounded_semaphore, rlock, barrier, array, joinable_queue
+};
+inline constexpr kind last_kind = kind::joinable_queue;
 
 inline const char* kind_name(kind k) {
   switch (k) {
@@ -113,6 +119,14 @@ inline const char* kind_name(kind k) {
     case kind::queue: return "Queue";
     case kind::lock: return "Lock";
     case kind::value: return "Value";
+    case kind::event: return "Event";
+    case kind::condition: return "Condition";
+    case kind::semaphore: return "Semaphore";
+    case kind::bounded_semaphore: return "BoundedSemaphore";
+    case kind::rlock: return "RLock";
+    case kind::barrier: return "Barrier";
+    case kind::array: return "Array";
+    case kind::joinable_queue: return "JoinableQueue";
   }
   return "object";
 }
@@ -128,7 +142,21 @@ struct object {
   shm_string value;
   std::uint64_t maxsize = 0;
   std::uint64_t next_seq = 0;
-  std::uint32_t locked = 0;
+  std::uint32_t locked = 0;  // Lock: held; Event: set
+  // Semaphore: its value; Barrier: parties inside wait(); JoinableQueue: unfinished
+  // tasks. `bound`: a BoundedSemaphore's initial value, a Barrier's parties.
+  std::int64_t count = 0, bound = 0;
+  // RLock, Condition: the holder (a token naming process and thread; 0: free) and
+  // how many times it holds the lock.
+  std::uint64_t owner = 0;
+  std::uint32_t depth = 0;
+  // Condition: waiters not yet notified, notifications not yet taken.
+  std::int64_t waiters = 0, tokens = 0;
+  // Barrier: the round, whether it is broken, which recent rounds ended broken (bit
+  // round % 64), and wait()'s default timeout (ns; -1: none).
+  std::uint64_t round = 0, broken_rounds = 0;
+  std::uint32_t broken = 0;
+  std::int64_t default_timeout_ns = -1;
   // Futex words (waited on without the root mutex held).
   std::atomic<std::uint32_t> put_seq{0}, get_seq{0}, release_seq{0};
 
@@ -181,7 +209,28 @@ enum class op : std::uint8_t {
   hello,   // socket only: identify the manager
   destroy,
   // New operations go last: the numbers are the wire protocol.
+  list_count, list_index, list_insert, list_remove, list_reverse, list_assign_if,
+  dict_popitem, dict_setdefault,
+  queue_full,
+  event_set, event_clear, event_is_set, event_wait,
+  sem_acquire, sem_release, sem_value,
+  rlock_acquire, rlock_release,
+  cond_wait, cond_notify,
+  barrier_wait, barrier_reset, barrier_abort, barrier_info,
+  queue_task_done, queue_join,
 };
+
+/// Operations that may block for their own timeout (request::m) beyond a round trip.
+inline bool blocking_op(op o) noexcept {
+  switch (o) {
+    case op::queue_get: case op::queue_put: case op::lock_acquire: case op::event_wait:
+    case op::sem_acquire: case op::rlock_acquire: case op::cond_wait: case op::barrier_wait:
+    case op::queue_join:
+      return true;
+    default:
+      return false;
+  }
+}
 
 /// One operation. Fields are used per op (see execute()); n/m are indexes, flags or
 /// timeouts in ns (-1: none).
@@ -211,7 +260,9 @@ struct request {
 
 enum class status : std::uint8_t {
   ok = 0, out_of_range, serialization, queue_empty, queue_full, timeout, manager, state,
-  invalid_argument, other
+  invalid_argument, other,
+  // New statuses go last.
+  value, broken_barrier
 };
 
 struct response {
@@ -233,7 +284,7 @@ struct response {
               reinterpret_cast<const std::byte*>(bytes.data()) + bytes.size()};
     std::apply([&](auto&... f) { (detail::decode(rd, f), ...); }, t);
     if (rd.remaining()) throw serialization_error("corrupt manager response: trailing bytes");
-    if (static_cast<std::uint8_t>(r.st) > static_cast<std::uint8_t>(status::other))
+    if (static_cast<std::uint8_t>(r.st) > static_cast<std::uint8_t>(status::broken_barrier))
       throw serialization_error("corrupt manager response: unknown status");
     return r;
   }
@@ -250,6 +301,8 @@ struct response {
       case status::state: throw state_error(a);
       case status::invalid_argument: throw std::invalid_argument(a);
       case status::other: throw manager_error("manager server: " + a);
+      case status::value: throw value_error(a);
+      case status::broken_barrier: throw broken_barrier_error(a);
     }
   }
   /// Turns the exception being handled into an error response (server side).
@@ -273,6 +326,10 @@ struct response {
       r.st = status::state, r.a = e.what();
     } catch (const std::invalid_argument& e) {
       r.st = status::invalid_argument, r.a = e.what();
+    } catch (const value_error& e) {
+      r.st = status::value, r.a = e.what();
+    } catch (const broken_barrier_error& e) {
+      r.st = status::broken_barrier, r.a = e.what();
     } catch (const std::exception& e) {
       r.st = status::other, r.a = e.what();
     }
@@ -417,7 +474,12 @@ class store {
     if (it == root_->objects.end())
       throw manager_error("mproc::Manager: no object with id " + std::to_string(id));
     object& o = *it->second;
-    if (o.k != k && !(k == kind::dict && o.k == kind::ns))  // a Namespace is a dict by name
+    // A Namespace is a dict by name; an Array a list of fixed size; a JoinableQueue a
+    // Queue; a Condition has an RLock.
+    if (o.k != k && !(k == kind::dict && o.k == kind::ns) &&
+        !(k == kind::list && o.k == kind::array) && !(k == kind::queue && o.k == kind::joinable_queue) &&
+        !(k == kind::rlock && o.k == kind::condition) &&
+        !(k == kind::semaphore && o.k == kind::bounded_semaphore))
       throw manager_error(std::string("mproc::Manager: object ") + std::to_string(id) + " is a " +
                           kind_name(o.k) + ", not a " + kind_name(k));
     return o;
@@ -431,6 +493,35 @@ class store {
   segment seg_;
   root* root_ = nullptr;
 };
+
+/// A list that may change size (not an Array).
+inline object& resizable_list(store& s, std::uint64_t id) {
+  object& o = s.find(id, kind::list);
+  if (o.k == kind::array)
+    throw manager_error("mproc::Manager: an Array has a fixed size (object " + std::to_string(id) + ")");
+  return o;
+}
+
+/// Python's slice bound: negative counts from the end, then clamped to [0, size].
+inline std::size_t clamp_index(std::int64_t i, std::size_t size) {
+  const std::int64_t n = static_cast<std::int64_t>(size);
+  if (i < 0) i = std::max<std::int64_t>(0, i + n);
+  return std::size_t(std::min(i, n));
+}
+
+inline void bump(std::atomic<std::uint32_t>& w) noexcept {
+  w.fetch_add(1);
+  futex_wake(&w);
+}
+
+/// The caller's token in a request naming the holder of an RLock or Condition.
+inline std::uint64_t owner_token(const request& q) {
+  std::uint64_t t = 0;
+  if (q.b.size() != sizeof t) throw serialization_error("corrupt manager request: no owner token");
+  std::memcpy(&t, q.b.data(), sizeof t);
+  if (t == 0) throw serialization_error("corrupt manager request: owner token 0");
+  return t;
+}
 
 inline std::int64_t normalize_index(std::int64_t i, std::size_t size, const char* what) {
   std::int64_t n = static_cast<std::int64_t>(size);
@@ -452,6 +543,37 @@ inline bool wait_word(store& s, const std::atomic<std::uint32_t>& w, std::uint32
   return true;
 }
 
+/// Ends a Barrier's round: the parties inside are released (with broken_barrier_error
+/// when `broken`), and the next round starts empty.
+inline void next_round(object& o, bool broken) noexcept {
+  const std::uint64_t bit = std::uint64_t(1) << (o.round % 64);
+  if (broken) o.broken_rounds |= bit;
+  else o.broken_rounds &= ~bit;
+  ++o.round;
+  o.broken_rounds &= ~(std::uint64_t(1) << (o.round % 64));
+  o.count = 0;
+  bump(o.release_seq);
+}
+
+/// Runs attempt(object) under the root mutex until it returns true; in between
+/// sleeps on the object's futex word w (sampled under the mutex, so no change is
+/// missed). False at the deadline, or at once when nonblocking.
+template <class F>
+bool wait_until(store& s, std::uint64_t id, kind k, std::atomic<std::uint32_t> object::*w, deadline_t d,
+                bool nonblocking, F attempt) {
+  for (;;) {
+    std::uint32_t seen;
+    object* o = nullptr;
+    {
+      store::guard g(s, s.lock_timeout_ns);
+      o = &s.find(id, k);
+      if (attempt(*o)) return true;
+      seen = (o->*w).load();
+    }
+    if (nonblocking || !wait_word(s, o->*w, seen, d)) return false;
+  }
+}
+
 /// Runs one operation against the segment. `fn` serves dict_update in the caller's
 /// process; a server executing a remote request passes the registered updater.
 inline response execute(store& s, const request& q, const updater* fn = nullptr) {
@@ -460,7 +582,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
   try {
     switch (q.o) {
       case op::create: {
-        if (q.n < 1 || q.n > static_cast<std::int64_t>(kind::value))
+        if (q.n < 1 || q.n > static_cast<std::int64_t>(last_kind))
           throw std::invalid_argument("manager: unknown object kind " + std::to_string(q.n));
         kind k = static_cast<kind>(q.n);
         std::uint64_t t[2] = {0, 0};
@@ -487,7 +609,23 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         store::mutation mu(s);
         object* o = s.seg().construct<object>(bip::anonymous_instance)(s.alloc(), k, t[0], t[1]);
         o->maxsize = q.m > 0 ? std::uint64_t(q.m) : 0;
-        if (q.list.size() == 1) o->value.assign(q.list[0].data(), q.list[0].size());  // a Value's initial value
+        switch (k) {
+          case kind::semaphore:
+          case kind::bounded_semaphore:
+            o->count = o->bound = q.m;  // the initial value (checked by the caller)
+            break;
+          case kind::barrier:
+            o->bound = q.m;  // parties
+            if (q.list.size() == 1 && q.list[0].size() == sizeof(std::int64_t))
+              std::memcpy(&o->default_timeout_ns, q.list[0].data(), sizeof(std::int64_t));
+            break;
+          case kind::array:
+            o->list.reserve(q.list.size());
+            for (auto& e : q.list) o->list.push_back(s.str(e));
+            break;
+          default:
+            if (q.list.size() == 1) o->value.assign(q.list[0].data(), q.list[0].size());  // a Value's initial value
+        }
         try {
           r.objects.emplace(id, o);
           if (!q.a.empty()) r.names.emplace(s.str(q.a), id);
@@ -589,8 +727,9 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::list_append:
       case op::list_extend: {
         store::guard g(s, s.lock_timeout_ns);
-        object& o = s.find(q.id, kind::list);
+        object& o = resizable_list(s, q.id);
         store::mutation mu(s);
+        ++o.next_seq;
         if (q.o == op::list_append) {
           o.list.push_back(s.str(q.b));
         } else {
@@ -610,16 +749,18 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         object& o = s.find(q.id, kind::list);
         auto i = std::size_t(normalize_index(q.n, o.list.size(), "list assignment"));
         store::mutation mu(s);
+        ++o.next_seq;
         o.list[i].assign(q.b.data(), q.b.size());
         break;
       }
       case op::list_pop: {
         store::guard g(s, s.lock_timeout_ns);
-        object& o = s.find(q.id, kind::list);
+        object& o = resizable_list(s, q.id);
         if (o.list.empty()) throw std::out_of_range("pop from empty list");
         auto i = std::size_t(normalize_index(q.n, o.list.size(), "pop"));
         out.a = sv(o.list[i]);
         store::mutation mu(s);
+        ++o.next_seq;
         o.list.erase(o.list.begin() + static_cast<std::ptrdiff_t>(i));
         break;
       }
@@ -633,12 +774,14 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         object& o = s.find(q.id, kind::list);
         out.list.reserve(o.list.size());
         for (auto& e : o.list) out.list.emplace_back(sv(e));
+        out.n = static_cast<std::int64_t>(o.next_seq);  // the version, for list_assign_if
         break;
       }
       case op::list_clear: {
         store::guard g(s, s.lock_timeout_ns);
-        object& o = s.find(q.id, kind::list);
+        object& o = resizable_list(s, q.id);
         store::mutation mu(s);
+        ++o.next_seq;
         o.list.clear();
         break;
       }
@@ -656,6 +799,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
                 store::mutation mu(s);
                 o.queue.push_back(s.str(q.b));
               }
+              if (o.k == kind::joinable_queue) ++o.count;  // one more unfinished task
               o.put_seq.fetch_add(1);
               futex_wake(&o.put_seq);
               break;
@@ -756,6 +900,276 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         futex_wake(&o->put_seq), futex_wake(&o->get_seq), futex_wake(&o->release_seq);
         s.seg().destroy_ptr(o);
         out.n = 1;
+        break;
+      }
+
+      case op::list_count: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        out.n = std::count_if(o.list.begin(), o.list.end(), [&](const auto& e) { return sv(e) == q.b; });
+        break;
+      }
+      case op::list_index: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        const std::size_t from = clamp_index(q.n, o.list.size()), to = clamp_index(q.m, o.list.size());
+        out.n = -1;
+        for (std::size_t i = from; i < to; ++i)
+          if (sv(o.list[i]) == q.b) {
+            out.n = static_cast<std::int64_t>(i);
+            break;
+          }
+        if (out.n < 0) throw value_error("list.index(x): x not in list");
+        break;
+      }
+      case op::list_insert: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = resizable_list(s, q.id);
+        const std::size_t i = clamp_index(q.n, o.list.size());
+        store::mutation mu(s);
+        ++o.next_seq;
+        o.list.insert(o.list.begin() + static_cast<std::ptrdiff_t>(i), s.str(q.b));
+        break;
+      }
+      case op::list_remove: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = resizable_list(s, q.id);
+        auto it = std::find_if(o.list.begin(), o.list.end(), [&](const auto& e) { return sv(e) == q.b; });
+        if (it == o.list.end()) throw value_error("list.remove(x): x not in list");
+        store::mutation mu(s);
+        ++o.next_seq;
+        o.list.erase(it);
+        break;
+      }
+      case op::list_reverse: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        store::mutation mu(s);
+        ++o.next_seq;
+        // Swapping shm strings of one allocator exchanges their buffers: no copies.
+        std::reverse(o.list.begin(), o.list.end());
+        break;
+      }
+      case op::list_assign_if: {
+        // Replaces the contents if nothing changed them since list_items reported
+        // version q.n (a sort done by the caller, never lost to a concurrent change).
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::list);
+        if (static_cast<std::int64_t>(o.next_seq) != q.n) break;  // out.n == 0: retry
+        if (q.list.size() != o.list.size())
+          throw manager_error("mproc::Manager: list_assign_if with another size");
+        store::mutation mu(s);
+        ++o.next_seq;
+        for (std::size_t i = 0; i < q.list.size(); ++i) o.list[i].assign(q.list[i].data(), q.list[i].size());
+        out.n = 1;
+        break;
+      }
+      case op::dict_popitem: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        if (o.dict.empty()) throw std::out_of_range("popitem(): dictionary is empty (KeyError)");
+        // Last in, first out, as Python's dict.
+        auto last = std::max_element(o.dict.begin(), o.dict.end(),
+                                     [](const auto& x, const auto& y) { return x.second.seq < y.second.seq; });
+        out.list = {std::string(sv(last->first)), std::string(sv(last->second.value))};
+        store::mutation mu(s);
+        o.dict.erase(last);
+        break;
+      }
+      case op::dict_setdefault: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::dict);
+        auto it = o.dict.find(std::string_view(q.a));
+        if (it != o.dict.end()) {
+          out.a = sv(it->second.value);
+        } else {
+          store::mutation mu(s);
+          o.dict.emplace(s.str(q.a), dict_entry{s.str(q.b), o.next_seq++});
+          out.a = q.b;
+        }
+        break;
+      }
+      case op::queue_full: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::queue);
+        out.n = o.maxsize && o.queue.size() >= o.maxsize;
+        break;
+      }
+      case op::event_set:
+      case op::event_clear: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::event);
+        o.locked = q.o == op::event_set;
+        if (o.locked) bump(o.release_seq);
+        break;
+      }
+      case op::event_is_set: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.n = s.find(q.id, kind::event).locked;
+        break;
+      }
+      case op::event_wait: {
+        out.n = wait_until(s, q.id, kind::event, &object::release_seq, deadline_after(q.m), false,
+                           [](object& o) { return o.locked != 0; });
+        break;
+      }
+      case op::sem_acquire: {
+        out.n = wait_until(s, q.id, kind::semaphore, &object::release_seq, deadline_after(q.m), q.n == 1,
+                           [](object& o) {
+                             if (o.count <= 0) return false;
+                             --o.count;
+                             return true;
+                           });
+        break;
+      }
+      case op::sem_release: {
+        if (q.n < 1) throw value_error("Semaphore.release(n): n must be at least 1");
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::semaphore);
+        if (o.k == kind::bounded_semaphore && o.count > o.bound - q.n)
+          throw value_error("BoundedSemaphore released too many times");
+        o.count += q.n;
+        bump(o.release_seq);
+        break;
+      }
+      case op::sem_value: {
+        store::guard g(s, s.lock_timeout_ns);
+        out.n = s.find(q.id, kind::semaphore).count;
+        break;
+      }
+      case op::rlock_acquire: {
+        const std::uint64_t me = owner_token(q);
+        out.n = wait_until(s, q.id, kind::rlock, &object::release_seq, deadline_after(q.m), q.n == 1,
+                           [me](object& o) {
+                             if (o.owner != 0 && o.owner != me) return false;
+                             o.owner = me;
+                             ++o.depth;
+                             return true;
+                           });
+        break;
+      }
+      case op::rlock_release: {
+        const std::uint64_t me = owner_token(q);
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::rlock);
+        if (o.owner != me) throw state_error("cannot release un-acquired lock");
+        if (--o.depth == 0) {
+          o.owner = 0;
+          bump(o.release_seq);
+        }
+        break;
+      }
+      case op::cond_wait: {
+        const std::uint64_t me = owner_token(q);
+        std::uint32_t depth = 0;
+        {
+          store::guard g(s, s.lock_timeout_ns);
+          object& o = s.find(q.id, kind::condition);
+          if (o.owner != me) throw state_error("cannot wait on un-acquired lock");
+          depth = o.depth;
+          o.owner = 0, o.depth = 0;
+          ++o.waiters;
+          bump(o.release_seq);
+        }
+        bool notified = wait_until(s, q.id, kind::condition, &object::get_seq, deadline_after(q.m), false,
+                                   [](object& o) {
+                                     if (o.tokens <= 0) return false;
+                                     --o.tokens;
+                                     return true;
+                                   });
+        if (!notified) {
+          // Timed out; a notification that came meanwhile is still this waiter's.
+          store::guard g(s, s.lock_timeout_ns);
+          object& o = s.find(q.id, kind::condition);
+          if (o.tokens > 0) --o.tokens, notified = true;
+          else --o.waiters;
+        }
+        // The lock comes back whatever happened, as in Python.
+        wait_until(s, q.id, kind::condition, &object::release_seq, -1, false, [me, depth](object& o) {
+          if (o.owner != 0) return false;
+          o.owner = me, o.depth = depth;
+          return true;
+        });
+        out.n = notified;
+        break;
+      }
+      case op::cond_notify: {
+        const std::uint64_t me = owner_token(q);
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::condition);
+        if (o.owner != me) throw state_error("cannot notify on un-acquired lock");
+        const std::int64_t n = q.n < 0 ? o.waiters : std::min<std::int64_t>(q.n, o.waiters);
+        o.waiters -= n;
+        o.tokens += n;
+        if (n > 0) bump(o.get_seq);
+        break;
+      }
+      case op::barrier_wait: {
+        const std::int64_t timeout = q.m == -2 ? std::int64_t(-3) : q.m;  // -2: the default, read below
+        std::uint64_t round = 0;
+        std::int64_t t = timeout;
+        {
+          store::guard g(s, s.lock_timeout_ns);
+          object& o = s.find(q.id, kind::barrier);
+          if (t == -3) t = o.default_timeout_ns;
+          if (o.broken) throw broken_barrier_error("Barrier.wait(): the barrier is broken");
+          round = o.round;
+          out.n = o.count++;
+          if (o.count == o.bound) {  // the last party releases the round
+            next_round(o, false);
+            break;
+          }
+        }
+        bool ended = wait_until(s, q.id, kind::barrier, &object::release_seq, deadline_after(t), false,
+                                [round](object& o) { return o.round != round || o.broken; });
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::barrier);
+        if (o.round != round) {
+          if (o.broken_rounds & (std::uint64_t(1) << (round % 64)))
+            throw broken_barrier_error("Barrier.wait(): the barrier was reset or broken while waiting");
+          break;  // released
+        }
+        if (!ended && !o.broken) {  // timed out: break the barrier, as Python does
+          const std::int64_t missing = o.bound - o.count;
+          o.broken = 1;
+          next_round(o, true);
+          throw broken_barrier_error("Barrier.wait(): timed out waiting for " + std::to_string(missing) +
+                                     " more parties");
+        }
+        throw broken_barrier_error("Barrier.wait(): the barrier was broken while waiting");
+      }
+      case op::barrier_reset:
+      case op::barrier_abort: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::barrier);
+        if (q.o == op::barrier_abort) {
+          o.broken = 1;
+          next_round(o, true);
+        } else {
+          // Parties waiting now are released with broken_barrier_error.
+          if (o.count > 0) next_round(o, true);
+          o.broken = 0;
+        }
+        break;
+      }
+      case op::barrier_info: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::barrier);
+        out.n = o.bound;
+        out.list = {std::to_string(o.broken ? 0 : o.count), std::to_string(o.broken),
+                    std::to_string(o.default_timeout_ns)};
+        break;
+      }
+      case op::queue_task_done: {
+        store::guard g(s, s.lock_timeout_ns);
+        object& o = s.find(q.id, kind::joinable_queue);
+        if (o.count <= 0) throw value_error("task_done() called too many times");
+        if (--o.count == 0) bump(o.release_seq);
+        break;
+      }
+      case op::queue_join: {
+        out.n = wait_until(s, q.id, kind::joinable_queue, &object::release_seq, deadline_after(q.m), false,
+                           [](object& o) { return o.count == 0; });
         break;
       }
       case op::attach:
