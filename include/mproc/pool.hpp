@@ -740,6 +740,14 @@ struct job_base {
   bool input_done = false;
   progress_fn on_progress;
   std::int64_t avg_item_ns = 0;  // measured cost of one item, for the prefetch depth
+  // map's default chunking (chunksize 0): chunks sized by the measured cost of the
+  // items, at most Python's chunksize (max_chunk). Python's fixed chunks of len/(4 *
+  // processes) put a quarter of the items in the last two chunks; when costs grow with
+  // the index (factorials, growing matrices) those hold far more than their share of
+  // the work, and one worker computes them while the others idle.
+  bool auto_chunk = false;
+  std::size_t max_chunk = 1;
+  std::int64_t busy_item_ns = 0;  // a worker's busy time per item, counted in items
 
   virtual ~job_base() = default;
   /// Serializes up to chunksize next items into buf (after a task_header placeholder
@@ -1107,6 +1115,7 @@ struct worker_slot {
   std::uint64_t timed_out_item = 0, timed_out_job = 0;
   unsigned number = 0;
   std::int64_t last_result_ns = 0;
+  std::int64_t busy_since_ns = 0;  // 0: idle (nothing outstanding)
 };
 
 }  // namespace detail
@@ -1339,10 +1348,13 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
         chunksize = total / d + (total % d ? 1 : 0);
       }
     }
+    const bool auto_chunk = o.chunksize == 0;
     if (chunksize == 0) chunksize = 1;
     auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
         static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
     job->chunksize = chunksize;
+    job->auto_chunk = auto_chunk;
+    job->max_chunk = chunksize;
     job->known_total = total;
     job->on_progress = std::move(o.on_progress);
     if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
@@ -1410,6 +1422,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     w.rx.clear();
     w.stopping = w.timed_out = false;
     w.last_result_ns = 0;
+    w.busy_since_ns = 0;
     w.number = ++pool_worker_counter();
     std::string name = "PoolWorker-" + std::to_string(w.number);
     auto tasks = w.tasks, results = w.results;
@@ -1686,6 +1699,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   /// Reads every complete result a worker has published.
   bool drain_results(detail::worker_slot& w) {
     std::size_t n = 0;
+    const std::size_t items_before = w.outstanding_items;
     last_job_ = nullptr;
     detail::spsc_ring::record rec;
     while (w.results.try_peek(rec)) {
@@ -1715,6 +1729,16 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       avg = avg ? (avg * 3 + per) / 4 : per;
     }
     w.last_result_ns = now;
+    // Busy time per item, from the moment the worker had work (not from an idle gap),
+    // counting the items inside packed records; weighted towards the latest, so that
+    // chunks follow costs that grow along the input.
+    const std::size_t items = items_before - w.outstanding_items;
+    if (w.busy_since_ns && items && last_job_) {
+      const std::int64_t per = std::max<std::int64_t>(1, (now - w.busy_since_ns) / std::int64_t(items));
+      auto& busy = last_job_->busy_item_ns;
+      busy = busy ? (busy + per) / 2 : per;
+    }
+    w.busy_since_ns = w.outstanding_items ? now : 0;
     return true;
   }
 
@@ -1784,6 +1808,17 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     return static_cast<std::size_t>(std::clamp<std::int64_t>(n, std::int64_t(2 * j->chunksize), 4096));
   }
 
+  /// map's default chunk: about 1 ms of work by the measured cost per item, so the
+  /// last chunks end close together whatever the costs do along the input, and the
+  /// ~2 us a chunk costs to hand out stays below 1%. Before any cost is known, a small
+  /// probe: one chunk of Python's size could hold most of the work.
+  static std::size_t auto_chunksize(const detail::job_base& j) {
+    constexpr std::int64_t target_ns = 1'000'000;
+    if (j.busy_item_ns <= 0) return std::min<std::size_t>(j.max_chunk, 16);
+    const std::int64_t n = target_ns / j.busy_item_ns;
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, std::int64_t(j.max_chunk)));
+  }
+
   /// Gives a worker more work and pushes pending bytes into its ring.
   bool feed(detail::worker_slot& w) {
     bool any = false;
@@ -1807,6 +1842,8 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       }
       c.job = j;
       c.first = j->dispatched;
+      if (j->auto_chunk) j->chunksize = auto_chunksize(*j);
+      if (w.outstanding.empty()) w.busy_since_ns = detail::monotonic_ns();
       c.count = j->next_chunk(c.bytes, c.item_offsets);
       if (c.count == 0) continue;  // input ended exactly at a chunk boundary
       j->dispatched += c.count;
