@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <sched.h>
@@ -158,8 +159,14 @@ inline std::map<std::string, double> parse_numbers(const std::string& text) {
 
 /// Runs benchmarks/python/<script> with `args`; its numbers, or an empty map (with a
 /// message on stderr) when it failed: a missing Python column, never a fake one.
+inline std::string python_interpreter() {
+  // run.py names the interpreter that has every peer's modules; the build's is the default.
+  if (const char* env = std::getenv("MPROC_BENCHMARK_PYTHON"); env && *env) return env;
+  return MPROC_BENCHMARK_PYTHON[0] ? MPROC_BENCHMARK_PYTHON : "python3";
+}
+
 inline std::map<std::string, double> run_python(const std::string& script, const std::string& args) {
-  const std::string py = MPROC_BENCHMARK_PYTHON[0] ? MPROC_BENCHMARK_PYTHON : "python3";
+  const std::string py = python_interpreter();
   const std::string cmd = py + " " MPROC_BENCHMARK_PYTHON_DIR "/" + script + " " + args;
   std::fflush(nullptr);  // or buffered output is written twice by the child
   FILE* f = ::popen(cmd.c_str(), "r");
@@ -281,7 +288,20 @@ struct row {
   std::string target{};      // the target as the issue states it, or "report"
   std::optional<bool> met{};  // empty: reported, no target
   std::string issue{};        // which issue's target this is
+  // What a user would pick instead, measured in the same rounds: (name, figure), in
+  // the row's unit. A missing peer has NaN; the best one is picked by the report.
+  std::vector<std::pair<std::string, double>> peers{};
 };
+
+/// The best figure among a row's peers (by the row's direction); empty when none has one.
+inline std::optional<std::pair<std::string, double>> best_peer(const row& r) {
+  std::optional<std::pair<std::string, double>> b;
+  for (const auto& [name, v] : r.peers) {
+    if (std::isnan(v)) continue;
+    if (!b || (r.dir == better::higher ? v > b->second : v < b->second)) b = std::pair{name, v};
+  }
+  return b;
+}
 
 /// A target's verdict: empty (not judged) when a figure it needs is missing, e.g. the
 /// Python side with --no-python or a failed twin, so a missing column never reads as
@@ -349,20 +369,30 @@ class report {
 
   /// Prints the report; the exit status says whether the program ran, not whether
   /// targets were met (that is in the rows).
+  static std::string peers_json(const row& r) {
+    std::string s = "{";
+    for (const auto& [name, v] : r.peers) {
+      if (s.size() > 1) s += ", ";
+      s += json_string(name) + ": " + json_number(v);
+    }
+    return s + "}";
+  }
+
   void print(const options& o, int rounds) const {
     if (o.json) {
       for (const row& r : rows_) {
         std::printf(
             "{\"kind\": \"row\", \"bench\": %s, \"issue\": %s, \"metric\": %s, \"params\": %s, \"unit\": %s, "
             "\"better\": %s, \"mproc\": %s, \"python\": %s, \"raw\": %s, \"raw_label\": %s, "
-            "\"vs_python\": %s, \"vs_limit\": %s, \"target\": %s, \"met\": %s, \"rounds\": %d}\n",
+            "\"vs_python\": %s, \"vs_limit\": %s, \"target\": %s, \"met\": %s, \"rounds\": %d, "
+            "\"peers\": %s}\n",
             json_string(bench_).c_str(), json_string(r.issue).c_str(), json_string(r.metric).c_str(),
             json_string(r.params).c_str(), json_string(r.unit).c_str(),
             r.dir == better::higher ? "\"higher\"" : "\"lower\"", json_number(r.mproc).c_str(),
             json_number(r.python).c_str(), json_number(r.raw).c_str(), json_string(r.raw_label).c_str(),
             json_number(speed_ratio(r.mproc, r.python, r.dir)).c_str(),
             json_number(speed_ratio(r.mproc, r.raw, r.dir)).c_str(), json_string(r.target).c_str(),
-            r.met ? (*r.met ? "true" : "false") : "null", rounds);
+            r.met ? (*r.met ? "true" : "false") : "null", rounds, peers_json(r).c_str());
       }
       for (const point& p : points_)
         std::printf("{\"kind\": \"point\", \"bench\": %s, \"series\": %s, \"impl\": %s, \"x\": %s, "
@@ -377,15 +407,19 @@ class report {
     std::printf("%s: medians of %d interleaved rounds; ratios above 1 mean mproc is faster\n\n", bench_.c_str(),
                 rounds);
     if (!rows_.empty()) {
-      std::printf("| metric | parameters | mproc | Python | raw limit | mproc/Python | mproc/limit | target | met |\n");
-      std::printf("|---|---|---|---|---|---|---|---|---|\n");
+      std::printf("| metric | parameters | mproc | Python | raw limit | best peer | mproc/Python | mproc/limit | "
+                  "mproc/best peer | target | met |\n");
+      std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
       for (const row& r : rows_) {
         std::string lim = fmt(r.raw);
         if (!std::isnan(r.raw) && !r.raw_label.empty()) lim += " (" + r.raw_label + ")";
-        std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.metric.c_str(), r.params.c_str(),
-                    fmt(r.mproc).c_str(), fmt(r.python).c_str(), lim.c_str(),
+        const auto bp = best_peer(r);
+        const std::string peer = bp ? fmt(bp->second) + " (" + bp->first + ")" : "-";
+        std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.metric.c_str(),
+                    r.params.c_str(), fmt(r.mproc).c_str(), fmt(r.python).c_str(), lim.c_str(), peer.c_str(),
                     fmt_ratio(speed_ratio(r.mproc, r.python, r.dir)).c_str(),
-                    fmt_ratio(speed_ratio(r.mproc, r.raw, r.dir)).c_str(), r.target.c_str(),
+                    fmt_ratio(speed_ratio(r.mproc, r.raw, r.dir)).c_str(),
+                    fmt_ratio(bp ? speed_ratio(r.mproc, bp->second, r.dir) : NAN).c_str(), r.target.c_str(),
                     r.met ? (*r.met ? "yes" : "**no**") : "-");
       }
     }
