@@ -4,6 +4,9 @@
 //              socketpair with 4-byte write()/read()
 //   stream     64 KiB blocks from child to parent (send_bytes/recv_bytes); raw = a
 //              bare pipe with 64 KiB write()/read() loops
+// Peers (benchmarks/bench_ipc_peers.hpp): Boost.Interprocess message_queue and ZeroMQ
+// PUSH/PULL over ipc://, the ping-pong through a pair of each, the stream as 64 KiB
+// messages.
 // Rounds are interleaved and medians reported, so a noisy machine skews every
 // column alike.
 //
@@ -12,6 +15,7 @@
 #include <mproc/process.hpp>
 
 #include "bench_common.hpp"
+#include "bench_ipc_peers.hpp"
 
 #include <cstring>
 #include <string>
@@ -192,6 +196,10 @@ int main(int argc, char** argv) {
     s.add("r_pp", raw_pingpong(trips));
     s.add("m_st", mproc_stream(blocks));
     s.add("r_st", raw_stream(blocks));
+    s.add("bmq_pp", bench::peers::boost_mq_pingpong(trips));
+    s.add("zmq_pp", bench::peers::zmq_pingpong(trips));
+    s.add("bmq_st", double(block) * blocks / (1 << 20) / bench::peers::boost_mq_transfer(block, blocks, 64));
+    s.add("zmq_st", double(block) * blocks / (1 << 20) / bench::peers::zmq_transfer(block, blocks));
     if (o.python) {
       auto py = bench::run_python("bench_pipe.py", std::to_string(trips) + " " + std::to_string(blocks));
       s.add("p_pp", bench::get(py, "pingpong_us"));
@@ -210,7 +218,9 @@ int main(int argc, char** argv) {
            .raw_label = "socketpair",
            .target = "<= 1.2x raw socketpair",
            .met = bench::judged(m <= 1.2 * r, {m, r}),
-           .issue = "2"});
+           .issue = "2",
+           .peers = {{"Boost.Interprocess message_queue", s.med("bmq_pp")},
+                     {"ZeroMQ ipc:// PUSH/PULL", s.med("zmq_pp")}}});
   m = s.med("m_st"), r = s.med("r_st");
   rep.add({.metric = "Pipe stream of 64 KiB blocks, MiB/s",
            .params = std::to_string(blocks) + " blocks, send_bytes/recv_bytes",
@@ -222,6 +232,8 @@ int main(int argc, char** argv) {
            .raw_label = "pipe write/read",
            .target = ">= 0.9x raw pipe",
            .met = bench::judged(m >= 0.9 * r, {m, r}),
-           .issue = "2"});
+           .issue = "2",
+           .peers = {{"Boost.Interprocess message_queue", s.med("bmq_st")},
+                     {"ZeroMQ ipc:// PUSH/PULL", s.med("zmq_st")}}});
   rep.print(o, o.rounds);
 }

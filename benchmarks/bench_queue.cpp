@@ -5,6 +5,8 @@
 //   64k   10,000 messages of 64 KiB
 //   256m  one 256 MiB message (far bigger than the 4 MiB ring: it streams through in
 //         fragments while the consumer reads, so no overflow memory is used)
+// Peers (benchmarks/bench_ipc_peers.hpp): Boost.Interprocess message_queue and
+// ZeroMQ PUSH/PULL over ipc:// on the ints and the 64 KiB messages.
 // Rounds are interleaved and medians reported, so a noisy machine skews every
 // column alike. Each run is timed from the producer's go signal to the last get().
 //
@@ -13,6 +15,7 @@
 #include <mproc/queue.hpp>
 
 #include "bench_common.hpp"
+#include "bench_ipc_peers.hpp"
 
 #include <cstdint>
 #include <string>
@@ -103,6 +106,11 @@ int main(int argc, char** argv) {
     s.add("raw_64k", double(block * n_blocks) / bench::raw_ring_transfer(block, n_blocks));
     s.add("raw_256m", double(big) / bench::raw_ring_transfer(big, 1));
     s.add("memcpy", bench::memcpy_bandwidth(big));
+    // The peers: message_queue holds 1024 ints, or 64 x 64 KiB (mproc's 4 MiB ring).
+    s.add("bmq_ints", n_ints / bench::peers::boost_mq_transfer(sizeof(int), n_ints, 1024));
+    s.add("bmq_64k", double(block * n_blocks) / bench::peers::boost_mq_transfer(block, n_blocks, 64));
+    s.add("zmq_ints", n_ints / bench::peers::zmq_transfer(sizeof(int), n_ints));
+    s.add("zmq_64k", double(block * n_blocks) / bench::peers::zmq_transfer(block, n_blocks));
     if (o.python) {
       auto py = bench::run_python("bench_queue.py", "ints,64k,256m");
       for (const char* k : {"ints", "64k", "256m"}) s.add(std::string("py_") + k, bench::get(py, k));
@@ -120,7 +128,9 @@ int main(int argc, char** argv) {
            .raw_label = raw_label,
            .target = ">= 5,000,000 msg/s and >= 25x Python",
            .met = bench::judged(m >= 5e6 && m >= 25 * py, {m, py}),
-           .issue = "4"});
+           .issue = "4",
+           .peers = {{"Boost.Interprocess message_queue", s.med("bmq_ints")},
+                     {"ZeroMQ ipc:// PUSH/PULL", s.med("zmq_ints")}}});
   m = s.med("64k"), py = s.med("py_64k");
   rep.add({.metric = "Queue of 64 KiB messages, GB/s",
            .params = "10,000 x 64 KiB",
@@ -131,7 +141,9 @@ int main(int argc, char** argv) {
            .raw_label = raw_label,
            .target = ">= 3 GB/s and >= 4x Python",
            .met = bench::judged(m >= 3e9 && m >= 4 * py, {m, py}),
-           .issue = "4"});
+           .issue = "4",
+           .peers = {{"Boost.Interprocess message_queue", s.med("bmq_64k") / 1e9},
+                     {"ZeroMQ ipc:// PUSH/PULL", s.med("zmq_64k") / 1e9}}});
   m = s.med("256m"), py = s.med("py_256m");
   rep.add({.metric = "one 256 MiB message through a Queue, GB/s",
            .params = "4 MiB ring: streams through in fragments",
