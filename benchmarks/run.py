@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Builds every mproc benchmark, runs each beside its Python multiprocessing twin and
-the raw limit, and reports one table: printed, written to benchmarks/RESULTS.md with
-the machine it ran on, and drawn in benchmarks/results.svg.
+"""Builds every mproc benchmark, runs each beside its Python multiprocessing twin, the
+raw limit and the peers a user would pick instead (the Python executors
+concurrent.futures, loky and pebble; Boost.Interprocess and ZeroMQ; TBB), and reports
+one table with the best peer of each row, plus what every pool does when a worker is
+killed, a task overruns or Ctrl-C arrives: printed, written to benchmarks/RESULTS.md
+with the machine it ran on, and drawn in benchmarks/results.svg.
 
     python3 benchmarks/run.py            # full run (under 15 minutes on 2 cores)
     python3 benchmarks/run.py --quick    # fewer rounds, smaller sizes (under 2 minutes)
@@ -27,11 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order: cheap and foundational first; the cost-growth sweep last.
-PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "scaling"]
+PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash", "scaling"]
 # Rounds of a full run: more than each program's own default, so that the medians hold
 # on a shared machine; still well under 15 minutes on 2 cores (about 5 when idle).
 FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
                "manager": 7, "scaling": 5}
+# Modules the Python peers need (Debian: python3-joblib python3-pebble python3-mpi4py).
+PEER_MODULES = "import joblib.externals.loky, pebble"
 SERIES_TITLES = {
     "pool_map": "Pool.map(identity): time for n tasks",
     "queue_msg": "Queue: time per message of n bytes",
@@ -41,6 +46,25 @@ SERIES_TITLES = {
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+PYTHON = None  # the interpreter the twins run with (main() picks it)
+
+
+def peer_python():
+    """An interpreter that has the Python peers' modules: this one, else Debian's own
+    (which is where python3-joblib and python3-pebble install, and which a pyenv or
+    venv python3 first on PATH does not see). None when there is none."""
+    for cand in (sys.executable, "/usr/bin/python3", shutil.which("python3")):
+        if not cand or not os.path.exists(cand):
+            continue
+        try:
+            if subprocess.run([cand, "-c", PEER_MODULES], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=60).returncode == 0:
+                return cand
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return None
 
 
 # ------------------------------------------------------------------ build and run
@@ -62,7 +86,8 @@ def run_program(exe, args, timeout):
     """Runs one benchmark with --json; its rows, points and notes. stderr (round
     progress) goes straight to the terminal."""
     t0 = time.monotonic()
-    proc = subprocess.run([str(exe), "--json", *args], stdout=subprocess.PIPE, text=True, timeout=timeout)
+    proc = subprocess.run([str(exe), "--json", *args], stdout=subprocess.PIPE, text=True, timeout=timeout,
+                          env=dict(os.environ, **({"MPROC_BENCHMARK_PYTHON": PYTHON} if PYTHON else {})))
     secs = time.monotonic() - t0
     items = []
     for line in proc.stdout.splitlines():
@@ -100,6 +125,16 @@ def compiler_of(build_dir):
         return cxx
 
 
+def python_version():
+    if not PYTHON:
+        return platform.python_version()
+    try:
+        return subprocess.run([PYTHON, "-c", "import platform; print(platform.python_version())"],
+                              stdout=subprocess.PIPE, text=True, timeout=60).stdout.strip() + f" ({PYTHON})"
+    except (OSError, subprocess.TimeoutExpired):
+        return PYTHON
+
+
 def machine(build_dir):
     mem_kib = read_first("/proc/meminfo", r"MemTotal:\s+(\d+)")
     return {
@@ -109,7 +144,7 @@ def machine(build_dir):
         "os": read_first("/etc/os-release", r'PRETTY_NAME="?([^"]*)"?') or platform.system(),
         "kernel": platform.release(),
         "compiler": compiler_of(build_dir) + ", -O2",
-        "python": platform.python_version(),
+        "python": python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -145,17 +180,73 @@ def cell(s):
     return str(s).replace("|", "\\|")
 
 
+def best_peer(r):
+    """(name, figure) of the row's best peer, by its direction; None without peers."""
+    peers = [(k, v) for k, v in (r.get("peers") or {}).items() if v is not None]
+    if not peers:
+        return None
+    pick = max if r["better"] == "higher" else min
+    return pick(peers, key=lambda kv: kv[1])
+
+
+def vs(r, other):
+    """How many times better mproc is than `other` (above 1: mproc faster)."""
+    m = r["mproc"]
+    if m is None or other is None or m == 0 or other == 0:
+        return None
+    return m / other if r["better"] == "higher" else other / m
+
+
+def add_peer_ratios(rows):
+    for r in rows:
+        bp = best_peer(r)
+        r["best_peer"] = bp
+        r["vs_peer"] = vs(r, bp[1]) if bp else None
+
+
 def markdown_table(rows):
-    out = ["| metric | parameters | mproc | Python | raw limit | mproc/Python | mproc/limit | target | met |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| metric | parameters | mproc | Python | raw limit | best peer | mproc/Python | mproc/limit | "
+           "mproc/best peer | target | met |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         raw = num(r["raw"])
         if r["raw"] is not None and r.get("raw_label"):
             raw += f" ({r['raw_label']})"
+        bp = r.get("best_peer")
+        peer = f"{num(bp[1])} ({bp[0]})" if bp else "-"
         out.append("| " + " | ".join(cell(c) for c in [
-            r["metric"], r["params"], num(r["mproc"]), num(r["python"]), raw, ratio(r["vs_python"]),
-            ratio(r["vs_limit"]), r["target"], met_text(r["met"])]) + " |")
+            r["metric"], r["params"], num(r["mproc"]), num(r["python"]), raw, peer, ratio(r["vs_python"]),
+            ratio(r["vs_limit"]), ratio(r.get("vs_peer")), r["target"], met_text(r["met"])]) + " |")
     return "\n".join(out)
+
+
+def peers_table(rows):
+    """Every peer's figure, row by row (the main table shows only the best)."""
+    out = ["| metric | peer | peer's figure | mproc | mproc/peer |", "|---|---|---|---|---|"]
+    for r in rows:
+        for name, v in (r.get("peers") or {}).items():
+            out.append("| " + " | ".join(cell(c) for c in [
+                r["metric"], name, num(v), num(r["mproc"]), ratio(vs(r, v))]) + " |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
+SCENARIO_TEXT = {"kill": "worker SIGKILLed at item 500 of 1,000 (chunksize 10)",
+                 "timeout": "task overruns a 1 s timeout",
+                 "sigint": "Ctrl-C (SIGINT to the process group)"}
+
+
+def crash_table(crashes):
+    out = ["| scenario | pool | the caller gets | after | results lost | afterwards |", "|---|---|---|---|---|---|"]
+    for sc in ("kill", "timeout", "sigint"):
+        for c in crashes:
+            if c.get("scenario") != sc:
+                continue
+            secs = c.get("seconds")
+            after = "-" if secs is None else dur(secs)
+            out.append("| " + " | ".join(cell(x) for x in [
+                SCENARIO_TEXT.get(sc, sc), c.get("impl", "?"), c.get("got", "?"), after, c.get("lost", "-"),
+                c.get("usable", "-")]) + " |")
+    return "\n".join(out) if len(out) > 2 else ""
 
 
 IMPL_NAMES = {"mproc": "mproc", "mproc_into": "mproc recv_bytes_into", "python": "Python",
@@ -208,13 +299,15 @@ def dur(s):
 # ------------------------------------------------------------------ SVG chart
 
 COLORS = {"mproc": "#1f77b4", "python": "#d62728", "raw": "#7f7f7f", "mproc_into": "#17becf",
-          "python_into": "#ff9896", "vs_python": "#2ca02c", "vs_limit": "#1f77b4"}
+          "python_into": "#ff9896", "vs_python": "#2ca02c", "vs_limit": "#1f77b4", "vs_peer": "#ff7f0e"}
+BAR_KEYS = ("vs_python", "vs_limit", "vs_peer")
+BAR_NAMES = {"vs_python": "mproc/Python", "vs_limit": "mproc/limit", "vs_peer": "mproc/best peer"}
 
 
 def svg_chart(rows, points, title):
     """Horizontal bars of mproc/Python and mproc/limit on a log scale, then the cost
     growth sweeps as log-log lines. Hand-written SVG: no plotting library needed."""
-    bars = [r for r in rows if r["vs_python"] is not None or r["vs_limit"] is not None]
+    bars = [r for r in rows if any(r.get(k) is not None for k in BAR_KEYS)]
     width, label_w, plot_w = 1000, 460, 480
     bar_h, gap = 9, 8
     lo, hi = 0.1, 1000.0  # the log axis: 0.1x .. 1000x
@@ -224,27 +317,28 @@ def svg_chart(rows, points, title):
         return label_w + (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_w
 
     parts = []
-    y = 60
+    y = 76
     top = y
     for r in bars:
         label = r["metric"] if len(r["metric"]) <= 62 else r["metric"][:60] + "..."
         mark = {True: " \u2713", False: " \u2717", None: ""}[r["met"]]  # target met / missed / none
         parts.append(f'<text x="{label_w - 40}" y="{y + bar_h + 2}" text-anchor="end" '
                      f'class="{"lbl miss" if r["met"] is False else "lbl"}">{html.escape(label + mark)}</text>')
-        for i, key in enumerate(("vs_python", "vs_limit")):
-            v = r[key]
+        for i, key in enumerate(BAR_KEYS):
+            v = r.get(key)
             yy = y + i * (bar_h + 1)
             if v is None:
                 continue
             x0, x1 = xpos(1.0), xpos(v)
             parts.append(f'<rect x="{min(x0, x1):.1f}" y="{yy}" width="{abs(x1 - x0):.1f}" height="{bar_h}" '
                          f'fill="{COLORS[key]}"><title>{html.escape(r["metric"])}: '
-                         f'{"mproc/Python" if key == "vs_python" else "mproc/limit"} {ratio(v)}</title></rect>')
+                         f'{BAR_NAMES[key]}{" (" + r["best_peer"][0] + ")" if key == "vs_peer" else ""} '
+                         f'{ratio(v)}</title></rect>')
             tx = max(x0, x1) + 3 if v >= 1 else min(x0, x1) - 3
             anchor = "start" if v >= 1 else "end"
             parts.append(f'<text x="{tx:.1f}" y="{yy + bar_h - 1}" text-anchor="{anchor}" class="val">'
                          f'{ratio(v)}</text>')
-        y += 2 * bar_h + gap
+        y += len(BAR_KEYS) * (bar_h + 1) + gap
     bottom = y
     axis = []
     for v in (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000):
@@ -257,6 +351,9 @@ def svg_chart(rows, points, title):
               f'<text x="{label_w + 16}" y="{legend_y}" class="lbl">mproc / Python multiprocessing</text>'
               f'<rect x="{label_w + 230}" y="{legend_y - 9}" width="12" height="9" fill="{COLORS["vs_limit"]}"/>'
               f'<text x="{label_w + 246}" y="{legend_y}" class="lbl">mproc / raw limit (1x = at the limit)</text>'
+              f'<rect x="{label_w}" y="{legend_y + 5}" width="12" height="9" fill="{COLORS["vs_peer"]}"/>'
+              f'<text x="{label_w + 16}" y="{legend_y + 14}" class="lbl">mproc / best peer (Python executors, '
+              f'Boost, ZeroMQ, TBB)</text>'
               f'<text x="10" y="{legend_y}" class="lbl">\u2713 target met, <tspan class="miss">\u2717 missed</tspan> '
               f'in this run</text>')
 
@@ -334,7 +431,7 @@ def svg_chart(rows, points, title):
 
 # ------------------------------------------------------------------ RESULTS.md
 
-def results_md(rows, points, notes, mach, load_before, load_after, args, durations, failures):
+def results_md(rows, points, notes, mach, load_before, load_after, args, durations, failures, crashes):
     met = [r for r in rows if r["met"] is not None]
     n_met = sum(1 for r in met if r["met"])
     mode = "quick" if args.quick else "full"
@@ -374,6 +471,12 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         "the parent does nothing meanwhile; a speedup of 1.9x is 95% of the machine. Ratios against "
         "Python measure overhead per operation (Python pays for pickling and its interpreter on every "
         "message), so they are largest for tiny tasks and shrink as tasks grow.",
+        "- **best peer**: the best figure among what a user would pick instead, measured in the same "
+        "rounds: the Python executors (`multiprocessing.Pool`, `concurrent.futures.ProcessPoolExecutor`, "
+        "loky, pebble; `benchmarks/python/bench_executors.py`), Boost.Interprocess `message_queue` and "
+        "ZeroMQ `ipc://` PUSH/PULL, and TBB `parallel_for` on threads for CPU work. **mproc/best peer** "
+        "above 1: mproc is ahead of all of them. Speedups of the Python executors are over serial Python; "
+        "every peer's figure is in the table after the results.",
         "- `met`: whether the program found the target met in this run; `-`: reported, no target "
         "(or a figure the target needs is missing, e.g. with `--no-python`).",
         "",
@@ -389,6 +492,12 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         lines += ["**Programs that failed in this run:** " + ", ".join(failures), ""]
     if notes:
         lines += ["Notes from the programs:", ""] + [f"- {n['bench']}: {n['text']}" for n in notes] + [""]
+    pt = peers_table(rows)
+    if pt:
+        lines += ["## Every peer", "", pt, ""]
+    ct = crash_table(crashes)
+    if ct:
+        lines += ["## When things go wrong", "", CRASH_INTRO, "", ct, ""]
     if points:
         lines += [
             "## Cost growth",
@@ -426,6 +535,16 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
     return "\n".join(lines)
 
 
+CRASH_INTRO = (
+    "Found by doing it (`bench_crash`, `benchmarks/python/bench_crash.py`), each scenario in its own "
+    "process group with a hard time limit. Results are taken as each pool's lazy ordered map yields them "
+    "(`imap`, `Executor.map`, pebble's map iterator), going on past errors where it lets the caller; "
+    "*results lost* counts the items other than the killed one whose result never arrived. "
+    "*Afterwards*: for a kill, whether a new small map completes within 5 s; for a timeout, whether both "
+    "workers are free again (the overrunning task was stopped); for Ctrl-C, whether any of the program's "
+    "processes outlive it by a second.")
+
+
 def readme_block(table_md, mach, n_met, n_targets, load_before, load_after):
     """What goes between the README's benchmark-table markers."""
     return (f"From the last full run ({mach['date']}; {n_met} of {n_targets} targets met; load average "
@@ -433,13 +552,13 @@ def readme_block(table_md, mach, n_met, n_targets, load_before, load_after):
             f"work):\n\n{table_md}")
 
 
-def update_readme(readme, block):
-    """Replaces the text between the README's benchmark-table markers, nothing else."""
+def update_readme(readme, block, marker="benchmark-table"):
+    """Replaces the text between the README's markers, nothing else."""
     text = readme.read_text()
-    start, end = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        log("run.py: README has no benchmark-table markers; left alone")
+        log(f"run.py: README has no {marker} markers; left alone")
         return
     readme.write_text(text[:i + len(start)] + "\n" + block + "\n" + text[j:])
 
@@ -472,6 +591,11 @@ def main():
         if not args.no_build and shutil.which(tool) is None:
             sys.exit(f"run.py: {tool} not found (bash scripts/setup.sh installs what the build needs)")
 
+    global PYTHON
+    PYTHON = None if args.no_python else peer_python()
+    if not args.no_python and not PYTHON:
+        log("run.py: no Python interpreter has loky and pebble (bash scripts/setup.sh installs python3-joblib "
+            "and python3-pebble); those peers' columns stay empty")
     build_dir = args.build_dir.resolve()
     if not args.no_build:
         build(args.source.resolve(), build_dir, programs, os.cpu_count() or 2)
@@ -483,7 +607,7 @@ def main():
         extra.append("--no-python")
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    rows, points, notes, durations, failures = [], [], [], {}, []
+    rows, points, notes, durations, failures, crashes = [], [], [], {}, [], []
     started = time.monotonic()
     for p in programs:
         exe = build_dir / "benchmarks" / f"bench_{p}"
@@ -491,7 +615,7 @@ def main():
         prog_args = extra + (["--rounds", str(rounds)] if rounds else [])
         log(f"run.py: bench_{p} {' '.join(prog_args)}")
         try:
-            items, secs = run_program(exe, prog_args, timeout=600)
+            items, secs = run_program(exe, prog_args, timeout=1800)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             log(f"run.py: bench_{p} failed: {e}")
             failures.append(f"bench_{p} ({e})")
@@ -500,11 +624,15 @@ def main():
         rows += [i for i in items if i["kind"] == "row"]
         points += [i for i in items if i["kind"] == "point"]
         notes += [i for i in items if i["kind"] == "note"]
+        crashes += [i for i in items if i["kind"] == "crash"]
+    add_peer_ratios(rows)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     mach = machine(build_dir)
 
     table = markdown_table(rows)
     print(table)
+    if crashes:
+        print("\n" + crash_table(crashes))
     met = [r for r in rows if r["met"] is not None]
     n_met = sum(1 for r in met if r["met"])
     print(f"\n{n_met} of {len(met)} targets met; {time.monotonic() - started:.0f} s; "
@@ -517,15 +645,17 @@ def main():
     svg = args.svg or (None if args.only else HERE / "results.svg")
     if results:
         results.write_text(results_md(rows, points, notes, mach, load_before, load_after, args, durations,
-                                      failures))
+                                      failures, crashes))
         log(f"run.py: wrote {results}")
     if svg:
-        title = (f"mproc vs Python multiprocessing vs the raw limit - {mach['cores']} cores, "
+        title = (f"mproc vs Python multiprocessing, the raw limit and the best peer - {mach['cores']} cores, "
                  f"{mach['date'][:10]}{' (quick run)' if args.quick else ''}; bars above 1x: mproc faster")
         svg.write_text(svg_chart(rows, points, title))
         log(f"run.py: wrote {svg}")
     if args.readme:
         update_readme(args.readme, readme_block(table, mach, n_met, len(met), load_before, load_after))
+        if crashes:
+            update_readme(args.readme, CRASH_INTRO + "\n\n" + crash_table(crashes), marker="crash-table")
     if failures:
         return 1
     if args.strict and n_met < len(met):

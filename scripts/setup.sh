@@ -9,6 +9,8 @@ packages=(
   libssl-dev libcurl4-openssl-dev libgumbo-dev
   libboost-mpi-dev openmpi-bin libopenmpi-dev
   clang libclang-rt-14-dev
+  # the peers benchmarks/run.py measures mproc against
+  python3-joblib python3-pebble python3-mpi4py libzmq3-dev cppzmq-dev libtbb-dev
 )
 
 missing=()
