@@ -2,6 +2,14 @@
 // 100k ints), per-byte cost (identity over 1 MiB payloads, against memcpy), and
 // scaling of a CPU-bound workload from 1 to 2 workers. Medians of repeated runs.
 // Run: mpirun -np 3 --oversubscribe ./bench_mpi   (the root plus two worker ranks)
+//
+// benchmarks/run.py runs two other modes, each one round, in the same rounds as
+// mpi4py.futures (benchmarks/python/bench_mpi4py.py):
+//   bench_mpi --json [--quick]   mpi::Pool(2): identity over 20,000 ints chunksize 1 and
+//                                100,000 chunksize 1000, 200 apply round trips, the
+//                                primes below 2,000,000 in 64 chunks (and serially)
+//   bench_mpi --raw-pingpong     MPI_Send/MPI_Recv of an int between ranks 0 and 1:
+//                                the floor under a round trip between the same ranks
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -9,7 +17,11 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <string_view>
+#include <utility>
 #include <vector>
+
+#include <mpi.h>
 
 #include <mproc/mpi.hpp>
 #include <mproc/pool.hpp>
@@ -52,8 +64,91 @@ volatile std::size_t g_sink = 0;
 
 }  // namespace
 
+bool is_prime_td(long n) {
+  if (n < 2) return false;
+  if (n % 2 == 0) return n == 2;
+  for (long i = 3; i * i <= n; i += 2)
+    if (n % i == 0) return false;
+  return true;
+}
+/// The same trial division as bench_pool and the Python peers.
+long count_primes_td(std::pair<long, long> b) {
+  long c = 0;
+  for (long n = b.first; n < b.second; ++n) c += is_prime_td(n);
+  return c;
+}
+
+/// One round of the rows run.py puts beside mpi4py.futures, as "key value" lines.
+int json_round(bool quick) {
+  mproc::mpi::Pool pool(2);
+  (void)pool.map(identity, std::vector<int>(100));  // warm
+  std::vector<int> in(100'000);
+  std::iota(in.begin(), in.end(), 0);
+  std::vector<int> small(in.begin(), in.begin() + (quick ? 4'000 : 20'000));
+  auto t = clock_type::now();
+  auto r = pool.map(identity, small, 1);
+  std::printf("map_cs1 %.6g\n", double(small.size()) / bench::secs_since(t));
+  t = clock_type::now();
+  r = pool.map(identity, in, 1000);
+  std::printf("map_cs1000 %.6g\n", double(in.size()) / bench::secs_since(t));
+  if (r.back() != in.back()) return 1;
+  t = clock_type::now();
+  for (int i = 0; i < 200; ++i) g_sink = g_sink + static_cast<std::size_t>(pool.apply(identity, i));
+  std::printf("apply_rt %.6g\n", bench::secs_since(t) / 200 * 1e6);
+  std::vector<std::pair<long, long>> chunks;
+  const long limit = 2'000'000, step = limit / 64;
+  for (long k = 0; k < 64; ++k) chunks.emplace_back(k * step, k == 63 ? limit : (k + 1) * step);
+  t = clock_type::now();
+  auto counts = pool.map(count_primes_td, chunks, 1);
+  std::printf("primes %.6g\n", bench::secs_since(t));
+  t = clock_type::now();
+  long serial = 0;
+  for (auto& c : chunks) serial += count_primes_td(c);
+  std::printf("serial_primes %.6g\n", bench::secs_since(t));
+  if (std::accumulate(counts.begin(), counts.end(), 0L) != serial) return 1;
+  std::fflush(stdout);
+  return 0;
+}
+
+/// Plain MPI (no mproc) between ranks 0 and 1; the other ranks wait at the end.
+int raw_pingpong(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  constexpr int trips = 20'000;
+  int v = 0;
+  if (rank == 0) {
+    MPI_Send(&v, 1, MPI_INT, 1, 0, MPI_COMM_WORLD);
+    MPI_Recv(&v, 1, MPI_INT, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    auto t = clock_type::now();
+    for (int i = 0; i < trips; ++i) {
+      MPI_Send(&v, 1, MPI_INT, 1, 0, MPI_COMM_WORLD);
+      MPI_Recv(&v, 1, MPI_INT, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    std::printf("raw_pingpong_us %.6g\n", bench::secs_since(t) / trips * 1e6);
+    std::fflush(stdout);
+  } else if (rank == 1) {
+    for (int i = 0; i < trips + 1; ++i) {
+      MPI_Recv(&v, 1, MPI_INT, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      ++v;
+      MPI_Send(&v, 1, MPI_INT, 0, 0, MPI_COMM_WORLD);
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  MPI_Finalize();
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  bool json = false, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--raw-pingpong") return raw_pingpong(argc, argv);
+    json |= a == "--json";
+    quick |= a == "--quick";
+  }
   mproc::mpi::environment env(argc, argv);
+  if (json) return json_round(quick);
   const int workers = env.workers();
   if (workers < 2)
     std::printf("note: %d worker ranks; run with mpirun -np 3 for the 1 -> 2 scaling rows\n", workers);

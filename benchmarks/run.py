@@ -30,11 +30,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order: cheap and foundational first; the cost-growth sweep last.
-PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash", "scaling"]
+PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash", "mpi",
+            "scaling"]
 # Rounds of a full run: more than each program's own default, so that the medians hold
 # on a shared machine; still well under 15 minutes on 2 cores (about 5 when idle).
 FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
-               "manager": 7, "scaling": 5}
+               "manager": 7, "mpi": 5, "scaling": 5}
 # Modules the Python peers need (Debian: python3-joblib python3-pebble python3-mpi4py).
 PEER_MODULES = "import joblib.externals.loky, pebble"
 SERIES_TITLES = {
@@ -76,10 +77,14 @@ def build(source, build_dir, programs, jobs):
         subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                         "-DMPROC_BUILD_TESTS=OFF", "-DMPROC_BUILD_EXAMPLES=OFF", "-DMPROC_BUILD_BENCHMARKS=ON"],
                        check=True, stdout=subprocess.DEVNULL)
-    targets = [f"bench_bench_{p}" for p in programs]
+    targets = [f"bench_bench_{p}" for p in programs if p != "mpi"]
     log(f"run.py: building {', '.join(targets)}")
     subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets], check=True,
                    stdout=subprocess.DEVNULL)
+    if "mpi" in programs:
+        # Only where the MPI backend is available; its absence is reported when it runs.
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", "bench_bench_mpi"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_program(exe, args, timeout):
@@ -99,6 +104,119 @@ def run_program(exe, args, timeout):
     if not items:
         raise RuntimeError(f"{exe.name} printed no results")
     return items, secs
+
+
+# ------------------------------------------------------------------ MPI
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def parse_numbers(text):
+    """"key value" lines and flat JSON objects, as bench_common.hpp's parse_numbers."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.update({k: v for k, v in json.loads(line).items() if isinstance(v, (int, float))})
+            except ValueError:
+                pass
+        else:
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    out[parts[0]] = float(parts[1])
+                except ValueError:
+                    pass
+    return out
+
+
+def run_mpi(build_dir, rounds, quick):
+    """mproc::mpi::Pool beside mpi4py.futures under the same `mpirun -np 3`, in
+    interleaved rounds (each side one round per mpirun, then the other), with a raw
+    MPI ping-pong between the same two ranks as the round trip's floor. Returns the
+    rows, as the C++ programs print them."""
+    exe = build_dir / "benchmarks" / "bench_mpi"
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    if not exe.exists() or not mpirun:
+        raise RuntimeError("bench_mpi or mpirun not available (MPI backend not built)")
+    version = subprocess.run([mpirun, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=60).stdout
+    env = dict(os.environ)
+    cmd = [mpirun, "-np", "3"]
+    if "Open MPI" in version or "OpenRTE" in version:
+        # As tests/mpi: as root if need be, 3 ranks on fewer cores, loopback only.
+        cmd.append("--oversubscribe")
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl="self,vader,tcp",
+                   OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo")
+    have_mpi4py = PYTHON and subprocess.run([PYTHON, "-c", "import mpi4py.futures"], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, timeout=60).returncode == 0
+    if not have_mpi4py:
+        log("run.py: no mpi4py (python3-mpi4py) for the MPI peer; its column stays empty")
+    q = ["--quick"] if quick else []
+
+    def one(argv):
+        p = subprocess.run(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=600,
+                           env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} under mpirun exited with status {p.returncode}")
+        return parse_numbers(p.stdout)
+
+    m, raw, py = {}, [], {}
+    for r in range(rounds):
+        log(f"run.py: mpi round {r + 1}/{rounds}")
+        for k, v in one([str(exe), "--json", *q]).items():
+            m.setdefault(k, []).append(v)
+        raw.append(one([str(exe), "--raw-pingpong"]).get("raw_pingpong_us"))
+        if have_mpi4py:
+            for k, v in one([PYTHON, str(HERE / "python" / "bench_mpi4py.py"), *q]).items():
+                py.setdefault(k, []).append(v)
+    M = {k: median(v) for k, v in m.items()}
+    P = {k: median(v) for k, v in py.items()}
+    raw_rt = median(raw)
+
+    def row(metric, params, unit, better, mine, peer, target, met, raw_v=None, raw_label=""):
+        r = {"kind": "row", "bench": "mpi", "issue": "17", "metric": metric, "params": params, "unit": unit,
+             "better": better, "mproc": mine, "python": None, "raw": raw_v, "raw_label": raw_label,
+             "vs_python": None, "target": target, "met": met, "rounds": rounds,
+             "peers": {"mpi4py.futures": peer}}
+        r["vs_limit"] = vs(r, raw_v)
+        return r
+
+    def ahead(r):
+        v = vs(r, r["peers"]["mpi4py.futures"])
+        return None if v is None else v > 1
+
+    speed = lambda ser, par: ser / par if ser and par else None  # noqa: E731
+    rows = [
+        row("mpi::Pool.map(identity), chunksize=1, tasks/s",
+            f"mpirun -np 3 (2 worker ranks), {'4,000' if quick else '20,000'} ints", "tasks/s", "higher",
+            M.get("map_cs1"), P.get("map_cs1"), "ahead of mpi4py.futures", None),
+        row("mpi::Pool.map(identity), chunksize=1000, tasks/s", "mpirun -np 3 (2 worker ranks), 100,000 ints",
+            "tasks/s", "higher", M.get("map_cs1000"), P.get("map_cs1000"), "ahead of mpi4py.futures", None),
+        row("mpi::Pool apply round trip, us", "mpirun -np 3, 200 sequential calls", "us", "lower",
+            M.get("apply_rt"), P.get("apply_rt"), "ahead of mpi4py.futures, <= 2x raw MPI ping-pong", None,
+            raw_rt, "MPI_Send/MPI_Recv ping-pong, ranks 0-1"),
+        row("mpi::Pool primes by trial division, speedup over serial",
+            "mpirun -np 3, below 2,000,000, 64 chunks; mpi4py: over serial Python"
+            + (" (below 200,000 with --quick)" if quick else ""), "x", "higher",
+            speed(M.get("serial_primes"), M.get("primes")), speed(P.get("serial_primes"), P.get("primes")),
+            "ahead of mpi4py.futures", None),
+    ]
+    for r in rows:
+        r["met"] = ahead(r)
+    rt = rows[2]
+    if rt["met"] is not None and raw_rt and rt["mproc"] is not None:
+        rt["met"] = rt["met"] and rt["mproc"] <= 2 * raw_rt
+    if P.get("raw_pingpong_us"):
+        rows.append({"kind": "note", "bench": "mpi",
+                     "text": f"mpi4py comm.send/recv ping-pong between ranks 0 and 1: {num(P['raw_pingpong_us'])} us"})
+    return rows
 
 
 # ------------------------------------------------------------------ machine
@@ -615,7 +733,12 @@ def main():
         prog_args = extra + (["--rounds", str(rounds)] if rounds else [])
         log(f"run.py: bench_{p} {' '.join(prog_args)}")
         try:
-            items, secs = run_program(exe, prog_args, timeout=1800)
+            if p == "mpi":
+                t0 = time.monotonic()
+                items = run_mpi(build_dir, 1 if args.quick else (args.rounds or FULL_ROUNDS["mpi"]), args.quick)
+                secs = time.monotonic() - t0
+            else:
+                items, secs = run_program(exe, prog_args, timeout=1800)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             log(f"run.py: bench_{p} failed: {e}")
             failures.append(f"bench_{p} ({e})")
