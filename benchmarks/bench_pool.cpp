@@ -338,15 +338,19 @@ int main(int argc, char** argv) {
       for (const char* k : {"map_cs1", "map_default", "apply_rt", "factorials", "create", "create_spawn",
                             "create_forkserver"})
         m.add(std::string("py_") + k, bench::get(py, k));
+      // Python's primes take about a minute a round (serial and four pools): three
+      // rounds give their median.
+      const bool py_primes = r < 3;
       auto ex = bench::run_python("bench_executors.py",
-                                  executor_names + " map_cs1,map_cs1000,apply_rt,primes,create,serial_primes" +
-                                      (o.quick ? " --quick" : ""));
+                                  executor_names + " map_cs1,map_cs1000,apply_rt,create" +
+                                      (py_primes ? ",primes,serial_primes" : "") + (o.quick ? " --quick" : ""));
       const double py_serial = bench::get(ex, "serial_primes");
       for (const auto& [e, label] : executors) {
         if (bench::get(ex, e + "_missing") == 1)
           std::fprintf(stderr, "python peer missing: %s (bash scripts/setup.sh installs it)\n", label.c_str());
         for (const char* k : {"map_cs1", "map_cs1000", "apply_rt", "create"})
           m.add(e + "_" + k, bench::get(ex, e + "_" + k));
+        if (!py_primes) continue;
         m.add(e + "_primes_speedup", py_serial / bench::get(ex, e + "_primes"));
         if (bench::get(ex, e + "_prime_count") != bench::get(ex, "serial_prime_count"))
           std::fprintf(stderr, "%s: prime count differs from the serial one\n", e.c_str());

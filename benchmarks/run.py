@@ -6,8 +6,8 @@ one table with the best peer of each row, plus what every pool does when a worke
 killed, a task overruns or Ctrl-C arrives: printed, written to benchmarks/RESULTS.md
 with the machine it ran on, and drawn in benchmarks/results.svg.
 
-    python3 benchmarks/run.py            # full run (under 15 minutes on 2 cores)
-    python3 benchmarks/run.py --quick    # fewer rounds, smaller sizes (under 2 minutes)
+    python3 benchmarks/run.py            # full run (with the peers about 20 minutes on 2 cores)
+    python3 benchmarks/run.py --quick    # fewer rounds, smaller sizes (about 5 minutes)
 
 Each program (benchmarks/bench_*.cpp) interleaves its mproc, raw and Python rounds
 and prints medians as JSON lines (--json); the program itself decides whether a
@@ -33,7 +33,8 @@ ROOT = HERE.parent
 PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash", "mpi",
             "scaling"]
 # Rounds of a full run: more than each program's own default, so that the medians hold
-# on a shared machine; still well under 15 minutes on 2 cores (about 5 when idle).
+# on a shared machine. The peers (Python executors, crash scenarios, MPI) make a full run about
+# 20 minutes on 2 cores.
 FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
                "manager": 7, "mpi": 5, "scaling": 5}
 # Modules the Python peers need (Debian: python3-joblib python3-pebble python3-mpi4py).
@@ -639,8 +640,8 @@ def results_md(rows, points, notes, mach, load_before, load_after, args, duratio
         "## Reproduce",
         "",
         "```sh",
-        "python3 benchmarks/run.py --quick   # under 2 minutes: fewer rounds, smaller sizes",
-        "python3 benchmarks/run.py           # under 15 minutes on 2 cores",
+        "python3 benchmarks/run.py --quick   # about 5 minutes: fewer rounds, smaller sizes",
+        "python3 benchmarks/run.py           # with the peers about 20 minutes on 2 cores",
         "python3 benchmarks/run.py --only pool,queue   # some programs only (prints; writes no files)",
         "```",
         "",
@@ -683,7 +684,7 @@ def update_readme(readme, block, marker="benchmark-table"):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (under 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (about 5 minutes)")
     ap.add_argument("--rounds", type=int,
                     help="rounds per program (default: each program's own with --quick, more in a full run)")
     ap.add_argument("--only", help="comma-separated programs: " + ",".join(PROGRAMS))
