@@ -4,6 +4,7 @@
 
 #include "spawn_entry.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <ctime>
 #include <dirent.h>
@@ -171,14 +172,22 @@ TEST_CASE("map's default chunking keeps workers even when item costs grow along 
   std::vector<int> in(800);
   std::iota(in.begin(), in.end(), 1);
   mproc::Pool pool(2);
+  std::vector<double> shares;
+  int shared_tails = 0;
   for (int round = 0; round < 3; ++round) {
     auto r = pool.map(growing_cost, in);
     REQUIRE(r.size() == in.size());
     std::set<int> tail_workers;
     for (std::size_t k = 700; k < r.size(); ++k) tail_workers.insert(r[k].first);
-    REQUIRE(tail_workers.size() == 2);  // the costliest eighth is shared
-    CHECK(busiest_share(r) <= 0.6);
+    shared_tails += tail_workers.size() == 2;  // the costliest eighth is shared
+    shares.push_back(busiest_share(r));
   }
+  // Python's chunks never share the last eighth. A worker descheduled by a loaded
+  // machine for the whole tail can leave it to the other in one round, not in most.
+  std::sort(shares.begin(), shares.end());
+  INFO("busiest worker's shares " << shares[0] << " " << shares[1] << " " << shares[2]);
+  REQUIRE(shared_tails >= 2);
+  CHECK(shares[1] <= 0.6);  // the median round
   // An explicit chunksize is kept exactly: each chunk runs whole on one worker.
   auto r = pool.map(growing_cost, std::vector<int>(in.begin(), in.begin() + 200), 50);
   for (std::size_t k = 0; k < r.size(); ++k) REQUIRE(r[k].first == r[k - k % 50].first);

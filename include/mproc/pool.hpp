@@ -85,7 +85,7 @@ struct pool_options {
 using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
 
 struct map_options {
-  std::size_t chunksize = 0;  // 0: map picks as Python does; imap uses 1
+  std::size_t chunksize = 0;  // 0: map sizes chunks by measured cost, at most Python's size; imap uses 1
   progress_fn on_progress{};
 };
 
@@ -1808,14 +1808,22 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     return static_cast<std::size_t>(std::clamp<std::int64_t>(n, std::int64_t(2 * j->chunksize), 4096));
   }
 
-  /// map's default chunk: about 1 ms of work by the measured cost per item, so the
-  /// last chunks end close together whatever the costs do along the input, and the
-  /// ~2 us a chunk costs to hand out stays below 1%. Before any cost is known, a small
-  /// probe: one chunk of Python's size could hold most of the work.
-  static std::size_t auto_chunksize(const detail::job_base& j) {
-    constexpr std::int64_t target_ns = 1'000'000;
-    if (j.busy_item_ns <= 0) return std::min<std::size_t>(j.max_chunk, 16);
-    const std::int64_t n = target_ns / j.busy_item_ns;
+  /// map's default chunk: about 1 ms of work by the measured cost per item, and no
+  /// more than a quarter of each worker's share of what is left (unless that is under
+  /// 0.1 ms of work), never more than Python's size. The estimate trails costs that
+  /// grow along the input; the share of what is left keeps the late, costly chunks
+  /// small anyway, so the last ones end close together, while the 2 us a chunk costs
+  /// to hand out stays under 2%. Until a cost is known, Python's size: a smaller probe
+  /// costs tiny tasks an extra round trip.
+  std::size_t auto_chunksize(const detail::job_base& j) const {
+    if (j.busy_item_ns <= 0) return j.max_chunk;
+    const std::int64_t per = j.busy_item_ns;
+    std::int64_t n = 1'000'000 / per;
+    if (j.known_total > j.dispatched) {
+      const auto left = static_cast<std::int64_t>(j.known_total - j.dispatched);
+      const std::int64_t share = left / std::int64_t(4 * opts_.processes);
+      n = std::min(n, std::max(share, std::int64_t(100'000) / per));
+    }
     return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, std::int64_t(j.max_chunk)));
   }
 
