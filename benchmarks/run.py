@@ -772,7 +772,7 @@ def main():
                                       failures, crashes))
         log(f"run.py: wrote {results}")
     if svg:
-        title = (f"mproc vs Python multiprocessing, the raw limit and the best peer - {mach['cores']} cores, "
+        title = (f"mproc vs Python, the raw limit and the best peer - {mach['cores']} cores, "
                  f"{mach['date'][:10]}{' (quick run)' if args.quick else ''}; bars above 1x: mproc faster")
         svg.write_text(svg_chart(rows, points, title))
         log(f"run.py: wrote {svg}")
