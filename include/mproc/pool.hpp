@@ -445,6 +445,12 @@ struct alignas(64) worker_ctl {
   std::atomic<std::uint64_t> cur_item;
   std::atomic<std::int64_t> cur_started_ns;  // 0 while between items
   std::atomic<std::uint32_t> initialized;
+  // The last chunk the worker finished: its job and its time per item, by which map's
+  // default chunking sizes chunks. Measured here: the parent's own delays (a loaded
+  // machine) must not count as the items' cost, or chunks would shrink and workers wait
+  // on the parent ever more.
+  std::atomic<std::uint64_t> last_chunk_job;
+  std::atomic<std::int64_t> last_chunk_item_ns;
 };
 
 enum class task_kind : std::uint32_t { chunk = 0, stop = 1 };
@@ -683,7 +689,11 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
                 reader{r.p + h.callable_len, r.end}};
     auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
     if (!inv) throw serialization_error("pool worker: task names no function of this program");
+    const std::int64_t chunk_start = monotonic_ns();
     inv(ctx, t);
+    ctl->last_chunk_job.store(h.job, std::memory_order_relaxed);
+    ctl->last_chunk_item_ns.store(std::max<std::int64_t>(1, (monotonic_ns() - chunk_start) / std::max(1u, h.count)),
+                                  std::memory_order_release);
     if (rec.data) {
       tasks.release(rec);
       tasks.publish_release();
@@ -747,7 +757,7 @@ struct job_base {
   // the work, and one worker computes them while the others idle.
   bool auto_chunk = false;
   std::size_t max_chunk = 1;
-  std::int64_t busy_item_ns = 0;  // a worker's busy time per item, counted in items
+  std::int64_t busy_item_ns = 0;  // the workers' own time per item (see worker_ctl)
 
   virtual ~job_base() = default;
   /// Serializes up to chunksize next items into buf (after a task_header placeholder
@@ -1115,7 +1125,6 @@ struct worker_slot {
   std::uint64_t timed_out_item = 0, timed_out_job = 0;
   unsigned number = 0;
   std::int64_t last_result_ns = 0;
-  std::int64_t busy_since_ns = 0;  // 0: idle (nothing outstanding)
 };
 
 }  // namespace detail
@@ -1422,7 +1431,6 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     w.rx.clear();
     w.stopping = w.timed_out = false;
     w.last_result_ns = 0;
-    w.busy_since_ns = 0;
     w.number = ++pool_worker_counter();
     std::string name = "PoolWorker-" + std::to_string(w.number);
     auto tasks = w.tasks, results = w.results;
@@ -1729,16 +1737,15 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       avg = avg ? (avg * 3 + per) / 4 : per;
     }
     w.last_result_ns = now;
-    // Busy time per item, from the moment the worker had work (not from an idle gap),
-    // counting the items inside packed records; weighted towards the latest, so that
-    // chunks follow costs that grow along the input.
-    const std::size_t items = items_before - w.outstanding_items;
-    if (w.busy_since_ns && items && last_job_) {
-      const std::int64_t per = std::max<std::int64_t>(1, (now - w.busy_since_ns) / std::int64_t(items));
-      auto& busy = last_job_->busy_item_ns;
-      busy = busy ? (busy + per) / 2 : per;
+    // The worker's own time per item in its last chunk, weighted towards the latest so
+    // that chunks follow costs that grow along the input.
+    if (last_job_ && items_before != w.outstanding_items) {
+      const std::int64_t per = w.ctl->last_chunk_item_ns.load(std::memory_order_acquire);
+      if (per > 0 && w.ctl->last_chunk_job.load(std::memory_order_relaxed) == last_job_->id) {
+        auto& busy = last_job_->busy_item_ns;
+        busy = busy ? (busy + per) / 2 : per;
+      }
     }
-    w.busy_since_ns = w.outstanding_items ? now : 0;
     return true;
   }
 
@@ -1851,7 +1858,6 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       c.job = j;
       c.first = j->dispatched;
       if (j->auto_chunk) j->chunksize = auto_chunksize(*j);
-      if (w.outstanding.empty()) w.busy_since_ns = detail::monotonic_ns();
       c.count = j->next_chunk(c.bytes, c.item_offsets);
       if (c.count == 0) continue;  // input ended exactly at a chunk boundary
       j->dispatched += c.count;
