@@ -451,6 +451,15 @@ struct alignas(64) worker_ctl {
   // on the parent ever more.
   std::atomic<std::uint64_t> last_chunk_job;
   std::atomic<std::int64_t> last_chunk_item_ns;
+  // Written by the worker after each item, read by the parent only once the worker is
+  // gone: results it had written but not yet published (they are published in
+  // batches) are recovered from these, so the parent knows exactly which item was
+  // running. Plain stores to a line the parent does not read while the worker lives.
+  std::atomic<std::uint32_t> open_len;           // bytes in the open packed record (0: none)
+  std::atomic<std::uint64_t> results_committed;  // result ring position after the last record
+  std::atomic<std::uint64_t> open_at;            // ring position of the open packed record
+  std::atomic<std::uint64_t> chunk_job;          // the chunk last received: its job...
+  std::atomic<std::uint64_t> chunk_first;        // ...and first item
 };
 
 enum class task_kind : std::uint32_t { chunk = 0, stop = 1 };
@@ -506,6 +515,7 @@ class worker_context {
       packed_.count = 0;
       packed_.base = results_.reserve_wait(sizeof(result_header) + packed_.cap * sizeof(V),
                                            [this] { notify_parent(); });
+      packed_.at = results_.reserved_position();
     }
     std::memcpy(packed_.base + sizeof(result_header) + packed_.count * sizeof(V), &v, sizeof(V));
     if (++packed_.count == packed_.cap) close_packed();
@@ -526,7 +536,21 @@ class worker_context {
     last_publish_ns_ = now ? now : monotonic_ns();
     notify_parent();
   }
-  void end_item() noexcept { ctl_->cur_started_ns.store(0, std::memory_order_release); }
+  /// Records how far the results go (see worker_ctl), then leaves the item.
+  void end_item() noexcept {
+    ctl_->results_committed.store(results_.committed_position(), std::memory_order_relaxed);
+    if (packed_.base) {
+      result_header h{packed_.job, packed_.first,
+                      static_cast<std::uint32_t>(result_status::packed), packed_.count};
+      std::memcpy(packed_.base, &h, sizeof h);
+      ctl_->open_at.store(packed_.at, std::memory_order_relaxed);
+      ctl_->open_len.store(static_cast<std::uint32_t>(sizeof h + packed_.count * packed_.elem),
+                           std::memory_order_relaxed);
+    } else {
+      ctl_->open_len.store(0, std::memory_order_relaxed);
+    }
+    ctl_->cur_started_ns.store(0, std::memory_order_release);
+  }
 
   template <class V>
   void emit_ok(std::uint64_t job, std::uint64_t index, const V& v) {
@@ -581,6 +605,7 @@ class worker_context {
   std::int64_t last_publish_ns_ = 0;
   struct packed_out {
     std::byte* base = nullptr;
+    std::uint64_t at = 0;  // ring position of the record
     std::uint64_t job = 0, first = 0;
     std::uint32_t count = 0, cap = 0;
     std::size_t elem = 0;
@@ -614,6 +639,15 @@ struct task_view {
 
 using invoker_fn = void (*)(worker_context&, task_view&);
 
+/// Every item of the chunk fails with e.
+inline void fail_chunk(worker_context& ctx, const task_view& t, const std::exception_ptr& e) {
+  for (std::uint32_t k = 0; k < t.count; ++k) {
+    ctx.begin_item(t.job, t.first + k);
+    ctx.emit_error(t.job, t.first + k, e);
+    ctx.end_item();
+  }
+}
+
 template <class T>
 inline constexpr bool packable_v = trivially_copyable_value<T>;
 
@@ -622,8 +656,17 @@ inline constexpr bool packable_v = trivially_copyable_value<T>;
 /// packed too.
 template <class F, class Arg, bool Star, bool PackedArgs>
 void invoke_chunk(worker_context& ctx, task_view& t) {
-  F f = decode_callable<F>(t.callable);
-  if constexpr (PackedArgs) t.items.need(std::size_t(t.count) * sizeof(Arg), "packed task items");
+  // A callable that cannot be rebuilt here fails the chunk's items, not the worker:
+  // a new worker would fail the same way.
+  std::optional<F> decoded;
+  try {
+    decoded.emplace(decode_callable<F>(t.callable));
+    if constexpr (PackedArgs) t.items.need(std::size_t(t.count) * sizeof(Arg), "packed task items");
+  } catch (...) {
+    fail_chunk(ctx, t, std::current_exception());
+    return;
+  }
+  F& f = *decoded;
   for (std::uint32_t k = 0; k < t.count; ++k) {
     const std::uint64_t index = t.first + k;
     ctx.begin_item(t.job, index);
@@ -685,12 +728,17 @@ inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool
     r.get(&h, sizeof h, "task header");
     if (h.kind == static_cast<std::uint32_t>(task_kind::stop)) break;
     r.need(h.callable_len, "task callable");
+    ctl->chunk_job.store(h.job, std::memory_order_relaxed);
+    ctl->chunk_first.store(h.first, std::memory_order_relaxed);
     task_view t{h.job, h.first, h.count, reader{r.p, r.p + h.callable_len},
                 reader{r.p + h.callable_len, r.end}};
     auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
-    if (!inv) throw serialization_error("pool worker: task names no function of this program");
     const std::int64_t chunk_start = monotonic_ns();
-    inv(ctx, t);
+    if (inv)
+      inv(ctx, t);
+    else
+      fail_chunk(ctx, t, std::make_exception_ptr(serialization_error(
+                             "pool worker: the task names no function of this program image")));
     ctl->last_chunk_job.store(h.job, std::memory_order_relaxed);
     ctl->last_chunk_item_ns.store(std::max<std::int64_t>(1, (monotonic_ns() - chunk_start) / std::max(1u, h.count)),
                                   std::memory_order_release);
@@ -1104,6 +1152,7 @@ struct outstanding_chunk {
   std::uint64_t first;
   std::uint32_t count;
   std::uint32_t done = 0;
+  std::uint32_t deaths = 0;                // workers that died on it in a row, no item done
   std::vector<std::byte> bytes;            // the task message, kept to resend on a crash
   std::vector<std::uint32_t> item_offsets; // where each item starts in bytes
 };
@@ -1781,13 +1830,19 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     items_completed(w, c, 1);
   }
 
+  static constexpr std::uint32_t max_chunk_deaths = 3;
+
+  static void report_progress(detail::job_base& job) {
+    if (job.on_progress)
+      job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
+  }
+
   void items_completed(detail::worker_slot& w, detail::outstanding_chunk& c, std::uint32_t n) {
     c.done += n;
     w.outstanding_items -= n;
     auto* job = c.job;
     job->completed += n;
-    if (job->on_progress)
-      job->on_progress(job->completed, job->input_done ? job->dispatched : job->known_total);
+    report_progress(*job);
     if (c.done == c.count) {
       recycle(std::move(c));
       w.outstanding.pop_front();
@@ -1932,16 +1987,24 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       if (r == 0) return;  // not actually gone yet
       code = r > 0 ? detail::exitcode_from_status(status) : 255;
     }
-    drain_results(w);  // results published before it died still count
+    // Every result it finished counts, published or not: then the item it was running
+    // is exactly the next one of its first chunk.
+    w.results.adopt_unpublished(w.ctl->results_committed.load(std::memory_order_acquire),
+                                w.ctl->open_at.load(std::memory_order_acquire),
+                                w.ctl->open_len.load(std::memory_order_acquire));
+    drain_results(w);
+    w.rx.clear();  // a result it was still streaming out will not be completed
     const bool was_initialized = w.ctl->initialized.load(std::memory_order_acquire) != 0;
     const std::int64_t started = w.ctl->cur_started_ns.load(std::memory_order_acquire);
     const std::uint64_t cur_job = w.ctl->cur_job.load(), cur_item = w.ctl->cur_item.load();
+    const std::uint64_t chunk_job = w.ctl->chunk_job.load(), chunk_first = w.ctl->chunk_first.load();
     if (code != 0 || w.timed_out)
       detail::log(log_level::warning, "pool worker %d died (exit code %d)",
                   static_cast<int>(w.pid), code);
     bool first = true;
     for (auto& c : w.outstanding) {
       std::uint32_t from = c.done;
+      bool item_failed = false;
       if (first && (started || w.timed_out) && c.job->id == cur_job &&
           c.first + c.done == cur_item) {
         // The item it was running when it died: that one fails.
@@ -1960,12 +2023,37 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
         }
         c.job->fail(cur_item, std::move(e));
         ++c.job->completed;
-        if (c.job->on_progress)
-          c.job->on_progress(c.job->completed, c.job->input_done ? c.job->dispatched : c.job->known_total);
+        report_progress(*c.job);
         from = c.done + 1;
+        item_failed = true;
       }
+      // A chunk the worker had received and died on before finishing or starting any
+      // item (it failed while decoding it, say) is sent again; after
+      // max_chunk_deaths such deaths in a row its items fail instead, so a task that
+      // kills every worker cannot keep the pool restarting workers for ever.
+      const bool progressed = c.done > 0 || item_failed;
+      std::uint32_t deaths = progressed ? 0 : c.deaths;
+      if (first && !progressed && code != 0 && c.job->id == chunk_job && c.first == chunk_first)
+        ++deaths;
       first = false;
-      if (from < c.count) retry_.push_back(rebuild_chunk(c, from));
+      if (deaths >= max_chunk_deaths) {
+        const int sig = code < 0 ? -code : 0;
+        for (std::uint32_t k = from; k < c.count; ++k) {
+          std::string what = "worker processes died " + std::to_string(deaths) +
+                             " times in a row running the chunk of task " +
+                             std::to_string(c.first + k) + " before any of its tasks finished" +
+                             (sig ? " (last killed by signal " + std::to_string(sig) + ")"
+                                  : " (last exit code " + std::to_string(code) + ")");
+          c.job->fail(c.first + k, std::make_exception_ptr(worker_died(what, w.pid, code, sig)));
+          ++c.job->completed;
+        }
+        report_progress(*c.job);
+        continue;
+      }
+      if (from < c.count) {
+        retry_.push_back(rebuild_chunk(c, from));
+        retry_.back().deaths = deaths;
+      }
     }
     w.outstanding.clear();
     std::lock_guard l(m_);

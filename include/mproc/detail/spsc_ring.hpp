@@ -114,6 +114,12 @@ class spsc_ring {
   [[nodiscard]] bool unpublished() const noexcept {
     return h_->head.load(std::memory_order_relaxed) != local_head_;
   }
+  /// Producer: where the committed records end (published or not).
+  [[nodiscard]] std::uint64_t committed_position() const noexcept { return local_head_; }
+  /// Producer, between a successful reserve and its commit: where that record starts.
+  [[nodiscard]] std::uint64_t reserved_position() const noexcept {
+    return local_head_ + wrap_pending_;
+  }
 
   /// Blocking reserve for a producer that may wait (a worker writing results).
   /// on_block runs once before waiting (to wake a reader that does not sleep on
@@ -256,6 +262,29 @@ class spsc_ring {
         return {scratch.data(), scratch.size()};
       }
     }
+  }
+
+  /// Consumer, once the producer is gone for good: makes visible what it had committed
+  /// without publishing (records up to `committed`) and, when open_len > 0, the record
+  /// it had reserved at `open_at` and filled with open_len bytes so far. Positions that
+  /// do not fit the ring's state are ignored (the producer's memory is not trusted).
+  void adopt_unpublished(std::uint64_t committed, std::uint64_t open_at,
+                         std::uint32_t open_len) noexcept {
+    const std::uint64_t head = h_->head.load(std::memory_order_acquire);
+    const std::uint64_t tail = h_->tail.load(std::memory_order_relaxed);
+    if (committed < head || committed - tail > cap_) return;
+    std::uint64_t end = committed;
+    if (open_len) {
+      const std::uint64_t rec_end = open_at + record_header + pad(open_len);
+      const bool fits = open_at >= committed && open_at - committed < cap_ &&
+                        open_at % cap_ + record_header + pad(open_len) <= cap_ &&
+                        rec_end - tail <= cap_;
+      if (fits) {
+        write_header(open_at % cap_, open_len, 0);
+        end = rec_end;
+      }
+    }
+    h_->head.store(end, std::memory_order_release);
   }
 
   [[nodiscard]] ring_header* header() const noexcept { return h_; }

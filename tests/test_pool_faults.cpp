@@ -1,0 +1,224 @@
+// mproc-test-timeout: 900
+// Faults a pool must contain: tasks that kill their worker at any position of a chunk,
+// tasks that cannot be decoded in the worker, inputs that throw part-way, terminate()
+// racing callers, many outstanding results. Every scenario runs under a watchdog: a
+// hang fails the test with its name instead of stalling the run.
+#include <mproc/pool.hpp>
+
+#include <catch2/catch.hpp>
+
+#include "spawn_entry.hpp"
+#include "test_support.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+/// Ends the test program with a message when a scenario overruns its time limit.
+class watchdog {
+ public:
+  watchdog(std::chrono::seconds limit, std::string what) : what_(std::move(what)) {
+    t_ = std::thread([this, limit] {
+      std::unique_lock l(m_);
+      if (!cv_.wait_for(l, limit, [&] { return done_; })) {
+        std::fprintf(stderr, "\nHUNG (over %lld s): %s\n", static_cast<long long>(limit.count()),
+                     what_.c_str());
+        std::fflush(stderr);
+        std::_Exit(124);
+      }
+    });
+  }
+  ~watchdog() {
+    {
+      std::lock_guard l(m_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    t_.join();
+  }
+
+ private:
+  std::string what_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread t_;
+};
+
+/// A fresh directory for run markers; removed at the end.
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    char tmpl[] = "/tmp/mproc-faults-XXXXXX";
+    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp");
+    path = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  [[nodiscard]] std::size_t count(const std::string& prefix) const {
+    std::size_t n = 0;
+    for (auto& e : std::filesystem::directory_iterator(path))
+      n += e.path().filename().string().rfind(prefix, 0) == 0;
+    return n;
+  }
+};
+
+// Values 1000 * kind + i make item i kill its worker: kind 1 SIGKILL, 2 SIGSEGV,
+// 3 abort(), 4 exit(3). Any other value i returns 2 * i. Each run leaves a marker
+// file; an item that runs a second time leaves a "twice-" marker too.
+int run_item(int v, const std::string& dir) {
+  const int i = v % 1000;
+  const std::string marker = dir + "/ran-" + std::to_string(i);
+  int fd = ::open(marker.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const std::string twice = dir + "/twice-" + std::to_string(i);
+    fd = ::open(twice.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  }
+  if (fd >= 0) ::close(fd);
+  switch (v / 1000) {
+    case 1:
+      ::raise(SIGKILL);
+      break;
+    case 2:
+      std::signal(SIGSEGV, SIG_DFL);  // the test framework's handler is inherited
+      ::raise(SIGSEGV);
+      break;
+    case 3:
+      std::signal(SIGABRT, SIG_DFL);
+      std::abort();
+    case 4:
+      ::_exit(3);
+    default:
+      break;
+  }
+  return 2 * i;
+}
+int fault_task(std::pair<int, std::string> a) { return run_item(a.first, a.second); }
+int fault_task_star(int v, std::string dir) { return run_item(v, dir); }
+int square(int x) { return x * x; }
+
+/// Killers in chunk j at position j (for j < chunksize), kinds in turn: every position
+/// of a chunk is tried once per chunk size.
+std::vector<int> fault_inputs(int chunksize, std::set<int>& killers) {
+  const int n = chunksize * (chunksize + 1);
+  std::vector<int> v(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
+  for (int j = 0; j < chunksize; ++j) {
+    const int i = j * chunksize + j;
+    killers.insert(i);
+    v[static_cast<std::size_t>(i)] = 1000 * (1 + (j + chunksize) % 4) + i;
+  }
+  return v;
+}
+
+void check_worker_died(const mproc::worker_died& e) {
+  REQUIRE(e.pid() > 0);
+  REQUIRE(e.exitcode() != 0);
+}
+
+}  // namespace
+
+TEST_CASE("an item that kills its worker fails alone, at every position of every chunk size",
+          "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  const std::string api = GENERATE(as<std::string>{}, "map", "starmap", "imap", "imap_unordered");
+  INFO("start method " << mproc::to_string(method) << ", " << api);
+  watchdog dog(240s, "self-killing items under " + std::string(mproc::to_string(method)) + ", " + api);
+  {
+    mproc::Pool pool({.processes = 2, .method = method});
+    for (int cs = 1; cs <= 5; ++cs) {
+      INFO("chunksize " << cs);
+      temp_dir dir;
+      std::set<int> killers;
+      const std::vector<int> values = fault_inputs(cs, killers);
+      const int n = static_cast<int>(values.size());
+      std::vector<std::pair<int, std::string>> in;
+      std::vector<std::tuple<int, std::string>> star_in;
+      for (int v : values) {
+        in.emplace_back(v, dir.path);
+        star_in.emplace_back(v, dir.path);
+      }
+      if (api == "map" || api == "starmap") {
+        auto r = api == "map" ? pool.map_async(fault_task, in, std::size_t(cs))
+                              : pool.starmap_async(fault_task_star, star_in, std::size_t(cs));
+        REQUIRE(r.wait(60s));
+        try {
+          (void)r.get();
+          FAIL("no worker_died");
+        } catch (const mproc::worker_died& e) {
+          check_worker_died(e);
+          // map reports the first failure by position
+          REQUIRE(std::string(e.what()).find("task " + std::to_string(*killers.begin())) !=
+                  std::string::npos);
+        }
+      } else {
+        const bool ordered = api == "imap";
+        auto results = ordered ? pool.imap(fault_task, in, std::size_t(cs))
+                               : pool.imap_unordered(fault_task, in, std::size_t(cs));
+        std::vector<int> got;
+        int died = 0;
+        // Each failed item rethrows out of the iteration; begin() again goes on from
+        // the next one.
+        for (bool more = true; more;) {
+          try {
+            for (auto it = results.begin(); it != results.end(); ++it) got.push_back(*it);
+            more = false;
+          } catch (const mproc::worker_died& e) {
+            check_worker_died(e);
+            if (ordered) REQUIRE(killers.count(static_cast<int>(got.size() + std::size_t(died))));
+            ++died;
+          }
+        }
+        REQUIRE(died == static_cast<int>(killers.size()));
+        std::vector<int> want;
+        for (int i = 0; i < n; ++i)
+          if (!killers.count(i)) want.push_back(2 * i);
+        if (!ordered) std::sort(got.begin(), got.end());
+        REQUIRE(got == want);
+      }
+      // Every item ran, none twice: the ones before a crash are not run again.
+      REQUIRE(dir.count("ran-") == static_cast<std::size_t>(n));
+      REQUIRE(dir.count("twice-") == 0);
+    }
+    // The pool goes on.
+    REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+  }  // ~Pool must not block
+}
+
+TEST_CASE("a long map with a dozen self-killing items completes", "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(120s, "100,000 items with 12 killers under " + std::string(mproc::to_string(method)));
+  temp_dir dir;
+  mproc::Pool pool({.processes = 2, .method = method});
+  std::vector<std::pair<int, std::string>> in;
+  // Items numbered modulo 1000 for the marker; only the killers matter here, so the
+  // markers are not checked.
+  for (int i = 0; i < 100'000; ++i) in.emplace_back(i % 997 == 5 && i / 997 < 12 ? 1000 + i % 1000 : 7, "/nonexistent");
+  auto r = pool.map_async(fault_task, in);
+  REQUIRE(r.wait(100s));
+  REQUIRE_THROWS_AS(r.get(), mproc::worker_died);
+  REQUIRE(pool.map(square, std::vector<int>{4}) == std::vector<int>{16});
+}
