@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -116,6 +117,27 @@ int run_item(int v, const std::string& dir) {
 int fault_task(std::pair<int, std::string> a) { return run_item(a.first, a.second); }
 int fault_task_star(int v, std::string dir) { return run_item(v, dir); }
 int square(int x) { return x * x; }
+
+// Function objects that cannot be rebuilt in a worker: loading throws, or kills the
+// process (as a crash in a user's load code would).
+struct unloadable {
+  std::string tag = "x";
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & tag;
+    if constexpr (A::is_loading::value) throw std::runtime_error("unloadable: cannot load");
+  }
+  int operator()(int x) const { return x; }
+};
+struct load_kills {
+  std::string tag = "x";
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & tag;
+    if constexpr (A::is_loading::value) ::raise(SIGKILL);
+  }
+  int operator()(int x) const { return x; }
+};
 
 /// Killers in chunk j at position j (for j < chunksize), kinds in turn: every position
 /// of a chunk is tried once per chunk size.
@@ -221,4 +243,76 @@ TEST_CASE("a long map with a dozen self-killing items completes", "[pool][faults
   REQUIRE(r.wait(100s));
   REQUIRE_THROWS_AS(r.get(), mproc::worker_died);
   REQUIRE(pool.map(square, std::vector<int>{4}) == std::vector<int>{16});
+}
+
+TEST_CASE("a callable that cannot be decoded or resolved in the worker fails its items",
+          "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(120s, "poison tasks under " + std::string(mproc::to_string(method)));
+  mproc::Pool pool({.processes = 2, .method = method});
+  // serialize() throws on load: that is the items' error, and no worker dies
+  auto a = pool.apply_async(unloadable{}, 1);
+  REQUIRE(a.wait(30s));
+  REQUIRE_THROWS_WITH(a.get(), Catch::Contains("cannot load"));
+  auto m = pool.map_async(unloadable{}, std::vector<int>{1, 2, 3, 4, 5, 6, 7}, std::size_t(3));
+  REQUIRE(m.wait(30s));
+  REQUIRE_THROWS_WITH(m.get(), Catch::Contains("cannot load"));
+  {
+    auto r = pool.imap(unloadable{}, std::vector<int>{1, 2, 3}, 2);
+    int failed = 0;
+    for (int k = 0; k < 3; ++k) {
+      try {
+        for (auto it = r.begin(); it != r.end(); ++it) FAIL("an item succeeded");
+      } catch (const std::runtime_error& e) {
+        REQUIRE(std::string(e.what()).find("cannot load") != std::string::npos);
+        ++failed;
+      }
+    }
+    REQUIRE(failed == 3);
+  }
+  // A function address that is no code of the program: a serialization_error.
+  const auto heap_word = std::make_unique<int>(0);
+  auto* bogus = reinterpret_cast<int (*)(int)>(reinterpret_cast<void*>(heap_word.get()));
+  auto b = pool.apply_async(bogus, 1);
+  REQUIRE(b.wait(30s));
+  REQUIRE_THROWS_AS(b.get(), mproc::serialization_error);
+  auto bm = pool.map_async(bogus, std::vector<int>{1, 2, 3, 4}, std::size_t(2));
+  REQUIRE(bm.wait(30s));
+  REQUIRE_THROWS_AS(bm.get(), mproc::serialization_error);
+  REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+}
+
+TEST_CASE("a chunk that kills three workers in a row before any item finishes fails",
+          "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(120s, "chunks killing their workers while loading under " +
+                         std::string(mproc::to_string(method)));
+  mproc::Pool pool({.processes = 2, .method = method});
+  auto a = pool.apply_async(load_kills{}, 1);
+  auto ok = pool.apply_async(square, 5);  // other work goes on meanwhile
+  REQUIRE(a.wait(60s));
+  REQUIRE_THROWS_AS(a.get(), mproc::worker_died);
+  REQUIRE(ok.get(30s) == 25);
+  auto m = pool.map_async(load_kills{}, std::vector<int>{1, 2, 3, 4, 5}, std::size_t(2));
+  REQUIRE(m.wait(60s));
+  REQUIRE_THROWS_AS(m.get(), mproc::worker_died);
+  std::multiset<int> got;
+  int died = 0;
+  {
+    auto r = pool.imap_unordered(load_kills{}, std::vector<int>{1, 2, 3}, 1);
+    for (int k = 0; k < 3; ++k) {
+      try {
+        for (auto it = r.begin(); it != r.end(); ++it) got.insert(*it);
+      } catch (const mproc::worker_died&) {
+        ++died;
+      }
+    }
+  }
+  REQUIRE(died == 3);
+  REQUIRE(got.empty());
+  REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 }
