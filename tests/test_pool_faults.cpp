@@ -117,6 +117,7 @@ int run_item(int v, const std::string& dir) {
 int fault_task(std::pair<int, std::string> a) { return run_item(a.first, a.second); }
 int fault_task_star(int v, std::string dir) { return run_item(v, dir); }
 int square(int x) { return x * x; }
+int throw_custom_int(int) { throw std::logic_error("task failed"); }
 
 // Function objects that cannot be rebuilt in a worker: loading throws, or kills the
 // process (as a crash in a user's load code would).
@@ -152,6 +153,41 @@ std::vector<int> fault_inputs(int chunksize, std::set<int>& killers) {
   }
   return v;
 }
+
+struct input_broke : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A single-pass input of `from`.. that throws input_broke when asked for element
+/// number `fail_at` (as a generator that fails on it would).
+template <class V = int>
+struct breaking_input {
+  struct iterator {
+    using value_type = V;
+    using difference_type = std::ptrdiff_t;
+    int i = 0;
+    int fail_at = 0;
+    V operator*() const {
+      if (i == fail_at) throw input_broke("input failed at element " + std::to_string(i));
+      if constexpr (std::is_same_v<V, int>)
+        return i;
+      else
+        return V(i, i);
+    }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    void operator++(int) { ++i; }
+  };
+  struct sentinel {
+    friend bool operator==(const iterator& it, const sentinel&) { return it.i >= 1000; }
+  };
+  int fail_at = 3;
+  iterator begin() const { return {0, fail_at}; }
+  sentinel end() const { return {}; }
+};
+int add2(int a, int b) { return a + b; }
 
 void check_worker_died(const mproc::worker_died& e) {
   REQUIRE(e.pid() > 0);
@@ -315,4 +351,80 @@ TEST_CASE("a chunk that kills three workers in a row before any item finishes fa
   REQUIRE(died == 3);
   REQUIRE(got.empty());
   REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+}
+
+TEST_CASE("an input range that throws part-way: earlier results, then its exception",
+          "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(120s, "throwing inputs under " + std::string(mproc::to_string(method)));
+  mproc::Pool pool({.processes = 2, .method = method});
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    for (std::size_t cs = 1; cs <= 4; ++cs) {
+      INFO("chunksize " << cs << ", attempt " << attempt);
+      REQUIRE_THROWS_AS(pool.map(square, breaking_input<>{}, cs), input_broke);
+      REQUIRE_THROWS_AS(pool.starmap(add2, breaking_input<std::pair<int, int>>{}, cs), input_broke);
+      {
+        auto r = pool.imap(square, breaking_input<>{}, cs);
+        std::vector<int> got;
+        auto it = r.begin();
+        got.push_back(*it);
+        for (int k = 1; k < 3; ++k) got.push_back(*++it);
+        REQUIRE(got == std::vector<int>{0, 1, 4});
+        REQUIRE_THROWS_AS(++it, input_broke);
+        REQUIRE(r.begin() == r.end());  // nothing after the exception
+      }
+      {
+        auto r = pool.imap_unordered(square, breaking_input<>{}, cs);
+        std::multiset<int> got;
+        int thrown = 0;
+        for (int k = 0; k < 2; ++k) {
+          try {
+            for (auto it = r.begin(); it != r.end(); ++it) got.insert(*it);
+          } catch (const input_broke&) {
+            ++thrown;
+          }
+        }
+        REQUIRE(thrown == 1);
+        REQUIRE(got == std::multiset<int>{0, 1, 4});
+      }
+      // the pool is still usable
+      REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}, cs) == std::vector<int>{1, 4, 9});
+    }
+  }
+  // the very first element failing
+  REQUIRE_THROWS_AS(pool.map(square, breaking_input<>{0}), input_broke);
+  {
+    auto r = pool.imap(square, breaking_input<>{0});
+    REQUIRE_THROWS_AS(r.begin(), input_broke);
+  }
+  REQUIRE(pool.apply(square, 7) == 49);
+}
+
+TEST_CASE("a throwing on_progress or callback fails its own call, not the pool", "[pool][faults]") {
+  watchdog dog(60s, "throwing callbacks");
+  mproc::Pool pool(2);
+  auto bad_progress = [](std::size_t done, std::size_t) {
+    if (done == 2) throw input_broke("progress failed");
+  };
+  REQUIRE_THROWS_AS(pool.map(square, std::vector<int>{1, 2, 3, 4}, mproc::map_options{.chunksize = 1, .on_progress = bad_progress}),
+                    input_broke);
+  {
+    int seen = 0;
+    auto r = pool.imap(square, std::vector<int>{1, 2, 3, 4}, mproc::map_options{.chunksize = 1, .on_progress = bad_progress});
+    try {
+      for (int v : r) seen += v > 0;
+      FAIL("no exception");
+    } catch (const input_broke&) {
+    }
+    REQUIRE(seen == 4);  // the results came first
+  }
+  auto a = pool.apply_async(mproc::callbacks{[](int) { throw input_broke("callback failed"); }}, square, 3);
+  REQUIRE_THROWS_AS(a.get(30s), input_broke);
+  auto b = pool.map_async(throw_custom_int, std::vector<int>{1}, {},
+                          mproc::callbacks{[](const std::vector<int>&) {},
+                                           [](std::exception_ptr) { throw input_broke("error callback failed"); }});
+  REQUIRE_THROWS_AS(b.get(30s), input_broke);
+  REQUIRE(pool.map(square, std::vector<int>{5}) == std::vector<int>{25});
 }

@@ -797,6 +797,7 @@ struct job_base {
   std::size_t known_total = 0; // 0 while unknown
   bool input_done = false;
   progress_fn on_progress;
+  std::exception_ptr callback_error;  // on_progress threw: the call's error at the end
   std::int64_t avg_item_ns = 0;  // measured cost of one item, for the prefetch depth
   // map's default chunking (chunksize 0): chunks sized by the measured cost of the
   // items, at most Python's chunksize (max_chunk). Python's fixed chunks of len/(4 *
@@ -850,16 +851,53 @@ class input_feed {
   }
 
   /// True once the input has nothing more (checked right after each chunk, so a job
-  /// completes as soon as its last result arrives).
-  [[nodiscard]] bool exhausted() { return it_ == std::ranges::end(view_); }
+  /// completes as soon as its last result arrives), or failed.
+  [[nodiscard]] bool exhausted() {
+    if (error_) return true;
+    try {
+      return it_ == std::ranges::end(view_);
+    } catch (...) {
+      error_ = std::current_exception();
+      return true;
+    }
+  }
+  /// What the input range (or encoding one of its items) threw; it belongs to the item
+  /// after the last one handed out.
+  [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
 
+  /// The next chunk's items; when reading or encoding an item throws, the items before
+  /// it still make a chunk and error() holds the exception.
   std::uint32_t next_chunk(std::size_t chunksize, std::uint64_t first, std::uint64_t job,
                            std::vector<std::byte>& buf, std::vector<std::uint32_t>& offsets) {
-    if (it_ == std::ranges::end(view_)) return 0;
+    std::uint32_t n = 0;
+    try {
+      n = read_chunk(chunksize, buf, offsets);
+    } catch (...) {
+      error_ = std::current_exception();
+      n = read_items_;
+      buf.resize(read_end_);  // drops the failed item's partial bytes
+      if (offsets.size() > n) offsets.resize(n);
+    }
+    if (n == 0) return 0;
+    task_header h{static_cast<std::uint32_t>(task_kind::chunk), n, job, first,
+                  invoker_address<F, arg_t, Star, packed>(),
+                  static_cast<std::uint32_t>(callable_.size()),
+                  packed ? static_cast<std::uint32_t>(sizeof(arg_t)) : 0u};
+    std::memcpy(buf.data(), &h, sizeof h);
+    return n;
+  }
+
+ private:
+  std::uint32_t read_chunk(std::size_t chunksize, std::vector<std::byte>& buf,
+                           std::vector<std::uint32_t>& offsets) {
+    offsets.clear();
+    read_items_ = 0;
+    read_end_ = 0;
+    if (error_ || it_ == std::ranges::end(view_)) return 0;
     buf.resize(sizeof(task_header));
     buf.insert(buf.end(), callable_.begin(), callable_.end());
+    read_end_ = buf.size();
     std::uint32_t n = 0;
-    offsets.clear();
     if constexpr (packed && std::ranges::contiguous_range<View> && std::ranges::sized_range<View>) {
       // One copy for the whole chunk.
       const auto left = static_cast<std::size_t>(std::ranges::end(view_) - it_);
@@ -869,7 +907,7 @@ class input_feed {
       std::memcpy(buf.data() + at, std::to_address(it_), std::size_t(n) * sizeof(arg_t));
       it_ += n;
     } else {
-      for (; n < chunksize && it_ != std::ranges::end(view_); ++n, ++it_) {
+      for (; n < chunksize && it_ != std::ranges::end(view_); ++it_) {
         const auto& v = *it_;
         std::size_t at = buf.size();
         if constexpr (packed) {
@@ -882,21 +920,20 @@ class input_feed {
           std::memcpy(buf.data() + at, &len, sizeof len);
           encode_to(v, buf.data() + at + sizeof len);
         }
+        read_items_ = ++n;
+        read_end_ = buf.size();
       }
     }
-    task_header h{static_cast<std::uint32_t>(task_kind::chunk), n, job, first,
-                  invoker_address<F, arg_t, Star, packed>(),
-                  static_cast<std::uint32_t>(callable_.size()),
-                  packed ? static_cast<std::uint32_t>(sizeof(arg_t)) : 0u};
-    std::memcpy(buf.data(), &h, sizeof h);
     return n;
   }
 
- private:
   F f_;
   View view_;
   std::ranges::iterator_t<View> it_;
   std::vector<std::byte> callable_;
+  std::exception_ptr error_;
+  std::uint32_t read_items_ = 0;  // items of the chunk being read that are complete
+  std::size_t read_end_ = 0;      // where they end in the buffer
 };
 
 template <class F, class Arg>
@@ -921,6 +958,7 @@ class gather_job final : public job_base {
   gather_job(F f, View v, std::shared_ptr<async_state<std::conditional_t<Single, R, std::vector<stored_t<R>>>>> st)
       : feed_(std::move(f), std::move(v)), st_(std::move(st)) {
     input_done = feed_.exhausted();  // an empty input completes at once
+    if (feed_.error()) std::rethrow_exception(feed_.error());
   }
 
   std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& offs) override {
@@ -929,6 +967,9 @@ class gather_job final : public job_base {
       input_done = true;
       known_total = dispatched + n;
     }
+    // The input's own exception is the job's error, at the place of the item it failed
+    // to produce: the items before it still run.
+    if (feed_.error()) fail(dispatched + n, feed_.error());
     if constexpr (!Single) st_->value.resize(dispatched + n);
     return n;
   }
@@ -959,12 +1000,16 @@ class gather_job final : public job_base {
   }
   void complete(std::exception_ptr e) override {
     if (!e) e = first_error_;
-    if (e) {
-      if (st_->on_error) st_->on_error(e);
-    } else if constexpr (std::is_void_v<R> && Single) {
-      if (st_->on_value) st_->on_value(st_->value);
-    } else {
-      if (st_->on_value) st_->on_value(st_->value);
+    // A callback that throws makes its exception the result's error; the pool's
+    // service thread is not the place for it.
+    try {
+      if (e) {
+        if (st_->on_error) st_->on_error(e);
+      } else if (st_->on_value) {
+        st_->on_value(st_->value);
+      }
+    } catch (...) {
+      e = std::current_exception();
     }
     st_->finish(std::move(e));
   }
@@ -999,6 +1044,7 @@ class imap_job final : public job_base {
   imap_job(F f, View v, std::shared_ptr<imap_state<R>> st, std::size_t window)
       : feed_(std::move(f), std::move(v)), st_(std::move(st)), window_(window) {
     if (feed_.exhausted()) {
+      if (feed_.error()) std::rethrow_exception(feed_.error());
       input_done = true;
       st_->total = 0;
     }
@@ -1013,8 +1059,11 @@ class imap_job final : public job_base {
     if (feed_.exhausted()) {
       input_done = true;
       known_total = dispatched + n;
+      // The input's own exception comes after the results of the items before it.
+      const bool failed = bool(feed_.error());
+      if (failed) push(dispatched + n, feed_.error());
       std::lock_guard l(st_->m);
-      st_->total = dispatched + n;
+      st_->total = dispatched + n + (failed ? 1 : 0);
       st_->cv.notify_all();
     }
     return n;
@@ -1037,11 +1086,22 @@ class imap_job final : public job_base {
   }
   void fail(std::uint64_t index, std::exception_ptr e) override { push(index, std::move(e)); }
   void complete(std::exception_ptr e) override {
+    const bool all_delivered = input_done && completed == dispatched;
     {
       std::lock_guard l(st_->m);
       if (st_->total == UINT64_MAX) st_->total = dispatched;
-      // Items already delivered are still yielded; the error surfaces after them.
-      if (e) st_->fatal = std::move(e);
+      // Items already delivered are still yielded; the error surfaces after them: as
+      // one more item when every item has its result (on_progress threw), else when
+      // the missing results are reached.
+      if (e && all_delivered && !st_->abandoned.load()) {
+        if (st_->ordered)
+          st_->ready.emplace(st_->total, e);
+        else
+          st_->fifo.emplace_back(e);
+        ++st_->total;
+      } else if (e) {
+        st_->fatal = std::move(e);
+      }
     }
     st_->cv.notify_all();
   }
@@ -1832,9 +1892,16 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
 
   static constexpr std::uint32_t max_chunk_deaths = 3;
 
+  /// A throwing on_progress fails its own call (and is not called again), never the
+  /// service thread.
   static void report_progress(detail::job_base& job) {
-    if (job.on_progress)
+    if (!job.on_progress) return;
+    try {
       job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
+    } catch (...) {
+      job.callback_error = std::current_exception();
+      job.on_progress = nullptr;
+    }
   }
 
   void items_completed(detail::worker_slot& w, detail::outstanding_chunk& c, std::uint32_t n) {
@@ -1960,7 +2027,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     for (auto it = jobs_.begin(); it != jobs_.end();) {
       auto& j = *it;
       if (j->finished() && !chunks_reference(j.get())) {
-        j->complete(nullptr);
+        j->complete(j->callback_error);
         it = jobs_.erase(it);
       } else {
         ++it;
