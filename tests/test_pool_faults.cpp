@@ -117,6 +117,10 @@ int run_item(int v, const std::string& dir) {
 int fault_task(std::pair<int, std::string> a) { return run_item(a.first, a.second); }
 int fault_task_star(int v, std::string dir) { return run_item(v, dir); }
 int square(int x) { return x * x; }
+int slow_identity(int x) {
+  std::this_thread::sleep_for(200us);
+  return x;
+}
 int throw_custom_int(int) { throw std::logic_error("task failed"); }
 
 // Function objects that cannot be rebuilt in a worker: loading throws, or kills the
@@ -427,4 +431,85 @@ TEST_CASE("a throwing on_progress or callback fails its own call, not the pool",
                                            [](std::exception_ptr) { throw input_broke("error callback failed"); }});
   REQUIRE_THROWS_AS(b.get(30s), input_broke);
   REQUIRE(pool.map(square, std::vector<int>{5}) == std::vector<int>{25});
+}
+
+TEST_CASE("terminate() while other threads are inside map and imap", "[pool][faults]") {
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(240s, "terminate racing map/imap under " + std::string(mproc::to_string(method)));
+  std::vector<int> in(300);
+  for (int i = 0; i < 300; ++i) in[static_cast<std::size_t>(i)] = i;
+  for (int round = 0; round < 25; ++round) {
+    INFO("round " << round);
+    mproc::Pool pool({.processes = 2, .method = method});
+    std::atomic<int> wrong{0}, stopped{0}, finished{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 3; ++t) {
+      callers.emplace_back([&, t] {
+        try {
+          if (t == 0) {
+            auto out = pool.map(slow_identity, in, std::size_t(3));
+            if (out != in) ++wrong;
+          } else {
+            auto r = t == 1 ? pool.imap(slow_identity, in, 2) : pool.imap_unordered(slow_identity, in, 1);
+            std::size_t n = 0;
+            for (int v : r) {
+              if (t == 1 && v != static_cast<int>(n)) ++wrong;
+              ++n;
+            }
+            if (n != in.size()) {
+              std::fprintf(stderr, "caller %d: imap ended after %zu items\n", t, n);
+              ++wrong;
+            }
+          }
+          ++finished;
+        } catch (const mproc::pool_not_running&) {
+          ++stopped;
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "caller %d: unexpected %s\n", t, e.what());
+          ++wrong;
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(round % 7 * 3));
+    pool.terminate();
+    for (auto& c : callers) c.join();
+    REQUIRE(wrong == 0);
+    REQUIRE(stopped + finished == 3);
+    REQUIRE_THROWS_AS(pool.apply(square, 2), mproc::pool_not_running);
+  }
+}
+
+namespace {
+/// Seconds to submit n apply_async calls and then get() each.
+double outstanding_round(mproc::Pool& pool, int n) {
+  const auto t = std::chrono::steady_clock::now();
+  std::vector<mproc::AsyncResult<int>> rs;
+  rs.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) rs.push_back(pool.apply_async(square, i % 1000));
+  long sum = 0;
+  for (auto& r : rs) sum += r.get();
+  long want = 0;
+  for (int i = 0; i < n; ++i) want += long(i % 1000) * (i % 1000);
+  REQUIRE(sum == want);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+TEST_CASE("many outstanding apply_async results cost linear time", "[pool][faults]") {
+  watchdog dog(240s, "many outstanding apply_async results");
+  mproc::Pool pool(2);
+  (void)outstanding_round(pool, 1000);  // warm
+  // The best of three tries each, so a busy machine's pauses do not decide.
+  double small = 1e9, large = 1e9;
+  for (int k = 0; k < 3; ++k) {
+    small = std::min(small, outstanding_round(pool, 5'000));
+    large = std::min(large, outstanding_round(pool, 40'000));
+  }
+  INFO("5,000 outstanding: " << small << " s; 40,000: " << large << " s");
+  // 8 times the work: linear is about 8x, quadratic about 64x.
+  REQUIRE(large / small < 24);
+  // A second big batch on the same pool is no slower than the first.
+  REQUIRE(outstanding_round(pool, 40'000) < 3 * large + 0.5);
 }

@@ -33,6 +33,7 @@
 #include <thread>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -796,6 +797,7 @@ struct job_base {
   std::size_t completed = 0;   // items with a result or error
   std::size_t known_total = 0; // 0 while unknown
   bool input_done = false;
+  bool finish_queued = false;  // listed for the pool's finish check
   progress_fn on_progress;
   std::exception_ptr callback_error;  // on_progress threw: the call's error at the end
   std::int64_t avg_item_ns = 0;  // measured cost of one item, for the prefetch depth
@@ -1089,7 +1091,9 @@ class imap_job final : public job_base {
     const bool all_delivered = input_done && completed == dispatched;
     {
       std::lock_guard l(st_->m);
-      if (st_->total == UINT64_MAX) st_->total = dispatched;
+      // Without an error every item has its result. With one, a total set now would
+      // end the sequence quietly at the first missing result: it must raise there.
+      if (st_->total == UINT64_MAX && (!e || all_delivered)) st_->total = dispatched;
       // Items already delivered are still yielded; the error surfaces after them: as
       // one more item when every item has its result (on_progress threw), else when
       // the missing results are reached.
@@ -1594,10 +1598,18 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
 
   /// One pass: accept new jobs, collect results, hand out work, complete jobs.
   bool step() {
+    if (stopped_) return false;  // the workers are gone; jobs were completed and freed
     bool progress = false;
     if (has_incoming_.load(std::memory_order_acquire)) {
       std::lock_guard l(m_);
-      for (auto& j : incoming_) jobs_.push_back(std::move(j));
+      for (auto& j : incoming_) {
+        detail::job_base* p = j.get();
+        if (p->input_done)
+          queue_finish(p);  // an empty input
+        else
+          feeding_.push_back(p->id);
+        jobs_.emplace(p->id, std::move(j));
+      }
       incoming_.clear();
       has_incoming_.store(false, std::memory_order_relaxed);
       progress = true;
@@ -1910,6 +1922,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     auto* job = c.job;
     job->completed += n;
     report_progress(*job);
+    if (job->finished()) queue_finish(job);
     if (c.done == c.count) {
       recycle(std::move(c));
       w.outstanding.pop_front();
@@ -1981,6 +1994,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       c.first = j->dispatched;
       if (j->auto_chunk) j->chunksize = auto_chunksize(*j);
       c.count = j->next_chunk(c.bytes, c.item_offsets);
+      if (j->input_done) queue_finish(j);
       if (c.count == 0) continue;  // input ended exactly at a chunk boundary
       j->dispatched += c.count;
       w.outstanding_items += c.count;
@@ -1992,11 +2006,32 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     return any;
   }
 
-  /// The oldest job that can hand out more items.
+  /// The oldest job that can hand out more items. Jobs whose input is done leave the
+  /// queue, so with many jobs in flight this stays cheap.
   detail::job_base* next_job() {
-    for (auto& j : jobs_)
-      if (!j->input_done && j->may_dispatch()) return j.get();
+    for (auto it = feeding_.begin(); it != feeding_.end();) {
+      auto found = jobs_.find(*it);
+      detail::job_base* j = found == jobs_.end() ? nullptr : found->second.get();
+      if (!j || j->input_done) {
+        if (it == feeding_.begin()) {
+          feeding_.pop_front();
+          it = feeding_.begin();
+        } else {
+          ++it;
+        }
+        continue;
+      }
+      if (j->may_dispatch()) return j;
+      ++it;
+    }
     return nullptr;
+  }
+
+  /// j may have finished: finish_jobs looks at it (and only at such jobs).
+  void queue_finish(detail::job_base* j) {
+    if (j->finish_queued) return;
+    j->finish_queued = true;
+    finishing_.push_back(j);
   }
 
   bool push_bytes(detail::worker_slot& w) {
@@ -2024,13 +2059,15 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   }
 
   void finish_jobs() {
-    for (auto it = jobs_.begin(); it != jobs_.end();) {
-      auto& j = *it;
-      if (j->finished() && !chunks_reference(j.get())) {
-        j->complete(j->callback_error);
-        it = jobs_.erase(it);
-      } else {
-        ++it;
+    if (finishing_.empty()) return;
+    std::vector<detail::job_base*> now;
+    now.swap(finishing_);
+    for (auto* j : now) {
+      j->finish_queued = false;
+      if (j->finished() && !chunks_reference(j)) {
+        auto owned = std::move(jobs_.at(j->id));
+        jobs_.erase(j->id);
+        owned->complete(owned->callback_error);
       }
     }
   }
@@ -2103,6 +2140,7 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       if (first && !progressed && code != 0 && c.job->id == chunk_job && c.first == chunk_first)
         ++deaths;
       first = false;
+      queue_finish(c.job);
       if (deaths >= max_chunk_deaths) {
         const int sig = code < 0 ? -code : 0;
         for (std::uint32_t k = from; k < c.count; ++k) {
@@ -2247,9 +2285,22 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
       incoming_.clear();
       state_ = run_state::terminating;
     }
-    for (auto& j : jobs_) all.push_back(std::move(j));
+    for (auto& [p, j] : jobs_) all.push_back(std::move(j));
     jobs_.clear();
+    feeding_.clear();
+    finishing_.clear();
     retry_.clear();
+    // Nothing may refer to the jobs once they are freed: a caller stepping the engine
+    // after this (an imap_range going out of scope, say) finds no work.
+    for (auto& w : workers_) {
+      w.outstanding.clear();
+      w.outstanding_items = 0;
+      w.write_index = w.write_offset = 0;
+      w.rx.clear();
+    }
+    last_job_ = nullptr;
+    stopped_ = true;
+    active_.store(false, std::memory_order_release);
     for (auto& j : all) j->complete(gone);
     detail::log(log_level::info, "pool stopped");
   }
@@ -2267,7 +2318,10 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   std::uint64_t next_job_id_ = 0;
 
   // Owned by the service thread.
-  std::deque<std::unique_ptr<detail::job_base>> jobs_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<detail::job_base>> jobs_;  // by id
+  std::deque<std::uint64_t> feeding_;         // jobs whose input was not done, oldest first
+  std::vector<detail::job_base*> finishing_;  // may have finished
+  bool stopped_ = false;                      // shutdown_workers ran
   std::deque<detail::outstanding_chunk> retry_;
   detail::job_base* last_job_ = nullptr;  // job of the last result handled
   std::exception_ptr fatal_;              // set by a helper whose step failed
