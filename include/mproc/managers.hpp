@@ -209,13 +209,10 @@ inline void reset_locks_in_child() noexcept {
   new (&endpoint_cache_mutex()) std::mutex();
   new (&updater_mutex()) std::mutex();
 }
-struct fork_hook {
-  fork_hook() noexcept {
-    (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
-    ::pthread_atfork(nullptr, nullptr, &reset_locks_in_child);
-  }
-};
-inline const fork_hook fork_hook_instance;  // registered once per program
+inline const int managers_fork_hook_registered = [] {
+  (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
+  return set_fork_hook(fork_hook_slot::managers, {.child = &reset_locks_in_child});
+}();
 inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() {
   static std::map<std::string, std::weak_ptr<local_backend>> r;
   return r;

@@ -137,8 +137,8 @@ inline void registry_after_fork_child() noexcept {
 
 inline const int registry_atfork_registered = [] {
   process_registry();
-  return ::pthread_atfork(&registry_before_fork, &registry_after_fork_parent,
-                          &registry_after_fork_child);
+  return set_fork_hook(fork_hook_slot::process_registry,
+                       {&registry_before_fork, &registry_after_fork_parent, &registry_after_fork_child});
 }();
 
 inline std::string identity_suffix(const std::vector<int>& id) {

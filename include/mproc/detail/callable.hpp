@@ -21,6 +21,7 @@
 #include <link.h>
 
 #include "../serialization.hpp"
+#include "posix/fork_hooks.hpp"
 
 namespace mproc::detail {
 
@@ -105,9 +106,18 @@ struct module_table {
 /// the loader has loaded or unloaded something since (so an address from a hostile
 /// peer costs a look at two counters, not a new table). Tables are immutable and never
 /// freed, so readers need no lock: there is one per dlopen/dlclose at most.
+// Constant-initialised (no guard); the lock is held across fork so the child gets it
+// free whatever its parent's threads were doing.
+inline constinit std::atomic<const module_table*> module_table_current{nullptr};
+inline constinit std::mutex module_table_mutex;
+inline void module_table_lock() noexcept { module_table_mutex.lock(); }
+inline void module_table_unlock() noexcept { module_table_mutex.unlock(); }
+inline const int module_table_fork_hook = set_fork_hook(
+    fork_hook_slot::module_table, {&module_table_lock, &module_table_unlock, &module_table_unlock});
+
 inline const std::vector<loaded_module>& modules(bool rescan = false) {
-  static std::atomic<const module_table*> table{nullptr};
-  static std::mutex m;
+  auto& table = module_table_current;
+  auto& m = module_table_mutex;
   const auto* t = table.load(std::memory_order_acquire);
   if (t && !rescan) return t->modules;
   std::lock_guard g(m);

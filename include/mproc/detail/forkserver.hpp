@@ -119,7 +119,7 @@ inline void forkserver_after_fork_child() noexcept {
 
 inline const int forkserver_atfork_registered = [] {
   forkserver_state();
-  return ::pthread_atfork(nullptr, nullptr, &forkserver_after_fork_child);
+  return set_fork_hook(fork_hook_slot::forkserver, {.child = &forkserver_after_fork_child});
 }();
 
 /// The directory for the server's socket: the user's runtime directory if there is

@@ -29,6 +29,9 @@ inline std::string& process_name_storage() {
   static std::string name = "MainProcess";
   return name;
 }
+// Initialised while the program starts: a child forked while another thread ran this
+// initialiser for the first time would wait for ever on its guard.
+inline const bool process_name_ready = (process_name_storage(), true);
 
 inline bool log_enabled(log_level l) noexcept {
   return static_cast<int>(l) >= log_threshold().load(std::memory_order_relaxed);

@@ -403,7 +403,7 @@ inline void stable_spawner_after_fork_child() noexcept {
 }
 inline const int stable_spawner_atfork_registered = [] {
   stable_spawner_state();
-  return ::pthread_atfork(nullptr, nullptr, &stable_spawner_after_fork_child);
+  return set_fork_hook(fork_hook_slot::stable_spawner, {.child = &stable_spawner_after_fork_child});
 }();
 
 template <class F>

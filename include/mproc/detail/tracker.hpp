@@ -49,6 +49,10 @@ class resource_tracker {
     return *t;
   }
 
+  /// In a forked child: the lock may have been held by a thread the child does not
+  /// have (one registering a segment at the instant of fork).
+  static void after_fork_child() noexcept { new (&instance().mu_) std::mutex; }
+
   /// Records that this program created `name` (a /dev/shm entry, with its leading
   /// slash) of the given kind ("shared_memory", "semaphore").
   void register_name(std::string_view kind, std::string_view name) { send("REGISTER", kind, name); }
@@ -211,5 +215,12 @@ class resource_tracker {
   int fd_ = -1;
   pid_t pid_ = -1;
 };
+
+// Created while the program starts (not on first use, which may be on a thread while
+// another one forks), with its child handler in the library's fork table.
+inline const int tracker_fork_hook_registered = [] {
+  (void)resource_tracker::instance();
+  return set_fork_hook(fork_hook_slot::tracker, {.child = &resource_tracker::after_fork_child});
+}();
 
 }  // namespace mproc::detail

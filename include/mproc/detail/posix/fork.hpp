@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_hooks.hpp"
 #include "posix.hpp"
 
 namespace mproc::detail {

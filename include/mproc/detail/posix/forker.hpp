@@ -111,7 +111,7 @@ inline void forker_after_fork_child() noexcept {
 
 inline const int forker_atfork_registered = [] {
   forker_state();
-  return ::pthread_atfork(nullptr, nullptr, &forker_after_fork_child);
+  return set_fork_hook(fork_hook_slot::forker, {.child = &forker_after_fork_child});
 }();
 
 /// Like fork_child, but the child's death signal is tied to a thread that lives as

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fork_hooks.hpp"
 #include "posix.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -51,12 +52,14 @@ inline pid_t& cached_tid_slot() noexcept {
   return tid;
 }
 inline void forget_cached_tid() noexcept { cached_tid_slot() = 0; }
+// Registered at start-up: a handler registered on first use (through a local static)
+// could be mid-registration when another thread forks, leaving the child stuck on the
+// static's guard.
+inline const int cached_tid_fork_hook =
+    set_fork_hook(fork_hook_slot::thread_id, {.child = &forget_cached_tid});
 inline pid_t current_tid() noexcept {
   pid_t& t = cached_tid_slot();
-  if (t == 0) {
-    [[maybe_unused]] static const int registered = ::pthread_atfork(nullptr, nullptr, &forget_cached_tid);
-    t = static_cast<pid_t>(::gettid());
-  }
+  if (t == 0) t = static_cast<pid_t>(::gettid());
   return t;
 }
 
