@@ -3,6 +3,8 @@
 //   pool_map   Pool(2).map(identity, n ints), default chunksize, n = 10^3 .. 10^7
 //              (Python up to 10^6 with --quick, where each of its runs already takes
 //              a noticeable part of the quick budget)
+//   pool_async n apply_async(identity, i) outstanding at once, then get() on each,
+//              n = 10^3 .. 10^6 (Python up to 10^5 with --quick)
 //   queue_msg  messages of 8 B .. 64 MiB through a Queue, one producer process, one
 //              consumer; raw = a bare shared-memory SPSC ring
 //   pipe_msg   the same sizes through a Pipe (send_bytes, then recv_bytes, and
@@ -61,6 +63,19 @@ double mproc_pool_map(mproc::Pool& pool, std::size_t n) {
   auto out = pool.map(identity, in);
   const double s = secs_since(t);
   if (out.size() != n || out.back() != 1) throw std::runtime_error("pool_map: wrong result");
+  return s;
+}
+
+/// n apply_async calls outstanding at once, then get() on each.
+double mproc_pool_async(mproc::Pool& pool, std::size_t n) {
+  std::vector<mproc::AsyncResult<int>> rs;
+  rs.reserve(n);
+  auto t = clk::now();
+  for (std::size_t i = 0; i < n; ++i) rs.push_back(pool.apply_async(identity, 1));
+  long sum = 0;
+  for (auto& r : rs) sum += r.get();
+  const double s = secs_since(t);
+  if (sum != static_cast<long>(n)) throw std::runtime_error("pool_async: wrong result");
   return s;
 }
 
@@ -221,6 +236,8 @@ int main(int argc, char** argv) {
   mproc::init(argc, argv);
   auto o = bench::parse_args(argc, argv, 3, 2, "[--rounds N] [--quick] [--json] [--no-python]");
   const std::vector<std::size_t> tasks{1'000, 10'000, 100'000, 1'000'000, 10'000'000};
+  const std::vector<std::size_t> outstanding{1'000, 10'000, 100'000, 1'000'000};
+  const std::size_t py_max_outstanding = o.quick ? 100'000 : 1'000'000;
   const std::size_t py_max_tasks = o.quick ? 1'000'000 : 10'000'000;
   const std::vector<std::size_t> sizes = message_sizes();
   const std::size_t volume = o.quick ? (128u << 20) : (512u << 20);
@@ -235,6 +252,9 @@ int main(int argc, char** argv) {
             per_run(n, 2'000'000, [&](std::size_t k) { return mproc_pool_map(pool, k); }));
       s.add(key("pool_map", "raw", double(n)), per_run(n, 2'000'000, raw_threads_map));
     }
+    for (std::size_t n : outstanding)
+      s.add(key("pool_async", "mproc", double(n)),
+            per_run(n, 100'000, [&](std::size_t k) { return mproc_pool_async(pool, k); }));
     for (std::size_t size : sizes) {
       const long count = message_count(size, volume);
       s.add(key("queue_msg", "mproc", double(size)), mproc_queue(size, count));
@@ -244,7 +264,8 @@ int main(int argc, char** argv) {
       s.add(key("pipe_msg", "raw", double(size)), raw_socketpair(size, count));
     }
     if (o.python) {
-      std::string args = std::to_string(py_max_tasks) + " " + std::to_string(volume);
+      std::string args = std::to_string(py_max_tasks) + " " + std::to_string(volume) + " " +
+                         std::to_string(py_max_outstanding);
       for (auto& [k, v] : bench::run_python("bench_scaling.py", args)) s.add(k, v);
     }
   }
@@ -258,10 +279,12 @@ int main(int argc, char** argv) {
     auto& c = curves[std::string(series) + "/" + impl];
     c.x.push_back(x);
     // A map of x tasks is one run; a message of x bytes is one of `items` in the run.
-    c.time.push_back(std::string(series) == "pool_map" ? sec : sec / items);
+    c.time.push_back(std::string(series).rfind("pool_", 0) == 0 ? sec : sec / items);
   };
   for (const char* impl : {"mproc", "raw", "python"})
     for (std::size_t n : tasks) collect("pool_map", impl, double(n), double(n));
+  for (const char* impl : {"mproc", "python"})
+    for (std::size_t n : outstanding) collect("pool_async", impl, double(n), double(n));
   for (const char* series : {"queue_msg", "pipe_msg"})
     for (const char* impl : {"mproc", "raw", "python", "mproc_into", "python_into"})
       for (std::size_t size : sizes) collect(series, impl, double(size), double(message_count(size, volume)));
@@ -279,10 +302,14 @@ int main(int argc, char** argv) {
     const char* params;
     const char* raw_label;
     double from;
+    const char* issue = "7";
   };
   const char* sizes_text = "messages of 4 KiB..64 MiB (x8 steps; 16 -> 64 MiB x4)";
   for (check c : {check{"pool_map", "", "Pool.map", "identity on 10^4..10^7 ints, default chunksize, Pool(2)",
                         "2 std::threads", 1e4},
+                  check{"pool_async", "", "Pool.apply_async outstanding",
+                        "10^3..10^6 apply_async(identity) outstanding, then get() on each, Pool(2)",
+                        "", 1e3, "13"},
                   check{"queue_msg", "", "Queue", sizes_text, "bare shared-memory SPSC ring", 4096},
                   check{"pipe_msg", "", "Pipe recv_bytes", sizes_text, "bare socketpair", 4096},
                   check{"pipe_msg", "_into", "Pipe recv_bytes_into (reused buffer)", sizes_text, "bare socketpair",
@@ -294,7 +321,9 @@ int main(int argc, char** argv) {
     // Not speed ratios: the ratio columns would mislead, so the other sides go in the
     // parameters instead.
     auto others = [&](double p, double r) {
-      return std::string(c.params) + "; Python " + bench::fmt(p) + ", " + c.raw_label + " " + bench::fmt(r);
+      std::string t = std::string(c.params) + "; Python " + bench::fmt(p);
+      if (!std::isnan(r)) t += std::string(", ") + c.raw_label + " " + bench::fmt(r);
+      return t;
     };
     rep.add({.metric = std::string(c.name) + " time vs work, log-log slope",
              .params = others(py.slope, raw.slope),
@@ -303,7 +332,7 @@ int main(int argc, char** argv) {
              .mproc = m.slope,
              .target = "0.8 .. 1.2 (linear)",
              .met = bench::judged(m.slope >= 0.8 && m.slope <= 1.2, {m.slope}),
-             .issue = "7"});
+             .issue = c.issue});
     rep.add({.metric = std::string(c.name) + " steepest step, growth exponent between neighbouring sizes",
              .params = others(py.steepest, raw.steepest),
              .unit = "",
@@ -311,7 +340,7 @@ int main(int argc, char** argv) {
              .mproc = m.steepest,
              .target = "<= 1.75 (no cliff)",
              .met = bench::judged(m.steepest <= 1.75, {m.steepest}),
-             .issue = "7"});
+             .issue = c.issue});
   }
   rep.print(o, o.rounds);
 }

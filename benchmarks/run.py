@@ -41,6 +41,7 @@ FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_m
 PEER_MODULES = "import joblib.externals.loky, pebble"
 SERIES_TITLES = {
     "pool_map": "Pool.map(identity): time for n tasks",
+    "pool_async": "Pool.apply_async: time for n outstanding results",
     "queue_msg": "Queue: time per message of n bytes",
     "pipe_msg": "Pipe: time per message of n bytes",
 }
@@ -382,8 +383,8 @@ def growth_tables(points):
         xs = sorted({p["x"] for p in pts})
         impls = [i for i in IMPL_NAMES if any(p["impl"] == i for p in pts)]
         by = {(p["impl"], p["x"]): p for p in pts}
-        per = "task" if series == "pool_map" else "message"
-        unit_x = "tasks" if series == "pool_map" else "bytes"
+        per = "task" if series.startswith("pool_") else "message"
+        unit_x = "tasks" if series.startswith("pool_") else "bytes"
         out.append(f"**{title}** (time per {per}; medians)\n")
         out.append(f"| {unit_x} | " + " | ".join(IMPL_NAMES[i] for i in impls) + " | mproc/Python |")
         out.append("|---" * (len(impls) + 2) + "|")
@@ -392,7 +393,7 @@ def growth_tables(points):
                 p = by.get((impl, x))
                 return None if p is None else p["seconds"] / p["items"]
             m, py = per_item("mproc"), per_item("python")
-            label = num(x) if series == "pool_map" else size_text(x)
+            label = num(x) if series.startswith("pool_") else size_text(x)
             out.append(f"| {label} | " + " | ".join(dur(per_item(i)) for i in impls) +
                        f" | {ratio(py / m) if m and py else '-'} |")
         out.append("")
@@ -489,7 +490,7 @@ def svg_chart(rows, points, title):
         py0 = gy
         pts = [p for p in points if p["series"] == s]
         def t_of(p):
-            return p["seconds"] if s == "pool_map" else p["seconds"] / p["items"]
+            return p["seconds"] if s.startswith("pool_") else p["seconds"] / p["items"]
         xs = [p["x"] for p in pts]
         ts = [t_of(p) for p in pts if t_of(p) > 0]
         if not ts:
@@ -525,7 +526,7 @@ def svg_chart(rows, points, title):
                 growth.append(f'<circle cx="{X(x):.1f}" cy="{Y(t):.1f}" r="2.5" fill="{COLORS[impl]}">'
                               f'<title>{impl}: {num(x)} -> {dur(t)}</title></circle>')
         growth.append(f'<text x="{px + (panel_w - pad) / 2:.1f}" y="{py0 + panel_h + 26}" text-anchor="middle" '
-                      f'class="val">{"tasks" if s == "pool_map" else "message bytes"}</text>')
+                      f'class="val">{"tasks" if s.startswith("pool_") else "message bytes"}</text>')
     total_h = gy + (panel_h + 60 if series else 0)
     if series:
         ly = total_h - 14

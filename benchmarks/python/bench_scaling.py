@@ -78,6 +78,7 @@ def time_pipe(size, count, into=False):
 def main():
     max_tasks = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
     volume = int(sys.argv[2]) if len(sys.argv) > 2 else 256 << 20
+    max_outstanding = int(sys.argv[3]) if len(sys.argv) > 3 else 1_000_000
     mp.set_start_method("fork")
     with mp.Pool(2) as pool:
         pool.map(identity, range(1000))  # warm
@@ -92,6 +93,18 @@ def main():
             if len(out) != n:
                 raise SystemExit("pool_map: wrong result")
             print(f"pool_map/python/{n} {dt}", flush=True)
+            n *= 10
+        n = 1000
+        while n <= max_outstanding:
+            reps = max(1, 100_000 // n)
+            t = time.perf_counter()
+            for _ in range(reps):
+                rs = [pool.apply_async(identity, (1,)) for _ in range(n)]
+                total = sum(r.get() for r in rs)
+            dt = (time.perf_counter() - t) / reps
+            if total != n:
+                raise SystemExit("pool_async: wrong result")
+            print(f"pool_async/python/{n} {dt}", flush=True)
             n *= 10
     for size in message_sizes():
         count = message_count(size, volume)
