@@ -79,12 +79,16 @@ class buffer_too_short : public error {
       : error("mproc: Connection::recv_bytes_into: a message of " +
               std::to_string(message.size()) + " bytes does not fit a buffer of " +
               std::to_string(capacity) + " bytes; it is in buffer_too_short::message()"),
-        message_(std::move(message)) {}
+        message_(std::move(message)),
+        capacity_(capacity) {}
   [[nodiscard]] const std::vector<std::byte>& message() const noexcept { return message_; }
   [[nodiscard]] std::vector<std::byte> take_message() noexcept { return std::move(message_); }
+  /// The size of the buffer that was too short.
+  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
 
  private:
   std::vector<std::byte> message_;
+  std::size_t capacity_;
 };
 
 /// Misuse of an object's lifecycle (start twice, join before start, use after close).
@@ -95,5 +99,29 @@ struct state_error : error {
 /// An invalid argument (Python's ValueError): out of range, negative, zero where it
 /// cannot be.
 struct value_error : error { using error::error; };
+
+/// Misuse of a lock or semaphore: releasing a lock the thread does not hold,
+/// re-acquiring a non-recursive Lock, releasing a BoundedSemaphore too many times,
+/// waiting on or notifying a Condition without holding its lock.
+struct lock_error : error {
+  using error::error;
+};
+
+/// A Barrier was aborted, reset while parties were waiting, or timed out.
+struct broken_barrier_error : error {
+  using error::error;
+};
+
+/// A Manager's server is gone, its shared memory is full, or an object was used in a
+/// way its kind does not allow.
+struct manager_error : error {
+  using error::error;
+};
+
+/// AsyncResult::get() of a task cancelled before it started (concurrent.futures'
+/// CancelledError).
+struct cancelled_error : error {
+  using error::error;
+};
 
 }  // namespace mproc

@@ -51,18 +51,6 @@
 
 namespace mproc {
 
-/// Misuse of a lock or semaphore: releasing a lock the thread does not hold,
-/// re-acquiring a non-recursive Lock, releasing a BoundedSemaphore too many times,
-/// waiting on or notifying a Condition without holding its lock.
-struct lock_error : error {
-  using error::error;
-};
-
-/// A Barrier was aborted, reset while parties were waiting, or timed out.
-struct broken_barrier_error : error {
-  using error::error;
-};
-
 namespace detail {
 
 /// Shared state of a Lock or RLock. Kept within one cache line.

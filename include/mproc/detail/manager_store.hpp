@@ -59,16 +59,6 @@
 #include "posix/robust_mutex.hpp"
 #include "posix/shm_region.hpp"
 
-namespace mproc {
-
-/// A Manager's server is gone, its shared memory is full, or an object was used in a
-/// way its kind does not allow.
-struct manager_error : error {
-  using error::error;
-};
-
-}  // namespace mproc
-
 namespace mproc::detail::mgr {
 
 namespace bip = boost::interprocess;

@@ -1,29 +1,47 @@
 // Carrying an exception from the process that threw it to the one that waits for the
 // result. The thrower captures the in-flight exception as plain data (a kind, the
-// demangled dynamic type, the message); the waiter rebuilds it.
+// demangled dynamic type, the message, and the fields its type carries); the waiter
+// rebuilds it.
 //
 // What comes back:
-//  - an object whose dynamic type is exactly one of the <stdexcept> types, std::bad_alloc
-//    or one of the mproc errors listed in exception_kind: the same type, same what();
-//  - a remote_error thrown remotely (a nested pool's task failed): a remote_error with
-//    the original type_name() and what(), and the pid of the process that rethrew it;
-//  - anything else, including user classes derived from the standard types: a
-//    mproc::remote_error(type_name, what, pid). Rebuilding a user type as its nearest
-//    standard base would silently slice it (a catch for the user type would never
-//    match); remote_error keeps the real type name so the error stays diagnosable.
+//  - an object whose dynamic type is exactly one of the <stdexcept> types, std::bad_alloc,
+//    std::system_error (generic, system, iostream or future category) or one of the
+//    mproc errors listed in exception_kind: the same type, same what(), same fields
+//    (system_error's code, worker_died's pid/exitcode/signal, ...);
+//  - an object whose dynamic type the *waiting* process registered with
+//    MPROC_REGISTER_EXCEPTION: that type, rebuilt from what(). The lookup is by type
+//    name on the waiting side only, so it works whatever the thrower's start method
+//    and however far its static initialisation got;
+//  - a remote_error thrown remotely (a nested pool's task failed): handled as the
+//    original type it names (registered: that type; otherwise a remote_error with the
+//    same type_name(), what() and pid());
+//  - anything else, including unregistered user classes derived from the standard
+//    types: a mproc::remote_error(type_name, what, pid). Rebuilding a user type as its
+//    nearest standard base would silently slice it (a catch for the user type would
+//    never match); remote_error keeps the real type name so the error stays diagnosable.
 //  - non-std::exception objects (`throw 42`, `throw "text"`) are described: the value
 //    of arithmetic and string objects, otherwise the type alone.
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <future>
+#include <ios>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <tuple>
+#include <typeindex>
 #include <typeinfo>
+#include <vector>
 
 #include <cxxabi.h>
 #include <sys/types.h>
@@ -35,7 +53,7 @@ namespace mproc::detail {
 
 /// Which type to_exception_ptr() rebuilds. The numbers are part of the wire format.
 enum class exception_kind : std::uint8_t {
-  remote = 0,  // anything else: rebuilt as mproc::remote_error
+  remote = 0,  // anything else: a registered type by name, or mproc::remote_error
   logic_error = 1,
   domain_error = 2,
   invalid_argument = 3,
@@ -56,52 +74,251 @@ enum class exception_kind : std::uint8_t {
   start_method_error = 18,
   authentication_error = 19,
   state_error = 20,
+  system_error = 21,  // fields: code value, category
+  worker_died = 22,   // fields: pid, exitcode, signal
+  lock_error = 23,
+  broken_barrier_error = 24,
+  manager_error = 25,
+  cancelled_error = 26,
+  buffer_too_short = 27,  // fields: message, capacity
 };
+inline constexpr int exception_kind_count = 28;
 
 struct encoded_exception {
   std::uint8_t kind = static_cast<std::uint8_t>(exception_kind::remote);
   std::string type_name;  // demangled dynamic type of the thrown object
   std::string what;       // what(), or a description for non-std::exception objects
+  std::vector<std::byte> fields;  // what the kind carries beyond what() (see exception_kind)
 
-  auto mproc_fields() { return std::tie(kind, type_name, what); }
+  auto mproc_fields() { return std::tie(kind, type_name, what, fields); }
 };
 
 /// Readable demangled name for a type_info (the mangled name when demangling fails).
 inline std::string demangle(const std::type_info& ti) { return demangled_name(ti); }
 
+// ------------------------------------------------------------ the program's own types
+
+/// A type registered with MPROC_REGISTER_EXCEPTION, found by its demangled name.
+struct registered_exception {
+  std::type_index type;
+  std::exception_ptr (*rebuild)(const std::string& what);
+  bool ambiguous = false;  // two registered types print the same name: neither is rebuilt
+};
+
+inline std::mutex& exception_registry_mutex() {
+  static std::mutex* m = new std::mutex;  // leaked: lookups may run during exit
+  return *m;
+}
+inline std::map<std::string, registered_exception, std::less<>>& exception_registry() {
+  static auto* r = new std::map<std::string, registered_exception, std::less<>>;
+  return *r;
+}
+
+template <class T>
+std::exception_ptr rebuild_registered(const std::string& what) {
+  if constexpr (std::constructible_from<T, const std::string&>)
+    return std::make_exception_ptr(T(what));
+  else if constexpr (std::constructible_from<T, const char*>)
+    return std::make_exception_ptr(T(what.c_str()));
+  else
+    return std::make_exception_ptr(T{});
+}
+
+/// register_exception under a given name (two types printing the same name, as from
+/// anonymous namespaces in two files, make that name ambiguous).
+template <class T>
+bool register_exception_as(const std::string& name) {
+  std::lock_guard l(exception_registry_mutex());
+  auto& reg = exception_registry();
+  auto it = reg.find(name);
+  if (it == reg.end())
+    reg.emplace(name, registered_exception{std::type_index(typeid(T)), &rebuild_registered<T>});
+  else if (it->second.type != std::type_index(typeid(T)))
+    it->second.ambiguous = true;
+  return true;
+}
+
+template <class T>
+bool register_exception() {
+  static_assert(std::is_class_v<T> && std::is_base_of_v<std::exception, T>,
+                "MPROC_REGISTER_EXCEPTION: the type must derive from std::exception");
+  static_assert(std::constructible_from<T, const std::string&> ||
+                    std::constructible_from<T, const char*> || std::default_initializable<T>,
+                "MPROC_REGISTER_EXCEPTION: the type is rebuilt from its what(): it needs a "
+                "constructor taking a std::string or a const char*, or a default constructor");
+  static_assert(std::copy_constructible<T>,
+                "MPROC_REGISTER_EXCEPTION: an exception type must be copy constructible");
+  return register_exception_as<T>(demangle(typeid(T)));
+}
+
+/// The rebuild function of a registered type (null: not registered, or ambiguous).
+inline auto find_registered(std::string_view name) -> std::exception_ptr (*)(const std::string&) {
+  std::lock_guard l(exception_registry_mutex());
+  auto& reg = exception_registry();
+  auto it = reg.find(name);
+  if (it == reg.end() || it->second.ambiguous) return nullptr;
+  return it->second.rebuild;
+}
+
 namespace remote_exception_impl {
 
-// Exact dynamic type -> kind. Only exact matches count (see the header comment).
+// system_error's what() is its argument, ": ", then the code's message; rebuilt from
+// the code alone when the message is the same here, and carried verbatim otherwise.
+struct system_error_as_sent : std::system_error {
+  system_error_as_sent(std::error_code ec, std::string what)
+      : std::system_error(ec), what_(std::move(what)) {}
+  [[nodiscard]] const char* what() const noexcept override { return what_.c_str(); }
+  std::string what_;
+};
+
+inline std::exception_ptr make_system_error(std::error_code ec, const std::string& what) {
+  const std::string msg = ec.message();
+  std::optional<std::system_error> e;
+  if (what == msg)
+    e.emplace(ec);
+  else if (what.size() >= msg.size() + 2 && what.ends_with(msg) &&
+           what.compare(what.size() - msg.size() - 2, 2, ": ") == 0)
+    e.emplace(ec, what.substr(0, what.size() - msg.size() - 2));
+  if (e && what == e->what()) return std::make_exception_ptr(*e);
+  return std::make_exception_ptr(system_error_as_sent(ec, what));
+}
+
+enum class category_id : std::uint8_t { generic = 0, system = 1, iostream = 2, future = 3 };
+
+inline std::optional<category_id> id_of(const std::error_category& c) noexcept {
+  if (c == std::generic_category()) return category_id::generic;
+  if (c == std::system_category()) return category_id::system;
+  if (c == std::iostream_category()) return category_id::iostream;
+  if (c == std::future_category()) return category_id::future;
+  return std::nullopt;
+}
+inline const std::error_category& category_of(std::uint8_t id) {
+  switch (static_cast<category_id>(id)) {
+    case category_id::generic: return std::generic_category();
+    case category_id::system: return std::system_category();
+    case category_id::iostream: return std::iostream_category();
+    case category_id::future: return std::future_category();
+  }
+  throw serialization_error("corrupt exception: unknown error category " + std::to_string(id));
+}
+
+template <class T>
+void put_fields(std::vector<std::byte>& out, const T& v) {
+  vector_writer w{&out};
+  encode(w, v);
+}
+template <class T>
+T get_fields(reader& r) {
+  T v{};
+  decode(r, v);
+  return v;
+}
+
+/// One type the library carries with its type: how to find it, what fields it takes
+/// along (false: it cannot be carried after all, send it as a remote type) and how to
+/// rebuild it.
+struct carried_type {
+  exception_kind kind;
+  const std::type_info* type;
+  bool (*capture)(const std::exception& e, std::vector<std::byte>& fields);  // null: none
+  std::exception_ptr (*rebuild)(const std::string& what, reader& fields);
+};
+
+template <class E>
+std::exception_ptr rebuild_plain(const std::string& what, reader&) {
+  if constexpr (std::is_same_v<E, std::bad_alloc>)
+    return std::make_exception_ptr(std::bad_alloc());
+  else
+    return std::make_exception_ptr(E(what));
+}
+
+inline bool capture_system_error(const std::exception& e, std::vector<std::byte>& out) {
+  const auto& se = dynamic_cast<const std::system_error&>(e);
+  const auto id = id_of(se.code().category());
+  if (!id) return false;  // a category of the program's own: not rebuildable here
+  put_fields(out, std::tuple<std::int32_t, std::uint8_t>(se.code().value(), std::uint8_t(*id)));
+  return true;
+}
+inline std::exception_ptr rebuild_system_error(const std::string& what, reader& r) {
+  auto [value, cat] = get_fields<std::tuple<std::int32_t, std::uint8_t>>(r);
+  return make_system_error(std::error_code(value, category_of(cat)), what);
+}
+
+inline bool capture_worker_died(const std::exception& e, std::vector<std::byte>& out) {
+  const auto& d = dynamic_cast<const mproc::worker_died&>(e);
+  put_fields(out, std::tuple<std::int32_t, std::int32_t, std::int32_t>(d.pid(), d.exitcode(),
+                                                                       d.signal()));
+  return true;
+}
+inline std::exception_ptr rebuild_worker_died(const std::string& what, reader& r) {
+  auto [pid, code, sig] = get_fields<std::tuple<std::int32_t, std::int32_t, std::int32_t>>(r);
+  return std::make_exception_ptr(mproc::worker_died(what, pid, code, sig));
+}
+
+inline bool capture_buffer_too_short(const std::exception& e, std::vector<std::byte>& out) {
+  const auto& b = dynamic_cast<const mproc::buffer_too_short&>(e);
+  put_fields(out, b.message());
+  put_fields(out, std::uint64_t(b.capacity()));
+  return true;
+}
+inline std::exception_ptr rebuild_buffer_too_short(const std::string&, reader& r) {
+  auto msg = get_fields<std::vector<std::byte>>(r);
+  auto cap = get_fields<std::uint64_t>(r);
+  return std::make_exception_ptr(mproc::buffer_too_short(std::move(msg), std::size_t(cap)));
+}
+
+template <class E, exception_kind K>
+constexpr carried_type plain() {
+  return {K, &typeid(E), nullptr, &rebuild_plain<E>};
+}
+
+/// Every type carried with its type. Only exact dynamic types match (see the header).
+inline std::span<const carried_type> carried_types() {
+  using K = exception_kind;
+  static const carried_type table[] = {
+      plain<std::logic_error, K::logic_error>(),
+      plain<std::domain_error, K::domain_error>(),
+      plain<std::invalid_argument, K::invalid_argument>(),
+      plain<std::length_error, K::length_error>(),
+      plain<std::out_of_range, K::out_of_range>(),
+      plain<std::runtime_error, K::runtime_error>(),
+      plain<std::range_error, K::range_error>(),
+      plain<std::overflow_error, K::overflow_error>(),
+      plain<std::underflow_error, K::underflow_error>(),
+      plain<std::bad_alloc, K::bad_alloc>(),
+      plain<mproc::error, K::mproc_error>(),
+      plain<mproc::timeout_error, K::timeout_error>(),
+      plain<mproc::serialization_error, K::serialization_error>(),
+      plain<mproc::queue_empty, K::queue_empty>(),
+      plain<mproc::queue_full, K::queue_full>(),
+      plain<mproc::eof_error, K::eof_error>(),
+      plain<mproc::pool_not_running, K::pool_not_running>(),
+      plain<mproc::start_method_error, K::start_method_error>(),
+      plain<mproc::authentication_error, K::authentication_error>(),
+      plain<mproc::state_error, K::state_error>(),
+      {K::system_error, &typeid(std::system_error), &capture_system_error, &rebuild_system_error},
+      {K::system_error, &typeid(system_error_as_sent), &capture_system_error, &rebuild_system_error},
+      {K::worker_died, &typeid(mproc::worker_died), &capture_worker_died, &rebuild_worker_died},
+      plain<mproc::lock_error, K::lock_error>(),
+      plain<mproc::broken_barrier_error, K::broken_barrier_error>(),
+      plain<mproc::manager_error, K::manager_error>(),
+      plain<mproc::cancelled_error, K::cancelled_error>(),
+      {K::buffer_too_short, &typeid(mproc::buffer_too_short), &capture_buffer_too_short,
+       &rebuild_buffer_too_short},
+  };
+  return table;
+}
+
+inline const carried_type* find_carried(const std::type_info& ti) noexcept {
+  for (const auto& e : carried_types())
+    if (*e.type == ti) return &e;
+  return nullptr;
+}
+
+// Exact dynamic type -> kind (remote when the type is not carried).
 inline exception_kind kind_of(const std::type_info& ti) noexcept {
-  struct entry {
-    const std::type_info* type;
-    exception_kind kind;
-  };
-  static const entry table[] = {
-      {&typeid(std::logic_error), exception_kind::logic_error},
-      {&typeid(std::domain_error), exception_kind::domain_error},
-      {&typeid(std::invalid_argument), exception_kind::invalid_argument},
-      {&typeid(std::length_error), exception_kind::length_error},
-      {&typeid(std::out_of_range), exception_kind::out_of_range},
-      {&typeid(std::runtime_error), exception_kind::runtime_error},
-      {&typeid(std::range_error), exception_kind::range_error},
-      {&typeid(std::overflow_error), exception_kind::overflow_error},
-      {&typeid(std::underflow_error), exception_kind::underflow_error},
-      {&typeid(std::bad_alloc), exception_kind::bad_alloc},
-      {&typeid(mproc::error), exception_kind::mproc_error},
-      {&typeid(mproc::timeout_error), exception_kind::timeout_error},
-      {&typeid(mproc::serialization_error), exception_kind::serialization_error},
-      {&typeid(mproc::queue_empty), exception_kind::queue_empty},
-      {&typeid(mproc::queue_full), exception_kind::queue_full},
-      {&typeid(mproc::eof_error), exception_kind::eof_error},
-      {&typeid(mproc::pool_not_running), exception_kind::pool_not_running},
-      {&typeid(mproc::start_method_error), exception_kind::start_method_error},
-      {&typeid(mproc::authentication_error), exception_kind::authentication_error},
-      {&typeid(mproc::state_error), exception_kind::state_error},
-  };
-  for (const auto& e : table)
-    if (*e.type == ti) return e.kind;
-  return exception_kind::remote;
+  const carried_type* c = find_carried(ti);
+  return c ? c->kind : exception_kind::remote;
 }
 
 // Must be called from inside a catch handler: inspects the exception being handled.
@@ -112,13 +329,19 @@ inline encoded_exception describe_current() {
   try {
     throw;
   } catch (const mproc::remote_error& e) {
-    // Forwarded from a further process: keep the original type, not "remote_error".
+    // Forwarded from a further process: keep the original type and thrower, not
+    // "remote_error" and the forwarding process.
     out.kind = static_cast<std::uint8_t>(exception_kind::remote);
     out.type_name = e.type_name();
     out.what = e.what();
+    put_fields(out.fields, std::int32_t(e.pid()));
   } catch (const std::exception& e) {
-    out.kind = static_cast<std::uint8_t>(ti ? kind_of(*ti) : exception_kind::remote);
     out.what = e.what();
+    const carried_type* c = ti ? find_carried(*ti) : nullptr;
+    if (c && (!c->capture || c->capture(e, out.fields)))
+      out.kind = static_cast<std::uint8_t>(c->kind);
+    else
+      out.fields.clear();
   } catch (const std::string& s) {
     out.what = s;
   } catch (const char* s) {
@@ -178,39 +401,30 @@ inline encoded_exception capture_exception(std::exception_ptr e) noexcept {
 }
 
 /// Rebuilds the exception captured in another process (remote_pid) as an exception_ptr.
+/// Corrupt fields raise serialization_error.
 inline std::exception_ptr to_exception_ptr(const encoded_exception& e, pid_t remote_pid) {
-  const std::string& w = e.what;
-  switch (static_cast<exception_kind>(e.kind)) {
-    case exception_kind::logic_error: return std::make_exception_ptr(std::logic_error(w));
-    case exception_kind::domain_error: return std::make_exception_ptr(std::domain_error(w));
-    case exception_kind::invalid_argument:
-      return std::make_exception_ptr(std::invalid_argument(w));
-    case exception_kind::length_error: return std::make_exception_ptr(std::length_error(w));
-    case exception_kind::out_of_range: return std::make_exception_ptr(std::out_of_range(w));
-    case exception_kind::runtime_error: return std::make_exception_ptr(std::runtime_error(w));
-    case exception_kind::range_error: return std::make_exception_ptr(std::range_error(w));
-    case exception_kind::overflow_error: return std::make_exception_ptr(std::overflow_error(w));
-    case exception_kind::underflow_error:
-      return std::make_exception_ptr(std::underflow_error(w));
-    case exception_kind::bad_alloc: return std::make_exception_ptr(std::bad_alloc());
-    case exception_kind::mproc_error: return std::make_exception_ptr(mproc::error(w));
-    case exception_kind::timeout_error: return std::make_exception_ptr(mproc::timeout_error(w));
-    case exception_kind::serialization_error:
-      return std::make_exception_ptr(mproc::serialization_error(w));
-    case exception_kind::queue_empty: return std::make_exception_ptr(mproc::queue_empty(w));
-    case exception_kind::queue_full: return std::make_exception_ptr(mproc::queue_full(w));
-    case exception_kind::eof_error: return std::make_exception_ptr(mproc::eof_error(w));
-    case exception_kind::pool_not_running:
-      return std::make_exception_ptr(mproc::pool_not_running(w));
-    case exception_kind::start_method_error:
-      return std::make_exception_ptr(mproc::start_method_error(w));
-    case exception_kind::authentication_error:
-      return std::make_exception_ptr(mproc::authentication_error(w));
-    case exception_kind::state_error: return std::make_exception_ptr(mproc::state_error(w));
-    case exception_kind::remote: break;
+  using namespace remote_exception_impl;
+  reader fields{e.fields.data(), e.fields.data() + e.fields.size()};
+  auto done_with_fields = [&] {
+    if (fields.remaining())
+      throw serialization_error("corrupt exception: " + std::to_string(fields.remaining()) +
+                                " unexpected bytes after the fields of " + e.type_name);
+  };
+  if (e.kind != static_cast<std::uint8_t>(exception_kind::remote)) {
+    for (const auto& c : carried_types())
+      if (static_cast<std::uint8_t>(c.kind) == e.kind) {
+        auto p = c.rebuild(e.what, fields);
+        done_with_fields();
+        return p;
+      }
+    // A kind this build does not know (a newer or corrupt sender): kept as remote_error.
+    return std::make_exception_ptr(mproc::remote_error(e.type_name, e.what, remote_pid));
   }
-  // Also reached for a kind this build does not know (a newer or corrupt sender).
-  return std::make_exception_ptr(mproc::remote_error(e.type_name, w, remote_pid));
+  pid_t pid = remote_pid;
+  if (fields.remaining()) pid = get_fields<std::int32_t>(fields);  // a forwarded remote_error
+  done_with_fields();
+  if (auto rebuild = find_registered(e.type_name)) return rebuild(e.what);
+  return std::make_exception_ptr(mproc::remote_error(e.type_name, e.what, pid));
 }
 
 [[noreturn]] inline void rethrow(const encoded_exception& e, pid_t remote_pid) {
@@ -218,3 +432,15 @@ inline std::exception_ptr to_exception_ptr(const encoded_exception& e, pid_t rem
 }
 
 }  // namespace mproc::detail
+
+#define MPROC_DETAIL_CONCAT2(a, b) a##b
+#define MPROC_DETAIL_CONCAT(a, b) MPROC_DETAIL_CONCAT2(a, b)
+
+/// At namespace scope: exceptions of type T (exactly; derive from std::exception)
+/// thrown by a task or a child arrive as T, rebuilt from what(), instead of as
+/// remote_error. The process that *receives* the exception must have registered T;
+/// the thrower need not (any start method, any static initialisation order).
+#define MPROC_REGISTER_EXCEPTION(...)                                                  \
+  [[maybe_unused]] static const bool MPROC_DETAIL_CONCAT(mproc_registered_exception_, \
+                                                         __COUNTER__) =               \
+      ::mproc::detail::register_exception<__VA_ARGS__>()
