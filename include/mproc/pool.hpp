@@ -88,6 +88,10 @@ using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
 struct map_options {
   std::size_t chunksize = 0;  // 0: map sizes chunks by measured cost, at most Python's size; imap uses 1
   progress_fn on_progress{};
+  /// 0: none. map/starmap: the whole call, then timeout_error (items not yet handed
+  /// out are dropped); map_async/starmap_async: how long get() and wait() without a
+  /// timeout of their own wait; imap/imap_unordered: each next result.
+  duration_option timeout{};
 };
 
 /// Python's callback / error_callback for the *_async calls. They run on the pool's
@@ -157,6 +161,11 @@ namespace detail {
 template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
+/// The monotonic time `ns` from now, saturating far in the future.
+inline std::int64_t deadline_after_ns(std::int64_t ns) noexcept {
+  return monotonic_ns() + std::clamp<std::int64_t>(ns, 0, INT64_MAX / 4);
+}
+
 // ------------------------------------------------------------------ results
 
 struct completion_listener {
@@ -224,7 +233,64 @@ struct async_state_base {
   std::exception_ptr error;
   std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> listeners;
   std::function<void(std::exception_ptr)> on_error;  // error_callback
+  std::vector<std::function<void()>> done_callbacks;  // add_done_callback, run once done
   std::weak_ptr<pool_helper> helper;
+
+  // pending -> running when the pool hands the task to a worker (Python's "running":
+  // it is in a worker's queue or executing); pending -> cancelled by cancel().
+  enum : std::uint8_t { pending, running, cancelled };
+  std::atomic<std::uint8_t> phase{pending};
+  std::atomic<bool> abandoned{false};  // nobody will read it: hand out no more items
+  std::int64_t deadline_ns = -1;       // map_options::timeout for get()/wait(); -1: none
+
+  /// Called by the pool before it hands out the task's first item; false: cancelled
+  /// or abandoned, run nothing.
+  bool try_start() noexcept {
+    std::uint8_t p = pending;
+    if (!phase.compare_exchange_strong(p, running, std::memory_order_acq_rel))
+      return p == running && !abandoned.load(std::memory_order_acquire);
+    return !abandoned.load(std::memory_order_acquire);
+  }
+  /// concurrent.futures' cancel(): succeeds only before the task was handed out.
+  bool cancel() {
+    std::uint8_t p = pending;
+    if (!phase.compare_exchange_strong(p, cancelled, std::memory_order_acq_rel))
+      return p == cancelled;
+    finish(std::make_exception_ptr(cancelled_error("AsyncResult: the task was cancelled")));
+    return true;
+  }
+  /// Registers a listener for completion as `index`; false when already done.
+  bool listen(const std::shared_ptr<completion_listener>& l, std::size_t index) {
+    std::lock_guard g(m);
+    if (done) return false;
+    std::erase_if(listeners, [](const auto& e) { return e.first.expired(); });
+    listeners.emplace_back(l, index);
+    return true;
+  }
+  /// Runs fn once done: now (on this thread) if already done.
+  void on_done(std::function<void()> fn) {
+    {
+      std::lock_guard g(m);
+      if (!done) {
+        done_callbacks.push_back(std::move(fn));
+        return;
+      }
+    }
+    run_guarded(fn, "a done callback");
+  }
+  /// A callback's exception is logged, never passed on: callbacks run on the pool's
+  /// service thread (or on a thread waiting for a result), which must go on.
+  template <class Fn>
+  static void run_guarded(Fn&& fn, const char* what) noexcept {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      detail::log(log_level::error, "%s threw %s: %s", what, demangle(typeid(e)).c_str(),
+                  e.what());
+    } catch (...) {
+      detail::log(log_level::error, "%s threw an exception not derived from std::exception", what);
+    }
+  }
 
   void wait() {
     help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, -1);
@@ -245,6 +311,7 @@ struct async_state_base {
   /// Marks the result final; the value (if any) was stored before.
   void finish(std::exception_ptr e) {
     std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> ls;
+    std::vector<std::function<void()>> cbs;
     {
       std::lock_guard l(m);
       if (done) return;
@@ -252,6 +319,7 @@ struct async_state_base {
       done = true;
       done_flag.store(true, std::memory_order_release);
       ls.swap(listeners);
+      cbs.swap(done_callbacks);
     }
     cv.notify_all();
     for (auto& [wl, idx] : ls)
@@ -262,6 +330,7 @@ struct async_state_base {
         }
         lst->cv.notify_all();
       }
+    for (auto& fn : cbs) run_guarded(fn, "a done callback");
   }
 };
 
@@ -280,17 +349,15 @@ class [[nodiscard]] AsyncResult {
   explicit AsyncResult(std::shared_ptr<detail::async_state<R>> s) : s_(std::move(s)) {}
 
   /// Waits for the result and returns it (again on every call); rethrows the task's
-  /// exception.
+  /// exception (cancelled_error after cancel()).
   decltype(auto) get() const& {
-    check();
-    s_->wait();
+    wait_default();
     return take();
   }
   /// On a temporary (`for (auto& x : pool.map_async(f, v).get())`) the result comes
   /// by value: a reference into the temporary's state would dangle.
   auto get() && {
-    check();
-    s_->wait();
+    wait_default();
     return take_value();
   }
   /// As get(), raising timeout_error when not ready within `timeout`; the result
@@ -305,9 +372,13 @@ class [[nodiscard]] AsyncResult {
     wait_or_throw(detail::to_ns(timeout));
     return take_value();
   }
+  /// Waits until ready (or until map_options::timeout has passed, if one was given).
   void wait() const {
     check();
-    s_->wait();
+    if (s_->deadline_ns >= 0)
+      s_->wait_for_ns(s_->deadline_ns - detail::monotonic_ns());
+    else
+      s_->wait();
   }
   /// True when ready.
   template <class Rep, class Period>
@@ -328,11 +399,46 @@ class [[nodiscard]] AsyncResult {
   }
   [[nodiscard]] bool valid() const noexcept { return bool(s_); }
 
+  /// concurrent.futures: true if the task had not been handed to a worker yet (or was
+  /// cancelled already); it then never runs and get() raises cancelled_error. False
+  /// once it runs or is done.
+  bool cancel() {
+    check();
+    return s_->cancel();
+  }
+  [[nodiscard]] bool cancelled() const {
+    check();
+    return s_->phase.load(std::memory_order_acquire) == detail::async_state_base::cancelled;
+  }
+  /// Handed to a worker and not done yet (Python counts a task waiting in a worker's
+  /// queue as running too: it can no longer be cancelled).
+  [[nodiscard]] bool running() const {
+    check();
+    return s_->phase.load(std::memory_order_acquire) == detail::async_state_base::running &&
+           !s_->done_flag.load(std::memory_order_acquire);
+  }
+  /// Completed, failed or cancelled (same as ready()).
+  [[nodiscard]] bool done() const { return ready(); }
+  /// Calls fn(AsyncResult<R>&) once the result is done: at once on this thread if it
+  /// is, otherwise on the thread that completes it (the pool's service thread, or a
+  /// thread waiting for a result). An exception from fn is logged and dropped.
+  template <class F>
+    requires std::invocable<F&, AsyncResult<R>&>
+  void add_done_callback(F fn) {
+    check();
+    std::weak_ptr<detail::async_state<R>> w = s_;  // the state must not own itself
+    s_->on_done([w, fn = std::move(fn)]() mutable {
+      if (auto st = w.lock()) {
+        AsyncResult<R> self(std::move(st));
+        fn(self);
+      }
+    });
+  }
+
   /// get() that moves the value out instead of copying it; the AsyncResult is
   /// consumed (Pool::apply and Pool::map use it).
   auto get_moved() && {
-    check();
-    s_->wait();
+    wait_default();
     if (s_->error) std::rethrow_exception(s_->error);
     auto s = std::move(s_);
     if constexpr (std::is_void_v<R>)
@@ -355,6 +461,15 @@ class [[nodiscard]] AsyncResult {
     if (!s_->wait_for_ns(timeout_ns))
       throw timeout_error("AsyncResult::get: result not ready within the timeout");
   }
+  /// get() without a timeout: map_options::timeout if one was given, else forever.
+  void wait_default() const {
+    check();
+    if (s_->deadline_ns < 0) {
+      s_->wait();
+    } else if (!s_->wait_for_ns(s_->deadline_ns - detail::monotonic_ns())) {
+      throw timeout_error("AsyncResult::get: result not ready within map_options::timeout");
+    }
+  }
   /// The value as a new object: moved out when no other copy shares the state.
   auto take_value() {
     if (s_->error) std::rethrow_exception(s_->error);
@@ -375,24 +490,40 @@ class [[nodiscard]] AsyncResult {
   std::shared_ptr<detail::async_state<R>> s_;
 };
 
-/// Yields the given results as they complete (each as AsyncResult<R>&).
+namespace detail {
+
+/// Indexes of `results` with distinct shared states (the first of copies sharing one),
+/// so that a result listed twice is waited for and yielded once.
+template <class R>
+std::vector<std::size_t> distinct_results(const std::vector<AsyncResult<R>>& results,
+                                          const char* who) {
+  std::vector<std::pair<const void*, std::size_t>> seen;
+  seen.reserve(results.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].valid()) throw state_error(std::string(who) + ": an AsyncResult is empty");
+    seen.emplace_back(results[i].state().get(), i);
+  }
+  std::stable_sort(seen.begin(), seen.end(),
+                   [](const auto& a, const auto& b) { return std::less<>()(a.first, b.first); });
+  std::vector<std::size_t> out;
+  for (std::size_t k = 0; k < seen.size(); ++k)
+    if (k == 0 || seen[k].first != seen[k - 1].first) out.push_back(seen[k].second);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace detail
+
+/// Yields the given results as they complete (each as AsyncResult<R>&), each distinct
+/// result once. With a timeout (measured from construction), advancing past the last
+/// result ready in time raises timeout_error.
 template <class R>
 class as_completed {
  public:
-  explicit as_completed(std::vector<AsyncResult<R>>& results)
-      : results_(results), listener_(std::make_shared<detail::completion_listener>()) {
-    for (std::size_t i = 0; i < results_.size(); ++i) {
-      auto& st = results_[i].state();
-      if (!st) throw state_error("as_completed: an AsyncResult is empty");
-      std::unique_lock l(st->m);
-      if (st->done) {
-        l.unlock();
-        listener_->done.push_back(i);
-      } else {
-        st->listeners.emplace_back(listener_, i);
-      }
-    }
-  }
+  explicit as_completed(std::vector<AsyncResult<R>>& results) : as_completed(results, -1) {}
+  template <class Rep, class Period>
+  as_completed(std::vector<AsyncResult<R>>& results, std::chrono::duration<Rep, Period> timeout)
+      : as_completed(results, detail::deadline_after_ns(detail::to_ns(timeout))) {}
 
   class iterator {
    public:
@@ -411,14 +542,24 @@ class as_completed {
 
    private:
     void advance() {
-      if (o_->yielded_ == o_->results_.size()) {
+      if (o_->yielded_ == o_->total_) {
         o_ = nullptr;
         return;
       }
-      std::unique_lock l(o_->listener_->m);
-      o_->listener_->cv.wait(l, [&] { return !o_->listener_->done.empty(); });
-      cur_ = o_->listener_->done.front();
-      o_->listener_->done.pop_front();
+      auto& lst = *o_->listener_;
+      std::unique_lock l(lst.m);
+      auto ready = [&] { return !lst.done.empty(); };
+      if (o_->deadline_ns_ < 0) {
+        lst.cv.wait(l, ready);
+      } else {
+        const std::int64_t left = std::max<std::int64_t>(0, o_->deadline_ns_ - detail::monotonic_ns());
+        if (!lst.cv.wait_for(l, std::chrono::nanoseconds(left), ready))
+          throw timeout_error("as_completed: " + std::to_string(o_->total_ - o_->yielded_) +
+                              " of " + std::to_string(o_->total_) +
+                              " results not ready within the timeout");
+      }
+      cur_ = lst.done.front();
+      lst.done.pop_front();
       ++o_->yielded_;
     }
     as_completed* o_ = nullptr;
@@ -428,10 +569,114 @@ class as_completed {
   std::default_sentinel_t end() { return {}; }
 
  private:
+  as_completed(std::vector<AsyncResult<R>>& results, std::int64_t deadline_ns)
+      : results_(results),
+        listener_(std::make_shared<detail::completion_listener>()),
+        deadline_ns_(deadline_ns) {
+    const auto distinct = detail::distinct_results(results_, "as_completed");
+    total_ = distinct.size();
+    for (std::size_t i : distinct)
+      if (!results_[i].state()->listen(listener_, i)) {
+        std::lock_guard g(listener_->m);
+        listener_->done.push_back(i);
+      }
+  }
+
   std::vector<AsyncResult<R>>& results_;
   std::shared_ptr<detail::completion_listener> listener_;
+  std::int64_t deadline_ns_;
+  std::size_t total_ = 0;
   std::size_t yielded_ = 0;
 };
+
+/// concurrent.futures' return_when.
+enum class return_when { first_completed, first_exception, all_completed };
+inline constexpr return_when FIRST_COMPLETED = return_when::first_completed;
+inline constexpr return_when FIRST_EXCEPTION = return_when::first_exception;
+inline constexpr return_when ALL_COMPLETED = return_when::all_completed;
+
+/// What mproc::wait returns: pointers into the vector it was given, each distinct
+/// result once, in the vector's order.
+template <class R>
+struct wait_result {
+  std::vector<AsyncResult<R>*> done;
+  std::vector<AsyncResult<R>*> not_done;
+};
+
+namespace detail {
+
+template <class R>
+wait_result<R> wait_for_results(std::vector<AsyncResult<R>>& results, return_when when,
+                                std::int64_t deadline_ns) {
+  const auto distinct = distinct_results(results, "mproc::wait");
+  auto listener = std::make_shared<completion_listener>();
+  // Python's FIRST_EXCEPTION: a task that raised (not one that was cancelled).
+  auto failed = [&](std::size_t i) {
+    auto& st = *results[i].state();
+    std::lock_guard g(st.m);
+    return st.error && st.phase.load() != async_state_base::cancelled;
+  };
+  std::size_t done_count = 0;
+  bool any_failed = false;
+  for (std::size_t i : distinct)
+    if (!results[i].state()->listen(listener, i)) {
+      ++done_count;
+      any_failed = any_failed || failed(i);
+    }
+  auto satisfied = [&] {
+    if (done_count == distinct.size()) return true;
+    if (when == return_when::first_completed) return done_count > 0;
+    if (when == return_when::first_exception) return any_failed;
+    return false;
+  };
+  {
+    std::unique_lock l(listener->m);
+    auto take = [&] {
+      while (!listener->done.empty()) {
+        const std::size_t i = listener->done.front();
+        listener->done.pop_front();
+        ++done_count;
+        l.unlock();  // failed() takes the result's mutex; never hold both
+        any_failed = any_failed || failed(i);
+        l.lock();
+      }
+      return satisfied();
+    };
+    if (deadline_ns < 0) {
+      while (!take()) listener->cv.wait(l);
+    } else {
+      while (!take()) {
+        const std::int64_t left = deadline_ns - monotonic_ns();
+        if (left <= 0) break;
+        listener->cv.wait_for(l, std::chrono::nanoseconds(left));
+      }
+    }
+  }
+  wait_result<R> out;
+  for (std::size_t i : distinct)
+    (results[i].state()->done_flag.load(std::memory_order_acquire) ? out.done : out.not_done)
+        .push_back(&results[i]);
+  return out;
+}
+
+}  // namespace detail
+
+/// concurrent.futures.wait: returns once `when` is met (ALL_COMPLETED: every result is
+/// done; FIRST_COMPLETED: one is; FIRST_EXCEPTION: one raised, or all are done) or the
+/// timeout passes, with the results split into done and not_done.
+template <class R>
+wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when = ALL_COMPLETED) {
+  return detail::wait_for_results(results, when, -1);
+}
+template <class R, class Rep, class Period>
+wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when,
+                    std::chrono::duration<Rep, Period> timeout) {
+  return detail::wait_for_results(results, when, detail::deadline_after_ns(detail::to_ns(timeout)));
+}
+template <class R, class Rep, class Period>
+wait_result<R> wait(std::vector<AsyncResult<R>>& results, std::chrono::duration<Rep, Period> timeout) {
+  return wait(results, ALL_COMPLETED, timeout);
+}
 
 namespace detail {
 
@@ -964,6 +1209,11 @@ class gather_job final : public job_base {
   }
 
   std::uint32_t next_chunk(std::vector<std::byte>& buf, std::vector<std::uint32_t>& offs) override {
+    if (!st_->try_start()) {  // cancelled before it started, or abandoned: run no more
+      input_done = true;
+      known_total = dispatched;
+      return 0;
+    }
     std::uint32_t n = feed_.next_chunk(chunksize, dispatched, id, buf, offs);
     if (feed_.exhausted()) {
       input_done = true;
@@ -1001,6 +1251,9 @@ class gather_job final : public job_base {
     }
   }
   void complete(std::exception_ptr e) override {
+    if (st_->phase.load() == async_state_base::cancelled) return;  // cancel() finished it
+    if (!e && st_->abandoned.load())
+      e = std::make_exception_ptr(timeout_error("Pool::map: not finished within map_options::timeout"));
     if (!e) e = first_error_;
     // A callback that throws makes its exception the result's error; the pool's
     // service thread is not the place for it.
@@ -1035,6 +1288,7 @@ struct imap_state {
   std::uint64_t consumed = 0;    // items handed to the caller
   std::uint64_t total = UINT64_MAX;
   std::exception_ptr fatal;      // the pool went away
+  std::int64_t timeout_ns = 0;   // map_options::timeout for each next result; 0: none
   std::atomic<bool> abandoned{false};
   std::atomic<bool> blocked{false};  // the job waits for the consumer (back-pressure)
   std::weak_ptr<pool_helper> helper;
@@ -1168,16 +1422,24 @@ class imap_range {
         if (s.ordered) return !s.ready.empty() && s.ready.begin()->first == s.next;
         return !s.fifo.empty();
       };
+      const std::int64_t deadline = s.timeout_ns > 0 ? detail::deadline_after_ns(s.timeout_ns) : -1;
       detail::help_while_waiting(
           s.helper,
           [&] {
             std::lock_guard l(s.m);
             return has() || bool(s.fatal);
           },
-          -1);
+          deadline);
       {
         std::unique_lock l(s.m);
-        s.cv.wait(l, [&] { return has() || s.fatal; });
+        if (deadline < 0) {
+          s.cv.wait(l, [&] { return has() || s.fatal; });
+        } else {
+          const std::int64_t left = std::max<std::int64_t>(0, deadline - detail::monotonic_ns());
+          // Nothing is consumed: iterating again waits for the same result.
+          if (!s.cv.wait_for(l, std::chrono::nanoseconds(left), [&] { return has() || s.fatal; }))
+            throw timeout_error("imap: the next result was not ready within map_options::timeout");
+        }
         if (!has()) std::rethrow_exception(s.fatal);
         if (s.consumed >= s.total) {
           r_ = nullptr;
@@ -1204,6 +1466,9 @@ class imap_range {
 
   iterator begin() { return iterator(this); }
   std::default_sentinel_t end() { return {}; }
+
+  /// Internal: the shared state (used by the pools).
+  [[nodiscard]] const std::shared_ptr<detail::imap_state<R>>& state() const noexcept { return s_; }
 
  private:
   std::shared_ptr<detail::imap_state<R>> s_;
@@ -1269,7 +1534,7 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In>
   auto map(F f, In&& inputs, map_options o) {
-    return std::move(map_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+    return finish_map(map_async(f, std::forward<In>(inputs), std::move(o)));
   }
   template <class F, std::ranges::input_range In>
   auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
@@ -1277,13 +1542,15 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In>
   auto starmap(F f, In&& inputs, map_options o) {
-    return std::move(starmap_async(f, std::forward<In>(inputs), std::move(o))).get_moved();
+    return finish_map(starmap_async(f, std::forward<In>(inputs), std::move(o)));
   }
 
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return self().template submit_gather<false>(f, std::forward<In>(inputs), std::move(o),
-                                                std::move(cb));
+    const std::int64_t timeout = o.timeout.ns();
+    return with_deadline(self().template submit_gather<false>(f, std::forward<In>(inputs),
+                                                              std::move(o), std::move(cb)),
+                         timeout);
   }
   template <class F, std::ranges::input_range In>
   auto map_async(F f, In&& inputs, std::size_t chunksize) {
@@ -1291,8 +1558,10 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return self().template submit_gather<true>(f, std::forward<In>(inputs), std::move(o),
-                                               std::move(cb));
+    const std::int64_t timeout = o.timeout.ns();
+    return with_deadline(self().template submit_gather<true>(f, std::forward<In>(inputs),
+                                                             std::move(o), std::move(cb)),
+                         timeout);
   }
   template <class F, std::ranges::input_range In>
   auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
@@ -1307,7 +1576,10 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, map_options o) {
-    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+    const std::int64_t timeout = o.timeout.ns();
+    auto r = self().submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+    r.state()->timeout_ns = timeout;
+    return r;
   }
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
@@ -1316,7 +1588,10 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, map_options o) {
-    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+    const std::int64_t timeout = o.timeout.ns();
+    auto r = self().submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+    r.state()->timeout_ns = timeout;
+    return r;
   }
 
   template <class F, class... A>
@@ -1337,6 +1612,27 @@ class pool_interface {
 
  private:
   Derived& self() noexcept { return static_cast<Derived&>(*this); }
+
+  template <class R>
+  static AsyncResult<R> with_deadline(AsyncResult<R> r, std::int64_t timeout_ns) {
+    if (timeout_ns > 0) r.state()->deadline_ns = deadline_after_ns(timeout_ns);
+    return r;
+  }
+  /// map/starmap: the result, or timeout_error once map_options::timeout has passed;
+  /// then nothing more of the map is handed out (items running finish unread).
+  template <class R>
+  static R finish_map(AsyncResult<R> r) {
+    try {
+      return std::move(r).get_moved();
+    } catch (const timeout_error&) {
+      if (r.valid() && !r.ready()) {
+        r.state()->abandoned.store(true);
+        pool_helper::wake_pool(r.state()->helper);
+        throw;
+      }
+      throw;
+    }
+  }
 };
 
 }  // namespace detail
