@@ -17,6 +17,7 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,11 @@
 
 using namespace std::chrono_literals;
 using boost::multiprecision::cpp_int;
+
+struct registered_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+MPROC_REGISTER_EXCEPTION(registered_error);
 
 namespace {
 
@@ -101,6 +107,9 @@ struct multiplier {
     ar & k;
   }
 };
+
+int throw_registered(int n) { throw registered_error("registered " + std::to_string(n)); }
+int throw_system_error(int) { throw std::system_error(std::make_error_code(std::errc::io_error), "io"); }
 
 std::vector<int> iota_vec(int n) {
   std::vector<int> v(static_cast<std::size_t>(n));
@@ -349,6 +358,40 @@ TEST_CASE("large payloads cross intact") {
   for (std::size_t i = 0; i < big.size(); ++i) {
     REQUIRE(out[i].size() == big[i].size() + 1);
     REQUIRE(out[i].substr(0, big[i].size()) == big[i]);
+  }
+}
+
+TEST_CASE("wait, cancel, done callbacks and map timeout work as with mproc::Pool") {
+  mproc::mpi::Pool pool;
+  // Enough long tasks to fill every rank's chunks in flight, then one that waits.
+  std::vector<mproc::AsyncResult<int>> busy;
+  for (int i = 0; i < 8; ++i) busy.push_back(pool.apply_async(sleep_ms, 150));
+  auto queued = pool.apply_async(square, 5);
+  std::atomic<int> calls{0};
+  queued.add_done_callback([&](mproc::AsyncResult<int>& r) {
+    if (r.cancelled()) ++calls;
+  });
+  REQUIRE(queued.cancel());
+  REQUIRE(calls == 1);
+  REQUIRE_THROWS_AS(queued.get(), mproc::cancelled_error);
+  auto [done, not_done] = mproc::wait(busy, mproc::ALL_COMPLETED, 60s);
+  REQUIRE(done.size() == busy.size());
+  REQUIRE(not_done.empty());
+  for (auto* r : done) REQUIRE(r->get() == 150);
+  REQUIRE_THROWS_AS(pool.map(sleep_ms, std::vector<int>(40, 100), {.chunksize = 1, .timeout = 200ms}),
+                    mproc::timeout_error);
+  REQUIRE(pool.apply(square, 6) == 36);
+}
+
+TEST_CASE("registered exception types and system_error keep their type over MPI") {
+  mproc::mpi::Pool pool;
+  REQUIRE_THROWS_AS(pool.apply(throw_registered, 1), registered_error);
+  REQUIRE_THROWS_WITH(pool.apply(throw_registered, 1), "registered 1");
+  try {
+    pool.apply(throw_system_error, 0);
+    FAIL("no exception");
+  } catch (const std::system_error& e) {
+    REQUIRE(e.code() == std::errc::io_error);
   }
 }
 
