@@ -375,3 +375,14 @@ TEST_CASE("map_options::timeout: the whole map, each next imap result", "[future
     REQUIRE(un == std::multiset<int>{5, 6});
   }
 }
+TEST_CASE("cancel after the pool failed a result that never started changes nothing", "[futures]") {
+  mproc::Pool pool(1);
+  auto busy = pool.apply_async(sleep_ms, 300);
+  auto never = pool.apply_async(square, 2);
+  pool.terminate();
+  REQUIRE_THROWS_AS(never.get(10s), mproc::pool_not_running);
+  REQUIRE_FALSE(never.cancel());  // done: as Python's cancel() of a finished future
+  REQUIRE_FALSE(never.cancelled());
+  REQUIRE_THROWS_AS(never.get(), mproc::pool_not_running);
+  REQUIRE_THROWS_AS(busy.get(10s), mproc::pool_not_running);
+}

@@ -253,9 +253,15 @@ struct async_state_base {
   }
   /// concurrent.futures' cancel(): succeeds only before the task was handed out.
   bool cancel() {
-    std::uint8_t p = pending;
-    if (!phase.compare_exchange_strong(p, cancelled, std::memory_order_acq_rel))
-      return p == cancelled;
+    {
+      // Under the mutex: a result already done (say, failed by terminate() before it
+      // started) stays as it is.
+      std::lock_guard g(m);
+      std::uint8_t p = pending;
+      if (done || !phase.compare_exchange_strong(p, cancelled, std::memory_order_acq_rel))
+        return phase.load(std::memory_order_acquire) == cancelled;
+    }
+    // Nothing else finishes a cancelled result: the job skips it from now on.
     finish(std::make_exception_ptr(cancelled_error("AsyncResult: the task was cancelled")));
     return true;
   }
