@@ -282,6 +282,7 @@ TEST_CASE("mproc errors with fields keep them") {
   check_kind<mproc::broken_barrier_error>("broken");
   check_kind<mproc::manager_error>("server gone");
   check_kind<mproc::cancelled_error>("cancelled");
+  check_kind<mproc::value_error>("chunksize must be positive");
 }
 
 TEST_CASE("corrupt fields raise serialization_error") {

@@ -79,6 +79,7 @@ int raise_mproc_error(int which) {
     case 12: throw mproc::start_method_error("no init");
     case 13: throw mproc::queue_full("full");
     case 14: throw mproc::error("plain");
+    case 15: throw mproc::value_error("bad value");
     default: return which;
   }
 }
@@ -171,6 +172,7 @@ TEST_CASE("task exceptions keep their type under every start method", "[pool][ex
     caught<mproc::start_method_error>([&] { pool.apply(raise_mproc_error, 12); });
     caught<mproc::queue_full>([&] { pool.apply(raise_mproc_error, 13); });
     caught<mproc::error>([&] { pool.apply(raise_mproc_error, 14); });
+    caught<mproc::value_error>([&] { pool.apply(raise_mproc_error, 15); });
   }
   SECTION("errors from a task's own pool pass through with their type and fields") {
     caught<app::quota_exceeded>([&] { pool.apply(nested_pool, 0); });

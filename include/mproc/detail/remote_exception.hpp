@@ -81,8 +81,9 @@ enum class exception_kind : std::uint8_t {
   manager_error = 25,
   cancelled_error = 26,
   buffer_too_short = 27,  // fields: message, capacity
+  value_error = 28,
 };
-inline constexpr int exception_kind_count = 28;
+inline constexpr int exception_kind_count = 29;
 
 struct encoded_exception {
   std::uint8_t kind = static_cast<std::uint8_t>(exception_kind::remote);
@@ -305,6 +306,7 @@ inline std::span<const carried_type> carried_types() {
       plain<mproc::cancelled_error, K::cancelled_error>(),
       {K::buffer_too_short, &typeid(mproc::buffer_too_short), &capture_buffer_too_short,
        &rebuild_buffer_too_short},
+      plain<mproc::value_error, K::value_error>(),
   };
   return table;
 }
