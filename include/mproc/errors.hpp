@@ -92,8 +92,9 @@ struct state_error : error {
   using error::error;
 };
 
-/// An invalid argument (Python's ValueError): out of range, negative, zero where it
-/// cannot be.
+/// An invalid argument (Python's ValueError): a negative or zero count, size or
+/// chunksize, an offset or index out of range, a NaN timeout. what() names the
+/// argument and the value.
 struct value_error : error { using error::error; };
 
 }  // namespace mproc

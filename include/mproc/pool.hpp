@@ -1262,6 +1262,19 @@ void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
 /// f, args...). mproc::Pool and mproc::mpi::Pool both build on it.
 template <class Derived>
 class pool_interface {
+  /// o, its chunksize checked: a negative int arrives as a huge size_t.
+  static map_options checked(map_options o) {
+    if (o.chunksize > UINT32_MAX)
+      throw value_error("mproc::Pool: chunksize " + std::to_string(o.chunksize) +
+                        " is negative or too large (at most " + std::to_string(UINT32_MAX) + ")");
+    return o;
+  }
+  /// imap's positional chunksize: at least 1, as in Python.
+  static map_options imap_chunksize(std::size_t chunksize) {
+    if (chunksize == 0) throw value_error("mproc::Pool::imap: chunksize must be at least 1, not 0");
+    return checked(map_options{.chunksize = chunksize});
+  }
+
  public:
   template <class F, std::ranges::input_range In>
   auto map(F f, In&& inputs, std::size_t chunksize = 0) {
@@ -1282,7 +1295,7 @@ class pool_interface {
 
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return self().template submit_gather<false>(f, std::forward<In>(inputs), std::move(o),
+    return self().template submit_gather<false>(f, std::forward<In>(inputs), checked(std::move(o)),
                                                 std::move(cb));
   }
   template <class F, std::ranges::input_range In>
@@ -1291,7 +1304,7 @@ class pool_interface {
   }
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
-    return self().template submit_gather<true>(f, std::forward<In>(inputs), std::move(o),
+    return self().template submit_gather<true>(f, std::forward<In>(inputs), checked(std::move(o)),
                                                std::move(cb));
   }
   template <class F, std::ranges::input_range In>
@@ -1303,20 +1316,19 @@ class pool_interface {
   /// tasks in flight, so an endless input works.
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
+    return imap(f, std::forward<In>(inputs), imap_chunksize(chunksize));
   }
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, map_options o) {
-    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+    return self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), true);
   }
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap_unordered(f, std::forward<In>(inputs),
-                          map_options{.chunksize = chunksize ? chunksize : 1});
+    return imap_unordered(f, std::forward<In>(inputs), imap_chunksize(chunksize));
   }
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, map_options o) {
-    return self().submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+    return self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), false);
   }
 
   template <class F, class... A>
@@ -1351,6 +1363,14 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   basic_pool() : basic_pool(pool_options{}) {}
   explicit basic_pool(std::size_t processes) : basic_pool(pool_options{.processes = processes}) {}
   explicit basic_pool(pool_options opts) : opts_(std::move(opts)) {
+    // A negative int arrives as a huge size_t; no system runs more processes than
+    // its pid space (PID_MAX_LIMIT).
+    if (opts_.processes > (std::size_t(1) << 22))
+      throw value_error("mproc::Pool: processes " + std::to_string(opts_.processes) +
+                        " is negative or too large (0 means cpu_count())");
+    if (opts_.max_tasks_per_child > std::size_t(PTRDIFF_MAX))
+      throw value_error("mproc::Pool: max_tasks_per_child " + std::to_string(opts_.max_tasks_per_child) +
+                        " is negative (0 means no limit)");
     if (opts_.processes == 0) opts_.processes = cpu_count();
     shared_region_ = detail::shm_region::create(sizeof(detail::pool_shared), "mproc-pool");
     shared_ = new (shared_region_.data()) detail::pool_shared{};

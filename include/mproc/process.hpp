@@ -270,9 +270,7 @@ inline void release_fds(process_state& s) noexcept {
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
 inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
   // A timeout too long to add to the clock (hours::max()) means no deadline.
-  const std::int64_t now = monotonic_ns();
-  const std::int64_t deadline =
-      timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+  const std::int64_t deadline = deadline_after(timeout_ns);
   std::int64_t backoff_ns = 1'000'000;
   // No deadline and our own child: one blocking waitid (WNOWAIT leaves it to be
   // reaped below, under the state's lock) instead of a poll between two waitpids.

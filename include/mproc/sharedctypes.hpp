@@ -82,15 +82,16 @@ class shared_storage {
     check_shareable<T>();
     std::size_t bytes = block_->region().size();
     if (bytes < shared_data_offset || size_ > (bytes - shared_data_offset) / sizeof(T))
-      throw std::invalid_argument("mproc shared array: adopted region of " + std::to_string(bytes) +
+      throw value_error("mproc shared array: adopted region of " + std::to_string(bytes) +
                                   " bytes cannot hold " + std::to_string(size_) + " elements of " +
                                   std::to_string(sizeof(T)) + " bytes");
   }
 
   static std::size_t bytes_for(std::size_t n) {
-    if (n > (SIZE_MAX - shared_data_offset) / sizeof(T))
-      throw std::length_error("mproc Array: " + std::to_string(n) + " elements of " +
-                              std::to_string(sizeof(T)) + " bytes do not fit in memory");
+    // A negative int arrives as a huge size_t; no mapping holds more than PTRDIFF_MAX.
+    if (n > (std::size_t(PTRDIFF_MAX) - shared_data_offset) / sizeof(T))
+      throw value_error("mproc Array: size " + std::to_string(n) + " (elements of " +
+                        std::to_string(sizeof(T)) + " bytes) is negative or too large");
     return shared_data_offset + std::max<std::size_t>(n, 1) * sizeof(T);
   }
 
@@ -146,7 +147,7 @@ class basic_value : public shared_storage<T, Locked> {
     *this->data_ = initial;
   }
   basic_value(adopt_region_t tag, shm_region r) : base(tag, std::move(r)) {
-    if (this->size_ != 1) throw std::invalid_argument("mproc Value: adopted region is not a Value");
+    if (this->size_ != 1) throw value_error("mproc Value: adopted region is not a Value");
   }
 
   /// The shared value itself (Python's .value). Unsynchronised access: hold
@@ -187,7 +188,7 @@ class basic_array : public shared_storage<T, Locked> {
   /// Bounds-checked access.
   [[nodiscard]] T& at(std::size_t i) const {
     if (i >= this->size_)
-      throw std::out_of_range("mproc Array: index " + std::to_string(i) + " out of range for size " +
+      throw value_error("mproc Array: index " + std::to_string(i) + " out of range for size " +
                               std::to_string(this->size_));
     return this->data_[i];
   }

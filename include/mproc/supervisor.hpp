@@ -49,9 +49,9 @@ class Supervisor {
   template <class F, class... Args>
     requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
   explicit Supervisor(supervisor_options opts, F&& target, Args&&... args) : opts_(std::move(opts)) {
-    if (opts_.max_restarts < 0) throw std::invalid_argument("mproc::supervisor_options: max_restarts < 0");
+    if (opts_.max_restarts < 0) throw value_error("mproc::supervisor_options: max_restarts < 0");
     if (opts_.backoff < opts_.backoff.zero() || opts_.backoff_multiplier < 1.0)
-      throw std::invalid_argument("mproc::supervisor_options: backoff must be >= 0 and multiplier >= 1");
+      throw value_error("mproc::supervisor_options: backoff must be >= 0 and multiplier >= 1");
     make_ = [o = opts_.process, f = std::decay_t<F>(std::forward<F>(target)),
              ... a = std::decay_t<Args>(std::forward<Args>(args))]() { return Process(o, f, a...); };
   }

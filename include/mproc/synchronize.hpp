@@ -268,7 +268,7 @@ struct alignas(64) semaphore_state {
 /// r, checked to hold at least `bytes` (an adopted region comes from elsewhere).
 inline shm_region require_size(shm_region r, std::size_t bytes, const char* what) {
   if (r.size() < bytes)
-    throw std::invalid_argument(std::string("mproc ") + what + ": adopted region of " +
+    throw value_error(std::string("mproc ") + what + ": adopted region of " +
                                 std::to_string(r.size()) + " bytes is too small");
   return r;
 }
@@ -278,10 +278,10 @@ class basic_semaphore {
   basic_semaphore(unsigned initial, unsigned max, const char* label)
       : block_(make_block(sizeof(semaphore_state), label)), st_(block_->at<semaphore_state>(0)) {
     if (initial > static_cast<unsigned>(INT32_MAX))
-      throw std::invalid_argument("Semaphore: initial value " + std::to_string(initial) +
+      throw value_error("Semaphore: initial value " + std::to_string(initial) +
                                   " is negative or too large (at most 2147483647)");
     if (max != unbounded_semaphore && initial > max)
-      throw std::invalid_argument("BoundedSemaphore: initial value " + std::to_string(initial) +
+      throw value_error("BoundedSemaphore: initial value " + std::to_string(initial) +
                                   " exceeds its bound " + std::to_string(max));
     new (st_) semaphore_state{{initial}, {0}, max};
   }
@@ -651,7 +651,9 @@ class Barrier {
       : block_(detail::make_block(sizeof(detail::barrier_state), "mproc-barrier")),
         st_(new (block_->at<void>(0)) detail::barrier_state),
         lock_(detail::adopt_region, block_, 0, true) {
-    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
+    if (parties == 0 || parties > unsigned(INT32_MAX))
+      throw value_error("Barrier: parties must be at least 1 (and not negative), not " +
+                        std::to_string(parties));
     using D = std::decay_t<F>;
     if constexpr (std::is_convertible_v<D, void (*)()> && !std::is_same_v<D, std::nullptr_t> &&
                   (std::is_pointer_v<D> || std::is_empty_v<D>)) {
