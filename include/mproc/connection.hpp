@@ -58,10 +58,6 @@ inline constexpr std::size_t read_ahead_size = 16 * 1024;
 inline constexpr std::size_t max_fds_per_read = 16;
 // Sends up to this size are framed in a reused per-connection buffer.
 inline constexpr std::size_t reused_send_buffer_limit = 1 << 20;
-// A body up to this size is allocated when its header arrives; a larger one grows as
-// its bytes do, so a peer announcing a huge message (under the cap) and sending
-// nothing costs this much memory at most, not the announced size.
-inline constexpr std::size_t upfront_body_limit = std::size_t(64) << 20;
 
 struct connection_state {
   unique_fd fd;
@@ -84,14 +80,6 @@ struct connection_state {
 
   std::vector<std::byte> out;  // reused send buffer for small messages
 };
-
-/// The monotonic time timeout_ns from now; -1 (no deadline) for a negative timeout
-/// or one too long to represent (hours::max() means "forever", not an overflow).
-inline std::int64_t deadline_after(std::int64_t timeout_ns) {
-  if (timeout_ns < 0) return -1;
-  const std::int64_t now = monotonic_ns();
-  return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
-}
 
 /// Waits until fd is ready for `events` or the deadline passes (false).
 inline bool wait_fd(int fd, short events, std::int64_t deadline) {
@@ -207,10 +195,9 @@ inline void read_frame_header(connection_state& s, std::int64_t deadline, const 
 inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
                                          const char* what) {
   read_frame_header(s, deadline, what);
-  // Up to upfront_body_limit at once; beyond, the body grows as its bytes arrive.
-  if (s.body.size() < std::min(s.body_len, upfront_body_limit))
-    s.body.resize(std::min(s.body_len, upfront_body_limit));
-  // Room for at least `want` bytes, doubling (never past the announced length).
+  // The body grows only as its bytes arrive (doubling, never past the announced
+  // length): an announced length alone buys no memory, so a peer that announces a
+  // huge message and sends nothing costs nothing.
   auto grow_to = [&s](std::size_t want) {
     if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
   };
@@ -448,7 +435,7 @@ class Connection {
 
   /// Passes a file descriptor to the peer process (SCM_RIGHTS); the caller keeps its own.
   void send_fd(int fd) {
-    if (fd < 0) throw std::invalid_argument("mproc: Connection::send_fd: invalid descriptor");
+    if (fd < 0) throw value_error("mproc: Connection::send_fd: invalid descriptor");
     auto& s = writable_state("send_fd");
     std::byte buf[detail::frame_header_size + 8];
     std::uint64_t len = detail::message_size(detail::passed_fd_marker{});
