@@ -124,21 +124,8 @@ TEST_CASE("invalid counts and sizes raise value_error naming the argument", "[ho
   CHECK_THAT(value_error_of([&] { mproc::Manager m({.timeout = std::chrono::nanoseconds(0)}); }),
              Catch::Contains("timeout"));
   {
-    mproc::Array<int> a(4);
-    CHECK_THAT(value_error_of([&] { (void)a.at(4); }), Catch::Contains("index 4"));
-    CHECK_THAT(value_error_of([&] { (void)a.at(std::size_t(minus_one)); }), Catch::Contains("index"));
-  }
-  {
     auto [r, w] = mproc::Pipe();
     CHECK_THAT(value_error_of([&] { w.send_fd(-1); }), Catch::Contains("descriptor"));
-  }
-  {
-    mproc::Manager m;
-    auto l = m.list<int>();
-    l.append(1);
-    CHECK_THAT(value_error_of([&] { (void)l.get(5); }), Catch::Contains("index 5"));
-    auto d = m.dict<std::string, int>();
-    CHECK_THAT(value_error_of([&] { (void)d.get("missing"); }), Catch::Contains("KeyError"));
   }
   // Every one of them is an mproc::error.
   CHECK_THROWS_AS(mproc::Barrier(0), mproc::error);

@@ -940,7 +940,7 @@ class DictProxy : public BaseProxy {
   /// The value for k; std::out_of_range (Python's KeyError) when missing.
   [[nodiscard]] V get(const K& k) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
-    if (!r.n) throw value_error("mproc::DictProxy::get: key not found (KeyError)");
+    if (!r.n) throw std::out_of_range("mproc::DictProxy::get: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
   [[nodiscard]] V get(const K& k, const V& dflt) const {
@@ -958,7 +958,7 @@ class DictProxy : public BaseProxy {
   /// Removes k and returns its value; std::out_of_range when missing.
   V pop(const K& k) {
     auto r = call(op::dict_pop, detail::mgr::enc(k));
-    if (!r.n) throw value_error("mproc::DictProxy::pop: key not found (KeyError)");
+    if (!r.n) throw std::out_of_range("mproc::DictProxy::pop: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::dict_size).n); }
@@ -1164,7 +1164,7 @@ class NamespaceProxy : public BaseProxy {
   template <class T>
   [[nodiscard]] T get(const std::string& name) const {
     auto r = call(op::dict_get, detail::mgr::enc(name));
-    if (!r.n) throw value_error("mproc::NamespaceProxy: no attribute '" + name + "' (AttributeError)");
+    if (!r.n) throw std::out_of_range("mproc::NamespaceProxy: no attribute '" + name + "' (AttributeError)");
     return detail::read_message<T>(
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.a.data()), r.a.size()));
   }

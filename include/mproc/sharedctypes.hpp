@@ -188,7 +188,7 @@ class basic_array : public shared_storage<T, Locked> {
   /// Bounds-checked access.
   [[nodiscard]] T& at(std::size_t i) const {
     if (i >= this->size_)
-      throw value_error("mproc Array: index " + std::to_string(i) + " out of range for size " +
+      throw std::out_of_range("mproc Array: index " + std::to_string(i) + " out of range for size " +
                               std::to_string(this->size_));
     return this->data_[i];
   }

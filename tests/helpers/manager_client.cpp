@@ -53,7 +53,7 @@ int run(int argc, char** argv) {
     try {
       (void)d.get("missing");
       return 4;
-    } catch (const mproc::value_error&) {
+    } catch (const std::out_of_range&) {
     }
     return 0;
   }

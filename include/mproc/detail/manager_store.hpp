@@ -527,7 +527,7 @@ inline std::int64_t normalize_index(std::int64_t i, std::size_t size, const char
   std::int64_t n = static_cast<std::int64_t>(size);
   std::int64_t j = i < 0 ? i + n : i;
   if (j < 0 || j >= n)
-    throw value_error(std::string(what) + " index " + std::to_string(i) +
+    throw std::out_of_range(std::string(what) + " index " + std::to_string(i) +
                             " out of range (size " + std::to_string(size) + ")");
   return j;
 }
@@ -756,7 +756,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::list_pop: {
         store::guard g(s, s.lock_timeout_ns);
         object& o = resizable_list(s, q.id);
-        if (o.list.empty()) throw value_error("pop from empty list (IndexError)");
+        if (o.list.empty()) throw std::out_of_range("pop from empty list");
         auto i = std::size_t(normalize_index(q.n, o.list.size(), "pop"));
         out.a = sv(o.list[i]);
         store::mutation mu(s);
