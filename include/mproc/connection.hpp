@@ -413,12 +413,15 @@ class Connection {
     check_slice(n, offset, n - std::min(offset, n));
     send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, n - offset, -1);
   }
+  /// As send_bytes(buf, offset), sending only `size` bytes; mproc::value_error when the slice lies outside `buf`.
   template <detail::byte_range R>
   void send_bytes(const R& buf, std::size_t offset, std::size_t size) {
     check_slice(std::ranges::size(buf), offset, size);
     send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, size, -1);
   }
+  /// As send_bytes(buf, offset), from a string's characters.
   void send_bytes(std::string_view s, std::size_t offset) { send_bytes<std::string_view>(s, offset); }
+  /// As send_bytes(buf, offset, size), from a string's characters.
   void send_bytes(std::string_view s, std::size_t offset, std::size_t size) {
     send_bytes<std::string_view>(s, offset, size);
   }

@@ -784,6 +784,7 @@ class DictProxy : public BaseProxy {
     return detail::mgr::snapshot_iterator<std::pair<K, V>>(
         std::make_shared<const std::vector<std::pair<K, V>>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
   /// The snapshot as a std::map (needs K ordered).
@@ -902,6 +903,7 @@ class ListProxy : public BaseProxy {
   void insert(std::int64_t i, const T& x) { call(op::list_insert, {}, detail::mgr::enc(x), i); }
   /// Removes the first element equal to x; value_error when there is none.
   void remove(const T& x) { call(op::list_remove, {}, detail::mgr::enc(x)); }
+  /// Reverses the list in place.
   void reverse() { call(op::list_reverse); }
   /// Sorts the list (stable, as Python's) by `comp`. The elements are sorted here and
   /// written back only if no process changed the list meanwhile (else it retries),
@@ -925,6 +927,7 @@ class ListProxy : public BaseProxy {
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -1103,8 +1106,11 @@ class EventProxy : public BaseProxy {
 
  public:
   EventProxy() = default;
+  /// Sets the flag and wakes every waiter.
   void set() { call(op::event_set); }
+  /// Clears the flag.
   void clear() { call(op::event_clear); }
+  /// True while the flag is set.
   [[nodiscard]] bool is_set() const { return call(op::event_is_set).n != 0; }
   /// Waits until the flag is set; returns it.
   bool wait() { return call(op::event_wait, {}, {}, 0, -1).n != 0; }
@@ -1126,15 +1132,22 @@ class SemaphoreProxy : public BaseProxy {
 
  public:
   SemaphoreProxy() = default;
+  /// Decrements the counter, waiting while it is 0 when `block`; true when decremented.
   bool acquire(bool block = true) { return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Adds `n` to the counter (value_error past a BoundedSemaphore's bound, or for n < 1).
   void release(std::int64_t n = 1) { call(op::sem_release, {}, {}, n); }
+  /// The counter's value.
   [[nodiscard]] std::int64_t get_value() const { return call(op::sem_value).n; }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  private:
@@ -1149,17 +1162,23 @@ class RLockProxy : public BaseProxy {
 
  public:
   RLockProxy() = default;
+  /// Takes the lock (again, if this thread holds it), waiting when `block`; true when taken.
   bool acquire(bool block = true) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1, block ? -1 : 0).n != 0;
   }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1,
                 block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Releases one level; state_error unless the calling thread holds it.
   void release() { call(op::rlock_release, {}, detail::mgr::caller_token()); }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  protected:
@@ -1197,12 +1216,14 @@ class ConditionProxy : public RLockProxy {
     }
     return ok;
   }
+  /// Waits until pred() holds.
   template <class Pred>
   void wait_for(Pred pred) {
     while (!pred()) (void)wait();
   }
   /// Wakes up to n waiters.
   void notify(std::int64_t n = 1) { call(op::cond_notify, {}, detail::mgr::caller_token(), n); }
+  /// Wakes every waiter.
   void notify_all() { call(op::cond_notify, {}, detail::mgr::caller_token(), -1); }
 
  private:
@@ -1220,16 +1241,22 @@ class BarrierProxy : public BaseProxy {
   BarrierProxy() = default;
   /// Waits for the other parties, or the barrier's default timeout if it has one.
   std::size_t wait() { return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, -2).n); }
+  /// As wait(), raising broken_barrier_error when `timeout` passes first.
   template <class Rep, class Period>
   std::size_t wait(std::chrono::duration<Rep, Period> timeout) {
     return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, detail::to_ns(timeout)).n);
   }
+  /// Puts the barrier back to its initial state; parties waiting now get broken_barrier_error.
   void reset() { call(op::barrier_reset); }
+  /// Breaks the barrier: waits raise broken_barrier_error until reset().
   void abort() { call(op::barrier_abort); }
+  /// Parties needed to pass.
   [[nodiscard]] std::size_t parties() const { return static_cast<std::size_t>(call(op::barrier_info).n); }
+  /// Parties waiting now.
   [[nodiscard]] std::size_t n_waiting() const {
     return static_cast<std::size_t>(std::stoll(call(op::barrier_info).list.at(0)));
   }
+  /// True when the barrier is broken (until reset()).
   [[nodiscard]] bool broken() const { return call(op::barrier_info).list.at(1) != "0"; }
 
  private:
@@ -1244,10 +1271,14 @@ class ArrayProxy : public BaseProxy {
   using op = detail::mgr::op;
 
  public:
+  /// The element type.
   using value_type = T;
   ArrayProxy() = default;
+  /// Element `i`; std::out_of_range when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  /// Replaces element `i`; std::out_of_range when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
+  /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
   /// A copy of the contents (Python's arr[:]).
   [[nodiscard]] std::vector<T> items() const {
@@ -1257,9 +1288,11 @@ class ArrayProxy : public BaseProxy {
     for (auto& e : r.list) out.push_back(detail::mgr::dec<T>(e));
     return out;
   }
+  /// Iterates over a snapshot of the elements.
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -1454,11 +1487,14 @@ class Manager {
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
     return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
+  /// A new joinable queue holding at most `maxsize` messages (0: unbounded).
   template <class T>
   [[nodiscard]] JoinableQueueProxy<T> JoinableQueue(std::size_t maxsize = 0) {
     return JoinableQueueProxy<T>(ep_, create(detail::mgr::kind::joinable_queue, {}, tag<T>(), 0, maxsize));
   }
+  /// A new event.
   [[nodiscard]] EventProxy Event() { return EventProxy(ep_, create(detail::mgr::kind::event, {}, 0, 0)); }
+  /// A new condition (with its own lock).
   [[nodiscard]] ConditionProxy Condition() {
     return ConditionProxy(ep_, create(detail::mgr::kind::condition, {}, 0, 0));
   }
@@ -1466,9 +1502,11 @@ class Manager {
   [[nodiscard]] SemaphoreProxy Semaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new bounded semaphore starting at, and bounded by, `value`.
   [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::bounded_semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new recursive lock.
   [[nodiscard]] RLockProxy RLock() { return RLockProxy(ep_, create(detail::mgr::kind::rlock, {}, 0, 0)); }
   /// A barrier for `parties` (value_error when 0); wait() without a timeout waits
   /// for ever.

@@ -621,9 +621,11 @@ class Barrier {
   /// spawn or forkserver child; any other (a closure) stays in this process. `timeout`
   /// is what wait() without one uses, in every process that shares the barrier.
   explicit Barrier(unsigned parties) : Barrier(parties, std::function<void()>{}, -1) {}
+  /// Python's Barrier(parties, action): see Barrier(unsigned).
   template <class F>
     requires std::is_constructible_v<std::function<void()>, F>
   Barrier(unsigned parties, F action) : Barrier(parties, std::move(action), -1) {}
+  /// Python's Barrier(parties, action, timeout): see Barrier(unsigned).
   template <class F, class Rep, class Period>
     requires std::is_constructible_v<std::function<void()>, F>
   Barrier(unsigned parties, F action, std::chrono::duration<Rep, Period> timeout)
