@@ -1307,7 +1307,7 @@ class pool_interface {
   /// std::vector of the results in input order. Blocks until every item has finished, then
   /// rethrows the exception of the lowest failing index, if any (worker_died for an item
   /// whose worker died, timeout_error for one over pool_options::task_timeout).
-  /// `chunksize`: items per task message; 0 picks it as Python does.
+  /// `chunksize`: items per task message; 0 sizes chunks by measured cost (see map_options).
   template <class F, std::ranges::input_range In>
   auto map(F f, In&& inputs, std::size_t chunksize = 0) {
     return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
