@@ -1,26 +1,27 @@
-// mproc::Manager: shared dicts, lists, namespaces, queues, locks and values that any
-// process can use through copyable proxies, as Python's multiprocessing.Manager.
-//
-// How it works (see detail/manager_store.hpp for the reasoning): the objects live in
-// one shared-memory segment; proxies in processes that have the segment mapped
-// operate on it directly under a robust process-shared mutex, so every operation is
-// synchronous, immediately visible everywhere, and costs no round trip. A server
-// process (forked by the Manager) owns the segment and listens on a Unix socket in a
-// private 0700 directory: a process that did not inherit the mapping (a pool worker
-// started before the Manager, a process given a proxy through a pipe or queue, an
-// unrelated process calling Manager::connect) authenticates there (SO_PEERCRED
-// same-uid check plus a mutual HMAC-SHA256 challenge with the manager's key) and
-// receives the segment's descriptor. With manager_options::address = "host:port" the
-// server also listens on TCP; clients connecting there (Manager::connect) send each
-// operation as a request that the server executes against the same segment.
-//
-// update(key, fn, default) is atomic: fn runs while the shared state is locked. Local
-// proxies run fn in the calling process, so any callable works. Over TCP the server
-// runs it: fn must then be a captureless lambda or stateless function object, sent as
-// a stable id of its type that the server (the same program) resolves in its own
-// image (the id is registered at start-up in every process running the program), or
-// a function pointer, sent as an offset from a known function of the executable and
-// used only if the server's executable has the same GNU build-id.
+/// \file
+/// mproc::Manager: shared dicts, lists, namespaces, queues, locks and values that any
+/// process can use through copyable proxies, as Python's multiprocessing.Manager.
+///
+/// How it works (see detail/manager_store.hpp for the reasoning): the objects live in
+/// one shared-memory segment; proxies in processes that have the segment mapped
+/// operate on it directly under a robust process-shared mutex, so every operation is
+/// synchronous, immediately visible everywhere, and costs no round trip. A server
+/// process (forked by the Manager) owns the segment and listens on a Unix socket in a
+/// private 0700 directory: a process that did not inherit the mapping (a pool worker
+/// started before the Manager, a process given a proxy through a pipe or queue, an
+/// unrelated process calling Manager::connect) authenticates there (SO_PEERCRED
+/// same-uid check plus a mutual HMAC-SHA256 challenge with the manager's key) and
+/// receives the segment's descriptor. With manager_options::address = "host:port" the
+/// server also listens on TCP; clients connecting there (Manager::connect) send each
+/// operation as a request that the server executes against the same segment.
+///
+/// update(key, fn, default) is atomic: fn runs while the shared state is locked. Local
+/// proxies run fn in the calling process, so any callable works. Over TCP the server
+/// runs it: fn must then be a captureless lambda or stateless function object, sent as
+/// a stable id of its type that the server (the same program) resolves in its own
+/// image (the id is registered at start-up in every process running the program), or
+/// a function pointer, sent as an offset from a known function of the executable and
+/// used only if the server's executable has the same GNU build-id.
 #pragma once
 
 #include <algorithm>
@@ -67,6 +68,7 @@
 
 namespace mproc {
 
+/// Options of a Manager.
 struct manager_options {
   /// "" (default): local use only, through a Unix socket in a private directory.
   /// "host:port" additionally listens on TCP (port 0 picks one; see Manager::port()).
@@ -885,9 +887,12 @@ class snapshot_iterator {
 class BaseProxy {
  public:
   BaseProxy() = default;
+  /// The object's id in its manager (the same in every copy and every process).
   [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+  /// False for a default-constructed proxy, which refers to no object.
   [[nodiscard]] explicit operator bool() const noexcept { return bool(ep_); }
 
+  /// Boost.Serialization: a proxy travels as its manager's address, key and object id.
   template <class Archive>
   void serialize(Archive& ar, unsigned) {
     detail::mgr::endpoint e;
@@ -932,10 +937,13 @@ class DictProxy : public BaseProxy {
                 "mproc::DictProxy: use std::string, not a C string type, for keys and values");
 
  public:
+  /// The key type.
   using key_type = K;
+  /// The value type.
   using mapped_type = V;
   DictProxy() = default;
 
+  /// Sets the value for `k`.
   void set(const K& k, const V& v) { call(op::dict_set, detail::mgr::enc(k), detail::mgr::enc(v)); }
   /// The value for k; std::out_of_range (Python's KeyError) when missing.
   [[nodiscard]] V get(const K& k) const {
@@ -943,15 +951,18 @@ class DictProxy : public BaseProxy {
     if (!r.n) throw std::out_of_range("mproc::DictProxy::get: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
+  /// The value for `k`, or `dflt` when missing.
   [[nodiscard]] V get(const K& k, const V& dflt) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
     return r.n ? detail::mgr::dec<V>(r.a) : dflt;
   }
+  /// The value for `k`, or nullopt when missing.
   [[nodiscard]] std::optional<V> try_get(const K& k) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
     if (!r.n) return std::nullopt;
     return detail::mgr::dec<V>(r.a);
   }
+  /// True when `k` is present.
   [[nodiscard]] bool contains(const K& k) const { return call(op::dict_contains, detail::mgr::enc(k)).n != 0; }
   /// Removes k; returns whether it was there.
   bool erase(const K& k) { return call(op::dict_erase, detail::mgr::enc(k)).n != 0; }
@@ -961,8 +972,11 @@ class DictProxy : public BaseProxy {
     if (!r.n) throw std::out_of_range("mproc::DictProxy::pop: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
+  /// Number of entries.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::dict_size).n); }
+  /// True when there are no entries.
   [[nodiscard]] bool empty() const { return size() == 0; }
+  /// Removes every entry.
   void clear() { call(op::dict_clear); }
 
   /// A consistent snapshot, in insertion order (as a Python dict).
@@ -974,11 +988,13 @@ class DictProxy : public BaseProxy {
       out.emplace_back(detail::mgr::dec<K>(r.list[i]), detail::mgr::dec<V>(r.list[i + 1]));
     return out;
   }
+  /// The keys, in insertion order.
   [[nodiscard]] std::vector<K> keys() const {
     std::vector<K> out;
     for (auto& [k, v] : items()) out.push_back(std::move(k));
     return out;
   }
+  /// The values, in key insertion order.
   [[nodiscard]] std::vector<V> values() const {
     std::vector<V> out;
     for (auto& [k, v] : items()) out.push_back(std::move(v));
@@ -1005,6 +1021,7 @@ class DictProxy : public BaseProxy {
     return detail::mgr::snapshot_iterator<std::pair<K, V>>(
         std::make_shared<const std::vector<std::pair<K, V>>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
   /// The snapshot as a std::map (needs K ordered).
@@ -1071,10 +1088,13 @@ class ListProxy : public BaseProxy {
   using op = detail::mgr::op;
 
  public:
+  /// The element type.
   using value_type = T;
   ListProxy() = default;
 
+  /// Appends `v`.
   void append(const T& v) { call(op::list_append, {}, detail::mgr::enc(v)); }
+  /// Appends every element of `range`, in one call.
   template <class R>
   void extend(const R& range) {
     detail::mgr::request q;
@@ -1082,13 +1102,19 @@ class ListProxy : public BaseProxy {
     for (const auto& e : range) q.list.push_back(detail::mgr::enc(static_cast<const T&>(e)));
     be()->call(q, nullptr);
   }
+  /// Element `i` (negative counts from the end); std::out_of_range when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  /// Replaces element `i` (negative counts from the end); std::out_of_range when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
   /// Removes and returns element i (default: the last).
   T pop(std::int64_t i = -1) { return detail::mgr::dec<T>(call(op::list_pop, {}, {}, i).a); }
+  /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
+  /// True when there are no elements.
   [[nodiscard]] bool empty() const { return size() == 0; }
+  /// Removes every element.
   void clear() { call(op::list_clear); }
+  /// A snapshot of every element, in order.
   [[nodiscard]] std::vector<T> items() const {
     auto r = call(op::list_items);
     std::vector<T> out;
@@ -1114,6 +1140,7 @@ class ListProxy : public BaseProxy {
   void insert(std::int64_t i, const T& x) { call(op::list_insert, {}, detail::mgr::enc(x), i); }
   /// Removes the first element equal to x; value_error when there is none.
   void remove(const T& x) { call(op::list_remove, {}, detail::mgr::enc(x)); }
+  /// Reverses the list in place.
   void reverse() { call(op::list_reverse); }
   /// Sorts the list (stable, as Python's) by `comp`. The elements are sorted here and
   /// written back only if no process changed the list meanwhile (else it retries),
@@ -1137,6 +1164,7 @@ class ListProxy : public BaseProxy {
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -1153,6 +1181,7 @@ class NamespaceProxy : public BaseProxy {
  public:
   NamespaceProxy() = default;
 
+  /// Sets attribute `name` to `value` (C strings are stored as std::string).
   template <class T>
   void set(const std::string& name, const T& value) {
     using W = detail::wire_t<T>;
@@ -1161,6 +1190,7 @@ class NamespaceProxy : public BaseProxy {
     detail::write_message(w, reinterpret_cast<std::byte*>(bytes.data()));
     call(op::dict_set, detail::mgr::enc(name), std::move(bytes));
   }
+  /// Attribute `name` as T; std::out_of_range when missing, serialization_error when it holds another type.
   template <class T>
   [[nodiscard]] T get(const std::string& name) const {
     auto r = call(op::dict_get, detail::mgr::enc(name));
@@ -1168,9 +1198,11 @@ class NamespaceProxy : public BaseProxy {
     return detail::read_message<T>(
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.a.data()), r.a.size()));
   }
+  /// True when attribute `name` is set.
   [[nodiscard]] bool has(const std::string& name) const {
     return call(op::dict_contains, detail::mgr::enc(name)).n != 0;
   }
+  /// Removes attribute `name`; returns whether it was there.
   bool erase(const std::string& name) { return call(op::dict_erase, detail::mgr::enc(name)).n != 0; }
   /// Attribute names in the order they were first set.
   [[nodiscard]] std::vector<std::string> names() const {
@@ -1193,20 +1225,25 @@ class QueueProxy : public BaseProxy {
  public:
   QueueProxy() = default;
 
+  /// Puts `v`, waiting while a bounded queue is full.
   void put(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 0, -1); }
   /// queue_full if there is no room before the timeout.
   template <class Rep, class Period>
   void put(const T& v, std::chrono::duration<Rep, Period> timeout) {
     call(op::queue_put, {}, detail::mgr::enc(v), 0, detail::to_ns(timeout));
   }
+  /// Puts `v`; queue_full if there is no room now.
   void put_nowait(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 1, 0); }
+  /// Takes the next message, waiting until one arrives.
   [[nodiscard]] T get() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, -1).a); }
   /// queue_empty if nothing arrives before the timeout.
   template <class Rep, class Period>
   [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
     return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, detail::to_ns(timeout)).a);
   }
+  /// Takes the next message; queue_empty if there is none now.
   [[nodiscard]] T get_nowait() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 1, 0).a); }
+  /// The next message if one is there now; nullopt otherwise.
   [[nodiscard]] std::optional<T> try_get() {
     try {
       return get_nowait();
@@ -1214,7 +1251,9 @@ class QueueProxy : public BaseProxy {
       return std::nullopt;
     }
   }
+  /// Messages waiting.
   [[nodiscard]] std::size_t qsize() const { return static_cast<std::size_t>(call(op::queue_size).n); }
+  /// True when no message waits.
   [[nodiscard]] bool empty() const { return qsize() == 0; }
   /// True when a bounded queue holds maxsize items.
   [[nodiscard]] bool full() const { return call(op::queue_full).n != 0; }
@@ -1257,6 +1296,7 @@ class LockProxy : public BaseProxy {
  public:
   LockProxy() = default;
 
+  /// Takes the lock, waiting when `block`; returns whether it was taken.
   bool acquire(bool block = true) { return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
   /// False if the lock could not be taken before the timeout.
   template <class Rep, class Period>
@@ -1266,8 +1306,11 @@ class LockProxy : public BaseProxy {
   }
   /// state_error if the lock is not held.
   void release() { call(op::lock_release); }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  private:
@@ -1283,8 +1326,11 @@ class ValueProxy : public BaseProxy {
 
  public:
   ValueProxy() = default;
+  /// The value.
   [[nodiscard]] T get() const { return detail::mgr::dec<T>(call(op::value_get).a); }
+  /// The value (Python's `.value`).
   [[nodiscard]] T value() const { return get(); }
+  /// Replaces the value.
   void set(const T& v) { call(op::value_set, {}, detail::mgr::enc(v)); }
 
  private:
@@ -1298,8 +1344,11 @@ class EventProxy : public BaseProxy {
 
  public:
   EventProxy() = default;
+  /// Sets the flag and wakes every waiter.
   void set() { call(op::event_set); }
+  /// Clears the flag.
   void clear() { call(op::event_clear); }
+  /// True while the flag is set.
   [[nodiscard]] bool is_set() const { return call(op::event_is_set).n != 0; }
   /// Waits until the flag is set; returns it.
   bool wait() { return call(op::event_wait, {}, {}, 0, -1).n != 0; }
@@ -1321,15 +1370,22 @@ class SemaphoreProxy : public BaseProxy {
 
  public:
   SemaphoreProxy() = default;
+  /// Decrements the counter, waiting while it is 0 when `block`; true when decremented.
   bool acquire(bool block = true) { return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Adds `n` to the counter (value_error past a BoundedSemaphore's bound, or for n < 1).
   void release(std::int64_t n = 1) { call(op::sem_release, {}, {}, n); }
+  /// The counter's value.
   [[nodiscard]] std::int64_t get_value() const { return call(op::sem_value).n; }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  private:
@@ -1344,17 +1400,23 @@ class RLockProxy : public BaseProxy {
 
  public:
   RLockProxy() = default;
+  /// Takes the lock (again, if this thread holds it), waiting when `block`; true when taken.
   bool acquire(bool block = true) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1, block ? -1 : 0).n != 0;
   }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1,
                 block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Releases one level; state_error unless the calling thread holds it.
   void release() { call(op::rlock_release, {}, detail::mgr::caller_token()); }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  protected:
@@ -1392,12 +1454,14 @@ class ConditionProxy : public RLockProxy {
     }
     return ok;
   }
+  /// Waits until pred() holds.
   template <class Pred>
   void wait_for(Pred pred) {
     while (!pred()) (void)wait();
   }
   /// Wakes up to n waiters.
   void notify(std::int64_t n = 1) { call(op::cond_notify, {}, detail::mgr::caller_token(), n); }
+  /// Wakes every waiter.
   void notify_all() { call(op::cond_notify, {}, detail::mgr::caller_token(), -1); }
 
  private:
@@ -1415,16 +1479,22 @@ class BarrierProxy : public BaseProxy {
   BarrierProxy() = default;
   /// Waits for the other parties, or the barrier's default timeout if it has one.
   std::size_t wait() { return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, -2).n); }
+  /// As wait(), raising broken_barrier_error when `timeout` passes first.
   template <class Rep, class Period>
   std::size_t wait(std::chrono::duration<Rep, Period> timeout) {
     return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, detail::to_ns(timeout)).n);
   }
+  /// Puts the barrier back to its initial state; parties waiting now get broken_barrier_error.
   void reset() { call(op::barrier_reset); }
+  /// Breaks the barrier: waits raise broken_barrier_error until reset().
   void abort() { call(op::barrier_abort); }
+  /// Parties needed to pass.
   [[nodiscard]] std::size_t parties() const { return static_cast<std::size_t>(call(op::barrier_info).n); }
+  /// Parties waiting now.
   [[nodiscard]] std::size_t n_waiting() const {
     return static_cast<std::size_t>(std::stoll(call(op::barrier_info).list.at(0)));
   }
+  /// True when the barrier is broken (until reset()).
   [[nodiscard]] bool broken() const { return call(op::barrier_info).list.at(1) != "0"; }
 
  private:
@@ -1439,10 +1509,14 @@ class ArrayProxy : public BaseProxy {
   using op = detail::mgr::op;
 
  public:
+  /// The element type.
   using value_type = T;
   ArrayProxy() = default;
+  /// Element `i`; std::out_of_range when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  /// Replaces element `i`; std::out_of_range when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
+  /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
   /// A copy of the contents (Python's arr[:]).
   [[nodiscard]] std::vector<T> items() const {
@@ -1452,9 +1526,11 @@ class ArrayProxy : public BaseProxy {
     for (auto& e : r.list) out.push_back(detail::mgr::dec<T>(e));
     return out;
   }
+  /// Iterates over a snapshot of the elements.
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -1469,8 +1545,10 @@ class ArrayProxy : public BaseProxy {
 /// created the manager shuts its server down on destruction or shutdown().
 class Manager {
  public:
+  /// Starts a manager for local use: a Unix socket in a private directory, a random key.
   Manager() : Manager(manager_options{}) {}
 
+  /// Starts a manager with `opts` (TCP address, key, capacity, timeouts).
   explicit Manager(manager_options opts) : opts_(std::move(opts)) {
     using namespace detail::mgr;
     if (opts_.authkey.empty()) opts_.authkey = detail::random_bytes(32);
@@ -1574,7 +1652,9 @@ class Manager {
 
   Manager(const Manager&) = delete;
   Manager& operator=(const Manager&) = delete;
+  /// Takes over the other manager (and the duty to shut its server down).
   Manager(Manager&& o) noexcept { swap(o); }
+  /// Takes over the other manager (and the duty to shut its server down).
   Manager& operator=(Manager&& o) noexcept {
     if (this != &o) {
       shutdown();
@@ -1600,9 +1680,11 @@ class Manager {
   /// Where clients connect: "host:port" with the bound port when listening on TCP,
   /// otherwise the Unix socket path.
   [[nodiscard]] std::string address() const { return tcp_address_.empty() ? unix_path_ : tcp_address_; }
+  /// The path of the manager's Unix socket.
   [[nodiscard]] const std::string& unix_address() const noexcept { return unix_path_; }
   /// The bound TCP port (0 when not listening on TCP).
   [[nodiscard]] int port() const noexcept { return port_; }
+  /// The shared key clients prove with the HMAC challenge.
   [[nodiscard]] const std::string& authkey() const noexcept { return opts_.authkey; }
   /// This manager's unique id (hex); the same in every client of it.
   [[nodiscard]] const std::string& id() const noexcept { return uuid_; }
@@ -1615,21 +1697,26 @@ class Manager {
   [[nodiscard]] DictProxy<K, V> dict(const std::string& name = {}) {
     return DictProxy<K, V>(ep_, create(detail::mgr::kind::dict, name, tag<K>(), tag<V>()));
   }
+  /// A new list, or with a name the list registered under that name.
   template <class T>
   [[nodiscard]] ListProxy<T> list(const std::string& name = {}) {
     return ListProxy<T>(ep_, create(detail::mgr::kind::list, name, tag<T>(), 0));
   }
+  /// A new namespace, or with a name the namespace registered under that name.
   [[nodiscard]] NamespaceProxy Namespace(const std::string& name = {}) {
     return NamespaceProxy(ep_, create(detail::mgr::kind::ns, name, 0, 0));
   }
+  /// A new queue holding at most `maxsize` messages (0: unbounded).
   template <class T>
   [[nodiscard]] QueueProxy<T> Queue(std::size_t maxsize = 0) {
     return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, {}, tag<T>(), 0, maxsize));
   }
+  /// The queue registered under `name` (created on first use with `maxsize`).
   template <class T>
   [[nodiscard]] QueueProxy<T> Queue(const std::string& name, std::size_t maxsize = 0) {
     return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, name, tag<T>(), 0, maxsize));
   }
+  /// A new lock, or with a name the lock registered under that name.
   [[nodiscard]] LockProxy Lock(const std::string& name = {}) {
     return LockProxy(ep_, create(detail::mgr::kind::lock, name, 0, 0));
   }
@@ -1638,11 +1725,14 @@ class Manager {
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
     return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
+  /// A new joinable queue holding at most `maxsize` messages (0: unbounded).
   template <class T>
   [[nodiscard]] JoinableQueueProxy<T> JoinableQueue(std::size_t maxsize = 0) {
     return JoinableQueueProxy<T>(ep_, create(detail::mgr::kind::joinable_queue, {}, tag<T>(), 0, maxsize));
   }
+  /// A new event.
   [[nodiscard]] EventProxy Event() { return EventProxy(ep_, create(detail::mgr::kind::event, {}, 0, 0)); }
+  /// A new condition (with its own lock).
   [[nodiscard]] ConditionProxy Condition() {
     return ConditionProxy(ep_, create(detail::mgr::kind::condition, {}, 0, 0));
   }
@@ -1650,9 +1740,11 @@ class Manager {
   [[nodiscard]] SemaphoreProxy Semaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new bounded semaphore starting at, and bounded by, `value`.
   [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::bounded_semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new recursive lock.
   [[nodiscard]] RLockProxy RLock() { return RLockProxy(ep_, create(detail::mgr::kind::rlock, {}, 0, 0)); }
   /// A barrier for `parties` (value_error when 0); wait() without a timeout waits
   /// for ever.

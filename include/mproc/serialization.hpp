@@ -1,25 +1,26 @@
-// The wire format. Values cross process boundaries as bytes:
-//  - trivially copyable values, and contiguous ranges of them, are copied with memcpy
-//    (a trivially copyable type that also has serialize() is copied too: memcpy wins);
-//  - standard containers, strings, pairs, tuples, optionals, variants, durations and
-//    paths are encoded element by element (length prefixed); so are bool, optional and
-//    variant even where trivially copyable, because not every byte pattern is valid;
-//  - a type with `auto mproc_fields() { return std::tie(a, b); }` is encoded as that tuple;
-//  - any other type with a Boost.Serialization serialize() goes through a binary archive.
-// Decoding treats the bytes as untrusted: every length is checked against what is left
-// before it is used, so corrupt input raises serialization_error and never reads out of
-// bounds or allocates more than a small multiple of the input. Messages (Pipe, Queue)
-// add an 8-byte type tag so that a recv<T> of the wrong type is reported with both type
-// names.
-//
-// Boost archives are read by bounded_iarchive, which checks collection counts, string
-// lengths, bools, class ids and pointer back-references before Boost acts on them.
-// What remains trusted there: a user's own serialize()/load_construct_data code (it sees
-// whatever values the bytes hold), raw pointers loaded from an archive (they own
-// nothing here; a user type that deletes them must trust its input), and
-// a collection count within bounds times a large element type (bounded by 64 Ki extra
-// elements; an allocation failure is reported as serialization_error). Raw bytes of
-// trivially copyable user structs are taken as they come (a bool member may hold 2).
+/// \file
+/// The wire format. Values cross process boundaries as bytes:
+///  - trivially copyable values, and contiguous ranges of them, are copied with memcpy
+///    (a trivially copyable type that also has serialize() is copied too: memcpy wins);
+///  - standard containers, strings, pairs, tuples, optionals, variants, durations and
+///    paths are encoded element by element (length prefixed); so are bool, optional and
+///    variant even where trivially copyable, because not every byte pattern is valid;
+///  - a type with `auto mproc_fields() { return std::tie(a, b); }` is encoded as that tuple;
+///  - any other type with a Boost.Serialization serialize() goes through a binary archive.
+/// Decoding treats the bytes as untrusted: every length is checked against what is left
+/// before it is used, so corrupt input raises serialization_error and never reads out of
+/// bounds or allocates more than a small multiple of the input. Messages (Pipe, Queue)
+/// add an 8-byte type tag so that a recv<T> of the wrong type is reported with both type
+/// names.
+///
+/// Boost archives are read by bounded_iarchive, which checks collection counts, string
+/// lengths, bools, class ids and pointer back-references before Boost acts on them.
+/// What remains trusted there: a user's own serialize()/load_construct_data code (it sees
+/// whatever values the bytes hold), raw pointers loaded from an archive (they own
+/// nothing here; a user type that deletes them must trust its input), and
+/// a collection count within bounds times a large element type (bounded by 64 Ki extra
+/// elements; an allocation failure is reported as serialization_error). Raw bytes of
+/// trivially copyable user structs are taken as they come (a bool member may hold 2).
 #pragma once
 
 #include <algorithm>

@@ -1,17 +1,18 @@
-// SharedMemory: a named POSIX shared memory segment (/dev/shm), as Python's
-// multiprocessing.shared_memory.SharedMemory.
-//
-//   mproc::SharedMemory shm(mproc::create, 1 << 20);            // generated name
-//   mproc::SharedMemory named(mproc::create, 4096, "my_data");  // O_CREAT|O_EXCL, 0600
-//   mproc::SharedMemory attach("my_data");                       // existing segment
-//   std::span<double> v = named.as<double>();
-//
-// A SharedMemory is a handle: copies share one mapping (close() on any of them
-// closes it for all). close() and destruction unmap but never unlink; unlink()
-// removes the name. Segments this program creates are registered with the resource
-// tracker, which unlinks whatever is still there when the program ends, even by
-// SIGKILL, and warns about each on stderr. Attaching does not register: only the
-// creator owns the name.
+/// \file
+/// SharedMemory: a named POSIX shared memory segment (/dev/shm), as Python's
+/// multiprocessing.shared_memory.SharedMemory.
+///
+///   mproc::SharedMemory shm(mproc::create, 1 << 20);            // generated name
+///   mproc::SharedMemory named(mproc::create, 4096, "my_data");  // O_CREAT|O_EXCL, 0600
+///   mproc::SharedMemory attach("my_data");                       // existing segment
+///   std::span<double> v = named.as<double>();
+///
+/// A SharedMemory is a handle: copies share one mapping (close() on any of them
+/// closes it for all). close() and destruction unmap but never unlink; unlink()
+/// removes the name. Segments this program creates are registered with the resource
+/// tracker, which unlinks whatever is still there when the program ends, even by
+/// SIGKILL, and warns about each on stderr. Attaching does not register: only the
+/// creator owns the name.
 #pragma once
 
 #include <algorithm>
@@ -42,8 +43,12 @@ namespace mproc {
 struct create_t {
   explicit create_t() = default;
 };
+/// `SharedMemory(mproc::create, size)` creates a segment; without it, one is attached.
 inline constexpr create_t create{};
 
+/// A named POSIX shared-memory segment, as Python's `multiprocessing.shared_memory.SharedMemory`.
+/// A handle: copies (and the object passed to a child) share one mapping. Segments the
+/// program creates and does not unlink are removed by the resource tracker when it ends.
 class SharedMemory {
  public:
   /// Creates a segment of `size` bytes with a generated, unguessable name
@@ -71,13 +76,16 @@ class SharedMemory {
   explicit SharedMemory(std::string_view name) { open(checked_name(name), 0, false); }
   // Copies share the mapping; there is no separate move, so a moved-from handle
   // stays usable (and refers to the same segment).
+  /// Another handle on the same mapping.
   SharedMemory(const SharedMemory&) = default;
+  /// Another handle on the same mapping.
   SharedMemory& operator=(const SharedMemory&) = default;
 
   /// The name as the user gave it (no leading slash), as Python reports it.
   [[nodiscard]] const std::string& name() const noexcept { return s_->name; }
   /// Size of the segment in bytes.
   [[nodiscard]] std::size_t size() const noexcept { return s_->size; }
+  /// True after close() (the mapping is gone from this process).
   [[nodiscard]] bool closed() const noexcept { return !s_->region; }
 
   /// The mapped bytes. Raises state_error after close().
