@@ -13,6 +13,8 @@
 #include <optional>
 #include <span>
 
+#include <pthread.h>
+
 #if defined(__SANITIZE_ADDRESS__)
 #define MPROC_FUZZ_HAVE_LSAN 1
 #elif defined(__has_feature)
@@ -90,6 +92,38 @@ inline void deserialize_one(const std::uint8_t* data, std::size_t size) {
   std::span<const std::byte> payload(reinterpret_cast<const std::byte*>(data + 1), size - 1);
   detail::dispatch((selector & ~message_bit) % type_count, payload,
                    (selector & message_bit) != 0, std::make_index_sequence<type_count>{});
+}
+
+/// Stack of the thread deserialize_one_on_small_stack decodes on: as small as a
+/// program's own threads may have, so that a deeply nested archive exhausts it within
+/// the fuzzer's input size (the decoder must refuse it, not overflow).
+inline constexpr std::size_t small_stack_bytes = std::size_t(128) << 10;
+
+/// deserialize_one on a thread with a small_stack_bytes stack; its exceptions are
+/// rethrown here.
+inline void deserialize_one_on_small_stack(const std::uint8_t* data, std::size_t size) {
+  struct job {
+    const std::uint8_t* data;
+    std::size_t size;
+    std::exception_ptr error;
+  } j{data, size, nullptr};
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, small_stack_bytes) != 0)
+    std::abort();
+  pthread_t t;
+  auto run = [](void* p) -> void* {
+    auto* j = static_cast<job*>(p);
+    try {
+      deserialize_one(j->data, j->size);
+    } catch (...) {
+      j->error = std::current_exception();
+    }
+    return nullptr;
+  };
+  if (pthread_create(&t, &attr, run, &j) != 0) std::abort();
+  pthread_attr_destroy(&attr);
+  pthread_join(t, nullptr);
+  if (j.error) std::rethrow_exception(j.error);
 }
 
 }  // namespace fuzz

@@ -7,9 +7,14 @@
 // messages until none is left. Every outcome must be a value, serialization_error or
 // "nothing there": no crash, no hang, no unbounded allocation.
 //
-// Input: byte 0 picks the message type, byte 1 where in the ring the records start
+// Input: byte 0 picks the message type (bits 0-1), how many ring lengths the forged
+// tail is beyond the records (bits 4-6: a producer claiming more than the ring holds)
+// and whether the queue is closed (bit 7); byte 1 where in the ring the records start
 // (so many wrap around its end), byte 2 how the rest splits between ring and overflow
 // area; then the bytes.
+//
+// A corrupt record must not be reported for ever: every serialization_error has to
+// move the consumer past something (the ring's or the overflow area's head advances).
 #include <mproc/detail/mpmc_ring.hpp>
 
 #include <boost/serialization/string.hpp>
@@ -57,14 +62,17 @@ struct shared_queue {
 constexpr std::uint64_t align8(std::uint64_t n) { return (n + 7) & ~std::uint64_t(7); }
 
 template <class T>
-void consume(mpmc_ring& r) {
+void consume(mpmc_ring& r, const mproc::detail::mpmc_ring_header& h) {
   for (int i = 0; i < 256; ++i) {
     std::optional<T> out;
+    const std::uint64_t head = h.head.load(), o_head = h.o_head.load();
     try {
       if (r.get(out, mproc::detail::deadline_now()) != mpmc_ring::status::ok) return;
       if (!out) std::abort();  // "ok" with nothing taken
     } catch (const mproc::serialization_error&) {
-      // corrupt record reported; the consumer goes on with what follows
+      // Corrupt record reported; the consumer goes on with what follows, so the
+      // error must have consumed something.
+      if (h.head.load() == head && h.o_head.load() == o_head) std::abort();
     }
   }
 }
@@ -91,7 +99,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   h.closed.store(which & 0x80 ? 1 : 0);
   h.in_message.store(0);
   h.head.store(head);
-  h.tail.store(head + align8(in_ring));
+  const std::uint64_t forged_laps = (which >> 4) & 7;
+  h.tail.store(head + align8(in_ring) + forged_laps * ring_bytes);
   h.o_head.store(0);
   h.o_punched.store(0);
   h.o_tail.store(align8(in_over));
@@ -101,10 +110,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // A consumer process attaching now: no state left from earlier inputs.
   auto r = mpmc_ring::attach(mproc::detail::unique_fd(::fcntl(q.ring->fd(), F_DUPFD_CLOEXEC, 0)));
   switch (which % 4) {
-    case 0: consume<std::string>(*r); break;
-    case 1: consume<std::vector<int>>(*r); break;
-    case 2: consume<std::vector<std::string>>(*r); break;
-    default: consume<std::vector<double>>(*r); break;
+    case 0: consume<std::string>(*r, h); break;
+    case 1: consume<std::vector<int>>(*r, h); break;
+    case 2: consume<std::vector<std::string>>(*r, h); break;
+    default: consume<std::vector<double>>(*r, h); break;
   }
   return 0;
 }

@@ -8,7 +8,8 @@ packages=(
   libboost-dev libboost-serialization-dev catch2
   libssl-dev libcurl4-openssl-dev libgumbo-dev
   libboost-mpi-dev openmpi-bin libopenmpi-dev
-  clang libclang-rt-14-dev
+  clang-16 libclang-rt-16-dev
+  doxygen graphviz chromium
   # the peers benchmarks/run.py measures mproc against
   python3-joblib python3-pebble python3-mpi4py libzmq3-dev cppzmq-dev libtbb-dev
 )

@@ -19,6 +19,7 @@
 #include <variant>
 #include <vector>
 
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -292,6 +293,51 @@ TEST_CASE("oversized messages are refused without allocating and skipped", "[con
   CHECK_THROWS_AS(d.recv_bytes(1s), mproc::serialization_error);
 }
 
+namespace {
+/// Bytes this process holds from malloc (heap and mmapped chunks).
+std::size_t malloc_held() {
+  struct mallinfo2 mi = ::mallinfo2();
+  return mi.uordblks + mi.hblkhd;
+}
+}  // namespace
+
+TEST_CASE("an announced frame length buys no memory: only arrived bytes do", "[connection]") {
+  // Peers announcing 1 GiB (under the cap) and then sending nothing, or sending a
+  // little: the receiver's memory follows what arrived, not what was announced.
+  constexpr int peers = 16;
+  std::vector<std::pair<mproc::Connection, mproc::Connection>> pipes;
+  for (int i = 0; i < peers; ++i) pipes.push_back(mproc::Pipe());
+  const std::size_t before = malloc_held();
+  const std::uint64_t announced = std::uint64_t(1) << 30;
+  for (int i = 0; i < peers; ++i) {
+    auto& [w, r] = pipes[std::size_t(i)];
+    raw_write(w.fileno(), &announced, sizeof announced);
+    // Half the peers also send 100 KB of the body.
+    if (i % 2) {
+      std::vector<char> part(100'000, 'x');
+      raw_write(w.fileno(), part.data(), part.size());
+    }
+    CHECK_THROWS_AS(r.recv_bytes(50ms), mproc::timeout_error);
+  }
+  const std::size_t grown = malloc_held() - std::min(malloc_held(), before);
+  // 8 peers sent 100 KB each: at most twice that per peer (doubling) plus read-ahead
+  // buffers; 16 GiB were announced.
+  CHECK(grown < std::size_t(8) << 20);
+
+  // A body that arrives in parts, with timeouts between them, is still delivered
+  // whole and exact.
+  auto [w, r] = mproc::Pipe();
+  std::vector<std::byte> body(3'000'000);
+  for (std::size_t i = 0; i < body.size(); ++i) body[i] = std::byte(i * 131 % 251);
+  std::uint64_t len = body.size();
+  raw_write(w.fileno(), &len, sizeof len);
+  raw_write(w.fileno(), body.data(), 40'000);
+  CHECK_THROWS_AS(r.recv_bytes(20ms), mproc::timeout_error);
+  std::thread rest([&] { raw_write(w.fileno(), body.data() + 40'000, body.size() - 40'000); });
+  CHECK(r.recv_bytes(10s) == body);
+  rest.join();
+}
+
 TEST_CASE("a 256 MiB message gets through both ways", "[connection][large]") {
   auto method = MPROC_TEST_EACH_START_METHOD();
   INFO("start method " << mproc::to_string(method));
@@ -431,7 +477,7 @@ TEST_CASE("file descriptors pass between processes", "[connection]") {
   CHECK((::fcntl(got.get(), F_GETFD) & FD_CLOEXEC) != 0);
   CHECK(b.recv<int>() == 2);
   ::close(mfd);
-  CHECK_THROWS_AS(a.send_fd(-1), std::invalid_argument);
+  CHECK_THROWS_AS(a.send_fd(-1), mproc::value_error);
 }
 
 TEST_CASE("no descriptor leaks", "[connection]") {

@@ -541,9 +541,9 @@ TEST_CASE("no descriptor, process or socket leaks", "[managers][leaks]") {
 }
 
 TEST_CASE("option and input errors are typed", "[managers]") {
-  CHECK_THROWS_AS(mproc::Manager({.address = "no-port"}), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::Manager({.capacity = 100}), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::Manager({.timeout = std::chrono::seconds(0)}), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Manager({.address = "no-port"}), mproc::value_error);
+  CHECK_THROWS_AS(mproc::Manager({.capacity = 100}), mproc::value_error);
+  CHECK_THROWS_AS(mproc::Manager({.timeout = std::chrono::seconds(0)}), mproc::value_error);
   CHECK_THROWS_AS(mproc::Manager::connect("/nonexistent/mproc.sock", "k"), std::system_error);
   CHECK_THROWS_AS((mproc::DictProxy<int, int>().size()), mproc::state_error);
   mproc::Manager small({.capacity = 1 << 20});

@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <csignal>
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <map>
 #include <numeric>
@@ -590,9 +592,77 @@ TEST_CASE("no descriptor leaks and no /dev/shm entries", "[queue]") {
   CHECK(dev_shm() == shm);
 }
 
+namespace {
+/// The queue's shared memory, mapped again as a hostile producer of the same uid would.
+struct forged_view {
+  std::size_t bytes;
+  std::byte* mem;
+  explicit forged_view(const mproc::detail::mpmc_ring& r)
+      : bytes(mproc::detail::mpmc_ring::header_bytes + r.capacity()),
+        mem(static_cast<std::byte*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd(), 0))) {
+    REQUIRE(mem != MAP_FAILED);
+  }
+  ~forged_view() { ::munmap(mem, bytes); }
+  mproc::detail::mpmc_ring_header& header() const {
+    return *reinterpret_cast<mproc::detail::mpmc_ring_header*>(mem);
+  }
+  std::byte* record_at(std::uint64_t pos, std::size_t cap) const {
+    return mem + mproc::detail::mpmc_ring::header_bytes + pos % cap;
+  }
+};
+}  // namespace
+
+TEST_CASE("a forged queue record raises serialization_error once; the queue goes on",
+          "[queue]") {
+  mproc::Queue<std::string> q(mproc::queue_options{.capacity = 64 * 1024, .spill = false});
+  const std::size_t cap = q.capacity_bytes();
+  forged_view v(*q.ring());
+  const char* forgeries[] = {
+      "a record 3 ring lengths long, the tail 8 ring lengths ahead",
+      "a record longer than what is published",
+      "a record of an unknown kind",
+      "a fragmented message whose first fragment claims more than memory",
+  };
+  for (int round = 0; round < 2; ++round) {  // twice: wherever the ring's head stands
+    for (int f = 0; f < 4; ++f) {
+      INFO(forgeries[f] << ", round " << round);
+      q.put("victim");
+      auto& h = v.header();
+      const std::uint64_t head = h.head.load();
+      std::byte* rec = v.record_at(head, cap);
+      if (f == 0) {
+        // The payload is a well-formed string message claiming 3 ring lengths.
+        const std::uint32_t len = std::uint32_t(3 * cap);
+        std::memcpy(rec, &len, 4);
+        const std::uint64_t tag = mproc::detail::tag_of<std::string>();
+        const std::uint64_t chars = len - 16;
+        std::memcpy(rec + 8, &tag, 8);
+        std::memcpy(rec + 16, &chars, 8);
+        h.tail.store(head + 8 * cap);
+      } else if (f == 1) {
+        const std::uint32_t len = 1000;
+        std::memcpy(rec, &len, 4);
+      } else if (f == 2) {
+        const std::uint32_t kind = 77;
+        std::memcpy(rec + 4, &kind, 4);
+      } else {
+        const std::uint32_t kind = mproc::detail::mpmc_ring::k_first;
+        std::memcpy(rec + 4, &kind, 4);
+        const std::uint64_t total = ~std::uint64_t(0) >> 1;
+        std::memcpy(rec + 8, &total, 8);
+      }
+      CHECK_THROWS_AS(q.get(5s), mproc::serialization_error);
+      // Past the corrupt record: nothing is reported twice and the queue goes on.
+      CHECK_THROWS_AS(q.get_nowait(), mproc::queue_empty);
+      q.put("after");
+      CHECK(q.get(5s) == "after");
+    }
+  }
+}
+
 TEST_CASE("bad construction arguments", "[queue]") {
   CHECK_THROWS_AS(mproc::Queue<int>(mproc::queue_options{.capacity = std::size_t(1) << 62}),
-                  std::invalid_argument);
+                  mproc::value_error);
 }
 
 namespace {

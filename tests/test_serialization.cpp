@@ -759,6 +759,8 @@ TEST_CASE("the committed fuzz corpus (seeds and regression inputs) decodes safel
     std::ifstream in(entry.path(), std::ios::binary);
     std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     fuzz::deserialize_one(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+    fuzz::deserialize_one_on_small_stack(reinterpret_cast<const std::uint8_t*>(bytes.data()),
+                                         bytes.size());
     ++files;
   }
   CHECK(files >= 2 * fuzz::type_count);
@@ -778,4 +780,90 @@ TEST_CASE("the committed fuzz corpus (seeds and regression inputs) decodes safel
     };
     (check_one(std::integral_constant<std::size_t, I>{}), ...);
   }(std::make_index_sequence<fuzz::type_count>{});
+}
+
+namespace {
+
+/// A singly linked chain: every link is one more level of nesting in a Boost archive.
+struct chain {
+  int value = 0;
+  std::unique_ptr<chain> next;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & value & next;
+  }
+  chain() = default;
+  chain(chain&&) = default;
+  chain& operator=(chain&&) = default;
+  ~chain() {  // iteratively: a recursive destructor of a long chain overflows by itself
+    std::unique_ptr<chain> n = std::move(next);
+    while (n) n = std::move(n->next);
+  }
+};
+
+chain make_chain(int depth) {
+  chain head;
+  chain* at = &head;
+  for (int i = 1; i < depth; ++i) {
+    at->next = std::make_unique<chain>();
+    at->next->value = i;
+    at = at->next.get();
+  }
+  return head;
+}
+
+int chain_length(const chain& c) {
+  int n = 1;
+  for (const chain* at = c.next.get(); at; at = at->next.get()) ++n;
+  return n;
+}
+
+/// Runs f on a thread with a stack of `bytes`; rethrows what it throws.
+template <class F>
+void on_stack(std::size_t bytes, F f) {
+  struct job {
+    F* f;
+    std::exception_ptr error;
+  } j{&f, nullptr};
+  pthread_attr_t attr;
+  REQUIRE(pthread_attr_init(&attr) == 0);
+  REQUIRE(pthread_attr_setstacksize(&attr, bytes) == 0);
+  pthread_t t;
+  auto run = [](void* p) -> void* {
+    auto* j = static_cast<job*>(p);
+    try {
+      (*j->f)();
+    } catch (...) {
+      j->error = std::current_exception();
+    }
+    return nullptr;
+  };
+  REQUIRE(pthread_create(&t, &attr, run, &j) == 0);
+  pthread_attr_destroy(&attr);
+  pthread_join(t, nullptr);
+  if (j.error) std::rethrow_exception(j.error);
+}
+
+}  // namespace
+
+TEST_CASE("an archive nested deeper than the decoding thread's stack is refused, not a crash",
+          "[serialization][hostile]") {
+  // Written on a big stack, read on smaller ones: the reader refuses what does not
+  // fit its own stack and reads what does.
+  std::vector<std::byte> deep, shallow;
+  on_stack(std::size_t(1) << 30, [&] {
+    deep = mproc::serialize(make_chain(200'000));
+    shallow = mproc::serialize(make_chain(20));
+  });
+  for (std::size_t stack : {std::size_t(128) << 10, std::size_t(1) << 20, std::size_t(8) << 20}) {
+    INFO("stack of " << stack << " bytes");
+    on_stack(stack, [&] {
+      CHECK_THROWS_WITH(mproc::deserialize<chain>(deep), Catch::Contains("nested deeper"));
+      CHECK(chain_length(mproc::deserialize<chain>(shallow)) == 20);
+    });
+  }
+  // A large stack reads deep chains the sender could write.
+  on_stack(std::size_t(1) << 30, [&] { CHECK(chain_length(mproc::deserialize<chain>(deep)) == 200'000); });
+  // The main thread too (its stack is what the program was given).
+  CHECK_THROWS_AS(mproc::deserialize<chain>(deep), mproc::serialization_error);
 }

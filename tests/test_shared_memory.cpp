@@ -215,18 +215,18 @@ TEST_CASE("SharedMemory errors name the call and the segment") {
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("shm_open") && Catch::Contains(name));
   }
-  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 0), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, ""), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, "/"), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, "a/b"), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, std::string(300, 'x')), std::invalid_argument);
-  CHECK_THROWS_AS(mproc::SharedMemory("no/such"), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 0), mproc::value_error);
+  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, ""), mproc::value_error);
+  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, "/"), mproc::value_error);
+  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, "a/b"), mproc::value_error);
+  CHECK_THROWS_AS(mproc::SharedMemory(mproc::create, 16, std::string(300, 'x')), mproc::value_error);
+  CHECK_THROWS_AS(mproc::SharedMemory("no/such"), mproc::value_error);
 
   CHECK_THROWS_AS(shm.populate(), mproc::state_error);  // unlinked is fine, closed is not
   mproc::SharedMemory odd(mproc::create, 12);
-  CHECK_THROWS_AS(odd.as<double>(), std::invalid_argument);
+  CHECK_THROWS_AS(odd.as<double>(), mproc::value_error);
   CHECK(odd.as<double>(1).size() == 1);
-  CHECK_THROWS_AS(odd.as<double>(2), std::invalid_argument);
+  CHECK_THROWS_AS(odd.as<double>(2), mproc::value_error);
   CHECK(odd.as<std::uint32_t>().size() == 3);
   odd.unlink();
 }

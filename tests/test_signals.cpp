@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -258,5 +259,47 @@ TEST_CASE("blocking calls under a no-op handler firing every millisecond (no SA_
     CHECK(std::stol(run.out_text.substr(at + 8)) > 200);  // the storm did happen
     CHECK(run.err_text.empty());
     check_nothing_left(run.pid, "");
+  }
+}
+
+TEST_CASE("SIGKILL to the whole process group leaves no forkserver or Manager directory",
+          "[signals][leftovers]") {
+  helper_run run({helper("group_killed")});
+  REQUIRE(run.wait_for_line("ready", 60s));
+  std::vector<std::string> dirs;
+  std::vector<pid_t> servers;
+  for (auto& l : lines_of(run.out_text)) {
+    if (l.rfind("dir ", 0) == 0) dirs.push_back(l.substr(4));
+    if (l.rfind("pid ", 0) == 0) servers.push_back(pid_t(std::stol(l.substr(4))));
+  }
+  INFO("stdout:\n" << run.out_text);
+  REQUIRE(dirs.size() == 2);
+  for (auto& dir : dirs) REQUIRE(std::filesystem::is_directory(dir));
+  ::kill(-run.pid, SIGKILL);  // the program and everything in its group, at once
+  REQUIRE(run.finish(20s));
+  CHECK(WIFSIGNALED(run.status));
+  auto dirs_left = [&] {
+    std::vector<std::string> left;
+    for (auto& dir : dirs)
+      if (std::filesystem::exists(dir)) left.push_back(dir);
+    return left;
+  };
+  for (int i = 0; i < 100 && !dirs_left().empty(); ++i) ::usleep(100'000);
+  for (auto& dir : dirs_left()) {
+    CHECK(dir == "");  // named in the failure
+    std::filesystem::remove_all(dir);
+  }
+  check_nothing_left(run.pid, "");
+  // The servers, out of the group so that they can clean up, are gone too (as our
+  // orphans they are reaped here).
+  for (pid_t p : servers) {
+    if (p <= 0) continue;
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; ++i) {
+      d::waitpid_eintr(p, nullptr, WNOHANG);
+      gone = ::kill(p, 0) != 0;
+      if (!gone) ::usleep(100'000);
+    }
+    CHECK(gone);
   }
 }

@@ -156,9 +156,9 @@ TEST_CASE("a run overrunning run_timeout is killed and counts as abnormal", "[su
 }
 
 TEST_CASE("invalid options are rejected", "[supervisor]") {
-  CHECK_THROWS_AS(mproc::Supervisor({.max_restarts = -1}, [] {}), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Supervisor({.max_restarts = -1}, [] {}), mproc::value_error);
   CHECK_THROWS_AS(mproc::Supervisor({.max_restarts = 1, .backoff = 1ms, .backoff_multiplier = 0.5}, [] {}),
-                  std::invalid_argument);
+                  mproc::value_error);
 }
 
 TEST_CASE("giving up is logged as 'Max restarts (N) exceeded'", "[supervisor]") {

@@ -394,7 +394,7 @@ TEST_CASE("BoundedSemaphore rejects an extra release") {
   mproc::BoundedSemaphore zero(0);
   CHECK_FALSE(zero.acquire(false));
   CHECK_THROWS_AS(zero.release(), mproc::lock_error);
-  CHECK_THROWS_AS(mproc::Semaphore(-1), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Semaphore(-1), mproc::value_error);
 }
 
 TEST_CASE("Event wakes a waiter in another process") {
@@ -538,7 +538,7 @@ TEST_CASE("A broken Barrier raises broken_barrier_error; reset repairs it") {
     CHECK(b1.wait(1s) == 0);
     CHECK(runs.load() == 2);
   }
-  CHECK_THROWS_AS(mproc::Barrier(0), std::invalid_argument);
+  CHECK_THROWS_AS(mproc::Barrier(0), mproc::value_error);
 }
 
 TEST_CASE("Synchronization objects leak no descriptors") {

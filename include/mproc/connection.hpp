@@ -1,18 +1,19 @@
-// mproc::Pipe and mproc::Connection: a message channel between two processes.
-//
-// Both ends are AF_UNIX stream sockets (also for one-way pipes, whose unused
-// directions are shut down) so that sends can use MSG_NOSIGNAL: writing to a closed
-// peer raises mproc::eof_error instead of killing the program with SIGPIPE.
-//
-// Framing: an 8-byte length (host byte order: both ends run on one host) followed by
-// that many bytes. send(v) frames a type-tagged message (detail::write_message), so
-// recv<T>() of the wrong type is reported with both type names. The receive side
-// reads ahead into a small buffer so a small message costs one system call; bodies
-// larger than that buffer are read straight into their destination.
-//
-// Connection is a handle: copies share one socket (it closes when the last copy goes
-// or close() is called). One end must not be used by two threads at once, nor by two
-// processes at once (after fork each process has its own read-ahead buffer).
+/// \file
+/// mproc::Pipe and mproc::Connection: a message channel between two processes.
+///
+/// Both ends are AF_UNIX stream sockets (also for one-way pipes, whose unused
+/// directions are shut down) so that sends can use MSG_NOSIGNAL: writing to a closed
+/// peer raises mproc::eof_error instead of killing the program with SIGPIPE.
+///
+/// Framing: an 8-byte length (host byte order: both ends run on one host) followed by
+/// that many bytes. send(v) frames a type-tagged message (detail::write_message), so
+/// recv<T>() of the wrong type is reported with both type names. The receive side
+/// reads ahead into a small buffer so a small message costs one system call; bodies
+/// larger than that buffer are read straight into their destination.
+///
+/// Connection is a handle: copies share one socket (it closes when the last copy goes
+/// or close() is called). One end must not be used by two threads at once, nor by two
+/// processes at once (after fork each process has its own read-ahead buffer).
 #pragma once
 
 #include <algorithm>
@@ -42,6 +43,7 @@
 
 namespace mproc {
 
+/// Options of a Connection, given to Pipe() or the Connection constructor.
 struct connection_options {
   /// Largest message recv accepts; a longer one raises serialization_error (before
   /// anything is allocated) and is skipped.
@@ -58,10 +60,6 @@ inline constexpr std::size_t read_ahead_size = 16 * 1024;
 inline constexpr std::size_t max_fds_per_read = 16;
 // Sends up to this size are framed in a reused per-connection buffer.
 inline constexpr std::size_t reused_send_buffer_limit = 1 << 20;
-// A body up to this size is allocated when its header arrives; a larger one grows as
-// its bytes do, so a peer announcing a huge message (under the cap) and sending
-// nothing costs this much memory at most, not the announced size.
-inline constexpr std::size_t upfront_body_limit = std::size_t(64) << 20;
 
 struct connection_state {
   unique_fd fd;
@@ -84,14 +82,6 @@ struct connection_state {
 
   std::vector<std::byte> out;  // reused send buffer for small messages
 };
-
-/// The monotonic time timeout_ns from now; -1 (no deadline) for a negative timeout
-/// or one too long to represent (hours::max() means "forever", not an overflow).
-inline std::int64_t deadline_after(std::int64_t timeout_ns) {
-  if (timeout_ns < 0) return -1;
-  const std::int64_t now = monotonic_ns();
-  return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
-}
 
 /// Waits until fd is ready for `events` or the deadline passes (false).
 inline bool wait_fd(int fd, short events, std::int64_t deadline) {
@@ -207,10 +197,9 @@ inline void read_frame_header(connection_state& s, std::int64_t deadline, const 
 inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
                                          const char* what) {
   read_frame_header(s, deadline, what);
-  // Up to upfront_body_limit at once; beyond, the body grows as its bytes arrive.
-  if (s.body.size() < std::min(s.body_len, upfront_body_limit))
-    s.body.resize(std::min(s.body_len, upfront_body_limit));
-  // Room for at least `want` bytes, doubling (never past the announced length).
+  // The body grows only as its bytes arrive (doubling, never past the announced
+  // length): an announced length alone buys no memory, so a peer that announces a
+  // huge message and sends nothing costs nothing.
   auto grow_to = [&s](std::size_t want) {
     if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
   };
@@ -390,11 +379,14 @@ class Connection {
 
   /// Sends raw bytes as one message (received whole by recv_bytes).
   void send_bytes(std::span<const std::byte> bytes) { send_raw(bytes.data(), bytes.size(), -1); }
+  /// As send_bytes(bytes), from a string's characters.
   void send_bytes(std::string_view s) { send_raw(s.data(), s.size(), -1); }
+  /// As send_bytes(bytes), from any contiguous range of bytes or chars.
   template <detail::byte_range R>
   void send_bytes(const R& r) {
     send_raw(std::ranges::data(r), std::ranges::size(r), -1);
   }
+  /// As send_bytes(bytes); raises timeout_error if nothing could be written within `timeout`.
   template <class Rep, class Period>
   void send_bytes(std::span<const std::byte> bytes, std::chrono::duration<Rep, Period> timeout) {
     send_raw(bytes.data(), bytes.size(), detail::to_ns(timeout));
@@ -408,17 +400,22 @@ class Connection {
     check_slice(n, offset, n - std::min(offset, n));
     send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, n - offset, -1);
   }
+  /// As send_bytes(buf, offset), sending only `size` bytes; mproc::value_error when the slice lies outside `buf`.
   template <detail::byte_range R>
   void send_bytes(const R& buf, std::size_t offset, std::size_t size) {
     check_slice(std::ranges::size(buf), offset, size);
     send_raw(reinterpret_cast<const char*>(std::ranges::data(buf)) + offset, size, -1);
   }
+  /// As send_bytes(buf, offset), from a string's characters.
   void send_bytes(std::string_view s, std::size_t offset) { send_bytes<std::string_view>(s, offset); }
+  /// As send_bytes(buf, offset, size), from a string's characters.
   void send_bytes(std::string_view s, std::size_t offset, std::size_t size) {
     send_bytes<std::string_view>(s, offset, size);
   }
 
+  /// Receives one message sent with send_bytes, whole.
   [[nodiscard]] std::vector<std::byte> recv_bytes() { return frame(-1, "recv_bytes"); }
+  /// As recv_bytes(); raises timeout_error when no whole message arrives in time (a partly received one is kept for the next call).
   template <class Rep, class Period>
   [[nodiscard]] std::vector<std::byte> recv_bytes(std::chrono::duration<Rep, Period> timeout) {
     return frame(detail::to_ns(timeout), "recv_bytes");
@@ -431,6 +428,7 @@ class Connection {
     return detail::read_frame_into(readable_state("recv_bytes_into"), buffer, -1,
                                    "recv_bytes_into");
   }
+  /// As recv_bytes_into(buffer), raising timeout_error when no whole message arrives in time.
   template <class Rep, class Period>
   [[nodiscard]] std::size_t recv_bytes_into(std::span<std::byte> buffer,
                                             std::chrono::duration<Rep, Period> timeout) {
@@ -441,6 +439,7 @@ class Connection {
 
   /// True when there is something to receive (or the peer has closed: recv raises).
   [[nodiscard]] bool poll() { return poll_impl(0); }
+  /// As poll(), waiting up to `timeout` for something to arrive.
   template <class Rep, class Period>
   [[nodiscard]] bool poll(std::chrono::duration<Rep, Period> timeout) {
     return poll_impl(detail::to_ns(timeout));
@@ -448,7 +447,7 @@ class Connection {
 
   /// Passes a file descriptor to the peer process (SCM_RIGHTS); the caller keeps its own.
   void send_fd(int fd) {
-    if (fd < 0) throw std::invalid_argument("mproc: Connection::send_fd: invalid descriptor");
+    if (fd < 0) throw value_error("mproc: Connection::send_fd: invalid descriptor");
     auto& s = writable_state("send_fd");
     std::byte buf[detail::frame_header_size + 8];
     std::uint64_t len = detail::message_size(detail::passed_fd_marker{});
@@ -459,6 +458,7 @@ class Connection {
   }
   /// Receives a descriptor sent with send_fd (close-on-exec set).
   [[nodiscard]] detail::unique_fd recv_fd() { return recv_fd_impl(-1); }
+  /// As recv_fd(), raising timeout_error when nothing arrives in time.
   template <class Rep, class Period>
   [[nodiscard]] detail::unique_fd recv_fd(std::chrono::duration<Rep, Period> timeout) {
     return recv_fd_impl(detail::to_ns(timeout));
@@ -471,16 +471,22 @@ class Connection {
       s_->fds.clear();
     }
   }
+  /// True once this end is closed (or for a default-constructed Connection).
   [[nodiscard]] bool closed() const noexcept { return !s_ || !s_->fd; }
+  /// The socket's descriptor (for poll/select); raises state_error when closed.
   [[nodiscard]] int fileno() const {
     check_open("fileno");
     return s_->fd.get();
   }
+  /// Whether this end may receive (false for the send end of a one-way Pipe).
   [[nodiscard]] bool readable() const noexcept { return s_ && s_->readable; }
+  /// Whether this end may send (false for the receive end of a one-way Pipe).
   [[nodiscard]] bool writable() const noexcept { return s_ && s_->writable; }
+  /// Largest message this end accepts (connection_options::max_message_size).
   [[nodiscard]] std::size_t max_message_size() const noexcept {
     return s_ ? s_->max_message : 0;
   }
+  /// Changes max_message_size() for every copy of this end.
   void set_max_message_size(std::size_t n) {
     check_open("set_max_message_size");
     s_->max_message = n;

@@ -1,10 +1,11 @@
-// Start methods and the policies that implement them.
-//
-// A start policy turns a "child main" (a callable returning the child's exit code) into
-// a running child process. basic_process<Policy> and the pool are written against the
-// start_policy concept, so the method can be fixed at compile time (fork_policy, ...),
-// chosen at run time (dynamic_policy, which reads process_options::method or the
-// process-wide setting), or supplied by the user.
+/// \file
+/// Start methods and the policies that implement them.
+///
+/// A start policy turns a "child main" (a callable returning the child's exit code) into
+/// a running child process. basic_process<Policy> and the pool are written against the
+/// start_policy concept, so the method can be fixed at compile time (fork_policy, ...),
+/// chosen at run time (dynamic_policy, which reads process_options::method or the
+/// process-wide setting), or supplied by the user.
 #pragma once
 
 #include <array>
@@ -29,8 +30,14 @@
 
 namespace mproc {
 
-enum class start_method { fork, spawn, forkserver };
+/// How a child process starts: see set_start_method() and the start methods guide.
+enum class start_method {
+  fork,       ///< a copy of the parent (fast; any callable)
+  spawn,      ///< a fresh image of this executable, entering through init()
+  forkserver  ///< forked by a server started from init(), while single-threaded
+};
 
+/// "fork", "spawn" or "forkserver".
 [[nodiscard]] constexpr const char* to_string(start_method m) noexcept {
   switch (m) {
     case start_method::fork: return "fork";
@@ -42,9 +49,9 @@ enum class start_method { fork, spawn, forkserver };
 
 /// Options of a Process. Fields stay in this order (designated initializers).
 struct process_options {
-  std::string name{};                  // empty: "Process-N"
-  bool daemon = false;                 // terminated when the parent exits
-  std::optional<start_method> method{};  // empty: get_start_method()
+  std::string name{};                  ///< empty: "Process-N"
+  bool daemon = false;                 ///< terminated when the parent exits
+  std::optional<start_method> method{};  ///< empty: get_start_method()
 };
 
 namespace detail {
@@ -116,9 +123,9 @@ inline void init(int argc, char** argv, init_options options = {}) {
 
 /// What a policy is asked to start.
 struct launch_request {
-  std::string_view name;               // the process name (for logs and errors)
-  bool daemon = false;
-  std::optional<start_method> method;  // as given in process_options
+  std::string_view name;               ///< the process name (for logs and errors)
+  bool daemon = false;  ///< started as a daemon (terminated when its parent exits)
+  std::optional<start_method> method;  ///< as given in process_options
   /// Runs in the child and returns its exit code; the library's child bootstrap
   /// (name, counters, exception report) is already inside it. Used by fork.
   detail::function_ref<int()> child_main;
@@ -127,15 +134,17 @@ struct launch_request {
   /// entry(payload, fds) with a copy of payload and the descriptors fds (received as
   /// new descriptors; the entry owns them). Null when the work is only a closure.
   detail::entry_fn entry = nullptr;
+  /// Bytes entry receives (a copy of them, in the child).
   std::span<const std::byte> payload{};
+  /// Descriptors entry receives as new descriptors of its own.
   std::span<const int> fds{};
 };
 
 /// What a policy returns: the child's pid and, if it has one, a pidfd for it (the
 /// library opens one itself when this is empty).
 struct launched_child {
-  pid_t pid = -1;
-  detail::unique_fd pidfd;
+  pid_t pid = -1;  ///< the child's process id
+  detail::unique_fd pidfd;  ///< a pidfd for the child, or empty
   /// For a child that is not this process's own (forkserver): a socket on which its
   /// exit code (int32) arrives when it is reaped. Empty for direct children.
   detail::unique_fd status{};
@@ -160,8 +169,11 @@ inline unique_fd try_pidfd_open(pid_t pid) noexcept {
 /// SIGKILL when the parent dies (forks from non-main threads are done by a long-lived
 /// service thread so that the death signal follows the process, not the thread).
 struct fork_policy {
+  /// The method this policy implements.
   static constexpr start_method method = start_method::fork;
+  /// Whether it can be used in this build.
   static constexpr bool available = true;
+  /// Starts a child running `r.child_main()` (fork).
   static launched_child launch(const launch_request& r) {
     pid_t pid = detail::fork_child_stable(r.child_main);
     return {pid, {}};  // the caller opens a pidfd if and when it needs one
@@ -185,8 +197,11 @@ namespace detail {
 /// through init(argc, argv) and runs request.entry(payload, fds). Needs init as the
 /// first line of main.
 struct spawn_policy {
+  /// The method this policy implements.
   static constexpr start_method method = start_method::spawn;
+  /// Whether it can be used in this build.
   static constexpr bool available = true;
+  /// Starts a fresh image of this executable that runs `r.entry(r.payload, r.fds)`.
   static launched_child launch(const launch_request& r) {
     if (!r.entry) detail::throw_closure_only(method);
     // Not a structured binding: clang 14 cannot capture those in the lambda.
@@ -204,8 +219,11 @@ struct spawn_policy {
 /// child runs request.entry(payload, fds). The child is the server's: its exit code
 /// arrives over launched_child::status.
 struct forkserver_policy {
+  /// The method this policy implements.
   static constexpr start_method method = start_method::forkserver;
+  /// Whether it can be used in this build.
   static constexpr bool available = true;
+  /// Asks the forkserver for a child that runs `r.entry(r.payload, r.fds)`.
   static launched_child launch(const launch_request& r) {
     if (!r.entry) detail::throw_closure_only(method);
     auto [exe, args] = detail::spawn_image(method);
@@ -219,6 +237,7 @@ inline void set_start_method(start_method m) {
   detail::default_start_method_value().store(int(m));
 }
 
+/// The method used when no option names one (fork unless set_start_method() changed it).
 [[nodiscard]] inline start_method get_start_method() noexcept {
   return static_cast<start_method>(detail::default_start_method_value().load());
 }
@@ -233,6 +252,7 @@ inline void set_start_method(start_method m) {
 
 /// Chooses at run time: the request's method, else get_start_method().
 struct dynamic_policy {
+  /// Starts the child with the policy of `r.method`, or of get_start_method() when unset.
   static launched_child launch(const launch_request& r) {
     switch (r.method.value_or(get_start_method())) {
       case start_method::fork: return fork_policy::launch(r);

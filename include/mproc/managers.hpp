@@ -1,28 +1,30 @@
-// mproc::Manager: shared dicts, lists, namespaces, queues, locks and values that any
-// process can use through copyable proxies, as Python's multiprocessing.Manager.
-//
-// How it works (see detail/manager_store.hpp for the reasoning): the objects live in
-// one shared-memory segment; proxies in processes that have the segment mapped
-// operate on it directly under a robust process-shared mutex, so every operation is
-// synchronous, immediately visible everywhere, and costs no round trip. A server
-// process (forked by the Manager) owns the segment and listens on a Unix socket in a
-// private 0700 directory: a process that did not inherit the mapping (a pool worker
-// started before the Manager, a process given a proxy through a pipe or queue, an
-// unrelated process calling Manager::connect) authenticates there (SO_PEERCRED
-// same-uid check plus a mutual HMAC-SHA256 challenge with the manager's key) and
-// receives the segment's descriptor. With manager_options::address = "host:port" the
-// server also listens on TCP; clients connecting there (Manager::connect) send each
-// operation as a request that the server executes against the same segment.
-//
-// update(key, fn, default) is atomic: fn runs while the shared state is locked. Local
-// proxies run fn in the calling process, so any callable works. Over TCP the server
-// runs it: fn must then be a captureless lambda or stateless function object, sent as
-// a stable id of its type that the server (the same program) resolves in its own
-// image (the id is registered at start-up in every process running the program), or
-// a function pointer, sent as an offset from a known function of the executable and
-// used only if the server's executable has the same GNU build-id.
+/// \file
+/// mproc::Manager: shared dicts, lists, namespaces, queues, locks and values that any
+/// process can use through copyable proxies, as Python's multiprocessing.Manager.
+///
+/// How it works (see detail/manager_store.hpp for the reasoning): the objects live in
+/// one shared-memory segment; proxies in processes that have the segment mapped
+/// operate on it directly under a robust process-shared mutex, so every operation is
+/// synchronous, immediately visible everywhere, and costs no round trip. A server
+/// process (forked by the Manager) owns the segment and listens on a Unix socket in a
+/// private 0700 directory: a process that did not inherit the mapping (a pool worker
+/// started before the Manager, a process given a proxy through a pipe or queue, an
+/// unrelated process calling Manager::connect) authenticates there (SO_PEERCRED
+/// same-uid check plus a mutual HMAC-SHA256 challenge with the manager's key) and
+/// receives the segment's descriptor. With manager_options::address = "host:port" the
+/// server also listens on TCP; clients connecting there (Manager::connect) send each
+/// operation as a request that the server executes against the same segment.
+///
+/// update(key, fn, default) is atomic: fn runs while the shared state is locked. Local
+/// proxies run fn in the calling process, so any callable works. Over TCP the server
+/// runs it: fn must then be a captureless lambda or stateless function object, sent as
+/// a stable id of its type that the server (the same program) resolves in its own
+/// image (the id is registered at start-up in every process running the program), or
+/// a function pointer, sent as an offset from a known function of the executable and
+/// used only if the server's executable has the same GNU build-id.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -66,6 +68,7 @@
 
 namespace mproc {
 
+/// Options of a Manager.
 struct manager_options {
   /// "" (default): local use only, through a Unix socket in a private directory.
   /// "host:port" additionally listens on TCP (port 0 picks one; see Manager::port()).
@@ -509,19 +512,10 @@ inline std::pair<response, bool> handle_request(const server_config& cfg, std::s
   return {std::move(r), with_fd};
 }
 
+/// Serves an authenticated connection until the client goes away (on its own thread:
+/// a request may block, e.g. a Queue get with a timeout).
 inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_unix) {
   try {
-    if (is_unix) {
-      ucred cred{};
-      socklen_t len = sizeof cred;
-      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != ::geteuid()) {
-        detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(cred.uid));
-        return;
-      }
-    }
-    deadline_t d = deadline_after(cfg.handshake_timeout_ns);
-    deliver_challenge(fd.get(), cfg.authkey, d);
-    answer_challenge(fd.get(), cfg.authkey, d);
     for (;;) {
       std::string frame = read_frame(fd.get(), cfg.max_message, -1);
       auto [r, with_fd] = handle_request(cfg, frame, is_unix);
@@ -535,6 +529,245 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
   }
 }
 
+// ---- the handshake stage
+//
+// A new connection costs no thread until it has authenticated: the server's one loop
+// runs every handshake without blocking, each with its own deadline, at most
+// max_pending_handshakes per listener. When a listener has that many, the oldest of
+// its handshakes is dropped for the newcomer, so peers that connect and say nothing
+// can neither hold the server nor keep anyone else out; the Unix socket's and the TCP
+// port's handshakes never displace each other. Out of descriptors, the server drops
+// the oldest handshake, or takes the connection and closes it at once (a descriptor
+// kept in reserve for that), and else stops accepting for a moment: it never spins.
+
+inline constexpr std::size_t max_pending_handshakes = 64;
+inline constexpr std::int64_t accept_backoff_ns = 100'000'000;
+
+/// One connection in the handshake stage. The server sent its challenge; the client
+/// now sends three frames: its digest of our nonce, its own challenge, our verdict.
+/// Each is read exactly (never past it: the client may send its first request right
+/// after the last one).
+struct pending_handshake {
+  unique_fd fd;
+  bool is_unix = false;
+  deadline_t deadline = 0;
+  std::uint64_t serial = 0;  // accept order: the lowest is the oldest
+  std::string nonce;
+  int frames = 0;  // frames received so far
+  unsigned char hdr[4] = {};
+  std::size_t hdr_got = 0;
+  std::string body;
+  std::size_t body_got = 0;
+};
+
+enum class handshake_state { more, done, failed };
+
+/// Receives what has arrived of the current frame; true once it is whole (in h.body).
+/// Throws on end of file, an error or a frame over the handshake cap.
+inline bool read_handshake_frame(pending_handshake& h) {
+  for (;;) {
+    void* at;
+    std::size_t want;
+    if (h.hdr_got < 4) {
+      at = h.hdr + h.hdr_got;
+      want = 4 - h.hdr_got;
+    } else {
+      if (h.body_got == h.body.size()) return true;
+      at = h.body.data() + h.body_got;
+      want = h.body.size() - h.body_got;
+    }
+    const ssize_t r = ::recv(h.fd.get(), at, want, MSG_DONTWAIT);
+    if (r == 0) throw eof_error("manager: the peer closed during the handshake");
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      throw_errno("recv(manager handshake)");
+    }
+    if (h.hdr_got < 4) {
+      h.hdr_got += std::size_t(r);
+      if (h.hdr_got == 4) {
+        std::uint32_t n;
+        std::memcpy(&n, h.hdr, 4);
+        h.body.assign(checked_length(n, handshake_cap), '\0');
+        h.body_got = 0;
+      }
+    } else {
+      h.body_got += std::size_t(r);
+    }
+  }
+}
+
+/// Moves a handshake on with what has arrived; never blocks.
+inline handshake_state advance_handshake(const server_config& cfg, pending_handshake& h) {
+  const deadline_t now = monotonic_ns();  // replies are a few bytes: they go out at once
+  while (read_handshake_frame(h)) {
+    std::string msg = std::move(h.body);
+    h.body.clear();
+    h.hdr_got = h.body_got = 0;
+    switch (h.frames++) {
+      case 0:  // the client's digest of our nonce
+        if (!constant_time_equal(msg, hmac_sha256(cfg.authkey, h.nonce))) {
+          write_frame(h.fd.get(), failure, now);
+          detail::log(log_level::warning, "manager: a peer failed authentication (wrong key)");
+          return handshake_state::failed;
+        }
+        write_frame(h.fd.get(), welcome, now);
+        break;
+      case 1:  // the client's challenge
+        if (msg.size() <= challenge_prefix.size() || msg.compare(0, challenge_prefix.size(), challenge_prefix) != 0)
+          return handshake_state::failed;
+        write_frame(h.fd.get(), hmac_sha256(cfg.authkey, std::string_view(msg).substr(challenge_prefix.size())), now);
+        break;
+      default:  // our verdict, as the client saw it
+        return msg == welcome ? handshake_state::done : handshake_state::failed;
+    }
+  }
+  return handshake_state::more;
+}
+
+/// The server's accept side: listeners, handshakes in progress, and the hand-off of
+/// authenticated connections to threads of their own.
+class handshake_stage {
+ public:
+  explicit handshake_stage(const server_config& cfg) : cfg_(cfg) { reserve_fd(); }
+
+  /// Accepts what is waiting on `listen_fd` (listener 0: Unix, 1: TCP).
+  void accept_from(int listen_fd, int listener) {
+    for (int burst = 0; burst < 256; ++burst) {
+      int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (c < 0) {
+        if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          // Out of descriptors: make room by dropping the oldest handshake, else
+          // refuse this peer through the reserve, else wait a moment.
+          if (drop_oldest(listener)) continue;
+          if (spare_) {
+            spare_.reset();
+            int refused = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (refused >= 0) ::close(refused);
+            reserve_fd();
+            if (refused >= 0) continue;
+          }
+          paused_until_[listener] = monotonic_ns() + accept_backoff_ns;
+          return;
+        }
+        throw_errno("accept4(manager)");
+      }
+      admit(unique_fd(c), listener);
+    }
+  }
+
+  /// Descriptors to poll: each pending handshake's, after `out`'s first entries.
+  void add_pollfds(std::vector<pollfd>& out) const {
+    for (const auto& h : pending_) out.push_back({h.fd.get(), POLLIN, 0});
+  }
+  /// Handles readiness for the entries add_pollfds added (from `first` on), then
+  /// drops handshakes whose deadline passed.
+  void on_ready(const std::vector<pollfd>& p, std::size_t first) {
+    // Pending entries are in the same order as polled; collect by fd first, since
+    // finishing one changes the list.
+    std::vector<int> ready;
+    for (std::size_t i = first; i < p.size(); ++i)
+      if (p[i].revents) ready.push_back(p[i].fd);
+    for (int fd : ready) {
+      auto it = std::find_if(pending_.begin(), pending_.end(), [fd](const auto& h) { return h.fd.get() == fd; });
+      if (it == pending_.end()) continue;
+      handshake_state st;
+      try {
+        st = advance_handshake(cfg_, *it);
+      } catch (const std::exception& e) {
+        detail::log(log_level::info, "manager: dropping a connection in its handshake: %s", e.what());
+        st = handshake_state::failed;
+      }
+      if (st == handshake_state::more) continue;
+      pending_handshake h = std::move(*it);
+      pending_.erase(it);
+      if (st == handshake_state::done) hand_off(std::move(h));
+    }
+    const deadline_t now = monotonic_ns();
+    std::erase_if(pending_, [now](const pending_handshake& h) { return h.deadline <= now; });
+  }
+
+  /// Milliseconds poll may sleep: until the next handshake deadline or the end of an
+  /// accept pause; -1 when nothing is due.
+  [[nodiscard]] int poll_timeout_ms() const {
+    deadline_t next = -1;
+    for (const auto& h : pending_)
+      if (next < 0 || h.deadline < next) next = h.deadline;
+    for (deadline_t p : paused_until_)
+      if (p > 0 && (next < 0 || p < next)) next = p;
+    return poll_ms_until(next);
+  }
+  /// False while accepting on `listener` is paused (descriptors ran out).
+  [[nodiscard]] bool accepting(int listener) {
+    if (paused_until_[listener] && monotonic_ns() >= paused_until_[listener]) paused_until_[listener] = 0;
+    return paused_until_[listener] == 0;
+  }
+  [[nodiscard]] std::size_t pending() const noexcept { return pending_.size(); }
+
+ private:
+  void reserve_fd() noexcept { spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+  void admit(unique_fd fd, int listener) {
+    const bool is_unix = listener == 0;
+    if (is_unix) {
+      ucred cred{};
+      socklen_t len = sizeof cred;
+      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != ::geteuid()) {
+        detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(cred.uid));
+        return;
+      }
+    }
+    std::size_t mine = 0;
+    for (const auto& h : pending_) mine += h.is_unix == is_unix;
+    if (mine >= max_pending_handshakes) drop_oldest(listener);
+    pending_handshake h;
+    h.fd = std::move(fd);
+    h.is_unix = is_unix;
+    h.deadline = deadline_after(cfg_.handshake_timeout_ns);
+    h.serial = ++serial_;
+    h.nonce = random_bytes(32);
+    try {
+      write_frame(h.fd.get(), std::string(challenge_prefix) + h.nonce, monotonic_ns());
+    } catch (const std::exception&) {
+      return;  // gone already
+    }
+    pending_.push_back(std::move(h));
+  }
+
+  /// Drops the oldest handshake of `listener`; false if it has none.
+  bool drop_oldest(int listener) {
+    const bool is_unix = listener == 0;
+    auto oldest = pending_.end();
+    for (auto it = pending_.begin(); it != pending_.end(); ++it)
+      if (it->is_unix == is_unix && (oldest == pending_.end() || it->serial < oldest->serial)) oldest = it;
+    if (oldest == pending_.end()) return false;
+    pending_.erase(oldest);
+    return true;
+  }
+
+  void hand_off(pending_handshake h) {
+    // The serving thread blocks in poll with deadlines; plain blocking sends suit it.
+    const int flags = ::fcntl(h.fd.get(), F_GETFL);
+    if (flags >= 0) ::fcntl(h.fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+    const int c = h.fd.release();
+    const bool is_unix = h.is_unix;
+    const server_config& cfg = cfg_;
+    try {
+      std::thread([&cfg, c, is_unix] { serve_connection(cfg, unique_fd(c), is_unix); }).detach();
+    } catch (...) {
+      ::close(c);
+    }
+  }
+
+  const server_config& cfg_;
+  std::vector<pending_handshake> pending_;
+  std::uint64_t serial_ = 0;
+  deadline_t paused_until_[2] = {0, 0};
+  unique_fd spare_;
+};
+
 /// Removes the socket directory and exits: the owner died without shutting us down.
 [[noreturn]] inline void server_orphaned(const server_config& cfg) {
   std::error_code ec;
@@ -543,7 +776,7 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
 }
 
 [[noreturn]] inline void server_main(server_config cfg, pid_t owner, int unix_fd, int tcp_fd, int ready_fd) {
-  ::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the owner shuts us down
+  ::signal(SIGINT, SIG_IGN);  // a Ctrl-C is the owner's to act on; the owner shuts us down
   ::signal(SIGPIPE, SIG_IGN);
   detail::process_name_storage() = "SyncManager";
   close_all_but({0, 1, 2, cfg.st->fd(), unix_fd, tcp_fd, ready_fd});
@@ -556,31 +789,37 @@ inline void serve_connection(const server_config& cfg, unique_fd fd, bool is_uni
   ::pthread_sigmask(SIG_BLOCK, &term, nullptr);  // before any thread: they inherit the mask
   int sfd = ::signalfd(-1, &term, SFD_CLOEXEC);
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // Out of the program's process group: a SIGKILL of the whole group must leave the
+  // server alive to get the parent-death signal and remove the directory.
+  ::setpgid(0, 0);
   if (::getppid() != owner) server_orphaned(cfg);
   cfg.st->hold_life();
   char one = 1;
   [[maybe_unused]] auto w = ::write(ready_fd, &one, 1);
   ::close(ready_fd);
-  pollfd p[3] = {{unix_fd, POLLIN, 0}, {sfd, POLLIN, 0}, {tcp_fd, POLLIN, 0}};
-  nfds_t n = tcp_fd >= 0 ? 3 : 2;
+  // Accepting drains a listener until it would block.
+  for (int l : {unix_fd, tcp_fd})
+    if (l >= 0) ::fcntl(l, F_SETFL, ::fcntl(l, F_GETFL) | O_NONBLOCK);
+  handshake_stage stage(cfg);
+  std::vector<pollfd> p;
   for (;;) {
-    int rc = ::poll(p, n, -1);
+    p.clear();
+    p.push_back({stage.accepting(0) ? unix_fd : -1, POLLIN, 0});
+    p.push_back({sfd, POLLIN, 0});
+    p.push_back({tcp_fd >= 0 && stage.accepting(1) ? tcp_fd : -1, POLLIN, 0});
+    stage.add_pollfds(p);
+    int rc = ::poll(p.data(), p.size(), stage.poll_timeout_ms());
     if (rc == -1) {
       if (errno == EINTR) continue;
       ::_exit(3);
     }
     if (p[1].revents & POLLIN) server_orphaned(cfg);
-    for (nfds_t i = 0; i < n; ++i) {
-      if (i == 1) continue;
-      if (!(p[i].revents & POLLIN)) continue;
-      int c = ::accept4(p[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c == -1) continue;  // the client gave up, or transient resource shortage
-      bool is_unix = i == 0;
-      try {
-        std::thread([&cfg, c, is_unix] { serve_connection(cfg, unique_fd(c), is_unix); }).detach();
-      } catch (...) {
-        ::close(c);
-      }
+    stage.on_ready(p, 3);
+    try {
+      if (p[0].revents & POLLIN) stage.accept_from(unix_fd, 0);
+      if (p[2].revents & POLLIN) stage.accept_from(tcp_fd, 1);
+    } catch (const std::exception& e) {
+      detail::log(log_level::warning, "manager: accept failed: %s", e.what());
     }
   }
 }
@@ -648,9 +887,12 @@ class snapshot_iterator {
 class BaseProxy {
  public:
   BaseProxy() = default;
+  /// The object's id in its manager (the same in every copy and every process).
   [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+  /// False for a default-constructed proxy, which refers to no object.
   [[nodiscard]] explicit operator bool() const noexcept { return bool(ep_); }
 
+  /// Boost.Serialization: a proxy travels as its manager's address, key and object id.
   template <class Archive>
   void serialize(Archive& ar, unsigned) {
     detail::mgr::endpoint e;
@@ -695,10 +937,13 @@ class DictProxy : public BaseProxy {
                 "mproc::DictProxy: use std::string, not a C string type, for keys and values");
 
  public:
+  /// The key type.
   using key_type = K;
+  /// The value type.
   using mapped_type = V;
   DictProxy() = default;
 
+  /// Sets the value for `k`.
   void set(const K& k, const V& v) { call(op::dict_set, detail::mgr::enc(k), detail::mgr::enc(v)); }
   /// The value for k; std::out_of_range (Python's KeyError) when missing.
   [[nodiscard]] V get(const K& k) const {
@@ -706,15 +951,18 @@ class DictProxy : public BaseProxy {
     if (!r.n) throw std::out_of_range("mproc::DictProxy::get: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
+  /// The value for `k`, or `dflt` when missing.
   [[nodiscard]] V get(const K& k, const V& dflt) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
     return r.n ? detail::mgr::dec<V>(r.a) : dflt;
   }
+  /// The value for `k`, or nullopt when missing.
   [[nodiscard]] std::optional<V> try_get(const K& k) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
     if (!r.n) return std::nullopt;
     return detail::mgr::dec<V>(r.a);
   }
+  /// True when `k` is present.
   [[nodiscard]] bool contains(const K& k) const { return call(op::dict_contains, detail::mgr::enc(k)).n != 0; }
   /// Removes k; returns whether it was there.
   bool erase(const K& k) { return call(op::dict_erase, detail::mgr::enc(k)).n != 0; }
@@ -724,8 +972,11 @@ class DictProxy : public BaseProxy {
     if (!r.n) throw std::out_of_range("mproc::DictProxy::pop: key not found (KeyError)");
     return detail::mgr::dec<V>(r.a);
   }
+  /// Number of entries.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::dict_size).n); }
+  /// True when there are no entries.
   [[nodiscard]] bool empty() const { return size() == 0; }
+  /// Removes every entry.
   void clear() { call(op::dict_clear); }
 
   /// A consistent snapshot, in insertion order (as a Python dict).
@@ -737,11 +988,13 @@ class DictProxy : public BaseProxy {
       out.emplace_back(detail::mgr::dec<K>(r.list[i]), detail::mgr::dec<V>(r.list[i + 1]));
     return out;
   }
+  /// The keys, in insertion order.
   [[nodiscard]] std::vector<K> keys() const {
     std::vector<K> out;
     for (auto& [k, v] : items()) out.push_back(std::move(k));
     return out;
   }
+  /// The values, in key insertion order.
   [[nodiscard]] std::vector<V> values() const {
     std::vector<V> out;
     for (auto& [k, v] : items()) out.push_back(std::move(v));
@@ -768,6 +1021,7 @@ class DictProxy : public BaseProxy {
     return detail::mgr::snapshot_iterator<std::pair<K, V>>(
         std::make_shared<const std::vector<std::pair<K, V>>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
   /// The snapshot as a std::map (needs K ordered).
@@ -834,10 +1088,13 @@ class ListProxy : public BaseProxy {
   using op = detail::mgr::op;
 
  public:
+  /// The element type.
   using value_type = T;
   ListProxy() = default;
 
+  /// Appends `v`.
   void append(const T& v) { call(op::list_append, {}, detail::mgr::enc(v)); }
+  /// Appends every element of `range`, in one call.
   template <class R>
   void extend(const R& range) {
     detail::mgr::request q;
@@ -845,13 +1102,19 @@ class ListProxy : public BaseProxy {
     for (const auto& e : range) q.list.push_back(detail::mgr::enc(static_cast<const T&>(e)));
     be()->call(q, nullptr);
   }
+  /// Element `i` (negative counts from the end); std::out_of_range when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  /// Replaces element `i` (negative counts from the end); std::out_of_range when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
   /// Removes and returns element i (default: the last).
   T pop(std::int64_t i = -1) { return detail::mgr::dec<T>(call(op::list_pop, {}, {}, i).a); }
+  /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
+  /// True when there are no elements.
   [[nodiscard]] bool empty() const { return size() == 0; }
+  /// Removes every element.
   void clear() { call(op::list_clear); }
+  /// A snapshot of every element, in order.
   [[nodiscard]] std::vector<T> items() const {
     auto r = call(op::list_items);
     std::vector<T> out;
@@ -877,6 +1140,7 @@ class ListProxy : public BaseProxy {
   void insert(std::int64_t i, const T& x) { call(op::list_insert, {}, detail::mgr::enc(x), i); }
   /// Removes the first element equal to x; value_error when there is none.
   void remove(const T& x) { call(op::list_remove, {}, detail::mgr::enc(x)); }
+  /// Reverses the list in place.
   void reverse() { call(op::list_reverse); }
   /// Sorts the list (stable, as Python's) by `comp`. The elements are sorted here and
   /// written back only if no process changed the list meanwhile (else it retries),
@@ -900,6 +1164,7 @@ class ListProxy : public BaseProxy {
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -916,6 +1181,7 @@ class NamespaceProxy : public BaseProxy {
  public:
   NamespaceProxy() = default;
 
+  /// Sets attribute `name` to `value` (C strings are stored as std::string).
   template <class T>
   void set(const std::string& name, const T& value) {
     using W = detail::wire_t<T>;
@@ -924,6 +1190,7 @@ class NamespaceProxy : public BaseProxy {
     detail::write_message(w, reinterpret_cast<std::byte*>(bytes.data()));
     call(op::dict_set, detail::mgr::enc(name), std::move(bytes));
   }
+  /// Attribute `name` as T; std::out_of_range when missing, serialization_error when it holds another type.
   template <class T>
   [[nodiscard]] T get(const std::string& name) const {
     auto r = call(op::dict_get, detail::mgr::enc(name));
@@ -931,9 +1198,11 @@ class NamespaceProxy : public BaseProxy {
     return detail::read_message<T>(
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.a.data()), r.a.size()));
   }
+  /// True when attribute `name` is set.
   [[nodiscard]] bool has(const std::string& name) const {
     return call(op::dict_contains, detail::mgr::enc(name)).n != 0;
   }
+  /// Removes attribute `name`; returns whether it was there.
   bool erase(const std::string& name) { return call(op::dict_erase, detail::mgr::enc(name)).n != 0; }
   /// Attribute names in the order they were first set.
   [[nodiscard]] std::vector<std::string> names() const {
@@ -956,20 +1225,25 @@ class QueueProxy : public BaseProxy {
  public:
   QueueProxy() = default;
 
+  /// Puts `v`, waiting while a bounded queue is full.
   void put(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 0, -1); }
   /// queue_full if there is no room before the timeout.
   template <class Rep, class Period>
   void put(const T& v, std::chrono::duration<Rep, Period> timeout) {
     call(op::queue_put, {}, detail::mgr::enc(v), 0, detail::to_ns(timeout));
   }
+  /// Puts `v`; queue_full if there is no room now.
   void put_nowait(const T& v) { call(op::queue_put, {}, detail::mgr::enc(v), 1, 0); }
+  /// Takes the next message, waiting until one arrives.
   [[nodiscard]] T get() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, -1).a); }
   /// queue_empty if nothing arrives before the timeout.
   template <class Rep, class Period>
   [[nodiscard]] T get(std::chrono::duration<Rep, Period> timeout) {
     return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 0, detail::to_ns(timeout)).a);
   }
+  /// Takes the next message; queue_empty if there is none now.
   [[nodiscard]] T get_nowait() { return detail::mgr::dec<T>(call(op::queue_get, {}, {}, 1, 0).a); }
+  /// The next message if one is there now; nullopt otherwise.
   [[nodiscard]] std::optional<T> try_get() {
     try {
       return get_nowait();
@@ -977,7 +1251,9 @@ class QueueProxy : public BaseProxy {
       return std::nullopt;
     }
   }
+  /// Messages waiting.
   [[nodiscard]] std::size_t qsize() const { return static_cast<std::size_t>(call(op::queue_size).n); }
+  /// True when no message waits.
   [[nodiscard]] bool empty() const { return qsize() == 0; }
   /// True when a bounded queue holds maxsize items.
   [[nodiscard]] bool full() const { return call(op::queue_full).n != 0; }
@@ -1020,16 +1296,21 @@ class LockProxy : public BaseProxy {
  public:
   LockProxy() = default;
 
+  /// Takes the lock, waiting when `block`; returns whether it was taken.
   bool acquire(bool block = true) { return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
   /// False if the lock could not be taken before the timeout.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
-    return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
+    const std::int64_t ns = detail::to_ns(timeout);  // a NaN is refused even when not blocking
+    return call(op::lock_acquire, {}, {}, block ? 0 : 1, block ? ns : 0).n != 0;
   }
   /// state_error if the lock is not held.
   void release() { call(op::lock_release); }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  private:
@@ -1045,8 +1326,11 @@ class ValueProxy : public BaseProxy {
 
  public:
   ValueProxy() = default;
+  /// The value.
   [[nodiscard]] T get() const { return detail::mgr::dec<T>(call(op::value_get).a); }
+  /// The value (Python's `.value`).
   [[nodiscard]] T value() const { return get(); }
+  /// Replaces the value.
   void set(const T& v) { call(op::value_set, {}, detail::mgr::enc(v)); }
 
  private:
@@ -1060,8 +1344,11 @@ class EventProxy : public BaseProxy {
 
  public:
   EventProxy() = default;
+  /// Sets the flag and wakes every waiter.
   void set() { call(op::event_set); }
+  /// Clears the flag.
   void clear() { call(op::event_clear); }
+  /// True while the flag is set.
   [[nodiscard]] bool is_set() const { return call(op::event_is_set).n != 0; }
   /// Waits until the flag is set; returns it.
   bool wait() { return call(op::event_wait, {}, {}, 0, -1).n != 0; }
@@ -1083,15 +1370,22 @@ class SemaphoreProxy : public BaseProxy {
 
  public:
   SemaphoreProxy() = default;
+  /// Decrements the counter, waiting while it is 0 when `block`; true when decremented.
   bool acquire(bool block = true) { return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? -1 : 0).n != 0; }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::sem_acquire, {}, {}, block ? 0 : 1, block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Adds `n` to the counter (value_error past a BoundedSemaphore's bound, or for n < 1).
   void release(std::int64_t n = 1) { call(op::sem_release, {}, {}, n); }
+  /// The counter's value.
   [[nodiscard]] std::int64_t get_value() const { return call(op::sem_value).n; }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  private:
@@ -1106,17 +1400,23 @@ class RLockProxy : public BaseProxy {
 
  public:
   RLockProxy() = default;
+  /// Takes the lock (again, if this thread holds it), waiting when `block`; true when taken.
   bool acquire(bool block = true) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1, block ? -1 : 0).n != 0;
   }
+  /// As acquire(block), waiting at most `timeout`.
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return call(op::rlock_acquire, {}, detail::mgr::caller_token(), block ? 0 : 1,
                 block ? detail::to_ns(timeout) : 0).n != 0;
   }
+  /// Releases one level; state_error unless the calling thread holds it.
   void release() { call(op::rlock_release, {}, detail::mgr::caller_token()); }
+  /// Lockable: acquire(true).
   void lock() { acquire(true); }
+  /// Lockable: acquire(false).
   bool try_lock() { return acquire(false); }
+  /// Lockable: release().
   void unlock() { release(); }
 
  protected:
@@ -1154,12 +1454,14 @@ class ConditionProxy : public RLockProxy {
     }
     return ok;
   }
+  /// Waits until pred() holds.
   template <class Pred>
   void wait_for(Pred pred) {
     while (!pred()) (void)wait();
   }
   /// Wakes up to n waiters.
   void notify(std::int64_t n = 1) { call(op::cond_notify, {}, detail::mgr::caller_token(), n); }
+  /// Wakes every waiter.
   void notify_all() { call(op::cond_notify, {}, detail::mgr::caller_token(), -1); }
 
  private:
@@ -1177,16 +1479,22 @@ class BarrierProxy : public BaseProxy {
   BarrierProxy() = default;
   /// Waits for the other parties, or the barrier's default timeout if it has one.
   std::size_t wait() { return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, -2).n); }
+  /// As wait(), raising broken_barrier_error when `timeout` passes first.
   template <class Rep, class Period>
   std::size_t wait(std::chrono::duration<Rep, Period> timeout) {
     return static_cast<std::size_t>(call(op::barrier_wait, {}, {}, 0, detail::to_ns(timeout)).n);
   }
+  /// Puts the barrier back to its initial state; parties waiting now get broken_barrier_error.
   void reset() { call(op::barrier_reset); }
+  /// Breaks the barrier: waits raise broken_barrier_error until reset().
   void abort() { call(op::barrier_abort); }
+  /// Parties needed to pass.
   [[nodiscard]] std::size_t parties() const { return static_cast<std::size_t>(call(op::barrier_info).n); }
+  /// Parties waiting now.
   [[nodiscard]] std::size_t n_waiting() const {
     return static_cast<std::size_t>(std::stoll(call(op::barrier_info).list.at(0)));
   }
+  /// True when the barrier is broken (until reset()).
   [[nodiscard]] bool broken() const { return call(op::barrier_info).list.at(1) != "0"; }
 
  private:
@@ -1201,10 +1509,14 @@ class ArrayProxy : public BaseProxy {
   using op = detail::mgr::op;
 
  public:
+  /// The element type.
   using value_type = T;
   ArrayProxy() = default;
+  /// Element `i`; std::out_of_range when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
+  /// Replaces element `i`; std::out_of_range when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
+  /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
   /// A copy of the contents (Python's arr[:]).
   [[nodiscard]] std::vector<T> items() const {
@@ -1214,9 +1526,11 @@ class ArrayProxy : public BaseProxy {
     for (auto& e : r.list) out.push_back(detail::mgr::dec<T>(e));
     return out;
   }
+  /// Iterates over a snapshot of the elements.
   [[nodiscard]] detail::mgr::snapshot_iterator<T> begin() const {
     return detail::mgr::snapshot_iterator<T>(std::make_shared<const std::vector<T>>(items()));
   }
+  /// The end of the snapshot.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:
@@ -1231,15 +1545,17 @@ class ArrayProxy : public BaseProxy {
 /// created the manager shuts its server down on destruction or shutdown().
 class Manager {
  public:
+  /// Starts a manager for local use: a Unix socket in a private directory, a random key.
   Manager() : Manager(manager_options{}) {}
 
+  /// Starts a manager with `opts` (TCP address, key, capacity, timeouts).
   explicit Manager(manager_options opts) : opts_(std::move(opts)) {
     using namespace detail::mgr;
     if (opts_.authkey.empty()) opts_.authkey = detail::random_bytes(32);
     std::int64_t timeout_ns = detail::to_ns(opts_.timeout);
-    if (timeout_ns <= 0) throw std::invalid_argument("mproc::manager_options: timeout must be positive");
+    if (timeout_ns <= 0) throw value_error("mproc::manager_options: timeout must be positive");
     if (opts_.capacity < (std::size_t(64) << 10))
-      throw std::invalid_argument("mproc::manager_options: capacity must be at least 64 KiB");
+      throw value_error("mproc::manager_options: capacity must be at least 64 KiB");
     uuid_ = detail::hex(detail::random_bytes(16));
 
     auto st = store::create(opts_.capacity);
@@ -1255,7 +1571,7 @@ class Manager {
       detail::unique_fd tfd;
       if (!opts_.address.empty()) {
         if (is_unix_address(opts_.address))
-          throw std::invalid_argument("mproc::Manager: address must be host:port (the Unix socket is always made)");
+          throw value_error("mproc::Manager: address must be host:port (the Unix socket is always made)");
         auto [fd, port] = listen_tcp(opts_.address);
         tfd = std::move(fd);
         port_ = port;
@@ -1336,7 +1652,9 @@ class Manager {
 
   Manager(const Manager&) = delete;
   Manager& operator=(const Manager&) = delete;
+  /// Takes over the other manager (and the duty to shut its server down).
   Manager(Manager&& o) noexcept { swap(o); }
+  /// Takes over the other manager (and the duty to shut its server down).
   Manager& operator=(Manager&& o) noexcept {
     if (this != &o) {
       shutdown();
@@ -1362,9 +1680,11 @@ class Manager {
   /// Where clients connect: "host:port" with the bound port when listening on TCP,
   /// otherwise the Unix socket path.
   [[nodiscard]] std::string address() const { return tcp_address_.empty() ? unix_path_ : tcp_address_; }
+  /// The path of the manager's Unix socket.
   [[nodiscard]] const std::string& unix_address() const noexcept { return unix_path_; }
   /// The bound TCP port (0 when not listening on TCP).
   [[nodiscard]] int port() const noexcept { return port_; }
+  /// The shared key clients prove with the HMAC challenge.
   [[nodiscard]] const std::string& authkey() const noexcept { return opts_.authkey; }
   /// This manager's unique id (hex); the same in every client of it.
   [[nodiscard]] const std::string& id() const noexcept { return uuid_; }
@@ -1377,21 +1697,26 @@ class Manager {
   [[nodiscard]] DictProxy<K, V> dict(const std::string& name = {}) {
     return DictProxy<K, V>(ep_, create(detail::mgr::kind::dict, name, tag<K>(), tag<V>()));
   }
+  /// A new list, or with a name the list registered under that name.
   template <class T>
   [[nodiscard]] ListProxy<T> list(const std::string& name = {}) {
     return ListProxy<T>(ep_, create(detail::mgr::kind::list, name, tag<T>(), 0));
   }
+  /// A new namespace, or with a name the namespace registered under that name.
   [[nodiscard]] NamespaceProxy Namespace(const std::string& name = {}) {
     return NamespaceProxy(ep_, create(detail::mgr::kind::ns, name, 0, 0));
   }
+  /// A new queue holding at most `maxsize` messages (0: unbounded).
   template <class T>
   [[nodiscard]] QueueProxy<T> Queue(std::size_t maxsize = 0) {
     return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, {}, tag<T>(), 0, maxsize));
   }
+  /// The queue registered under `name` (created on first use with `maxsize`).
   template <class T>
   [[nodiscard]] QueueProxy<T> Queue(const std::string& name, std::size_t maxsize = 0) {
     return QueueProxy<T>(ep_, create(detail::mgr::kind::queue, name, tag<T>(), 0, maxsize));
   }
+  /// A new lock, or with a name the lock registered under that name.
   [[nodiscard]] LockProxy Lock(const std::string& name = {}) {
     return LockProxy(ep_, create(detail::mgr::kind::lock, name, 0, 0));
   }
@@ -1400,11 +1725,14 @@ class Manager {
   [[nodiscard]] ValueProxy<T> Value(const T& v) {
     return ValueProxy<T>(ep_, create(detail::mgr::kind::value, {}, tag<T>(), 0, 0, detail::mgr::enc(v)));
   }
+  /// A new joinable queue holding at most `maxsize` messages (0: unbounded).
   template <class T>
   [[nodiscard]] JoinableQueueProxy<T> JoinableQueue(std::size_t maxsize = 0) {
     return JoinableQueueProxy<T>(ep_, create(detail::mgr::kind::joinable_queue, {}, tag<T>(), 0, maxsize));
   }
+  /// A new event.
   [[nodiscard]] EventProxy Event() { return EventProxy(ep_, create(detail::mgr::kind::event, {}, 0, 0)); }
+  /// A new condition (with its own lock).
   [[nodiscard]] ConditionProxy Condition() {
     return ConditionProxy(ep_, create(detail::mgr::kind::condition, {}, 0, 0));
   }
@@ -1412,9 +1740,11 @@ class Manager {
   [[nodiscard]] SemaphoreProxy Semaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new bounded semaphore starting at, and bounded by, `value`.
   [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::int64_t value = 1) {
     return SemaphoreProxy(ep_, create(detail::mgr::kind::bounded_semaphore, {}, 0, 0, semaphore_value(value)));
   }
+  /// A new recursive lock.
   [[nodiscard]] RLockProxy RLock() { return RLockProxy(ep_, create(detail::mgr::kind::rlock, {}, 0, 0)); }
   /// A barrier for `parties` (value_error when 0); wait() without a timeout waits
   /// for ever.

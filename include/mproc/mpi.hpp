@@ -1,29 +1,30 @@
-// The MPI backend: the Pool API over MPI ranks instead of local worker processes.
-//
-//   int main(int argc, char** argv) {
-//     mproc::mpi::environment env(argc, argv);  // worker ranks serve tasks and exit here
-//     mproc::mpi::Pool pool;                    // on the root rank (rank 0) only
-//     auto v = pool.map(f, inputs);
-//   }
-//
-// Run with `mpirun -np N ./program`: rank 0 runs main, ranks 1..N-1 are workers. Tasks
-// name their function and carry their arguments exactly as with mproc::Pool (see
-// detail/callable.hpp and serialization.hpp), so every rank must run the same
-// executable. With no worker ranks (-np 1, or started without mpirun) the root runs
-// the tasks itself on the pool's engine thread.
-//
-// Threading: MPI is initialised with MPI_THREAD_SERIALIZED. After initialisation only
-// one thread makes MPI calls at a time: the pool's engine thread while a pool exists,
-// the main thread before and after (environment's destructor). Hence one mpi::Pool at
-// a time.
-//
-// Scheduling: each worker rank holds up to `chunks_in_flight` chunks (default 2); the
-// engine sends the next chunk to a rank as soon as one of its results arrives, so
-// uneven tasks balance dynamically.
-//
-// Failure: a task's exception comes back as with mproc::Pool. A rank that dies takes
-// the job down: mpirun aborts every rank (the root included) and exits non-zero. MPI
-// call failures that are reported instead raise mproc::error naming the call.
+/// \file
+/// The MPI backend: the Pool API over MPI ranks instead of local worker processes.
+///
+///   int main(int argc, char** argv) {
+///     mproc::mpi::environment env(argc, argv);  // worker ranks serve tasks and exit here
+///     mproc::mpi::Pool pool;                    // on the root rank (rank 0) only
+///     auto v = pool.map(f, inputs);
+///   }
+///
+/// Run with `mpirun -np N ./program`: rank 0 runs main, ranks 1..N-1 are workers. Tasks
+/// name their function and carry their arguments exactly as with mproc::Pool (see
+/// detail/callable.hpp and serialization.hpp), so every rank must run the same
+/// executable. With no worker ranks (-np 1, or started without mpirun) the root runs
+/// the tasks itself on the pool's engine thread.
+///
+/// Threading: MPI is initialised with MPI_THREAD_SERIALIZED. After initialisation only
+/// one thread makes MPI calls at a time: the pool's engine thread while a pool exists,
+/// the main thread before and after (environment's destructor). Hence one mpi::Pool at
+/// a time.
+///
+/// Scheduling: each worker rank holds up to `chunks_in_flight` chunks (default 2); the
+/// engine sends the next chunk to a rank as soon as one of its results arrives, so
+/// uneven tasks balance dynamically.
+///
+/// Failure: a task's exception comes back as with mproc::Pool. A rank that dies takes
+/// the job down: mpirun aborts every rank (the root included) and exits non-zero. MPI
+/// call failures that are reported instead raise mproc::error naming the call.
 #pragma once
 
 #include <algorithm>
@@ -64,6 +65,7 @@
 #include "pool.hpp"
 #include "serialization.hpp"
 
+/// The Pool API over the ranks of an MPI job (mpirun): see mpi::environment and mpi::Pool.
 namespace mproc::mpi {
 
 namespace detail {
@@ -331,6 +333,7 @@ inline env_state*& current_env() {
 /// side effect that only the root should have. Only rank 0 returns.
 class environment {
  public:
+  /// Initialises MPI with the program's arguments (see the class description: only rank 0 returns).
   environment(int& argc, char**& argv) {
     env_.emplace(argc, argv, boost::mpi::threading::serialized, true);
     start();
@@ -364,6 +367,7 @@ class environment {
   [[nodiscard]] int workers() const noexcept { return state_.size - 1; }
   /// The host this rank runs on.
   [[nodiscard]] static std::string processor_name() { return boost::mpi::environment::processor_name(); }
+  /// The job's MPI_COMM_WORLD as a Boost.MPI communicator.
   [[nodiscard]] boost::mpi::communicator communicator() const { return {}; }
 
  private:
@@ -397,6 +401,7 @@ class environment {
   detail::env_state state_;
 };
 
+/// Options of an mpi::Pool. Fields stay in this order (designated initializers).
 struct pool_options {
   /// Worker ranks to use (the first ones); 0: all of them.
   std::size_t processes = 0;
@@ -410,13 +415,14 @@ struct pool_options {
 /// The mproc::Pool API over the job's worker ranks. Create it on the root after the
 /// environment; one at a time. Results, AsyncResult, as_completed and imap ranges
 /// are the same types as mproc::Pool's. All members may be called from any thread.
-class Pool : public mproc::detail::pool_interface<Pool> {
-  friend class mproc::detail::pool_interface<Pool>;
+class Pool : public mproc::pool_interface<Pool> {
+  friend class mproc::pool_interface<Pool>;
 
  public:
   Pool() : Pool(pool_options{}) {}
   /// Uses the first `processes` worker ranks (0: all).
   explicit Pool(std::size_t processes) : Pool(pool_options{.processes = processes}) {}
+  /// A pool with `opts`; raises state_error without an environment or while another mpi::Pool exists.
   explicit Pool(pool_options opts) : opts_(opts) {
     env_ = detail::current_env();
     if (!env_) throw state_error("mpi::Pool: create an mproc::mpi::environment first");
@@ -451,10 +457,11 @@ class Pool : public mproc::detail::pool_interface<Pool> {
     return std::max<std::size_t>(1, ranks_.size());
   }
 
-  using mproc::detail::pool_interface<Pool>::apply_async;
+  using mproc::pool_interface<Pool>::apply_async;
 
   // ------------------------------------------------------------ single calls
 
+  /// apply_async with Python's callback / error_callback (see mproc::callbacks).
   template <class C, class E, class F, class... A>
   auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
     using D = std::decay_t<F>;

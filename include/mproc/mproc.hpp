@@ -1,5 +1,6 @@
-// mproc: Python's multiprocessing for C++20. This header pulls in the whole library
-// except the MPI backend (<mproc/mpi.hpp>, target mproc::mpi).
+/// \file
+/// mproc: Python's multiprocessing for C++20. This header pulls in the whole library
+/// except the MPI backend (<mproc/mpi.hpp>, target mproc::mpi).
 #pragma once
 
 #include <mproc/version.hpp>
@@ -17,3 +18,7 @@
 #include <mproc/pool.hpp>
 #include <mproc/managers.hpp>
 #include <mproc/supervisor.hpp>
+
+/// Python's multiprocessing and concurrent.futures for C++20: Process, Pool, Queue,
+/// Pipe, Value/Array, SharedMemory, locks, Manager and the start methods.
+namespace mproc {}

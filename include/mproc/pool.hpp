@@ -1,16 +1,17 @@
-// Pool: a fixed set of worker processes running tasks.
-//
-// The task path: the caller's inputs are serialized once, in chunks, by the pool's
-// service thread and streamed into a shared-memory ring per worker; the worker
-// decodes each item in place, calls the function and writes the result straight into
-// its result ring; the service thread decodes it straight into its slot of the output
-// (or the AsyncResult). Wake-ups are futexes (worker side) and one eventfd (service
-// side), each taken only after a short spin finds nothing to do.
-//
-// Crash containment: every worker publishes which item it is running. When a worker
-// dies, that one item fails with worker_died (or timeout_error when the pool killed it
-// for overrunning task_timeout); every other item it held is sent again to a
-// replacement worker.
+/// \file
+/// Pool: a fixed set of worker processes running tasks.
+///
+/// The task path: the caller's inputs are serialized once, in chunks, by the pool's
+/// service thread and streamed into a shared-memory ring per worker; the worker
+/// decodes each item in place, calls the function and writes the result straight into
+/// its result ring; the service thread decodes it straight into its slot of the output
+/// (or the AsyncResult). Wake-ups are futexes (worker side) and one eventfd (service
+/// side), each taken only after a short spin finds nothing to do.
+///
+/// Crash containment: every worker publishes which item it is running. When a worker
+/// dies, that one item fails with worker_died (or timeout_error when the pool killed it
+/// for overrunning task_timeout); every other item it held is sent again to a
+/// replacement worker.
 #pragma once
 
 #include <algorithm>
@@ -64,30 +65,35 @@ namespace mproc {
 class duration_option {
  public:
   constexpr duration_option() = default;
+  /// From any std::chrono duration, implicitly, so options read `.task_timeout = 5s`.
   template <class Rep, class Period>
   duration_option(std::chrono::duration<Rep, Period> d) : ns_(detail::to_ns(d)) {}  // NOLINT
+  /// The duration in nanoseconds; 0 or less means none.
   [[nodiscard]] std::int64_t ns() const noexcept { return ns_; }
+  /// True when a duration above zero was given.
   [[nodiscard]] explicit operator bool() const noexcept { return ns_ > 0; }
 
  private:
   std::int64_t ns_ = 0;
 };
 
+/// Options of a Pool. Fields stay in this order (designated initializers).
 struct pool_options {
-  std::size_t processes = 0;              // 0: cpu_count()
-  std::optional<start_method> method{};   // unset: get_start_method()
-  detail::portable_call initializer{};    // `init_fn` or `{init_fn, args...}`; runs in each worker
-  std::size_t max_tasks_per_child = 0;    // 0: workers live as long as the pool
-  duration_option task_timeout{};         // 0: none; an overrunning item's worker is killed
+  std::size_t processes = 0;              ///< worker processes; 0: cpu_count()
+  std::optional<start_method> method{};   ///< how workers start; unset: get_start_method()
+  detail::portable_call initializer{};    ///< `init_fn` or `{init_fn, args...}`; runs in each worker
+  std::size_t max_tasks_per_child = 0;    ///< a worker is replaced after this many tasks; 0: workers live as long as the pool
+  duration_option task_timeout{};         ///< per item; 0: none. An overrunning item fails with timeout_error and its worker is replaced
 };
 
 /// Called on the pool's service thread as items complete: (done, total). total is 0
 /// while the input's length is not known yet.
 using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
 
+/// Options of map, starmap, imap, imap_unordered and their _async forms.
 struct map_options {
-  std::size_t chunksize = 0;  // 0: map sizes chunks by measured cost, at most Python's size; imap uses 1
-  progress_fn on_progress{};
+  std::size_t chunksize = 0;  ///< items per task message; 0: map sizes chunks by measured cost, at most Python's size; imap uses 1
+  progress_fn on_progress{};  ///< called as items complete; see progress_bar()
   /// 0: none. map/starmap: the whole call, then timeout_error (items not yet handed
   /// out are dropped); map_async/starmap_async: how long get() and wait() without a
   /// timeout of their own wait; imap/imap_unordered: each next result.
@@ -100,16 +106,18 @@ struct map_options {
 /// deduction, clang before 17, take `callbacks<>{.error_callback = f}`).
 template <class C = std::nullptr_t, class E = std::function<void(std::exception_ptr)>>
 struct callbacks {
-  C callback{};
-  E error_callback{};
+  C callback{};  ///< called with the result when the task succeeds
+  E error_callback{};  ///< called with the task's std::exception_ptr when it fails
 };
 // Spelled out for compilers without aggregate deduction (clang < 17), so that
 // callbacks{on_value} and callbacks{on_value, on_error} work there too. Only there:
 // GCC would let these guides take a designated `.error_callback = f` for the value
 // callback.
 #if defined(__clang__) && __clang_major__ < 17
+/// `callbacks{on_value}`: a callback only.
 template <class C>
 callbacks(C) -> callbacks<C>;
+/// `callbacks{on_value, on_error}`.
 template <class C, class E>
 callbacks(C, E) -> callbacks<C, E>;
 #endif
@@ -348,10 +356,13 @@ struct async_state : async_state_base {
 
 }  // namespace detail
 
+/// The result of an asynchronous call (apply_async, map_async, submit...), as Python's
+/// AsyncResult and concurrent.futures.Future. A handle: copies share the one result.
 template <class R>
 class [[nodiscard]] AsyncResult {
  public:
   AsyncResult() = default;
+  /// Internal: made by the pool around the call's shared state.
   explicit AsyncResult(std::shared_ptr<detail::async_state<R>> s) : s_(std::move(s)) {}
 
   /// Waits for the result and returns it (again on every call); rethrows the task's
@@ -373,6 +384,7 @@ class [[nodiscard]] AsyncResult {
     wait_or_throw(detail::to_ns(timeout));
     return take();
   }
+  /// As get(timeout), by value on a temporary (see get() &&).
   template <class Rep, class Period>
   auto get(std::chrono::duration<Rep, Period> timeout) && {
     wait_or_throw(detail::to_ns(timeout));
@@ -392,6 +404,7 @@ class [[nodiscard]] AsyncResult {
     check();
     return s_->wait_for_ns(detail::to_ns(timeout));
   }
+  /// True when the call has finished, successfully or not.
   [[nodiscard]] bool ready() const {
     check();
     return s_->ready();
@@ -403,6 +416,7 @@ class [[nodiscard]] AsyncResult {
     if (!s_->done) throw state_error("AsyncResult::successful: the result is not ready");
     return !s_->error;
   }
+  /// False for a default-constructed or moved-from AsyncResult.
   [[nodiscard]] bool valid() const noexcept { return bool(s_); }
 
   /// concurrent.futures: true if the task had not been handed to a worker yet (or was
@@ -526,13 +540,19 @@ std::vector<std::size_t> distinct_results(const std::vector<AsyncResult<R>>& res
 template <class R>
 class as_completed {
  public:
+  /// Waits on `results`, which must outlive this object and every AsyncResult in it
+  /// must be non-empty (state_error otherwise).
   explicit as_completed(std::vector<AsyncResult<R>>& results) : as_completed(results, -1) {}
+  /// As above; timeout_error once `timeout` (from now) has passed with results still pending.
   template <class Rep, class Period>
   as_completed(std::vector<AsyncResult<R>>& results, std::chrono::duration<Rep, Period> timeout)
       : as_completed(results, detail::deadline_after_ns(detail::to_ns(timeout))) {}
 
+  /// Input iterator: each step blocks until the next result completes.
   class iterator {
    public:
+    ///@{
+    /// Input-iterator member (std::input_iterator).
     using value_type = AsyncResult<R>;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
@@ -545,6 +565,7 @@ class as_completed {
     }
     void operator++(int) { advance(); }
     bool operator==(std::default_sentinel_t) const { return o_ == nullptr; }
+    ///@}
 
    private:
     void advance() {
@@ -571,7 +592,9 @@ class as_completed {
     as_completed* o_ = nullptr;
     std::size_t cur_ = 0;
   };
+  /// The first result to complete (blocks until one does).
   iterator begin() { return iterator(this); }
+  /// The end: every result has been yielded.
   std::default_sentinel_t end() { return {}; }
 
  private:
@@ -1394,8 +1417,11 @@ class imap_job final : public job_base {
 template <class R>
 class imap_range {
  public:
+  /// Internal: made by imap / imap_unordered.
   explicit imap_range(std::shared_ptr<detail::imap_state<R>> s) : s_(std::move(s)) {}
+  /// Moves the sequence; the moved-from object is empty.
   imap_range(imap_range&&) noexcept = default;
+  /// Moves the sequence; the moved-from object is empty.
   imap_range& operator=(imap_range&&) noexcept = default;
   ~imap_range() {
     if (s_) {
@@ -1404,8 +1430,12 @@ class imap_range {
     }
   }
 
+  /// Input iterator: each step blocks until the next result arrives, and rethrows the
+  /// exception of a task that failed.
   class iterator {
    public:
+    ///@{
+    /// Input-iterator member (std::input_iterator).
     using value_type = detail::stored_t<R>;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
@@ -1418,6 +1448,7 @@ class imap_range {
     }
     void operator++(int) { fetch(); }
     bool operator==(std::default_sentinel_t) const { return r_ == nullptr; }
+    ///@}
 
    private:
     void fetch() {
@@ -1470,7 +1501,9 @@ class imap_range {
     mutable std::optional<value_type> cur_;
   };
 
+  /// The first result (blocks until it arrives; rethrows a task's exception).
   iterator begin() { return iterator(this); }
+  /// The end: every input's result has been yielded.
   std::default_sentinel_t end() { return {}; }
 
   /// Internal: the shared state (used by the pools).
@@ -1527,48 +1560,81 @@ void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
   if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
 }
 
-/// The calls every pool offers (map, starmap, imap, ... apply), written once in
-/// terms of the three a pool implements: submit_gather<Star>(f, inputs, options,
-/// callbacks), submit_imap(f, inputs, options, ordered) and apply_async(callbacks,
-/// f, args...). mproc::Pool and mproc::mpi::Pool both build on it.
+}  // namespace detail
+
+/// The calls every pool offers: map, starmap, imap, imap_unordered, apply, submit and
+/// the _async forms. mproc::Pool and mproc::mpi::Pool inherit them, so both take the
+/// same tasks and return the same result types. Written once in terms of the three
+/// calls a pool implements: submit_gather<Star>(f, inputs, options, callbacks),
+/// submit_imap(f, inputs, options, ordered) and apply_async(callbacks, f, args...).
+///
+/// Tasks (`f`) are free functions, captureless lambdas, stateless function objects or
+/// function objects with a serialize() member; arguments and results must be able to
+/// cross a process boundary (see serialization.hpp).
 template <class Derived>
 class pool_interface {
+  /// o, its chunksize checked: a negative int arrives as a huge size_t.
+  static map_options checked(map_options o) {
+    if (o.chunksize > UINT32_MAX)
+      throw value_error("mproc::Pool: chunksize " + std::to_string(o.chunksize) +
+                        " is negative or too large (at most " + std::to_string(UINT32_MAX) + ")");
+    return o;
+  }
+  /// imap's positional chunksize: at least 1, as in Python.
+  static map_options imap_chunksize(std::size_t chunksize) {
+    if (chunksize == 0) throw value_error("mproc::Pool::imap: chunksize must be at least 1, not 0");
+    return checked(map_options{.chunksize = chunksize});
+  }
+
  public:
+  /// Calls `f` on every element of `inputs` (any input range) in the workers and returns a
+  /// std::vector of the results in input order. Blocks until every item has finished, then
+  /// rethrows the exception of the lowest failing index, if any (worker_died for an item
+  /// whose worker died, timeout_error for one over pool_options::task_timeout).
+  /// `chunksize`: items per task message; 0 sizes chunks by measured cost (see map_options).
   template <class F, std::ranges::input_range In>
   auto map(F f, In&& inputs, std::size_t chunksize = 0) {
     return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
   }
+  /// As map(f, inputs, chunksize), with map_options (chunksize, on_progress).
   template <class F, std::ranges::input_range In>
   auto map(F f, In&& inputs, map_options o) {
     return finish_map(map_async(f, std::forward<In>(inputs), std::move(o)));
   }
+  /// As map(), unpacking each element (a std::tuple or std::pair) into f's arguments.
   template <class F, std::ranges::input_range In>
   auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
     return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
   }
+  /// As starmap(f, inputs, chunksize), with map_options.
   template <class F, std::ranges::input_range In>
   auto starmap(F f, In&& inputs, map_options o) {
     return finish_map(starmap_async(f, std::forward<In>(inputs), std::move(o)));
   }
 
+  /// As map(), without waiting: returns an AsyncResult<std::vector<R>> at once; `cb`
+  /// gives Python's callback / error_callback.
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
     const std::int64_t timeout = o.timeout.ns();
     return with_deadline(self().template submit_gather<false>(f, std::forward<In>(inputs),
-                                                              std::move(o), std::move(cb)),
+                                                              checked(std::move(o)), std::move(cb)),
                          timeout);
   }
+  /// As map_async(f, inputs, options), with only a chunksize.
   template <class F, std::ranges::input_range In>
   auto map_async(F f, In&& inputs, std::size_t chunksize) {
     return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
   }
+  /// As starmap(), without waiting: returns an AsyncResult<std::vector<R>> at once.
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
     const std::int64_t timeout = o.timeout.ns();
     return with_deadline(self().template submit_gather<true>(f, std::forward<In>(inputs),
-                                                             std::move(o), std::move(cb)),
+                                                             checked(std::move(o)), std::move(cb)),
                          timeout);
   }
+  /// As starmap_async(f, inputs, options), with only a chunksize.
   template <class F, std::ranges::input_range In>
   auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
     return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
@@ -1578,30 +1644,33 @@ class pool_interface {
   /// tasks in flight, so an endless input works.
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize ? chunksize : 1});
+    return imap(f, std::forward<In>(inputs), imap_chunksize(chunksize));
   }
+  /// As imap(f, inputs, chunksize), with map_options (chunksize, on_progress).
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, map_options o) {
     const std::int64_t timeout = o.timeout.ns();
-    auto r = self().submit_imap(f, std::forward<In>(inputs), std::move(o), true);
+    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), true);
     r.state()->timeout_ns = timeout;
     return r;
   }
+  /// As imap(), yielding each result as soon as it is ready (completion order).
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
-    return imap_unordered(f, std::forward<In>(inputs),
-                          map_options{.chunksize = chunksize ? chunksize : 1});
+    return imap_unordered(f, std::forward<In>(inputs), imap_chunksize(chunksize));
   }
+  /// As imap_unordered(f, inputs, chunksize), with map_options.
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, map_options o) {
     const std::int64_t timeout = o.timeout.ns();
-    auto r = self().submit_imap(f, std::forward<In>(inputs), std::move(o), false);
+    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), false);
     r.state()->timeout_ns = timeout;
     return r;
   }
 
+  /// Runs `f(args...)` in a worker; returns its AsyncResult at once.
   template <class F, class... A>
-    requires(!is_specialization_v<std::decay_t<F>, callbacks>)
+    requires(!detail::is_specialization_v<std::decay_t<F>, callbacks>)
   auto apply_async(F f, A&&... args) {
     return self().apply_async(callbacks<>{}, f, std::forward<A>(args)...);
   }
@@ -1610,6 +1679,7 @@ class pool_interface {
   auto submit(F f, A&&... args) {
     return apply_async(f, std::forward<A>(args)...);
   }
+  /// Runs `f(args...)` in a worker and returns its result (or rethrows its exception).
   template <class F, class... A>
   decltype(auto) apply(F f, A&&... args) {
     auto r = apply_async(f, std::forward<A>(args)...);
@@ -1641,18 +1711,40 @@ class pool_interface {
   }
 };
 
-}  // namespace detail
-
-/// Worker pool. `basic_pool<Policy>` starts its workers with Policy; `Pool` reads the
-/// start method at run time. Not copyable; all members may be called from any thread.
+/// Worker pool, as Python's multiprocessing.Pool. `basic_pool<Policy>` starts its
+/// workers with Policy; mproc::Pool (basic_pool<dynamic_policy>) reads the start method
+/// at run time. Not copyable; all members may be called from any thread.
+///
+/// A worker that dies mid-task fails exactly that task with worker_died and is
+/// replaced; close() refuses new work, join() waits for it, and the destructor does
+/// both, so outstanding work is never lost. The task calls (map, imap, apply_async, ...)
+/// are those of pool_interface.
+/// \code
+/// mproc::Pool pool(4);
+/// std::vector<int> squares = pool.map(square, std::views::iota(1, 11));
+/// for (int s : pool.imap(square, std::views::iota(0))) if (s > 100) break;  // lazy
+/// auto r = pool.apply_async(square, 12);   // AsyncResult<int>
+/// int v = r.get(std::chrono::seconds(2));  // timeout_error if not ready by then
+/// \endcode
 template <class Policy>
-class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
-  friend class detail::pool_interface<basic_pool>;
+class basic_pool : public pool_interface<basic_pool<Policy>> {
+  friend class pool_interface<basic_pool>;
 
  public:
+  /// A pool of cpu_count() workers.
   basic_pool() : basic_pool(pool_options{}) {}
+  /// A pool of `processes` workers (0: cpu_count()).
   explicit basic_pool(std::size_t processes) : basic_pool(pool_options{.processes = processes}) {}
+  /// A pool with `opts` (workers, start method, initializer, max_tasks_per_child, task_timeout).
   explicit basic_pool(pool_options opts) : opts_(std::move(opts)) {
+    // A negative int arrives as a huge size_t; no system runs more processes than
+    // its pid space (PID_MAX_LIMIT).
+    if (opts_.processes > (std::size_t(1) << 22))
+      throw value_error("mproc::Pool: processes " + std::to_string(opts_.processes) +
+                        " is negative or too large (0 means cpu_count())");
+    if (opts_.max_tasks_per_child > std::size_t(PTRDIFF_MAX))
+      throw value_error("mproc::Pool: max_tasks_per_child " + std::to_string(opts_.max_tasks_per_child) +
+                        " is negative (0 means no limit)");
     if (opts_.processes == 0) opts_.processes = cpu_count();
     shared_region_ = detail::shm_region::create(sizeof(detail::pool_shared), "mproc-pool");
     shared_ = new (shared_region_.data()) detail::pool_shared{};
@@ -1689,12 +1781,15 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
     helper_->pool = nullptr;
   }
 
+  /// The number of worker processes.
   [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
 
-  using detail::pool_interface<basic_pool>::apply_async;
+  using pool_interface<basic_pool>::apply_async;
 
   // ------------------------------------------------------------ single calls
 
+  /// apply_async with Python's callback / error_callback (see callbacks): `callback` gets
+  /// the result, `error_callback` the exception; both run on the pool's service thread.
   template <class C, class E, class F, class... A>
   auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
     using D = std::decay_t<F>;
@@ -2641,6 +2736,8 @@ class basic_pool : public detail::pool_interface<basic_pool<Policy>> {
   bool joined_ = false;
 };
 
+/// The pool most programs use: its start method is pool_options::method, else
+/// get_start_method(). See basic_pool.
 using Pool = basic_pool<dynamic_policy>;
 
 }  // namespace mproc

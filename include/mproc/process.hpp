@@ -1,11 +1,12 @@
-// mproc::Process: run a callable in a child process (Python's multiprocessing.Process).
-//
-// Every started child is kept in a per-process registry until it is reaped, so a
-// Process object may be destroyed while its child runs: the child is reaped later
-// (on later starts, by active_children(), and at exit, where daemon children are
-// terminated and the others joined, as in Python). Children are waited for through a
-// pidfd, so join(timeout) sleeps in the kernel and signals go to the right process
-// even if its pid could be reused.
+/// \file
+/// mproc::Process: run a callable in a child process (Python's multiprocessing.Process).
+///
+/// Every started child is kept in a per-process registry until it is reaped, so a
+/// Process object may be destroyed while its child runs: the child is reaped later
+/// (on later starts, by active_children(), and at exit, where daemon children are
+/// terminated and the others joined, as in Python). Children are waited for through a
+/// pidfd, so join(timeout) sleeps in the kernel and signals go to the right process
+/// even if its pid could be reused.
 #pragma once
 
 #include <algorithm>
@@ -51,8 +52,8 @@ namespace mproc {
 
 /// What current_process() / parent_process() / active_children() report.
 struct process_info {
-  pid_t pid = 0;
-  std::string name;
+  pid_t pid = 0;  ///< the process id
+  std::string name;  ///< the process name ("MainProcess", "Process-N", "PoolWorker-N", ...)
 };
 
 namespace detail {
@@ -270,9 +271,7 @@ inline void release_fds(process_state& s) noexcept {
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
 inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
   // A timeout too long to add to the clock (hours::max()) means no deadline.
-  const std::int64_t now = monotonic_ns();
-  const std::int64_t deadline =
-      timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+  const std::int64_t deadline = deadline_after(timeout_ns);
   std::int64_t backoff_ns = 1'000'000;
   // No deadline and our own child: one blocking waitid (WNOWAIT leaves it to be
   // reaped below, under the state's lock) instead of a poll between two waitpids.
@@ -554,11 +553,13 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
 template <start_policy Policy>
 class basic_process {
  public:
+  /// A process that will run `target(args...)`, with default options.
   template <class F, class... Args>
     requires detail::process_target<F, Args...>
   explicit basic_process(F&& target, Args&&... args)
       : basic_process(process_options{}, std::forward<F>(target), std::forward<Args>(args)...) {}
 
+  /// A process with `options` (name, daemon, start method) that will run `target(args...)`.
   template <class F, class... Args>
     requires detail::process_target<F, Args...>
   basic_process(process_options options, F&& target, Args&&... args)
@@ -577,7 +578,9 @@ class basic_process {
     }
   }
 
+  /// Moves the child's handle; the moved-from object is empty.
   basic_process(basic_process&&) noexcept = default;
+  /// Moves the child's handle; the moved-from object is empty.
   basic_process& operator=(basic_process&&) noexcept = default;
   basic_process(const basic_process&) = delete;
   basic_process& operator=(const basic_process&) = delete;
@@ -668,6 +671,7 @@ class basic_process {
     return detail::wait_child(*state_, detail::to_ns(timeout));
   }
 
+  /// True between start() and the child's exit (reaps it when it has exited).
   [[nodiscard]] bool is_alive() {
     check_usable("is_alive");
     if (!state_) return false;
@@ -682,9 +686,13 @@ class basic_process {
     return state_->pid;
   }
 
+  /// The name given in process_options, or "Process-N".
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  /// Renames the process (as seen by the parent; the child keeps the name it started with).
   void set_name(std::string name) { name_ = std::move(name); }
+  /// Whether the child is terminated when the parent exits.
   [[nodiscard]] bool daemon() const noexcept { return options_.daemon; }
+  /// Sets daemon(); raises state_error once started.
   void set_daemon(bool d) {
     if (state_) throw state_error("mproc: cannot set daemon on a started process");
     options_.daemon = d;
@@ -762,6 +770,8 @@ class basic_process {
   bool closed_ = false;
 };
 
+/// The process most programs use: its start method is process_options::method, else
+/// get_start_method(). See basic_process.
 using Process = basic_process<dynamic_policy>;
 
 /// This process: pid and name ("MainProcess" in the main process).

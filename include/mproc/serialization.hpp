@@ -1,26 +1,26 @@
-// The wire format. Values cross process boundaries as bytes:
-//  - trivially copyable values, and contiguous ranges of them, are copied with memcpy
-//    (a trivially copyable type that also has serialize() is copied too: memcpy wins);
-//  - standard containers, strings, pairs, tuples, optionals, variants, durations and
-//    paths are encoded element by element (length prefixed); so are bool, optional and
-//    variant even where trivially copyable, because not every byte pattern is valid;
-//  - a type with `auto mproc_fields() { return std::tie(a, b); }` is encoded as that tuple;
-//  - any other type with a Boost.Serialization serialize() goes through a binary archive.
-// Decoding treats the bytes as untrusted: every length is checked against what is left
-// before it is used, so corrupt input raises serialization_error and never reads out of
-// bounds or allocates more than a small multiple of the input. Messages (Pipe, Queue)
-// add an 8-byte type tag so that a recv<T> of the wrong type is reported with both type
-// names.
-//
-// Boost archives are read by bounded_iarchive, which checks collection counts, string
-// lengths, bools, class ids and pointer back-references before Boost acts on them.
-// What remains trusted there: a user's own serialize()/load_construct_data code (it sees
-// whatever values the bytes hold), raw pointers loaded from an archive (they own
-// nothing here; a user type that deletes them must trust its input), recursion depth of
-// recursive user types (a deep enough chain of nested pointers exhausts the stack), and
-// a collection count within bounds times a large element type (bounded by 64 Ki extra
-// elements; an allocation failure is reported as serialization_error). Raw bytes of
-// trivially copyable user structs are taken as they come (a bool member may hold 2).
+/// \file
+/// The wire format. Values cross process boundaries as bytes:
+///  - trivially copyable values, and contiguous ranges of them, are copied with memcpy
+///    (a trivially copyable type that also has serialize() is copied too: memcpy wins);
+///  - standard containers, strings, pairs, tuples, optionals, variants, durations and
+///    paths are encoded element by element (length prefixed); so are bool, optional and
+///    variant even where trivially copyable, because not every byte pattern is valid;
+///  - a type with `auto mproc_fields() { return std::tie(a, b); }` is encoded as that tuple;
+///  - any other type with a Boost.Serialization serialize() goes through a binary archive.
+/// Decoding treats the bytes as untrusted: every length is checked against what is left
+/// before it is used, so corrupt input raises serialization_error and never reads out of
+/// bounds or allocates more than a small multiple of the input. Messages (Pipe, Queue)
+/// add an 8-byte type tag so that a recv<T> of the wrong type is reported with both type
+/// names.
+///
+/// Boost archives are read by bounded_iarchive, which checks collection counts, string
+/// lengths, bools, class ids and pointer back-references before Boost acts on them.
+/// What remains trusted there: a user's own serialize()/load_construct_data code (it sees
+/// whatever values the bytes hold), raw pointers loaded from an archive (they own
+/// nothing here; a user type that deletes them must trust its input), and
+/// a collection count within bounds times a large element type (bounded by 64 Ki extra
+/// elements; an allocation failure is reported as serialization_error). Raw bytes of
+/// trivially copyable user structs are taken as they come (a bool member may hold 2).
 #pragma once
 
 #include <algorithm>
@@ -50,6 +50,7 @@
 #include <vector>
 
 #include <cxxabi.h>
+#include <pthread.h>
 
 #include <boost/archive/binary_iarchive.hpp>
 #include <boost/mpl/bool.hpp>
@@ -355,12 +356,34 @@ class span_streambuf : public std::streambuf {
 inline constexpr unsigned boost_archive_flags =
     boost::archive::no_header | boost::archive::no_codecvt | boost::archive::no_tracking;
 
+/// The lowest stack address an archive may nest down to on this thread: the stack's
+/// end plus a reserve for one more level, the user's own serialize() and unwinding.
+/// 0 when the stack is unknown (then no limit applies).
+inline std::uintptr_t archive_stack_floor() noexcept {
+  thread_local const std::uintptr_t floor = [] {
+    pthread_attr_t attr;
+    if (::pthread_getattr_np(::pthread_self(), &attr) != 0) return std::uintptr_t(0);
+    void* low = nullptr;
+    std::size_t size = 0;
+    const int rc = ::pthread_attr_getstack(&attr, &low, &size);
+    ::pthread_attr_destroy(&attr);
+    if (rc != 0 || low == nullptr) return std::uintptr_t(0);
+    const std::size_t reserve =
+        std::clamp<std::size_t>(size / 8, std::size_t(32) << 10, std::size_t(256) << 10);
+    return reinterpret_cast<std::uintptr_t>(low) + std::min(reserve, size / 2);
+  }();
+  return floor;
+}
+
 /// Reads Boost binary archives written by binary_oarchive (same layout), treating them as
 /// untrusted: collection counts and string lengths are checked against the bytes left
 /// before any container is sized (Boost's own loaders reserve/resize to the count they
 /// read), a bool that is neither 0 nor 1 raises instead of asserting, class ids must be
 /// ones Boost can index, and pointer back-references must be ones the loading pointer
-/// can share. Everything it refuses is a serialization_error.
+/// can share. Nesting is bounded by the stack of the thread that decodes: an archive
+/// that would nest deeper than this thread's stack allows (a long chain of nested
+/// objects or pointers, which a sender with a larger stack could write) is refused
+/// before the stack runs out. Everything it refuses is a serialization_error.
 class bounded_iarchive
     : public boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>> {
   using base = boost::archive::binary_iarchive_impl<bounded_iarchive, char, std::char_traits<char>>;
@@ -451,7 +474,17 @@ class bounded_iarchive
     if (found && known_class(&found->get_basic_serializer()))
       throw serialization_error("corrupt archive: new class id for a known class");
   }
+  /// Every nesting level goes through load_object or load_pointer, so checking the
+  /// stack there bounds the recursion, whatever the user's types look like.
+  static void check_stack() {
+    const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+    if (here < archive_stack_floor())
+      throw serialization_error(
+          "corrupt or hostile archive: nested deeper than this thread's stack allows "
+          "(decode it on a thread with a larger stack if it is legitimate)");
+  }
   void load_object(void* t, const boost::archive::detail::basic_iserializer& bis) {
+    check_stack();
     add_class(&bis);
     if (!pointer_frames_.empty() && !pointer_frames_.back().loaded_object &&
         pointer_frames_.back().object_depth == objects_.size()) {
@@ -484,6 +517,7 @@ class bounded_iarchive
       void*& t, const boost::archive::detail::basic_pointer_iserializer* bpis,
       const boost::archive::detail::basic_pointer_iserializer* (*finder)(
           const boost::serialization::extended_type_info&)) {
+    check_stack();
     pointer_frames_.push_back({false, false, enclosing_owner(), objects_.size(), bpis, finder});
     const boost::archive::detail::basic_pointer_iserializer* result = nullptr;
     try {

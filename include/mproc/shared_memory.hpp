@@ -1,17 +1,18 @@
-// SharedMemory: a named POSIX shared memory segment (/dev/shm), as Python's
-// multiprocessing.shared_memory.SharedMemory.
-//
-//   mproc::SharedMemory shm(mproc::create, 1 << 20);            // generated name
-//   mproc::SharedMemory named(mproc::create, 4096, "my_data");  // O_CREAT|O_EXCL, 0600
-//   mproc::SharedMemory attach("my_data");                       // existing segment
-//   std::span<double> v = named.as<double>();
-//
-// A SharedMemory is a handle: copies share one mapping (close() on any of them
-// closes it for all). close() and destruction unmap but never unlink; unlink()
-// removes the name. Segments this program creates are registered with the resource
-// tracker, which unlinks whatever is still there when the program ends, even by
-// SIGKILL, and warns about each on stderr. Attaching does not register: only the
-// creator owns the name.
+/// \file
+/// SharedMemory: a named POSIX shared memory segment (/dev/shm), as Python's
+/// multiprocessing.shared_memory.SharedMemory.
+///
+///   mproc::SharedMemory shm(mproc::create, 1 << 20);            // generated name
+///   mproc::SharedMemory named(mproc::create, 4096, "my_data");  // O_CREAT|O_EXCL, 0600
+///   mproc::SharedMemory attach("my_data");                       // existing segment
+///   std::span<double> v = named.as<double>();
+///
+/// A SharedMemory is a handle: copies share one mapping (close() on any of them
+/// closes it for all). close() and destruction unmap but never unlink; unlink()
+/// removes the name. Segments this program creates are registered with the resource
+/// tracker, which unlinks whatever is still there when the program ends, even by
+/// SIGKILL, and warns about each on stderr. Attaching does not register: only the
+/// creator owns the name.
 #pragma once
 
 #include <algorithm>
@@ -42,8 +43,12 @@ namespace mproc {
 struct create_t {
   explicit create_t() = default;
 };
+/// `SharedMemory(mproc::create, size)` creates a segment; without it, one is attached.
 inline constexpr create_t create{};
 
+/// A named POSIX shared-memory segment, as Python's `multiprocessing.shared_memory.SharedMemory`.
+/// A handle: copies (and the object passed to a child) share one mapping. Segments the
+/// program creates and does not unlink are removed by the resource tracker when it ends.
 class SharedMemory {
  public:
   /// Creates a segment of `size` bytes with a generated, unguessable name
@@ -71,13 +76,16 @@ class SharedMemory {
   explicit SharedMemory(std::string_view name) { open(checked_name(name), 0, false); }
   // Copies share the mapping; there is no separate move, so a moved-from handle
   // stays usable (and refers to the same segment).
+  /// Another handle on the same mapping.
   SharedMemory(const SharedMemory&) = default;
+  /// Another handle on the same mapping.
   SharedMemory& operator=(const SharedMemory&) = default;
 
   /// The name as the user gave it (no leading slash), as Python reports it.
   [[nodiscard]] const std::string& name() const noexcept { return s_->name; }
   /// Size of the segment in bytes.
   [[nodiscard]] std::size_t size() const noexcept { return s_->size; }
+  /// True after close() (the mapping is gone from this process).
   [[nodiscard]] bool closed() const noexcept { return !s_->region; }
 
   /// The mapped bytes. Raises state_error after close().
@@ -86,28 +94,28 @@ class SharedMemory {
     return {static_cast<std::byte*>(s_->region->get_address()), s_->size};
   }
   /// The segment viewed as `size() / sizeof(T)` objects of T; raises
-  /// std::invalid_argument when the size is not a multiple of sizeof(T).
+  /// mproc::value_error when the size is not a multiple of sizeof(T).
   template <class T>
   [[nodiscard]] std::span<T> as() const {
     static_assert_element<T>();
     if (s_->size % sizeof(T) != 0)
-      throw std::invalid_argument("SharedMemory '" + s_->name + "': size " + std::to_string(s_->size) +
+      throw value_error("SharedMemory '" + s_->name + "': size " + std::to_string(s_->size) +
                                   " is not a multiple of sizeof(T) = " + std::to_string(sizeof(T)) +
                                   "; use as<T>(count)");
     return as<T>(s_->size / sizeof(T));
   }
-  /// The first `count` objects of T; raises std::invalid_argument when they do not fit.
+  /// The first `count` objects of T; raises value_error when they do not fit.
   template <class T>
   [[nodiscard]] std::span<T> as(std::size_t count) const {
     static_assert_element<T>();
     require_open("as<T>()");
     if (count > s_->size / sizeof(T))
-      throw std::invalid_argument("SharedMemory '" + s_->name + "': " + std::to_string(count) +
+      throw value_error("SharedMemory '" + s_->name + "': " + std::to_string(count) +
                                   " objects of " + std::to_string(sizeof(T)) + " bytes do not fit in " +
                                   std::to_string(s_->size) + " bytes");
     void* p = s_->region->get_address();
     if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0)
-      throw std::invalid_argument("SharedMemory '" + s_->name + "': mapping is not aligned for T");
+      throw value_error("SharedMemory '" + s_->name + "': mapping is not aligned for T");
     return {static_cast<T*>(p), count};
   }
 
@@ -162,18 +170,22 @@ class SharedMemory {
   }
 
   static void check_size(std::size_t size) {
-    if (size == 0) throw std::invalid_argument("SharedMemory: size must be a positive number of bytes");
+    if (size == 0) throw value_error("SharedMemory: size must be a positive number of bytes");
+    // A negative size converted to size_t, or one no file offset can hold.
+    if (size > std::size_t(PTRDIFF_MAX))
+      throw value_error("SharedMemory: size " + std::to_string(size) +
+                        " is negative or too large (at most " + std::to_string(PTRDIFF_MAX) + ")");
   }
 
   static std::string checked_name(std::string_view name) {
     std::string_view bare = name;
     if (!bare.empty() && bare.front() == '/') bare.remove_prefix(1);
-    if (bare.empty()) throw std::invalid_argument("SharedMemory: empty name");
+    if (bare.empty()) throw value_error("SharedMemory: empty name");
     if (bare.size() > 250)
-      throw std::invalid_argument("SharedMemory: name '" + std::string(name) + "' is longer than 250 characters");
+      throw value_error("SharedMemory: name '" + std::string(name) + "' is longer than 250 characters");
     if (bare.find('/') != std::string_view::npos || bare.find('\0') != std::string_view::npos ||
         bare == "." || bare == "..")
-      throw std::invalid_argument("SharedMemory: name '" + std::string(name) +
+      throw value_error("SharedMemory: name '" + std::string(name) +
                                   "' may not contain '/' or NUL after its optional leading '/'");
     return std::string(name);
   }
@@ -202,23 +214,32 @@ class SharedMemory {
     s_->name = name.front() == '/' ? name.substr(1) : name;
     s_->shm_name = "/" + s_->name;
     const char* call = creating ? "shm_open(O_CREAT|O_EXCL, 0600)" : "shm_open";
+    // Once this constructor has created the name, any failure after it (size, mapping,
+    // the tracker itself) removes it again: a constructor that throws leaves nothing.
+    bool created_name = false, registered = false;
+    auto remove_created = [&]() noexcept {
+      if (!created_name) return;
+      ::shm_unlink(s_->shm_name.c_str());
+      if (registered) {
+        try {
+          detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);
+        } catch (...) {  // the tracker then reports a name that is already gone: harmless
+        }
+      }
+    };
     try {
       bip::shared_memory_object obj;
       if (creating) {
         bip::permissions perm(0600);
         bip::shared_memory_object created(bip::create_only, s_->name.c_str(), bip::read_write, perm);
+        created_name = true;
         obj.swap(created);
-        try {
-          // Registered as soon as the name exists, so that a failure below (or a
-          // kill) still gets it removed.
-          detail::resource_tracker::instance().register_name("shared_memory", s_->shm_name);
-          call = "ftruncate";
-          obj.truncate(static_cast<bip::offset_t>(size));
-        } catch (...) {
-          ::shm_unlink(s_->shm_name.c_str());
-          detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);
-          throw;
-        }
+        // Registered as soon as the name exists, so that a kill below still gets it
+        // removed.
+        detail::resource_tracker::instance().register_name("shared_memory", s_->shm_name);
+        registered = true;
+        call = "ftruncate";
+        obj.truncate(static_cast<bip::offset_t>(size));
       } else {
         bip::shared_memory_object attached(bip::open_only, s_->name.c_str(), bip::read_write);
         obj.swap(attached);
@@ -234,10 +255,14 @@ class SharedMemory {
       s_->size = size;
       // The descriptor is closed when obj goes out of scope; the mapping stays valid.
     } catch (const bip::interprocess_exception& e) {
+      remove_created();
       int err = e.get_native_error();
       if (err == 0) err = e.get_error_code() == bip::already_exists_error ? EEXIST : EIO;
       throw std::system_error(err, std::generic_category(),
                               std::string(call) + " '" + s_->shm_name + "'");
+    } catch (...) {
+      remove_created();
+      throw;
     }
   }
 

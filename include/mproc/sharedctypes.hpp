@@ -1,11 +1,12 @@
-// Value<T>, Array<T> (each with an RLock) and RawValue<T>, RawArray<T> (no lock):
-// trivially copyable data in anonymous shared memory (memfd; nothing in /dev/shm, so
-// nothing can leak). They are handles: copies, and copies a child inherits, are the
-// same memory; the memory lives while any process maps it.
-//
-// Layout of one region: the lock in the first cache line, the element count in the
-// second, the data from byte 128, so writers of the data never contend with the
-// lock's cache line.
+/// \file
+/// Value<T>, Array<T> (each with an RLock) and RawValue<T>, RawArray<T> (no lock):
+/// trivially copyable data in anonymous shared memory (memfd; nothing in /dev/shm, so
+/// nothing can leak). They are handles: copies, and copies a child inherits, are the
+/// same memory; the memory lives while any process maps it.
+///
+/// Layout of one region: the lock in the first cache line, the element count in the
+/// second, the data from byte 128, so writers of the data never contend with the
+/// lock's cache line.
 #pragma once
 
 #include <algorithm>
@@ -31,9 +32,10 @@ namespace mproc {
 
 namespace detail {
 
-inline constexpr std::size_t shared_count_offset = 64;
-inline constexpr std::size_t shared_data_offset = 128;
+inline constexpr std::size_t shared_count_offset = 64;  ///< where the shared count lies in a region
+inline constexpr std::size_t shared_data_offset = 128;  ///< where the shared data lie in a region
 
+/// Rejects, at compile time, a T that cannot live in shared memory.
 template <class T>
 constexpr void check_shareable() {
   static_assert(std::is_trivially_copyable_v<T>,
@@ -82,15 +84,16 @@ class shared_storage {
     check_shareable<T>();
     std::size_t bytes = block_->region().size();
     if (bytes < shared_data_offset || size_ > (bytes - shared_data_offset) / sizeof(T))
-      throw std::invalid_argument("mproc shared array: adopted region of " + std::to_string(bytes) +
+      throw value_error("mproc shared array: adopted region of " + std::to_string(bytes) +
                                   " bytes cannot hold " + std::to_string(size_) + " elements of " +
                                   std::to_string(sizeof(T)) + " bytes");
   }
 
   static std::size_t bytes_for(std::size_t n) {
-    if (n > (SIZE_MAX - shared_data_offset) / sizeof(T))
-      throw std::length_error("mproc Array: " + std::to_string(n) + " elements of " +
-                              std::to_string(sizeof(T)) + " bytes do not fit in memory");
+    // A negative int arrives as a huge size_t; no mapping holds more than PTRDIFF_MAX.
+    if (n > (std::size_t(PTRDIFF_MAX) - shared_data_offset) / sizeof(T))
+      throw value_error("mproc Array: size " + std::to_string(n) + " (elements of " +
+                        std::to_string(sizeof(T)) + " bytes) is negative or too large");
     return shared_data_offset + std::max<std::size_t>(n, 1) * sizeof(T);
   }
 
@@ -109,7 +112,9 @@ class shared_storage {
  public:
   // Copies share the object; there is no separate move, so a moved-from handle
   // stays usable instead of holding a dangling pointer.
+  /// Another handle on the same shared object.
   shared_storage(const shared_storage&) = default;
+  /// Another handle on the same shared object.
   shared_storage& operator=(const shared_storage&) = default;
 
   /// The region holding this object, for passing it to another process.
@@ -136,6 +141,7 @@ class basic_value : public shared_storage<T, Locked> {
   using base = shared_storage<T, Locked>;
 
  public:
+  /// The shared type.
   using value_type = T;
 
   basic_value() : base(1) {}
@@ -146,12 +152,13 @@ class basic_value : public shared_storage<T, Locked> {
     *this->data_ = initial;
   }
   basic_value(adopt_region_t tag, shm_region r) : base(tag, std::move(r)) {
-    if (this->size_ != 1) throw std::invalid_argument("mproc Value: adopted region is not a Value");
+    if (this->size_ != 1) throw value_error("mproc Value: adopted region is not a Value");
   }
 
   /// The shared value itself (Python's .value). Unsynchronised access: hold
   /// get_lock() around read-modify-write sequences.
   [[nodiscard]] T& value() const noexcept { return *this->data_; }
+  /// Pointer to the shared value (Python's get_obj()).
   [[nodiscard]] T* get_obj() const noexcept { return this->data_; }
 };
 
@@ -160,9 +167,13 @@ class basic_array : public shared_storage<T, Locked> {
   using base = shared_storage<T, Locked>;
 
  public:
+  /// The element type.
   using value_type = T;
+  /// Index type.
   using size_type = std::size_t;
+  /// Elements are contiguous: a pointer is the iterator.
   using iterator = T*;
+  /// Elements are contiguous: a pointer is the iterator.
   using const_iterator = const T*;
 
   /// n value-initialised (zero) elements.
@@ -181,8 +192,11 @@ class basic_array : public shared_storage<T, Locked> {
   explicit basic_array(R&& r) : basic_array(from_range(std::forward<R>(r))) {}
   basic_array(adopt_region_t tag, shm_region r) : base(tag, std::move(r)) {}
 
+  /// Number of elements (fixed at creation).
   [[nodiscard]] std::size_t size() const noexcept { return this->size_; }
+  /// True for an array of no elements.
   [[nodiscard]] bool empty() const noexcept { return this->size_ == 0; }
+  /// Element `i`, unchecked (see at()).
   [[nodiscard]] T& operator[](std::size_t i) const noexcept { return this->data_[i]; }
   /// Bounds-checked access.
   [[nodiscard]] T& at(std::size_t i) const {
@@ -191,13 +205,19 @@ class basic_array : public shared_storage<T, Locked> {
                               std::to_string(this->size_));
     return this->data_[i];
   }
+  /// Pointer to the first element.
   [[nodiscard]] T* data() const noexcept { return this->data_; }
+  /// Start of the elements (a range-for works).
   [[nodiscard]] T* begin() const noexcept { return this->data_; }
+  /// End of the elements.
   [[nodiscard]] T* end() const noexcept { return this->data_ + this->size_; }
+  /// The elements as a span.
   [[nodiscard]] std::span<T> span() const noexcept { return {this->data_, this->size_}; }
+  /// The elements as a span.
   operator std::span<T>() const noexcept { return span(); }
   /// A private copy of the contents (Python's list(arr)).
   [[nodiscard]] std::vector<T> to_vector() const { return {begin(), end()}; }
+  /// Pointer to the first element (Python's get_obj()).
   [[nodiscard]] T* get_obj() const noexcept { return this->data_; }
 
  private:
@@ -238,7 +258,9 @@ class Value : public detail::basic_value<T, true> {
   /// The lock guarding this value: its own RLock, as in Python, or the Lock or RLock
   /// given at construction (a handle of that same lock, acting as it does).
   [[nodiscard]] RLock& get_lock() const noexcept { return this->lock_; }
+  /// Takes the value's lock (as `get_lock().acquire()`).
   void acquire() { this->lock_.acquire(); }
+  /// Releases the value's lock.
   void release() { this->lock_.release(); }
   /// Reads the value under the lock.
   [[nodiscard]] T load() const {
@@ -259,6 +281,7 @@ class Array : public detail::basic_array<T, true> {
 
  public:
   using base::base;
+  /// An array holding `init`, in shared memory.
   Array(std::initializer_list<T> init) : base(init) {}
   /// Adopts a received region guarded by a received lock.
   Array(detail::adopt_region_t tag, detail::shm_region r, const detail::basic_lock& lock)
@@ -266,11 +289,15 @@ class Array : public detail::basic_array<T, true> {
     this->adopt_external_lock(lock);
   }
 
+  /// The lock guarding this array (an RLock, as in Python).
   [[nodiscard]] RLock& get_lock() const noexcept { return this->lock_; }
+  /// Takes the array's lock (as `get_lock().acquire()`).
   void acquire() { this->lock_.acquire(); }
+  /// Releases the array's lock.
   void release() { this->lock_.release(); }
 };
 
+/// `Array{1, 2, 3}` is an Array<int>.
 template <class T>
 Array(std::initializer_list<T>) -> Array<T>;
 
@@ -291,9 +318,11 @@ class RawArray : public detail::basic_array<T, false> {
 
  public:
   using base::base;
+  /// An array holding `init`, in shared memory.
   RawArray(std::initializer_list<T> init) : base(init) {}
 };
 
+/// `RawArray{1.0, 2.0}` is a RawArray<double>.
 template <class T>
 RawArray(std::initializer_list<T>) -> RawArray<T>;
 

@@ -1,6 +1,7 @@
-// mproc::Supervisor (beyond Python): runs a target in a child process and restarts it
-// after an abnormal exit (non-zero exit code, uncaught exception, signal, or an
-// overrun of the per-run timeout), with a backoff between runs, up to max_restarts.
+/// \file
+/// mproc::Supervisor (beyond Python): runs a target in a child process and restarts it
+/// after an abnormal exit (non-zero exit code, uncaught exception, signal, or an
+/// overrun of the per-run timeout), with a backoff between runs, up to max_restarts.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 
 namespace mproc {
 
+/// Options of a Supervisor. Fields stay in this order (designated initializers).
 struct supervisor_options {
   /// Relaunches allowed after abnormal exits (so at most max_restarts + 1 runs).
   int max_restarts = 5;
@@ -23,6 +25,7 @@ struct supervisor_options {
   std::chrono::nanoseconds backoff = std::chrono::milliseconds(10);
   /// Each further relaunch waits backoff_multiplier times longer, up to max_backoff.
   double backoff_multiplier = 1.0;
+  /// Longest pause between relaunches, however often backoff_multiplier has applied.
   std::chrono::nanoseconds max_backoff = std::chrono::seconds(30);
   /// A run lasting longer is killed (SIGKILL) and counts as abnormal; zero: no limit.
   std::chrono::nanoseconds run_timeout = std::chrono::nanoseconds::zero();
@@ -30,6 +33,7 @@ struct supervisor_options {
   process_options process = {};
 };
 
+/// What Supervisor::run() reports.
 struct supervisor_outcome {
   /// A run exited with code 0.
   bool succeeded = false;
@@ -41,21 +45,28 @@ struct supervisor_outcome {
   bool timed_out = false;
 };
 
+/// Runs a target in a child process and relaunches it after each abnormal exit (a
+/// non-zero exit code, a signal, an overrun run_timeout), with backoff, up to
+/// max_restarts times. The target and arguments are copied into every run, as for
+/// Process.
+/// \code
 /// mproc::Supervisor sup({.max_restarts = 10, .backoff = 10ms}, worker, 42, 5);
 /// auto outcome = sup.run();   // outcome.succeeded, outcome.restarts
-/// The target and arguments are copied into every run, as for Process.
+/// \endcode
 class Supervisor {
  public:
+  /// Supervises `target(args...)` under `opts`; raises std::invalid_argument for a negative max_restarts or backoff, or a multiplier below 1.
   template <class F, class... Args>
     requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
   explicit Supervisor(supervisor_options opts, F&& target, Args&&... args) : opts_(std::move(opts)) {
-    if (opts_.max_restarts < 0) throw std::invalid_argument("mproc::supervisor_options: max_restarts < 0");
+    if (opts_.max_restarts < 0) throw value_error("mproc::supervisor_options: max_restarts < 0");
     if (opts_.backoff < opts_.backoff.zero() || opts_.backoff_multiplier < 1.0)
-      throw std::invalid_argument("mproc::supervisor_options: backoff must be >= 0 and multiplier >= 1");
+      throw value_error("mproc::supervisor_options: backoff must be >= 0 and multiplier >= 1");
     make_ = [o = opts_.process, f = std::decay_t<F>(std::forward<F>(target)),
              ... a = std::decay_t<Args>(std::forward<Args>(args))]() { return Process(o, f, a...); };
   }
 
+  /// Supervises `target(args...)` with default options.
   template <class F, class... Args>
     requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
   explicit Supervisor(F&& target, Args&&... args)
@@ -106,6 +117,7 @@ class Supervisor {
 
   /// Pid of the most recent run (0 before run()).
   [[nodiscard]] pid_t last_pid() const noexcept { return last_pid_; }
+  /// The options it was made with.
   [[nodiscard]] const supervisor_options& options() const noexcept { return opts_; }
 
  private:

@@ -1,33 +1,34 @@
-// Process-shared synchronization primitives: Lock, RLock, Semaphore,
-// BoundedSemaphore, Event, Condition, Barrier.
-//
-// Each object lives in anonymous shared memory (memfd, nothing in /dev/shm). The
-// classes are handles: copies, and copies inherited by a forked child, refer to the
-// same object. Every blocking call has a timeout variant on CLOCK_MONOTONIC.
-//
-// Locks are robust: a process (or thread) that dies holding a Lock or RLock does not
-// deadlock the others. The next acquire succeeds, owner_died() on that handle
-// reports true until the next acquire, and a warning is logged (mproc::log_to_stderr).
-// Data the dead owner was changing may be half-updated; owner_died() is the cue to
-// repair it.
-//
-// Built on futex words in the shared region (Semaphore, Event, Condition, Barrier)
-// and robust pthread mutexes (Lock, RLock; see detail/posix/robust_mutex.hpp) rather
-// than Boost.Interprocess's primitives: interprocess_mutex is not robust, its
-// semaphore times out against CLOCK_REALTIME (a clock step changes the wait), and its
-// condition is a process-shared pthread condvar, whose notify can block for good on a
-// waiter that was killed inside wait().
-//
-// Differences from Python, by design:
-//  - Lock and RLock are owned by the thread that acquired them; release() from any
-//    other thread or process raises mproc::lock_error (Python allows another process
-//    to release a Lock; use a Semaphore(1) for that hand-off pattern).
-//  - A blocking acquire() of a Lock the calling thread already holds raises
-//    lock_error instead of deadlocking; a timed or non-blocking one returns false at
-//    once.
-//  - Condition::wait may return true without a matching notify (a spurious wakeup,
-//    as with std::condition_variable), and notify(n) may wake more than n waiters;
-//    wait_for(pred, timeout) is the robust form.
+/// \file
+/// Process-shared synchronization primitives: Lock, RLock, Semaphore,
+/// BoundedSemaphore, Event, Condition, Barrier.
+///
+/// Each object lives in anonymous shared memory (memfd, nothing in /dev/shm). The
+/// classes are handles: copies, and copies inherited by a forked child, refer to the
+/// same object. Every blocking call has a timeout variant on CLOCK_MONOTONIC.
+///
+/// Locks are robust: a process (or thread) that dies holding a Lock or RLock does not
+/// deadlock the others. The next acquire succeeds, owner_died() on that handle
+/// reports true until the next acquire, and a warning is logged (mproc::log_to_stderr).
+/// Data the dead owner was changing may be half-updated; owner_died() is the cue to
+/// repair it.
+///
+/// Built on futex words in the shared region (Semaphore, Event, Condition, Barrier)
+/// and robust pthread mutexes (Lock, RLock; see detail/posix/robust_mutex.hpp) rather
+/// than Boost.Interprocess's primitives: interprocess_mutex is not robust, its
+/// semaphore times out against CLOCK_REALTIME (a clock step changes the wait), and its
+/// condition is a process-shared pthread condvar, whose notify can block for good on a
+/// waiter that was killed inside wait().
+///
+/// Differences from Python, by design:
+///  - Lock and RLock are owned by the thread that acquired them; release() from any
+///    other thread or process raises mproc::lock_error (Python allows another process
+///    to release a Lock; use a Semaphore(1) for that hand-off pattern).
+///  - A blocking acquire() of a Lock the calling thread already holds raises
+///    lock_error instead of deadlocking; a timed or non-blocking one returns false at
+///    once.
+///  - Condition::wait may return true without a matching notify (a spurious wakeup,
+///    as with std::condition_variable), and notify(n) may wake more than n waiters;
+///    wait_for(pred, timeout) is the robust form.
 #pragma once
 
 #include <atomic>
@@ -55,9 +56,9 @@ namespace detail {
 
 /// Shared state of a Lock or RLock. Kept within one cache line.
 struct alignas(64) mutex_state {
-  robust_mutex m;
-  std::atomic<std::uint32_t> owner_died{0};  // set by the acquire that recovered
-  std::uint32_t depth = 0;                   // RLock recursion; touched by the owner only
+  robust_mutex m;  ///< the lock itself
+  std::atomic<std::uint32_t> owner_died{0};  ///< set by the acquire that recovered
+  std::uint32_t depth = 0;                   ///< RLock recursion; touched by the owner only
 };
 static_assert(sizeof(mutex_state) <= 64);
 
@@ -79,12 +80,15 @@ class basic_lock {
     }
     block_->set_mutex(&st_->m);
   }
+  /// A new lock in its own shared memory; `recursive` makes it an RLock.
   explicit basic_lock(bool recursive)
       : basic_lock(make_block(sizeof(mutex_state), recursive ? "mproc-rlock" : "mproc-lock"), 0,
                    recursive, true) {}
   // Handles copy (sharing the object) and have no separate move: a moved-from
   // handle stays usable instead of holding a dangling pointer.
+  /// Another handle on the same lock.
   basic_lock(const basic_lock&) = default;
+  /// Another handle on the same lock.
   basic_lock& operator=(const basic_lock&) = default;
 
   /// timeout_ns < 0 blocks; 0 tries once.
@@ -115,6 +119,7 @@ class basic_lock {
     return false;
   }
 
+  /// Releases one level; raises lock_error unless the calling thread holds the lock.
   void release() {
     if (!st_->m.held_by_caller())
       throw lock_error(std::string(kind()) +
@@ -134,17 +139,20 @@ class basic_lock {
     (void)st_->m.unlock();
     return d;
   }
+  /// Takes the lock again after release_all(), restoring `depth` levels.
   void reacquire(std::uint32_t depth) {
     acquire_ns(-1);
     st_->depth = depth;
   }
 
+  /// True when the calling thread holds the lock.
   [[nodiscard]] bool held_by_caller() const noexcept { return st_->m.held_by_caller(); }
   /// True when the acquire that gave the current holder the lock found its previous
   /// owner dead. Meaningful to the holder; cleared by the next acquire.
   [[nodiscard]] bool owner_died() const noexcept {
     return st_->owner_died.load(std::memory_order_relaxed) != 0;
   }
+  /// The shared memory holding the lock (with shared_offset(), what a spawned child receives).
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
   /// Where the lock's state lies in shared_region() (with the region, what another
   /// process needs to adopt the same lock).
@@ -161,9 +169,11 @@ class basic_lock {
     return ::fstat(block_->region().fd(), &a) == 0 && ::fstat(o.block_->region().fd(), &b) == 0 &&
            a.st_dev == b.st_dev && a.st_ino == b.st_ino;
   }
+  /// Two handles on the same lock (see same_object()).
   friend bool operator==(const basic_lock& a, const basic_lock& b) noexcept {
     return a.same_object(b);
   }
+  /// True for an RLock.
   [[nodiscard]] bool recursive() const noexcept { return recursive_; }
 
  protected:
@@ -178,13 +188,18 @@ class basic_lock {
 template <class Derived>
 class lockable_api {
  public:
+  /// Lockable (std::scoped_lock, std::unique_lock): acquire().
   void lock() { self().acquire(); }
+  /// Lockable: release().
   void unlock() { self().release(); }
+  /// Lockable: acquire(false).
   [[nodiscard]] bool try_lock() { return self().acquire(false); }
+  /// TimedLockable: acquire(true, d).
   template <class Rep, class Period>
   [[nodiscard]] bool try_lock_for(std::chrono::duration<Rep, Period> d) {
     return self().acquire(true, d);
   }
+  /// TimedLockable: acquire(true) until `tp`.
   template <class Clock, class Dur>
   [[nodiscard]] bool try_lock_until(std::chrono::time_point<Clock, Dur> tp) {
     return self().acquire(true, tp - Clock::now());
@@ -200,6 +215,7 @@ class lockable_api {
 class Lock : public detail::basic_lock, public detail::lockable_api<Lock> {
  public:
   Lock() : basic_lock(false) {}
+  /// Adopts the lock at `offset` in `b` (for objects that keep a lock in their own region).
   Lock(detail::adopt_region_t, std::shared_ptr<detail::shared_block> b, std::size_t offset, bool init)
       : basic_lock(std::move(b), offset, false, init) {}
 
@@ -207,6 +223,7 @@ class Lock : public detail::basic_lock, public detail::lockable_api<Lock> {
   bool acquire() { return acquire_ns(-1); }
   /// Python's acquire(block): non-blocking tries once.
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  /// Waits at most `timeout` (once, without blocking, when `block` is false); true when acquired.
   template <class Rep, class Period>
   [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
@@ -224,14 +241,18 @@ class Lock : public detail::basic_lock, public detail::lockable_api<Lock> {
 class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
  public:
   RLock() : basic_lock(true) {}
+  /// Adopts the lock at `offset` in `b` (for objects that keep a lock in their own region).
   RLock(detail::adopt_region_t, std::shared_ptr<detail::shared_block> b, std::size_t offset, bool init)
       : basic_lock(std::move(b), offset, true, init) {}
   /// Another handle of an existing lock, behaving as that lock does (a Lock given to
   /// Value/Array as their lock stays non-recursive).
   RLock(detail::share_lock_t, const basic_lock& other) : basic_lock(other) {}
 
+  /// Blocks until acquired (at once when this thread already holds it: one more level).
   bool acquire() { return acquire_ns(-1); }
+  /// Python's acquire(block): non-blocking tries once.
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  /// Waits at most `timeout` (once, without blocking, when `block` is false); true when acquired.
   template <class Rep, class Period>
   [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
@@ -245,7 +266,7 @@ class RLock : public detail::basic_lock, public detail::lockable_api<RLock> {
 
 namespace detail {
 
-inline constexpr std::uint32_t unbounded_semaphore = UINT32_MAX;
+inline constexpr std::uint32_t unbounded_semaphore = UINT32_MAX;  ///< value of max meaning "no bound" (a Semaphore, not a BoundedSemaphore)
 
 struct alignas(64) semaphore_state {
   std::atomic<std::uint32_t> value;    // futex word
@@ -256,7 +277,7 @@ struct alignas(64) semaphore_state {
 /// r, checked to hold at least `bytes` (an adopted region comes from elsewhere).
 inline shm_region require_size(shm_region r, std::size_t bytes, const char* what) {
   if (r.size() < bytes)
-    throw std::invalid_argument(std::string("mproc ") + what + ": adopted region of " +
+    throw value_error(std::string("mproc ") + what + ": adopted region of " +
                                 std::to_string(r.size()) + " bytes is too small");
   return r;
 }
@@ -266,10 +287,10 @@ class basic_semaphore {
   basic_semaphore(unsigned initial, unsigned max, const char* label)
       : block_(make_block(sizeof(semaphore_state), label)), st_(block_->at<semaphore_state>(0)) {
     if (initial > static_cast<unsigned>(INT32_MAX))
-      throw std::invalid_argument("Semaphore: initial value " + std::to_string(initial) +
+      throw value_error("Semaphore: initial value " + std::to_string(initial) +
                                   " is negative or too large (at most 2147483647)");
     if (max != unbounded_semaphore && initial > max)
-      throw std::invalid_argument("BoundedSemaphore: initial value " + std::to_string(initial) +
+      throw value_error("BoundedSemaphore: initial value " + std::to_string(initial) +
                                   " exceeds its bound " + std::to_string(max));
     new (st_) semaphore_state{{initial}, {0}, max};
   }
@@ -281,6 +302,7 @@ class basic_semaphore {
   basic_semaphore(const basic_semaphore&) = default;
   basic_semaphore& operator=(const basic_semaphore&) = default;
 
+  /// Acquires, waiting at most `timeout_ns` (negative: forever; 0: try once); true when acquired.
   bool acquire_ns(std::int64_t timeout_ns) {
     deadline dl = deadline::after(timeout_ns);
     for (;;) {
@@ -298,6 +320,7 @@ class basic_semaphore {
     }
   }
 
+  /// Adds `n` to the counter and wakes as many waiters; lock_error past a BoundedSemaphore's bound.
   void release(unsigned n = 1) {
     std::uint32_t v = st_->value.load(std::memory_order_relaxed);
     for (;;) {
@@ -318,6 +341,7 @@ class basic_semaphore {
   [[nodiscard]] unsigned get_value() const noexcept {
     return st_->value.load(std::memory_order_relaxed);
   }
+  /// The shared memory holding the semaphore (what a spawned child receives).
   [[nodiscard]] const shm_region& shared_region() const noexcept { return block_->region(); }
 
  protected:
@@ -330,13 +354,17 @@ class basic_semaphore {
 /// Counting semaphore shared between processes.
 class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Semaphore> {
  public:
+  /// A semaphore with the counter at `value`.
   explicit Semaphore(unsigned value = 1)
       : basic_semaphore(value, detail::unbounded_semaphore, "mproc-semaphore") {}
   /// Adopts an existing semaphore (its region received after spawn).
   Semaphore(detail::adopt_region_t t, detail::shm_region r) : basic_semaphore(t, std::move(r)) {}
 
+  /// Decrements the counter, blocking while it is 0.
   bool acquire() { return acquire_ns(-1); }
+  /// Python's acquire(block): non-blocking tries once; true when decremented.
   bool acquire(bool block) { return acquire_ns(block ? -1 : 0); }
+  /// Waits at most `timeout` for the counter to be above 0; true when decremented.
   template <class Rep, class Period>
   [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return acquire_ns(detail::block_timeout_ns(block, timeout));
@@ -350,6 +378,7 @@ class Semaphore : public detail::basic_semaphore, public detail::lockable_api<Se
 /// raises lock_error.
 class BoundedSemaphore : public Semaphore {
  public:
+  /// A bounded semaphore starting at, and bounded by, `value`.
   explicit BoundedSemaphore(unsigned value = 1) : Semaphore(value, value) {}
   /// Adopts an existing bounded semaphore (the bound lives in the shared state).
   BoundedSemaphore(detail::adopt_region_t t, detail::shm_region r) : Semaphore(t, std::move(r)) {}
@@ -373,14 +402,19 @@ class Event {
       : block_(std::make_shared<detail::shared_block>(
             detail::require_size(std::move(r), sizeof(detail::event_state), "Event"))),
         st_(block_->at<detail::event_state>(0)) {}
+  /// Another handle on the same event.
   Event(const Event&) = default;
+  /// Another handle on the same event.
   Event& operator=(const Event&) = default;
 
+  /// Sets the flag and wakes every waiter.
   void set() noexcept {
     flag()->store(1, std::memory_order_seq_cst);
     if (waiters()->load(std::memory_order_seq_cst) != 0) detail::futex_wake(flag());
   }
+  /// Clears the flag.
   void clear() noexcept { flag()->store(0, std::memory_order_seq_cst); }
+  /// True while the flag is set.
   [[nodiscard]] bool is_set() const noexcept { return flag()->load(std::memory_order_acquire) != 0; }
 
   /// Blocks until the flag is set.
@@ -390,6 +424,7 @@ class Event {
   [[nodiscard]] bool wait(std::chrono::duration<Rep, Period> timeout) {
     return wait_ns(detail::to_ns(timeout));
   }
+  /// The shared memory holding the event (what a spawned child receives).
   [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
 
  private:
@@ -476,21 +511,28 @@ class condition_core {
 class Condition : public detail::lockable_api<Condition> {
  public:
   Condition() : lock_(RLock()) {}
+  /// A condition using `l` as its lock.
   explicit Condition(const Lock& l) : lock_(l) {}
+  /// A condition using `l` as its lock.
   explicit Condition(const RLock& l) : lock_(l) {}
   /// Adopts an existing condition: its lock and its own state (received after spawn).
   Condition(detail::adopt_region_t, detail::basic_lock lock, detail::condition_core core)
       : lock_(std::move(lock)), core_(std::move(core)) {}
   /// The parts another process needs to adopt this condition.
   [[nodiscard]] const detail::basic_lock& shared_lock() const noexcept { return lock_; }
+  /// The state another process needs to adopt this condition, besides its lock.
   [[nodiscard]] const detail::condition_core& shared_core() const noexcept { return core_; }
 
+  /// Takes the condition's lock.
   bool acquire() { return lock_.acquire_ns(-1); }
+  /// Takes the condition's lock; non-blocking tries once.
   bool acquire(bool block) { return lock_.acquire_ns(block ? -1 : 0); }
+  /// Takes the condition's lock, waiting at most `timeout`; true when acquired.
   template <class Rep, class Period>
   [[nodiscard]] bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     return lock_.acquire_ns(detail::block_timeout_ns(block, timeout));
   }
+  /// Releases the condition's lock.
   void release() { lock_.release(); }
 
   /// Releases the lock, sleeps until notified, re-acquires it.
@@ -506,6 +548,7 @@ class Condition : public detail::lockable_api<Condition> {
     while (!pred()) core_.wait(lock_, -1);
     return true;
   }
+  /// As wait_for(pred), giving up after `timeout`: returns pred()'s last value.
   template <class Pred, class Rep, class Period>
   bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) {
     detail::deadline dl = detail::deadline::after(detail::to_ns(timeout));
@@ -518,10 +561,12 @@ class Condition : public detail::lockable_api<Condition> {
     return ok;
   }
 
+  /// Wakes up to `n` waiters; raises lock_error unless the caller holds the lock.
   void notify(unsigned n = 1) {
     require_owned("Condition.notify()");
     core_.notify(n);
   }
+  /// Wakes every waiter; raises lock_error unless the caller holds the lock.
   void notify_all() {
     require_owned("Condition.notify_all()");
     core_.notify(UINT32_MAX);
@@ -564,9 +609,11 @@ class Barrier {
   /// spawn or forkserver child; any other (a closure) stays in this process. `timeout`
   /// is what wait() without one uses, in every process that shares the barrier.
   explicit Barrier(unsigned parties) : Barrier(parties, std::function<void()>{}, -1) {}
+  /// Python's Barrier(parties, action): see Barrier(unsigned).
   template <class F>
     requires std::is_constructible_v<std::function<void()>, F>
   Barrier(unsigned parties, F action) : Barrier(parties, std::move(action), -1) {}
+  /// Python's Barrier(parties, action, timeout): see Barrier(unsigned).
   template <class F, class Rep, class Period>
     requires std::is_constructible_v<std::function<void()>, F>
   Barrier(unsigned parties, F action, std::chrono::duration<Rep, Period> timeout)
@@ -581,7 +628,9 @@ class Barrier {
         lock_(detail::adopt_region, block_, 0, false),
         action_(action ? std::function<void()>(action) : std::function<void()>{}),
         plain_action_(action) {}
+  /// Another handle on the same barrier.
   Barrier(const Barrier&) = default;
+  /// Another handle on the same barrier.
   Barrier& operator=(const Barrier&) = default;
   /// True when wait() runs an action.
   [[nodiscard]] bool has_action() const noexcept { return bool(action_); }
@@ -622,15 +671,19 @@ class Barrier {
     break_barrier();
   }
 
+  /// Parties needed to pass.
   [[nodiscard]] unsigned parties() const noexcept { return st_->parties; }
+  /// Parties waiting now.
   [[nodiscard]] unsigned n_waiting() {
     std::lock_guard g(lock_);
     return st_->state == 0 ? st_->count : 0;
   }
+  /// True when the barrier is broken (until reset()).
   [[nodiscard]] bool broken() {
     std::lock_guard g(lock_);
     return st_->state == -2;
   }
+  /// The shared memory holding the barrier (what a spawned child receives).
   [[nodiscard]] const detail::shm_region& shared_region() const noexcept { return block_->region(); }
 
  private:
@@ -639,7 +692,9 @@ class Barrier {
       : block_(detail::make_block(sizeof(detail::barrier_state), "mproc-barrier")),
         st_(new (block_->at<void>(0)) detail::barrier_state),
         lock_(detail::adopt_region, block_, 0, true) {
-    if (parties == 0) throw std::invalid_argument("Barrier: parties must be at least 1");
+    if (parties == 0 || parties > unsigned(INT32_MAX))
+      throw value_error("Barrier: parties must be at least 1 (and not negative), not " +
+                        std::to_string(parties));
     using D = std::decay_t<F>;
     if constexpr (std::is_convertible_v<D, void (*)()> && !std::is_same_v<D, std::nullptr_t> &&
                   (std::is_pointer_v<D> || std::is_empty_v<D>)) {

@@ -1,19 +1,26 @@
-// Library version. CMake checks these against project(VERSION) at configure time.
+/// \file
+/// Library version. CMake checks these against project(VERSION) at configure time.
 #pragma once
 
+/// Major version: incompatible API changes.
 #define MPROC_VERSION_MAJOR 0
+/// Minor version: additions.
 #define MPROC_VERSION_MINOR 1
+/// Patch version: fixes.
 #define MPROC_VERSION_PATCH 0
-// Single integer for #if comparisons: MMmmpp.
+/// Single integer for `#if` comparisons: MMmmpp.
 #define MPROC_VERSION (MPROC_VERSION_MAJOR * 10000 + MPROC_VERSION_MINOR * 100 + MPROC_VERSION_PATCH)
 
+/// \cond MPROC_INTERNAL
 #define MPROC_DETAIL_STR_(x) #x
 #define MPROC_DETAIL_STR(x) MPROC_DETAIL_STR_(x)
+/// \endcond
 
 namespace mproc {
-inline constexpr int version_major = MPROC_VERSION_MAJOR;
-inline constexpr int version_minor = MPROC_VERSION_MINOR;
-inline constexpr int version_patch = MPROC_VERSION_PATCH;
+inline constexpr int version_major = MPROC_VERSION_MAJOR;  ///< MPROC_VERSION_MAJOR
+inline constexpr int version_minor = MPROC_VERSION_MINOR;  ///< MPROC_VERSION_MINOR
+inline constexpr int version_patch = MPROC_VERSION_PATCH;  ///< MPROC_VERSION_PATCH
+/// The version as text, e.g. "0.1.0".
 inline constexpr const char version_string[] =
     MPROC_DETAIL_STR(MPROC_VERSION_MAJOR) "." MPROC_DETAIL_STR(MPROC_VERSION_MINOR) "." MPROC_DETAIL_STR(
         MPROC_VERSION_PATCH);

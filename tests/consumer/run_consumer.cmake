@@ -1,5 +1,6 @@
 # Builds and runs tests/consumer the way a user would, in one of two modes:
-#   package:      cmake --install into a fresh prefix, then find_package(mproc CONFIG)
+#   package:      cmake --install into a fresh prefix, then find_package(mproc CONFIG),
+#                 and a Makefile build with the flags of the installed mproc.pc
 #   subdirectory: add_subdirectory(<mproc source tree>)
 # Run by ctest as: cmake -DCONSUMER_MODE=... (see tests/CMakeLists.txt) -P run_consumer.cmake
 cmake_minimum_required(VERSION 3.21)
@@ -108,3 +109,49 @@ if(NOT _readme_actual STREQUAL _readme_expected)
                       "--- README.md says:\n${_readme_expected}--- the program printed:\n${_readme_actual}")
 endif()
 message(STATUS "consumer (${CONSUMER_MODE}): README program output matches README.md")
+
+# Without CMake: a Makefile that takes every flag from the installed mproc.pc builds
+# the README program again, and it must print the same.
+if(CONSUMER_MODE STREQUAL "package")
+  find_program(_make NAMES make gmake)
+  find_program(_pkg_config NAMES pkg-config pkgconf)
+  if(NOT _make OR NOT _pkg_config)
+    message(FATAL_ERROR "consumer (package): make and pkg-config are needed for the pkg-config check")
+  endif()
+  file(GLOB _pc_files "${_prefix}/*/pkgconfig/mproc.pc" "${_prefix}/*/*/pkgconfig/mproc.pc")
+  list(LENGTH _pc_files _n_pc)
+  if(NOT _n_pc EQUAL 1)
+    message(FATAL_ERROR "consumer (package): expected one installed mproc.pc under ${_prefix}, found: ${_pc_files}")
+  endif()
+  get_filename_component(_pc_dir "${_pc_files}" DIRECTORY)
+  # PKG_CONFIG_PATH is searched first; the -I check below makes sure it answered.
+  set(_pc_env "PKG_CONFIG_PATH=${_pc_dir}")
+  run_step("pkg-config --cflags --libs mproc"
+    "${CMAKE_COMMAND}" -E env ${_pc_env} "${_pkg_config}" --cflags --libs mproc)
+  string(STRIP "${run_step_output}" _pc_flags)
+  message(STATUS "consumer (package): pkg-config says: ${_pc_flags}")
+  string(FIND " ${_pc_flags}" " -I${_prefix}/" _at)
+  if(_at EQUAL -1)
+    message(FATAL_ERROR "consumer (package): mproc.pc does not point at ${_prefix}: ${_pc_flags}")
+  endif()
+  set(_make_cxx "${CONSUMER_CXX_COMPILER}")
+  if(NOT _make_cxx)
+    set(_make_cxx c++)
+  endif()
+  file(MAKE_DIRECTORY "${_work}/make")
+  run_step("make with pkg-config"
+    "${CMAKE_COMMAND}" -E env ${_pc_env}
+    "${_make}" -C "${_work}/make" -f "${CONSUMER_SOURCE_DIR}/Makefile"
+    "CXX=${_make_cxx}" "PKG_CONFIG=${_pkg_config}"
+    "PROGRAM=${_work}/readme_program.cpp" "OUT=readme")
+  execute_process(COMMAND "${_work}/make/readme" RESULT_VARIABLE _rc
+                  OUTPUT_VARIABLE _make_actual TIMEOUT 120)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "consumer (package): README program built by make failed (${_rc}):\n${_make_actual}")
+  endif()
+  if(NOT _make_actual STREQUAL _readme_expected)
+    message(FATAL_ERROR "consumer (package): README program built by make prints something else\n"
+                        "--- README.md says:\n${_readme_expected}--- the program printed:\n${_make_actual}")
+  endif()
+  message(STATUS "consumer (package): README program built with pkg-config flags matches README.md")
+endif()

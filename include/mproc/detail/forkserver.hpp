@@ -22,7 +22,9 @@
 // Like the pool's workers both ignore SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the
 // process group: the program decides, and the server follows it. A program whose init
 // ran with threads already running, or whose server was killed (SIGKILL), gets one
-// spawned on first use instead (same protocol).
+// spawned on first use instead (same protocol). The server has a process group of its
+// own (its children join the program's), so a SIGKILL of the program's whole group
+// leaves it alive to see the program's end and remove its directory.
 #pragma once
 
 #include <cerrno>
@@ -274,6 +276,12 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
   ::prctl(PR_GET_NAME, comm);
   ::prctl(PR_SET_NAME, "mproc-forksrv");
   ::prctl(PR_SET_PDEATHSIG, 0);
+  // Out of the program's process group, so that a SIGKILL of the whole group (a job
+  // killed by its shell or supervisor) leaves the server alive to see the program's
+  // end and remove its directory. The children it forks go back into the program's
+  // group: signals to the group reach them as they reach any other child.
+  const pid_t program_group = ::getpgid(program);
+  ::setpgid(0, 0);
   // Reaping needs SIGCHLD at its default even if the program ignored it.
   ::signal(SIGCHLD, SIG_DFL);
   sigset_t handled, old;
@@ -357,6 +365,7 @@ inline bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || er
       // No PR_SET_PDEATHSIG: the child outlives a killed server (the keeper ends it
       // with the program). It keeps the server's end of its status socket, so the
       // program sees the socket close only once both have ended, never while it runs.
+      if (program_group > 0) ::setpgid(0, program_group);  // back in the program's group
       ::prctl(PR_SET_NAME, comm);
       ::close(listen_fd);
       if (program_pidfd >= 0) ::close(program_pidfd);

@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "../errors.hpp"
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -47,7 +49,7 @@ inline std::string hmac_sha256(std::string_view key, std::string_view msg) {
   unsigned int len = 0;
   if (!::HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
               reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len))
-    throw std::runtime_error("HMAC-SHA256 failed in libcrypto");
+    throw error("mproc: HMAC-SHA256 failed in libcrypto");
   return std::string(reinterpret_cast<const char*>(out), len);
 }
 

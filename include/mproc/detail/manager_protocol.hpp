@@ -27,13 +27,9 @@
 
 namespace mproc::detail::mgr {
 
-/// Absolute CLOCK_MONOTONIC deadline in ns; -1 means none.
-using deadline_t = std::int64_t;
-inline deadline_t deadline_after(std::int64_t timeout_ns) {
-  if (timeout_ns < 0) return -1;
-  std::int64_t now = monotonic_ns();
-  return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
-}
+// Absolute CLOCK_MONOTONIC deadlines in ns (-1: none), from the one conversion.
+using detail::deadline_after;
+using detail::deadline_t;
 inline int poll_ms_until(deadline_t d) {
   if (d < 0) return -1;
   std::int64_t left = d - monotonic_ns();
@@ -192,7 +188,7 @@ inline sockaddr_un unix_sockaddr(const std::string& path) {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
   if (path.size() >= sizeof sa.sun_path)
-    throw std::invalid_argument("mproc::Manager: Unix socket path too long (" +
+    throw value_error("mproc::Manager: Unix socket path too long (" +
                                 std::to_string(path.size()) + " bytes): " + path);
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   return sa;
@@ -201,7 +197,7 @@ inline sockaddr_un unix_sockaddr(const std::string& path) {
 inline std::pair<std::string, std::string> split_host_port(const std::string& a) {
   auto colon = a.rfind(':');
   if (colon == std::string::npos || colon + 1 == a.size())
-    throw std::invalid_argument("mproc::Manager: address \"" + a +
+    throw value_error("mproc::Manager: address \"" + a +
                                 "\" is neither an absolute Unix socket path nor host:port");
   std::string host = a.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
@@ -225,7 +221,7 @@ inline addrinfo_ptr resolve(const std::string& address, bool passive) {
   addrinfo_ptr res;
   int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res.p);
   if (rc != 0)
-    throw std::invalid_argument("mproc::Manager: cannot resolve \"" + address +
+    throw value_error("mproc::Manager: cannot resolve \"" + address +
                                 "\": " + ::gai_strerror(rc));
   return res;
 }
@@ -250,7 +246,7 @@ inline std::pair<unique_fd, int> listen_tcp(const std::string& address) {
     }
     int one = 1;
     ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(s.get(), ai->ai_addr, ai->ai_addrlen) == -1 || ::listen(s.get(), 128) == -1) {
+    if (::bind(s.get(), ai->ai_addr, ai->ai_addrlen) == -1 || ::listen(s.get(), SOMAXCONN) == -1) {
       last_err = errno;
       continue;
     }
@@ -298,7 +294,7 @@ inline unique_fd connect_to(const std::string& address, deadline_t d) {
     }
   }
   if (last) std::rethrow_exception(last);
-  throw std::invalid_argument("mproc::Manager: no address for " + address);
+  throw value_error("mproc::Manager: no address for " + address);
 }
 
 // ------------------------------------------------------------------ authentication

@@ -573,7 +573,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
     switch (q.o) {
       case op::create: {
         if (q.n < 1 || q.n > static_cast<std::int64_t>(last_kind))
-          throw std::invalid_argument("manager: unknown object kind " + std::to_string(q.n));
+          throw value_error("manager: unknown object kind " + std::to_string(q.n));
         kind k = static_cast<kind>(q.n);
         std::uint64_t t[2] = {0, 0};
         if (q.b.size() == sizeof t) std::memcpy(t, q.b.data(), sizeof t);

@@ -69,27 +69,6 @@ inline void ring_spin_pause() noexcept { __builtin_ia32_pause(); }
 inline void ring_spin_pause() noexcept {}
 #endif
 
-/// Absolute CLOCK_MONOTONIC deadline in ns; -1 = wait forever. A deadline already
-/// passed means "try once, do not wait".
-using deadline_t = std::int64_t;
-inline constexpr deadline_t no_deadline = -1;
-
-template <class Rep, class Period>
-deadline_t deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
-  std::int64_t ns = to_ns(d);
-  std::int64_t now = monotonic_ns();
-  if (ns >= INT64_MAX - now) return no_deadline;  // too far away to matter
-  return now + ns;
-}
-inline deadline_t deadline_now() noexcept { return monotonic_ns(); }
-
-/// Nanoseconds left until a deadline (-1: forever, 0: passed).
-inline std::int64_t ns_left(deadline_t d) noexcept {
-  if (d == no_deadline) return -1;
-  std::int64_t left = d - monotonic_ns();
-  return left > 0 ? left : 0;
-}
-
 // Each side's hot fields sit on cache lines of their own: a line written by producers
 // and read by consumers on every message would bounce between cores.
 struct mpmc_ring_header {
@@ -144,7 +123,7 @@ class mpmc_ring {
                                            std::size_t overflow = default_overflow) {
     std::size_t cap = min_capacity;
     while (cap < capacity) {
-      if (cap > (std::size_t(1) << 40)) throw std::invalid_argument("mproc: queue capacity too large");
+      if (cap > (std::size_t(1) << 40)) throw value_error("mproc: queue capacity too large");
       cap <<= 1;
     }
     overflow &= ~std::size_t(4095);
@@ -166,7 +145,7 @@ class mpmc_ring {
     shm_region first = shm_region::map(std::move(fd), header_bytes);
     auto* h = first.as<mpmc_ring_header>();
     if (h->magic != mpmc_ring_header::magic_value)
-      throw std::invalid_argument("mproc: descriptor does not hold a queue");
+      throw value_error("mproc: descriptor does not hold a queue");
     std::size_t cap = h->capacity;
     // Remap header and ring together so the region object owns the whole file.
     unique_fd again(::fcntl(first.fd(), F_DUPFD_CLOEXEC, 0));
@@ -334,12 +313,23 @@ class mpmc_ring {
     std::memcpy(&len, p, 4);
     std::memcpy(&k, p + 4, 4);
     const std::uint64_t next = oh + align8(record_header + std::size_t(len));
-    if (next > ot) throw serialization_error("corrupt queue overflow record: length " + std::to_string(len));
+    // A record never wraps and the published part never exceeds the area. Past a
+    // record whose length is corrupt nothing can be trusted to start a record, so
+    // everything published is dropped: the next get() takes what comes after.
+    if (ot - oh > over_bytes_ || next > ot || std::size_t(oh % over_bytes_) + (next - oh) > over_bytes_) {
+      overflow_consumed(ot, ot, true);
+      throw serialization_error("corrupt queue overflow record: length " + std::to_string(len) +
+                                "; the overflow records published with it were dropped");
+    }
     if (k == k_pad) {
       overflow_consumed(next, ot, false);
       return false;
     }
-    if (k != k_single) throw serialization_error("corrupt queue overflow record kind " + std::to_string(k));
+    if (k != k_single) {
+      overflow_consumed(next, ot, true);  // its length is sound: skip just this record
+      throw serialization_error("corrupt queue overflow record kind " + std::to_string(k) +
+                                "; the record was skipped");
+    }
     try {
       out.emplace(read_message<T>({p + record_header, len}));
     } catch (...) {
@@ -433,7 +423,9 @@ class mpmc_ring {
           consumed(h + rec, false);
           continue;
         default:
-          throw serialization_error("corrupt queue record kind " + std::to_string(k));
+          consumed(h + rec, true);  // its length is sound: skip just this record
+          throw serialization_error("corrupt queue record kind " + std::to_string(k) +
+                                    "; the record was skipped");
       }
     }
   }
@@ -566,14 +558,23 @@ class mpmc_ring {
     std::memcpy(p, &len, 4);
     std::memcpy(p + 4, &k, 4);
   }
-  std::pair<std::uint32_t, std::uint32_t> read_header(std::uint64_t h) const {
+  /// The record at h (get lock held). A record longer than the ring or than what is
+  /// published, or published data longer than the ring, is corrupt: record
+  /// boundaries past it are unknowable, so everything published up to the tail is
+  /// dropped (the queue stays usable for what is put next) and serialization_error
+  /// is raised.
+  std::pair<std::uint32_t, std::uint32_t> read_header(std::uint64_t h) {
     const std::byte* p = ring_.data() + (h & mask_);
     std::uint32_t len, k;
     std::memcpy(&len, p, 4);
     std::memcpy(&k, p + 4, 4);
-    if (align8(record_header + std::size_t(len)) > cached_tail_ - h)
-      throw serialization_error("corrupt queue record: length " + std::to_string(len) +
-                                " exceeds the published data");
+    const std::uint64_t published = cached_tail_ - h;
+    if (published > cap_ || align8(record_header + std::size_t(len)) > published) {
+      consumed(cached_tail_, true);
+      throw serialization_error("corrupt queue record: length " + std::to_string(len) + " with " +
+                                std::to_string(published) + " bytes published in a ring of " +
+                                std::to_string(cap_) + "; the records published with it were dropped");
+    }
     return {len, k};
   }
 
@@ -824,19 +825,30 @@ class mpmc_ring {
   /// Returns false when the message was aborted by its producer (nothing taken).
   template <class T>
   bool get_streamed(std::optional<T>& out, std::uint64_t h, std::uint32_t len) {
-    if (len < 8) throw serialization_error("corrupt queue record: short first fragment");
+    const std::uint64_t rec_end = h + align8(record_header + len);
+    if (len < 8) {
+      consumed(rec_end, true);  // its fragments that follow are dropped as orphans
+      throw serialization_error("corrupt queue record: short first fragment; the message was skipped");
+    }
     const std::byte* payload = ring_.data() + (h & mask_) + record_header;
     std::uint64_t total;
     std::memcpy(&total, payload, 8);
+    if (len - 8 > total) {
+      consumed(rec_end, true);
+      throw serialization_error("corrupt queue record: first fragment longer than its message; "
+                                "the message was skipped");
+    }
     // No message is larger than the machine's memory. Below that, a buffer is
     // allocated up front only to stream_upfront_limit and grows as fragments arrive,
     // so a corrupt header cannot make get() allocate what it announces (that could
     // raise bad_alloc instead of serialization_error, or cost real memory under
     // strict overcommit or a sanitizer).
     const std::uint64_t ram = std::uint64_t(::sysconf(_SC_PHYS_PAGES)) * std::uint64_t(::sysconf(_SC_PAGESIZE));
-    if (total > ram)
+    if (total > ram) {
+      consumed(rec_end, true);
       throw serialization_error("corrupt queue record: message of " + std::to_string(total) +
-                                " bytes announced, more than this machine's memory");
+                                " bytes announced, more than this machine's memory; it was skipped");
+    }
     if constexpr (raw_contiguous<T>) {
       constexpr std::size_t prefix = message_header_size + 8;  // type tag, element count
       std::uint64_t tag, count;

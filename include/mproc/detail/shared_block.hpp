@@ -63,11 +63,7 @@ inline std::shared_ptr<shared_block> make_block(std::size_t bytes, const char* l
 struct deadline {
   std::int64_t end_ns = -1;
 
-  static deadline after(std::int64_t timeout_ns) noexcept {
-    if (timeout_ns < 0) return {-1};
-    std::int64_t now = monotonic_ns();
-    return {timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns};
-  }
+  static deadline after(std::int64_t timeout_ns) noexcept { return {deadline_after(timeout_ns)}; }
   [[nodiscard]] bool infinite() const noexcept { return end_ns < 0; }
   [[nodiscard]] std::int64_t remaining() const noexcept {
     if (end_ns < 0) return -1;
@@ -80,12 +76,13 @@ struct deadline {
 /// Timeout in ns for a (block, timeout) pair as Python's acquire(block, timeout):
 /// non-blocking means try once.
 template <class Rep, class Period>
-std::int64_t block_timeout_ns(bool block, std::chrono::duration<Rep, Period> timeout) noexcept {
-  return block ? to_ns(timeout) : 0;
+std::int64_t block_timeout_ns(bool block, std::chrono::duration<Rep, Period> timeout) {
+  const std::int64_t ns = to_ns(timeout);  // a NaN is refused even when not blocking
+  return block ? ns : 0;
 }
 
 template <class Clock, class Dur>
-std::int64_t ns_until(std::chrono::time_point<Clock, Dur> tp) noexcept {
+std::int64_t ns_until(std::chrono::time_point<Clock, Dur> tp) {
   return to_ns(tp - Clock::now());
 }
 

@@ -97,10 +97,10 @@ inline const char* spawn_header_problem(const spawn_header& h) noexcept {
 /// Raises in the parent, before any child exists, what a reader would refuse.
 inline void check_spawn_request_size(std::size_t payload, std::size_t nfds, const char* method) {
   if (nfds > max_passed_fds)
-    throw std::invalid_argument(std::string("mproc: ") + method + ": " + std::to_string(nfds) +
+    throw value_error(std::string("mproc: ") + method + ": " + std::to_string(nfds) +
                                 " descriptors to pass, at most " + std::to_string(max_passed_fds));
   if (payload > max_spawn_payload)
-    throw std::length_error(std::string("mproc: ") + method + ": the target and its arguments "
+    throw value_error(std::string("mproc: ") + method + ": the target and its arguments "
                             "serialize to " + std::to_string(payload) +
                             " bytes, more than 1 GiB; pass bulk data through SharedMemory");
 }
@@ -117,7 +117,7 @@ inline std::int64_t spawn_ack_timeout_ns() {
 inline void send_all_fds(int sock, const void* data, std::size_t len, std::span<const int> fds,
                          const char* what) {
   if (fds.size() > max_passed_fds)
-    throw std::invalid_argument(std::string("mproc: ") + what + ": " + std::to_string(fds.size()) +
+    throw value_error(std::string("mproc: ") + what + ": " + std::to_string(fds.size()) +
                                 " descriptors, at most " + std::to_string(max_passed_fds));
   const char* p = static_cast<const char*>(data);
   bool fds_sent = fds.empty();

@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../deadline.hpp"
+
 namespace mproc::detail {
 
 /// Raises std::system_error naming the failed call.
@@ -68,23 +70,6 @@ class unique_fd {
  private:
   int fd_ = -1;
 };
-
-/// Nanoseconds on CLOCK_MONOTONIC.
-inline std::int64_t monotonic_ns() noexcept {
-  timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-/// Converts any chrono duration to nanoseconds, saturating instead of overflowing.
-template <class Rep, class Period>
-std::int64_t to_ns(std::chrono::duration<Rep, Period> d) noexcept {
-  using namespace std::chrono;
-  if (d <= duration<Rep, Period>::zero()) return 0;
-  const auto max = duration_cast<duration<long double>>(nanoseconds::max());
-  if (duration_cast<duration<long double>>(d) >= max) return INT64_MAX;
-  return duration_cast<nanoseconds>(d).count();
-}
 
 // Futex on a 32-bit word in memory shared between processes (hence no
 // FUTEX_PRIVATE_FLAG). wait returns false on timeout.

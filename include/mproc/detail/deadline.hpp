@@ -1,0 +1,73 @@
+// The one conversion of a user's timeout (any std::chrono duration) into what the
+// waiting code uses: nanoseconds, then an absolute CLOCK_MONOTONIC deadline. Every
+// blocking call goes through it, so every call gives one duration the same meaning:
+//  - NaN raises mproc::value_error (there is no sensible wait for it);
+//  - zero or negative (-1s, -inf) means "do not wait": try once, as poll(0);
+//  - longer than the clock can count (hours::max(), +inf, 1e300s) means "forever".
+// Nothing here overflows: duration_cast is never given a value it cannot represent.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <ctime>
+#include <string>
+#include <type_traits>
+
+#include "../errors.hpp"
+
+namespace mproc::detail {
+
+/// Nanoseconds on CLOCK_MONOTONIC.
+inline std::int64_t monotonic_ns() noexcept {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// A user's timeout in nanoseconds: 0 for "do not wait" (zero or negative),
+/// INT64_MAX for "longer than anything" (treated as forever by deadline_after).
+/// NaN raises value_error naming `what`.
+template <class Rep, class Period>
+std::int64_t to_ns(std::chrono::duration<Rep, Period> d, const char* what = "timeout") {
+  using namespace std::chrono;
+  if constexpr (std::is_floating_point_v<Rep>) {
+    if (std::isnan(d.count()))
+      throw value_error(std::string("mproc: ") + what + " is NaN; use a number of seconds, "
+                        "zero to poll, or a very large value to wait forever");
+  }
+  if (!(d > duration<Rep, Period>::zero())) return 0;
+  // Compared as long double: no integer product can overflow on the way.
+  const long double ns = static_cast<long double>(d.count()) * Period::num * 1e9L / Period::den;
+  if (!(ns < static_cast<long double>(INT64_MAX))) return INT64_MAX;
+  if constexpr (std::is_floating_point_v<Rep>) return static_cast<std::int64_t>(ns);
+  else return duration_cast<nanoseconds>(d).count();
+}
+
+/// Absolute CLOCK_MONOTONIC deadline in ns; no_deadline waits forever. A deadline
+/// already passed means "try once, do not wait".
+using deadline_t = std::int64_t;
+inline constexpr deadline_t no_deadline = -1;
+
+/// The deadline timeout_ns from now: negative timeout_ns (the library's own "block")
+/// or one too far away to add to the clock is no_deadline.
+inline deadline_t deadline_after(std::int64_t timeout_ns) noexcept {
+  if (timeout_ns < 0) return no_deadline;
+  const std::int64_t now = monotonic_ns();
+  return timeout_ns > INT64_MAX - now ? no_deadline : now + timeout_ns;
+}
+/// The deadline for a user's timeout (see to_ns).
+template <class Rep, class Period>
+deadline_t deadline_after(std::chrono::duration<Rep, Period> d, const char* what = "timeout") {
+  return deadline_after(to_ns(d, what));
+}
+inline deadline_t deadline_now() noexcept { return monotonic_ns(); }
+
+/// Nanoseconds left until a deadline (-1: forever, 0: passed).
+inline std::int64_t ns_left(deadline_t d) noexcept {
+  if (d == no_deadline) return -1;
+  std::int64_t left = d - monotonic_ns();
+  return left > 0 ? left : 0;
+}
+
+}  // namespace mproc::detail
