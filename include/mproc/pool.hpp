@@ -426,6 +426,7 @@ class [[nodiscard]] AsyncResult {
     check();
     return s_->cancel();
   }
+  /// True once cancel() has succeeded.
   [[nodiscard]] bool cancelled() const {
     check();
     return s_->phase.load(std::memory_order_acquire) == detail::async_state_base::cancelled;
@@ -620,16 +621,19 @@ class as_completed {
 
 /// concurrent.futures' return_when.
 enum class return_when { first_completed, first_exception, all_completed };
+/// Return when any result is done.
 inline constexpr return_when FIRST_COMPLETED = return_when::first_completed;
+/// Return when any result fails (or all are done).
 inline constexpr return_when FIRST_EXCEPTION = return_when::first_exception;
+/// Return when every result is done.
 inline constexpr return_when ALL_COMPLETED = return_when::all_completed;
 
 /// What mproc::wait returns: pointers into the vector it was given, each distinct
 /// result once, in the vector's order.
 template <class R>
 struct wait_result {
-  std::vector<AsyncResult<R>*> done;
-  std::vector<AsyncResult<R>*> not_done;
+  std::vector<AsyncResult<R>*> done;      ///< completed, failed or cancelled
+  std::vector<AsyncResult<R>*> not_done;  ///< still pending
 };
 
 namespace detail {
@@ -697,11 +701,13 @@ template <class R>
 wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when = ALL_COMPLETED) {
   return detail::wait_for_results(results, when, -1);
 }
+/// As wait(results, when), giving up after `timeout`: what is pending then is in not_done.
 template <class R, class Rep, class Period>
 wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when,
                     std::chrono::duration<Rep, Period> timeout) {
   return detail::wait_for_results(results, when, detail::deadline_after_ns(detail::to_ns(timeout)));
 }
+/// wait(results, ALL_COMPLETED, timeout).
 template <class R, class Rep, class Period>
 wait_result<R> wait(std::vector<AsyncResult<R>>& results, std::chrono::duration<Rep, Period> timeout) {
   return wait(results, ALL_COMPLETED, timeout);
@@ -1691,7 +1697,7 @@ class pool_interface {
 
   template <class R>
   static AsyncResult<R> with_deadline(AsyncResult<R> r, std::int64_t timeout_ns) {
-    if (timeout_ns > 0) r.state()->deadline_ns = deadline_after_ns(timeout_ns);
+    if (timeout_ns > 0) r.state()->deadline_ns = detail::deadline_after_ns(timeout_ns);
     return r;
   }
   /// map/starmap: the result, or timeout_error once map_options::timeout has passed;
@@ -1703,7 +1709,7 @@ class pool_interface {
     } catch (const timeout_error&) {
       if (r.valid() && !r.ready()) {
         r.state()->abandoned.store(true);
-        pool_helper::wake_pool(r.state()->helper);
+        detail::pool_helper::wake_pool(r.state()->helper);
         throw;
       }
       throw;
