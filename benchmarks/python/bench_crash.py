@@ -32,6 +32,8 @@ import tempfile
 import threading
 import time
 
+from workloads import peer_installed
+
 EXECUTORS = ["mp_pool", "ppe", "loky", "pebble"]
 SCENARIOS = ["kill", "timeout", "sigint"]
 LABELS = {"mp_pool": "multiprocessing.Pool", "ppe": "concurrent.futures.ProcessPoolExecutor",
@@ -315,17 +317,6 @@ def run_one(name, scenario):
     return rec
 
 
-def available(name):
-    try:
-        if name == "loky":
-            from joblib.externals import loky  # noqa: F401
-        elif name == "pebble":
-            import pebble  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 def main():
     if len(sys.argv) >= 4 and sys.argv[1] == "--sigint-child":
         return sigint_child(sys.argv[2], sys.argv[3])
@@ -338,7 +329,7 @@ def main():
     scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else SCENARIOS
     for name in names:
         for sc in scenarios:
-            if not available(name):
+            if not peer_installed(name):
                 rec = {"got": "not installed", "seconds": None, "lost": "-", "usable": "-"}
             else:
                 rec = run_one(name, sc)

@@ -21,35 +21,10 @@ import json
 import sys
 import time
 
+from workloads import count_primes, identity, peer_installed, prime_bounds
+
 CS1_ITEMS = {"mp_pool": 100_000, "ppe": 20_000, "loky": 20_000, "pebble": 20_000}
 CS1000_ITEMS = 100_000
-
-
-def identity(x):
-    return x
-
-
-def is_prime(n):
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
-
-
-def count_primes(bounds):
-    lo, hi = bounds
-    return sum(1 for n in range(lo, hi) if is_prime(n))
-
-
-def prime_bounds(limit, chunks=64):
-    step = limit // chunks
-    return [(i * step, limit if i == chunks - 1 else (i + 1) * step) for i in range(chunks)]
 
 
 class Peer:
@@ -97,17 +72,6 @@ class Peer:
             self.ex.join()
         else:
             self.ex.shutdown(wait=True)
-
-
-def available(name):
-    try:
-        if name == "loky":
-            from joblib.externals import loky  # noqa: F401
-        elif name == "pebble":
-            import pebble  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def measure(name, want, quick, out):
@@ -165,7 +129,7 @@ def main():
         out["serial_prime_count"] = sum(count_primes(b) for b in prime_bounds(200_000 if quick else 2_000_000))
         out["serial_primes"] = time.perf_counter() - t
     for name in names:
-        if not available(name):
+        if not peer_installed(name):
             out[f"{name}_missing"] = 1
             continue
         measure(name, want, quick, out)

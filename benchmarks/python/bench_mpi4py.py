@@ -18,32 +18,7 @@ import time
 from mpi4py import MPI
 from mpi4py.futures import MPICommExecutor
 
-
-def identity(x):
-    return x
-
-
-def is_prime(n):
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
-
-
-def count_primes(bounds):
-    lo, hi = bounds
-    return sum(1 for n in range(lo, hi) if is_prime(n))
-
-
-def prime_bounds(limit, chunks=64):
-    step = limit // chunks
-    return [(i * step, limit if i == chunks - 1 else (i + 1) * step) for i in range(chunks)]
+from workloads import count_primes, identity, prime_bounds
 
 
 def main():

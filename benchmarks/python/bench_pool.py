@@ -10,27 +10,7 @@ import os
 import sys
 import time
 
-
-def identity(x):
-    return x
-
-
-def is_prime(n):
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
-
-
-def count_primes(bounds):
-    lo, hi = bounds
-    return sum(1 for n in range(lo, hi) if is_prime(n))
+from workloads import count_primes, identity
 
 
 def factorial(n):

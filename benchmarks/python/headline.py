@@ -17,6 +17,8 @@ import multiprocessing as mp
 import sys
 import time
 
+from workloads import peer_installed
+
 LIMIT = 10_000_000
 CHUNKS = 40
 FACTORIALS = 2000
@@ -131,17 +133,6 @@ def run_executor(name, processes, ns):
     return start, primes, facts_s, prime_sum, facts
 
 
-def installed(name):
-    try:
-        if name == "loky":
-            from joblib.externals import loky  # noqa: F401
-        elif name == "pebble":
-            import pebble  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 def median_run(runs):
     runs = sorted(runs, key=lambda r: r[0] + r[1] + r[2])
     return runs[len(runs) // 2]
@@ -157,7 +148,7 @@ def main():
     report("pool", *pool)
     best, best_id = pool, 0
     for i, name in enumerate(("ppe", "loky", "pebble"), start=1):
-        if not installed(name):
+        if not peer_installed(name):
             continue
         r = median_run([run_executor(name, processes, ns) for _ in range(runs)])
         if sum(r[:3]) < sum(best[:3]):
