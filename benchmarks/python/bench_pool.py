@@ -4,9 +4,7 @@ Run by bench_pool itself between its own rounds, so both sides see the same mach
 state. Stdlib only.
 """
 import json
-import math
 import multiprocessing as mp
-import os
 import sys
 import time
 
