@@ -3,6 +3,7 @@
 // than the receiver's stack is a serialization_error, not a dead parent; a
 // constructor that throws leaves no segment behind.
 // mproc-test-timeout: 300
+// mproc-test-serial
 #include <catch2/catch.hpp>
 
 #include "spawn_entry.hpp"

@@ -1,5 +1,6 @@
 // Queue, JoinableQueue, SimpleQueue: values, limits, timeouts, many processes, large
 // messages, crashes, and no leaked descriptors or /dev/shm entries.
+// mproc-test-serial
 #include <catch2/catch.hpp>
 
 #include "spawn_entry.hpp"
