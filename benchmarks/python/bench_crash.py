@@ -23,6 +23,7 @@ and whatever it leaves behind is killed afterwards.
   into a 1,000-item map of 10 ms tasks inside the usual `with` block; what the program
   prints, when it has exited, and whether any of its processes outlive it by 1 s.
 """
+import glob
 import json
 import os
 import signal
@@ -297,6 +298,23 @@ def scenario_sigint(name):
         os.unlink(out_path)
 
 
+def remove_orphan_loky_semaphores():
+    """loky names its POSIX semaphores sem.loky-<creator pid>-*; when the harness kills
+    a loky executor's whole group, its resource tracker dies too and they stay in
+    /dev/shm. Removes those whose creator is gone (a live executor keeps its own)."""
+    for path in glob.glob("/dev/shm/sem.loky-*-*"):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        except (ValueError, PermissionError):
+            pass
+
+
 def run_one(name, scenario):
     """Runs one scenario in a fresh process group (bounded), then kills what is left."""
     fd, out_path = tempfile.mkstemp(prefix="mproc-crash-")
@@ -314,6 +332,7 @@ def run_one(name, scenario):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         os.unlink(out_path)
+        remove_orphan_loky_semaphores()
     return rec
 
 
