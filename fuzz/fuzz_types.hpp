@@ -205,7 +205,7 @@ inline types samples() {
   std::get<12>(t) =
       type_at<12>(ledger{{sample_account(), {"bob", -5, {}, {}, false}}, sample_point()});
   std::get<13>(t) = type_at<13>{sample_point(), point{}};
-  std::get<14>(t) = type_at<14>{3, "std::invalid_argument", "bad argument"};
+  std::get<14>(t) = type_at<14>{3, "std::invalid_argument", "bad argument", {}};
   std::get<15>(t) = type_at<15>{{true, false, true, false}, 5ms, "/a/b"};
   std::get<16>(t) =
       type_at<16>{{"k", std::monostate{}}, {"k", std::int64_t(7)}, {"s", std::string("v")}};
