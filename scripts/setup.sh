@@ -9,6 +9,8 @@ packages=(
   libssl-dev libcurl4-openssl-dev libgumbo-dev
   libboost-mpi-dev openmpi-bin libopenmpi-dev
   clang-16 libclang-rt-16-dev
+  # llvm-symbolizer-16: sanitizer reports name functions and lines, in CI too
+  llvm-16
   doxygen graphviz chromium
   # the peers benchmarks/run.py measures mproc against
   python3-joblib python3-pebble python3-mpi4py libzmq3-dev cppzmq-dev libtbb-dev

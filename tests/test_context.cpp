@@ -678,17 +678,7 @@ probe start_probe(const char* mode) {
 }
 
 // ThreadSanitizer's runtime may start a background thread of its own in a forked child.
-#if defined(__SANITIZE_THREAD__)
-constexpr int kRuntimeThreads = 1;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr int kRuntimeThreads = 1;
-#else
-constexpr int kRuntimeThreads = 0;
-#endif
-#else
-constexpr int kRuntimeThreads = 0;
-#endif
+constexpr int kRuntimeThreads = mproc_test::under_tsan ? 1 : 0;
 
 /// Field `key` of /proc/<pid>/status (empty when the process is gone).
 std::string proc_status(pid_t pid, const std::string& key) {

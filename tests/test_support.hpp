@@ -16,7 +16,35 @@
 #include <dirent.h>
 #include <poll.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MPROC_TEST_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define MPROC_TEST_TSAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPROC_TEST_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define MPROC_TEST_TSAN 1
+#endif
+#endif
+
 namespace mproc_test {
+
+/// Built with ThreadSanitizer / AddressSanitizer: some sizes shrink there (never what
+/// is asserted).
+#if defined(MPROC_TEST_TSAN)
+inline constexpr bool under_tsan = true;
+#else
+inline constexpr bool under_tsan = false;
+#endif
+#if defined(MPROC_TEST_ASAN)
+inline constexpr bool under_asan = true;
+#else
+inline constexpr bool under_asan = false;
+#endif
 
 /// join_child's result when the child overran its deadline (and was killed).
 inline constexpr int kTimedOut = 1000;
