@@ -484,7 +484,6 @@ class bounded_iarchive
           "(decode it on a thread with a larger stack if it is legitimate)");
   }
   void load_object(void* t, const boost::archive::detail::basic_iserializer& bis) {
-    check_stack();
     add_class(&bis);
     if (!pointer_frames_.empty() && !pointer_frames_.back().loaded_object &&
         pointer_frames_.back().object_depth == objects_.size()) {
@@ -493,6 +492,9 @@ class bounded_iarchive
       pointer_frames_.back().loaded_object = true;
       loaded_by_pointer_[t] = {pointer_frames_.back().who, false, &bis};
     }
+    // Only now: Boost has already constructed a pointee, and a refusal must find it
+    // recorded above for discard_partial_pointee to free it.
+    check_stack();
     objects_.push_back(&bis);
     boost::archive::detail::basic_iarchive::load_object(t, bis);
     objects_.pop_back();
