@@ -37,6 +37,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "detail/posix/fd_passing.hpp"
 #include "detail/posix/posix.hpp"
 #include "errors.hpp"
 #include "serialization.hpp"
@@ -57,7 +58,6 @@ struct passed_fd_marker {};
 
 inline constexpr std::size_t frame_header_size = sizeof(std::uint64_t);
 inline constexpr std::size_t read_ahead_size = 16 * 1024;
-inline constexpr std::size_t max_fds_per_read = 16;
 // Sends up to this size are framed in a reused per-connection buffer.
 inline constexpr std::size_t reused_send_buffer_limit = 1 << 20;
 
@@ -111,28 +111,11 @@ inline std::size_t read_some(connection_state& s, void* p, std::size_t n, std::i
                              const char* what) {
   for (;;) {
     if (deadline >= 0 && !wait_fd(s.fd.get(), POLLIN, deadline)) throw_timeout(what);
-    iovec iov{p, n};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_read)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    ssize_t got = ::recvmsg(s.fd.get(), &msg, MSG_CMSG_CLOEXEC);
+    ssize_t got = recv_with_fds(s.fd.get(), p, n, 0, [&](int fd) { s.fds.emplace_back(fd); });
     if (got == -1) {
       if (errno == EINTR || errno == EAGAIN) continue;
       if (errno == ECONNRESET) throw eof_error("mproc: Connection: peer reset the connection");
       throw_errno("recvmsg");
-    }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (std::size_t i = 0; i < count; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-          s.fds.emplace_back(fd);
-        }
-      }
     }
     if (got == 0)
       throw eof_error(s.in_body || s.hdr_got
@@ -288,21 +271,10 @@ inline void write_all(connection_state& s, iovec* iov, std::size_t iovcnt, int f
   bool started = false;
   while (iovcnt) {
     if (deadline >= 0 && !started && !wait_fd(s.fd.get(), POLLOUT, deadline)) throw_timeout(what);
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = iovcnt;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (fd_to_pass >= 0 && !started) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
-    }
+    const bool attach = fd_to_pass >= 0 && !started;
     int flags = MSG_NOSIGNAL | (deadline >= 0 && !started ? MSG_DONTWAIT : 0);
-    ssize_t n = ::sendmsg(s.fd.get(), &msg, flags);
+    ssize_t n = send_with_fds(s.fd.get(), iov, iovcnt, attach ? std::span<const int>(&fd_to_pass, 1) : std::span<const int>{},
+                              flags);
     if (n == -1) {
       if (errno == EINTR || errno == EAGAIN) continue;
       if (errno == EPIPE || errno == ECONNRESET)

@@ -23,6 +23,7 @@
 
 #include "../errors.hpp"
 #include "hmac.hpp"
+#include "posix/fd_passing.hpp"
 #include "posix/posix.hpp"
 
 namespace mproc::detail::mgr {
@@ -123,21 +124,11 @@ inline std::string read_frame(int fd, std::size_t cap, deadline_t d) {
 /// Sends a frame with a descriptor attached (Unix sockets only).
 inline void write_frame_with_fd(int fd, std::string_view payload, int passed_fd, deadline_t d) {
   std::uint32_t n = static_cast<std::uint32_t>(payload.size());
-  iovec iov{&n, 4};
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctrl;
-  msg.msg_controllen = sizeof ctrl;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &passed_fd, sizeof(int));
+  const iovec iov{&n, 4};
+  const int passed[1] = {passed_fd};
   for (;;) {
     wait_fd(fd, POLLOUT, d, "sending");
-    ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = send_with_fds(fd, &iov, 1, passed, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w == -1 && (errno == EINTR || errno == EAGAIN)) continue;
     if (w == -1) throw_errno("sendmsg(SCM_RIGHTS)");
     if (w != 4) throw eof_error("manager connection: short descriptor message");
@@ -149,28 +140,15 @@ inline void write_frame_with_fd(int fd, std::string_view payload, int passed_fd,
 /// Receives a frame sent by write_frame_with_fd; returns the payload and the descriptor.
 inline std::pair<std::string, unique_fd> read_frame_with_fd(int fd, std::size_t cap, deadline_t d) {
   std::uint32_t n = 0;
-  iovec iov{&n, 4};
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctrl;
-  msg.msg_controllen = sizeof ctrl;
+  unique_fd got;
   ssize_t r;
   for (;;) {
     wait_fd(fd, POLLIN, d, "waiting for the shared segment");
-    r = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    r = recv_with_fds(fd, &n, 4, MSG_DONTWAIT, [&](int v) { got.reset(v); });
     if (r == -1 && (errno == EINTR || errno == EAGAIN)) continue;
     if (r == -1) throw_errno("recvmsg(SCM_RIGHTS)");
     break;
   }
-  unique_fd got;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      int v;
-      std::memcpy(&v, CMSG_DATA(c), sizeof v);
-      got.reset(v);
-    }
   if (r == 0) throw eof_error("manager connection closed by the other side");
   if (r < 4) read_all(fd, reinterpret_cast<char*>(&n) + r, 4 - std::size_t(r), d);
   checked_length(n, cap);

@@ -46,6 +46,7 @@
 
 #include "../errors.hpp"
 #include "callable.hpp"
+#include "posix/fd_passing.hpp"
 #include "posix/fork.hpp"
 #include "posix/forker.hpp"
 #include "posix/posix.hpp"
@@ -73,6 +74,7 @@ inline constexpr const char* spawn_marker = "MPROC_SPAWN";
 inline constexpr std::uint64_t spawn_magic = 0x6d70726f63737077ULL;  // "mprocspw"
 // SCM_MAX_FD is 253; one request carries at most this many descriptors.
 inline constexpr std::size_t max_passed_fds = 250;
+static_assert(max_passed_fds <= max_fds_per_message, "one request is one message");
 
 struct spawn_header {
   std::uint64_t magic = spawn_magic;
@@ -121,23 +123,9 @@ inline void send_all_fds(int sock, const void* data, std::size_t len, std::span<
                                 " descriptors, at most " + std::to_string(max_passed_fds));
   const char* p = static_cast<const char*>(data);
   bool fds_sent = fds.empty();
-  std::vector<char> cbuf;
   while (len > 0 || !fds_sent) {
     iovec iov{const_cast<char*>(p), len};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (!fds_sent) {
-      cbuf.assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
-      mh.msg_control = cbuf.data();
-      mh.msg_controllen = cbuf.size();
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
-    ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
+    ssize_t n = send_with_fds(sock, &iov, 1, fds_sent ? std::span<const int>{} : fds, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw_errno(what);
@@ -173,7 +161,6 @@ inline bool recv_all_fds(int sock, void* data, std::size_t len, std::vector<int>
                          std::int64_t timeout_ns, const char* what) {
   char* p = static_cast<char*>(data);
   std::size_t got = 0;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * max_passed_fds)];
   const std::int64_t start = monotonic_ns();
   while (got < len) {
     if (timeout_ns >= 0) {
@@ -181,26 +168,13 @@ inline bool recv_all_fds(int sock, void* data, std::size_t len, std::vector<int>
       if (left <= 0 || !wait_readable(sock, left))
         throw timeout_error(std::string("mproc: ") + what + ": timed out");
     }
-    iovec iov{p + got, len - got};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    ssize_t n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    ssize_t n = recv_with_fds(sock, p + got, len - got, 0, [&](int fd) {
+      if (fds) fds->push_back(fd);
+      else ::close(fd);
+    });
     if (n < 0) {
       if (errno == EINTR) continue;
       throw_errno(what);
-    }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < k; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        if (fds) fds->push_back(fd);
-        else ::close(fd);
-      }
     }
     if (n == 0) {
       if (got == 0) return false;
