@@ -83,25 +83,6 @@ struct connection_state {
   std::vector<std::byte> out;  // reused send buffer for small messages
 };
 
-/// Waits until fd is ready for `events` or the deadline passes (false).
-inline bool wait_fd(int fd, short events, std::int64_t deadline) {
-  for (;;) {
-    timespec ts{};
-    timespec* tsp = nullptr;
-    if (deadline >= 0) {
-      std::int64_t left = std::max<std::int64_t>(0, deadline - monotonic_ns());
-      ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
-      tsp = &ts;
-    }
-    pollfd p{fd, events, 0};
-    int rc = ::ppoll(&p, 1, tsp, nullptr);
-    if (rc > 0) return true;
-    if (rc == 0) return false;
-    if (errno != EINTR) throw_errno("ppoll");
-    if (deadline >= 0 && monotonic_ns() >= deadline) return false;
-  }
-}
-
 [[noreturn]] inline void throw_timeout(const char* what) {
   throw timeout_error(std::string("mproc: Connection::") + what + " timed out");
 }

@@ -291,10 +291,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
     else if (s.code_reported.load() && s.pidfd.load() >= 0) fd = s.pidfd.load();
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
-      timespec ts{};
-      if (left >= 0) ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
-      int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
-      if (rc == -1 && errno != EINTR) throw_errno("ppoll(pidfd)");
+      if (poll_until(&p, 1, deadline) == -1) throw_errno("ppoll(pidfd)");
     } else {
       // No pidfd (kernel before 5.3): poll waitpid with a growing sleep.
       std::int64_t nap = left >= 0 ? std::min(left, backoff_ns) : backoff_ns;
@@ -803,9 +800,7 @@ inline int parent_sentinel() {
 /// Waits up to timeout_ns (-1: forever) for the parent to end; true when it has.
 inline bool wait_parent(std::int64_t timeout_ns) {
   const int fd = parent_sentinel();
-  const std::int64_t now = monotonic_ns();
-  const std::int64_t deadline =
-      timeout_ns < 0 || timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+  const deadline_t deadline = deadline_after(timeout_ns);
   pid_t pid;
   bool is_ppid;
   {
@@ -820,13 +815,9 @@ inline bool wait_parent(std::int64_t timeout_ns) {
     if (deadline >= 0) left = std::max<std::int64_t>(0, deadline - monotonic_ns());
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
-      timespec ts{};
-      if (left >= 0) ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
-      int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
-      if (rc > 0) return true;
-      if (rc == 0) return false;
-      if (errno != EINTR) throw_errno("ppoll(parent sentinel)");
-      continue;
+      const int rc = poll_until(&p, 1, deadline);
+      if (rc < 0) throw_errno("ppoll(parent sentinel)");
+      return rc > 0;
     }
     // No pidfd (kernel before 5.3): check now and then.
     if (is_ppid ? ::getppid() != pid : !(::kill(pid, 0) == 0 || errno == EPERM)) return true;

@@ -40,17 +40,8 @@ inline int poll_ms_until(deadline_t d) {
 
 /// Waits until fd is ready for `events`; throws timeout_error at the deadline.
 inline void wait_fd(int fd, short events, deadline_t d, const char* what) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    int ms = poll_ms_until(d);
-    int rc = ::poll(&p, 1, ms);
-    if (rc == -1) {
-      if (errno == EINTR) continue;
-      throw_errno("poll(manager connection)");
-    }
-    if (rc > 0) return;  // readable, writable, or an error/hangup the next call reports
+  if (!detail::wait_fd(fd, events, d))
     throw timeout_error(std::string("manager connection: timed out ") + what);
-  }
 }
 
 inline void write_all(int fd, const void* data, std::size_t n, deadline_t d) {

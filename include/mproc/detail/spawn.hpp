@@ -138,20 +138,7 @@ inline void send_all_fds(int sock, const void* data, std::size_t len, std::span<
 
 /// Waits until sock is readable; false on timeout (timeout_ns < 0: forever).
 inline bool wait_readable(int sock, std::int64_t timeout_ns) {
-  const std::int64_t start = monotonic_ns();
-  for (;;) {
-    std::int64_t left = -1;
-    if (timeout_ns >= 0) {
-      left = timeout_ns - (monotonic_ns() - start);
-      if (left < 0) left = 0;
-    }
-    pollfd p{sock, POLLIN, 0};
-    timespec ts{time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
-    int rc = ::ppoll(&p, 1, left >= 0 ? &ts : nullptr, nullptr);
-    if (rc > 0) return true;
-    if (rc == 0) return false;
-    if (errno != EINTR) throw_errno("ppoll");
-  }
+  return wait_fd(sock, POLLIN, deadline_after(timeout_ns));
 }
 
 /// Receives exactly len bytes, collecting descriptors that arrive with them (set
@@ -161,13 +148,10 @@ inline bool recv_all_fds(int sock, void* data, std::size_t len, std::vector<int>
                          std::int64_t timeout_ns, const char* what) {
   char* p = static_cast<char*>(data);
   std::size_t got = 0;
-  const std::int64_t start = monotonic_ns();
+  const deadline_t deadline = deadline_after(timeout_ns);
   while (got < len) {
-    if (timeout_ns >= 0) {
-      std::int64_t left = timeout_ns - (monotonic_ns() - start);
-      if (left <= 0 || !wait_readable(sock, left))
-        throw timeout_error(std::string("mproc: ") + what + ": timed out");
-    }
+    if (deadline != no_deadline && !wait_fd(sock, POLLIN, deadline))
+      throw timeout_error(std::string("mproc: ") + what + ": timed out");
     ssize_t n = recv_with_fds(sock, p + got, len - got, 0, [&](int fd) {
       if (fds) fds->push_back(fd);
       else ::close(fd);

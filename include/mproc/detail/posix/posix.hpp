@@ -94,19 +94,31 @@ inline void futex_wake(const void* addr, int count = INT32_MAX) noexcept {
   ::syscall(SYS_futex, addr, FUTEX_WAKE, count, nullptr, nullptr, 0);
 }
 
-/// poll() until an event, the deadline (monotonic ns; -1: none) or an error. EINTR
-/// polls again for what is left of the time, so a signal neither ends the wait
-/// early nor restarts it in full. Returns poll's result (0: deadline passed).
-inline int poll_until(pollfd* fds, nfds_t n, std::int64_t deadline_ns) {
+/// Waits for an event on fds, the deadline (deadline_t; no_deadline: none) or an
+/// error: the one fd wait every other waits through. EINTR waits again for what is
+/// left of the time, so a signal neither ends the wait early nor restarts it in full.
+/// Returns poll's result (0: the deadline passed).
+inline int poll_until(pollfd* fds, nfds_t n, deadline_t deadline) {
   for (;;) {
-    int ms = -1;
-    if (deadline_ns >= 0) {
-      const std::int64_t left = deadline_ns - monotonic_ns();
-      ms = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999'999) / 1'000'000, 1 << 30));
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (deadline != no_deadline) {
+      const std::int64_t left = ns_left(deadline);
+      ts = {time_t(left / 1'000'000'000), long(left % 1'000'000'000)};
+      tsp = &ts;
     }
-    const int rc = ::poll(fds, n, ms);
+    const int rc = ::ppoll(fds, n, tsp, nullptr);
     if (rc >= 0 || errno != EINTR) return rc;
   }
+}
+
+/// Waits until fd is ready for `events` (or has an error or hang-up, which the next
+/// call on it reports); false when the deadline passes first.
+inline bool wait_fd(int fd, short events, deadline_t deadline) {
+  pollfd p{fd, events, 0};
+  const int rc = poll_until(&p, 1, deadline);
+  if (rc < 0) throw_errno("ppoll");
+  return rc > 0;
 }
 
 /// For the library's own threads (a pool's service thread): asynchronous signals
