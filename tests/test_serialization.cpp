@@ -17,6 +17,7 @@
 #include <boost/serialization/vector.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -603,6 +604,53 @@ TEST_CASE("messages written during static initialisation carry the right tag") {
   CHECK(mproc::detail::tag_of<early_only>() == mproc::detail::type_tag<early_only>::value);
 }
 
+namespace {
+/// Serialized through a pointer: Boost tracks it, once the pointer serializer singleton
+/// that its static initialisation builds exists.
+struct early_chain {
+  int value = 0;
+  std::unique_ptr<early_chain> next;
+  template <class A>
+  void serialize(A& ar, unsigned) {
+    ar & value & next;
+  }
+};
+char early_archive_outcome[256] = "never ran";  // constant-initialised: set before main
+// Runs before every ordinary static initialiser, Boost's serializer singletons among
+// them: as a spawned child entering through mproc::init from a static initialiser does.
+// Written then, a class's preamble said "untracked" and its links then carried object
+// ids: the reader failed (or worse).
+__attribute__((constructor(101))) void archive_before_static_initialisation() {
+  try {
+    early_chain c;
+    c.value = 1;
+    c.next = std::make_unique<early_chain>();
+    c.next->value = 2;
+    c.next->next = std::make_unique<early_chain>();
+    c.next->next->value = 3;
+    auto back = mproc::deserialize<early_chain>(mproc::serialize(c));
+    const bool same = back.value == 1 && back.next && back.next->value == 2 && back.next->next &&
+                      back.next->next->value == 3 && !back.next->next->next;
+    std::snprintf(early_archive_outcome, sizeof early_archive_outcome, "%s", same ? "ok" : "wrong value");
+  } catch (const std::exception& e) {
+    std::snprintf(early_archive_outcome, sizeof early_archive_outcome, "%s", e.what());
+  }
+}
+}  // namespace
+
+TEST_CASE("archives written before static initialisation finishes read back", "[serialization]") {
+  CHECK(std::string(early_archive_outcome) == "ok");
+  // And afterwards, with every singleton built (now tracked from the first link).
+  early_chain c;
+  c.value = 5;
+  c.next = std::make_unique<early_chain>();
+  c.next->value = 6;
+  auto back = mproc::deserialize<early_chain>(mproc::serialize(c));
+  CHECK(back.value == 5);
+  REQUIRE(back.next);
+  CHECK(back.next->value == 6);
+}
+
 TEST_CASE("type names read well") {
   CHECK(mproc::type_name<std::string>() == "std::string");
   CHECK(mproc::type_name<std::vector<int>>() == "std::vector<int>");
@@ -888,4 +936,19 @@ TEST_CASE("an archive nested deeper than the decoding thread's stack is refused,
   CHECK(decode_on(std::size_t(1) << 30, deep) == std::pair{deep_links, std::string()});
   // The main thread too (its stack is what the program was given).
   if (!mproc_test::under_tsan) CHECK_THROWS_AS(mproc::deserialize<chain>(deep), mproc::serialization_error);
+}
+
+TEST_CASE("a value nested deeper than the encoding thread's stack is refused, not a crash",
+          "[serialization][hostile]") {
+  const chain deep = make_chain(200'000);
+  for (std::size_t stack : {std::size_t(128) << 10, std::size_t(1) << 20}) {
+    INFO("stack of " << stack << " bytes");
+    on_stack(stack, [&] {
+      CHECK_THROWS_WITH(mproc::serialize(deep), Catch::Contains("nested deeper"));
+      CHECK_THROWS_WITH(mproc::detail::encoded_size(deep), Catch::Contains("nested deeper"));
+      // The thread goes on encoding what fits.
+      CHECK(chain_length(mproc::deserialize<chain>(mproc::serialize(make_chain(20)))) == 20);
+    });
+  }
+  on_stack(std::size_t(1) << 30, [&] { CHECK(mproc::serialize(deep).size() > 200'000); });
 }

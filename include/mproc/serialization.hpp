@@ -59,6 +59,8 @@
 #include <boost/archive/impl/archive_serializer_map.ipp>
 #include <boost/archive/impl/basic_binary_iarchive.ipp>
 #include <boost/archive/impl/basic_binary_iprimitive.ipp>
+#include <boost/archive/impl/basic_binary_oarchive.ipp>
+#include <boost/archive/impl/basic_binary_oprimitive.ipp>
 #include <boost/serialization/collection_size_type.hpp>
 #include <boost/serialization/void_cast.hpp>
 #include <boost/serialization/map.hpp>
@@ -67,6 +69,7 @@
 #include <boost/serialization/utility.hpp>
 #include <boost/serialization/vector.hpp>
 
+#include "detail/posix/fork_hooks.hpp"
 #include "errors.hpp"
 
 namespace mproc {
@@ -359,20 +362,41 @@ inline constexpr unsigned boost_archive_flags =
 /// The lowest stack address an archive may nest down to on this thread: the stack's
 /// end plus a reserve for one more level, the user's own serialize() and unwinding.
 /// 0 when the stack is unknown (then no limit applies).
-inline std::uintptr_t archive_stack_floor() noexcept {
-  thread_local const std::uintptr_t floor = [] {
-    pthread_attr_t attr;
-    if (::pthread_getattr_np(::pthread_self(), &attr) != 0) return std::uintptr_t(0);
-    void* low = nullptr;
-    std::size_t size = 0;
-    const int rc = ::pthread_attr_getstack(&attr, &low, &size);
-    ::pthread_attr_destroy(&attr);
-    if (rc != 0 || low == nullptr) return std::uintptr_t(0);
-    const std::size_t reserve =
-        std::clamp<std::size_t>(size / 8, std::size_t(32) << 10, std::size_t(256) << 10);
-    return reinterpret_cast<std::uintptr_t>(low) + std::min(reserve, size / 2);
-  }();
+inline std::uintptr_t compute_archive_stack_floor() noexcept {
+  pthread_attr_t attr;
+  if (::pthread_getattr_np(::pthread_self(), &attr) != 0) return 0;
+  void* low = nullptr;
+  std::size_t size = 0;
+  const int rc = ::pthread_attr_getstack(&attr, &low, &size);
+  ::pthread_attr_destroy(&attr);
+  if (rc != 0 || low == nullptr) return 0;
+  const std::size_t reserve =
+      std::clamp<std::size_t>(size / 8, std::size_t(32) << 10, std::size_t(256) << 10);
+  return reinterpret_cast<std::uintptr_t>(low) + std::min(reserve, size / 2);
+}
+inline constexpr std::uintptr_t archive_stack_floor_unknown = UINTPTR_MAX;
+/// Per thread, computed on first use (for the main thread pthread_getattr_np reads
+/// /proc/self/maps). Forgotten in a forked child, whose main stack may be allowed to
+/// grow further than its parent's thread was (forked while RLIMIT_STACK was raised).
+inline std::uintptr_t& archive_stack_floor_slot() noexcept {
+  static thread_local std::uintptr_t floor = archive_stack_floor_unknown;
   return floor;
+}
+inline void forget_archive_stack_floor() noexcept {
+  archive_stack_floor_slot() = archive_stack_floor_unknown;
+}
+inline const int archive_stack_floor_fork_hook =
+    set_fork_hook(fork_hook_slot::archive_stack, {.child = &forget_archive_stack_floor});
+inline std::uintptr_t archive_stack_floor() noexcept {
+  std::uintptr_t& floor = archive_stack_floor_slot();
+  if (floor == archive_stack_floor_unknown) floor = compute_archive_stack_floor();
+  return floor;
+}
+
+/// True when the caller's frame is below archive_stack_floor(): one more nesting level
+/// could run this thread out of stack.
+inline bool archive_stack_exhausted() noexcept {
+  return reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)) < archive_stack_floor();
 }
 
 /// Reads Boost binary archives written by binary_oarchive (same layout), treating them as
@@ -477,8 +501,7 @@ class bounded_iarchive
   /// Every nesting level goes through load_object or load_pointer, so checking the
   /// stack there bounds the recursion, whatever the user's types look like.
   static void check_stack() {
-    const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-    if (here < archive_stack_floor())
+    if (archive_stack_exhausted())
       throw serialization_error(
           "corrupt or hostile archive: nested deeper than this thread's stack allows "
           "(decode it on a thread with a larger stack if it is legitimate)");
@@ -632,18 +655,91 @@ class bounded_iarchive
 
 };
 
+/// Writes exactly what binary_oarchive writes (bounded_iarchive reads it), with two
+/// checks Boost does not make:
+///  - Nesting is bounded by the writing thread's stack, as bounded_iarchive bounds
+///    reading: a value too deep to encode raises serialization_error instead of
+///    overflowing the stack (in a pool worker, the task fails; the worker lives).
+///  - Tracking stays what the stream announced. Boost tracks a class (writes object
+///    ids for it) once the class is serialized through a pointer anywhere in the
+///    program, which it learns from whether that class's pointer serializer singleton
+///    exists yet. The singletons are built during static initialisation, so an
+///    archive written before that finishes (a spawned child entered through
+///    mproc::init from a static initializer runs its tasks there) can announce a class
+///    as untracked, build its pointer serializer at the first pointer to it, and go
+///    on writing object ids the reader does not expect: the stream is corrupt (an
+///    "unregistered class" or worse, in a reader that knows nothing of this).
+///    tracking_changed() tells; boost_save then archives the value again, now
+///    consistently. A class only ever turns tracked, so this happens at most once per
+///    class and process. (A class without class information,
+///    BOOST_CLASS_IMPLEMENTATION(T, object_serializable), has no preamble: its reader
+///    goes by its own singletons, which can still disagree if one side ran early.)
+class bounded_oarchive
+    : public boost::archive::binary_oarchive_impl<bounded_oarchive, char, std::char_traits<char>> {
+  using base = boost::archive::binary_oarchive_impl<bounded_oarchive, char, std::char_traits<char>>;
+  friend class boost::archive::detail::interface_oarchive<bounded_oarchive>;
+  friend class boost::archive::basic_binary_oarchive<bounded_oarchive>;
+  friend class boost::archive::save_access;
+
+ public:
+  bounded_oarchive(std::streambuf& sb, unsigned flags) : base(sb, flags) { init(flags); }
+
+  // Public because Boost's own templates call these through the most derived type.
+  void save_object(const void* x, const boost::archive::detail::basic_oserializer& bos) {
+    check_stack();
+    note_class(bos);
+    boost::archive::detail::basic_oarchive::save_object(x, bos);
+  }
+  void save_pointer(const void* t, const boost::archive::detail::basic_pointer_oserializer* bpos) {
+    check_stack();
+    // Boost's code path for an abstract class passes null where it can never run.
+    if (bpos) note_class(bpos->get_basic_serializer());
+    boost::archive::detail::basic_oarchive::save_pointer(t, bpos);
+  }
+
+  /// A class this archive wrote turned tracked while it was written (its bytes cannot
+  /// be read back). Valid after the archive finished or threw.
+  bool tracking_changed() const {
+    for (const auto& [c, tracked] : first_tracking_)
+      if (!tracked && c->tracking(this->get_flags())) return true;
+    return false;
+  }
+
+ private:
+  static void check_stack() {
+    if (archive_stack_exhausted())
+      throw serialization_error(
+          "cannot encode: the value is nested deeper than this thread's stack allows "
+          "(encode it on a thread with a larger stack if it is legitimate)");
+  }
+  // Every object and pointer passes here: the first answer for a class is the one its
+  // preamble went by. Runs of one class (a vector's elements) skip the lookup.
+  void note_class(const boost::archive::detail::basic_oserializer& bos) {
+    if (&bos == last_) return;
+    last_ = &bos;
+    for (const auto& e : first_tracking_)
+      if (e.first == &bos) return;
+    first_tracking_.emplace_back(&bos, bos.tracking(this->get_flags()));
+  }
+  const boost::archive::detail::basic_oserializer* last_ = nullptr;
+  // A handful of classes per archive: a vector beats a map.
+  std::vector<std::pair<const boost::archive::detail::basic_oserializer*, bool>> first_tracking_;
+};
+
 }  // namespace detail
 }  // namespace mproc
 
-// Same wire layout as binary_iarchive: arrays of bitwise types are read in one block.
+// Same wire layout as binary_[io]archive: arrays of bitwise types go in one block.
 BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(mproc::detail::bounded_iarchive)
-// Lets serialize() code that registers or exports polymorphic types see the archive.
+BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(mproc::detail::bounded_oarchive)
+// Lets serialize() code that registers or exports polymorphic types see the archives.
 BOOST_SERIALIZATION_REGISTER_ARCHIVE(mproc::detail::bounded_iarchive)
+BOOST_SERIALIZATION_REGISTER_ARCHIVE(mproc::detail::bounded_oarchive)
 
 // Boost.Multiprecision's cpp_int chooses its layout by archive type: raw limbs for
 // boost::archive::binary_[io]archive, a byte-by-byte layout for any other. Values are
-// written with binary_oarchive and read with bounded_iarchive (the same binary
-// layout), so cpp_int must know that bounded_iarchive is binary too. Declaring the
+// written with bounded_oarchive and read with bounded_iarchive (binary_[io]archive's
+// layout), so cpp_int must know that both are binary too. Declaring the
 // trait here (its definition, if the program uses cpp_int, comes later) keeps cpp_int
 // values intact without every program including Boost.Multiprecision.
 namespace boost::serialization::cpp_int_detail {
@@ -651,6 +747,8 @@ template <class T>
 struct is_binary_archive;
 template <>
 struct is_binary_archive<mproc::detail::bounded_iarchive> : public boost::mpl::true_ {};
+template <>
+struct is_binary_archive<mproc::detail::bounded_oarchive> : public boost::mpl::true_ {};
 }  // namespace boost::serialization::cpp_int_detail
 
 namespace mproc {
@@ -658,9 +756,26 @@ namespace detail {
 
 template <class T>
 void boost_save(const T& v, std::vector<std::byte>& out) {
-  vector_streambuf sb(out);
-  boost::archive::binary_oarchive ar(sb, boost_archive_flags);
-  ar << v;
+  const std::size_t start = out.size();
+  // Again while a class turned tracked mid-archive (see bounded_oarchive): each time
+  // settles a class for good, so this ends.
+  while (true) {
+    bool again;
+    {
+      vector_streambuf sb(out);
+      bounded_oarchive ar(sb, boost_archive_flags);
+      try {
+        ar << v;
+      } catch (const abi::__forced_unwind&) {
+        throw;
+      } catch (...) {
+        if (!ar.tracking_changed()) throw;  // else an error of the inconsistent stream
+      }
+      again = ar.tracking_changed();
+    }
+    if (!again) return;
+    out.resize(start);
+  }
 }
 
 /// Boost archives cannot be sized without running them. The sizing pass keeps each

@@ -23,6 +23,7 @@ enum class fork_hook_slot : int {
   stable_spawner,    // the thread that spawns for non-main threads
   forkserver,        // the forkserver connection
   managers,          // managers' process-local locks
+  archive_stack,     // the cached stack bound of Boost archives: the child's may differ
   count
 };
 
