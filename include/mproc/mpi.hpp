@@ -170,7 +170,7 @@ constexpr bool packed_items() {
     return false;
 }
 
-/// Runs one chunk (the bytes pool.hpp's input_feed produced) into `out`. Every item
+/// Runs one chunk (the bytes pool/jobs.hpp's input_feed produced) into `out`. Every item
 /// gets a result or an error, so the root's accounting never waits for a missing one.
 template <class F, class Arg, bool Star, bool PackedArgs>
 void invoke_chunk(result_writer& out, task_view& t) {

@@ -1,0 +1,1114 @@
+/// \file
+/// Pool stage 8, the engine: basic_pool (mproc::Pool) with its worker slots, worker launch,
+/// scheduling, crash recovery and shutdown. Before: interface.hpp; the last stage.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <ranges>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "async_result.hpp"
+#include "interface.hpp"
+#include "jobs.hpp"
+#include "options.hpp"
+#include "wire.hpp"
+#include "worker.hpp"
+#include "../context.hpp"
+#include "../process.hpp"
+#include "../detail/callable.hpp"
+#include "../detail/input_view.hpp"
+#include "../detail/log.hpp"
+#include "../detail/posix/fork.hpp"
+#include "../detail/posix/posix.hpp"
+#include "../detail/posix/shm_region.hpp"
+#include "../detail/remote_exception.hpp"
+#include "../detail/spsc_ring.hpp"
+#include "../errors.hpp"
+#include "../serialization.hpp"
+
+namespace mproc {
+
+namespace detail {
+
+struct outstanding_chunk {
+  job_base* job;
+  std::uint64_t first;
+  std::uint32_t count;
+  std::uint32_t done = 0;
+  std::uint32_t deaths = 0;                // workers that died on it in a row, no item done
+  std::vector<std::byte> bytes;            // the task message, kept to resend on a crash
+  std::vector<std::uint32_t> item_offsets; // where each item starts in bytes
+};
+
+struct worker_slot {
+  pid_t pid = -1;
+  unique_fd pidfd;
+  unique_fd status;  // forkserver: the exit code arrives here (not our child to reap)
+  shm_region region;
+  worker_ctl* ctl = nullptr;
+  spsc_ring tasks, results;
+  std::deque<outstanding_chunk> outstanding;
+  std::size_t outstanding_items = 0;
+  std::size_t write_offset = 0;  // bytes of outstanding[write_index] already in the ring
+  std::size_t write_index = 0;   // first chunk not yet fully written
+  std::vector<std::byte> rx;     // reassembly of a fragmented result
+  bool stopping = false;         // a stop message was queued
+  bool timed_out = false;
+  std::uint64_t timed_out_item = 0, timed_out_job = 0;
+  unsigned number = 0;
+  std::int64_t last_result_ns = 0;
+};
+
+}  // namespace detail
+
+/// Worker pool, as Python's multiprocessing.Pool. `basic_pool<Policy>` starts its
+/// workers with Policy; mproc::Pool (basic_pool<dynamic_policy>) reads the start method
+/// at run time. Not copyable; all members may be called from any thread.
+///
+/// A worker that dies mid-task fails exactly that task with worker_died and is
+/// replaced; close() refuses new work, join() waits for it, and the destructor does
+/// both, so outstanding work is never lost. The task calls (map, imap, apply_async, ...)
+/// are those of pool_interface.
+/// \code
+/// mproc::Pool pool(4);
+/// std::vector<int> squares = pool.map(square, std::views::iota(1, 11));
+/// for (int s : pool.imap(square, std::views::iota(0))) if (s > 100) break;  // lazy
+/// auto r = pool.apply_async(square, 12);   // AsyncResult<int>
+/// int v = r.get(std::chrono::seconds(2));  // timeout_error if not ready by then
+/// \endcode
+template <class Policy>
+class basic_pool : public pool_interface<basic_pool<Policy>> {
+  friend class pool_interface<basic_pool>;
+
+ public:
+  /// A pool of cpu_count() workers.
+  basic_pool() : basic_pool(pool_options{}) {}
+  /// A pool of `processes` workers (0: cpu_count()).
+  explicit basic_pool(std::size_t processes) : basic_pool(pool_options{.processes = processes}) {}
+  /// A pool with `opts` (workers, start method, initializer, max_tasks_per_child, task_timeout).
+  explicit basic_pool(pool_options opts) : opts_(std::move(opts)) {
+    // A negative int arrives as a huge size_t; no system runs more processes than
+    // its pid space (PID_MAX_LIMIT).
+    if (opts_.processes > (std::size_t(1) << 22))
+      throw value_error("mproc::Pool: processes " + std::to_string(opts_.processes) +
+                        " is negative or too large (0 means cpu_count())");
+    if (opts_.max_tasks_per_child > std::size_t(PTRDIFF_MAX))
+      throw value_error("mproc::Pool: max_tasks_per_child " + std::to_string(opts_.max_tasks_per_child) +
+                        " is negative (0 means no limit)");
+    if (opts_.processes == 0) opts_.processes = cpu_count();
+    shared_region_ = detail::shm_region::create(sizeof(detail::pool_shared), "mproc-pool");
+    shared_ = new (shared_region_.data()) detail::pool_shared{};
+    wake_fd_.reset(static_cast<int>(
+        detail::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")));
+    helper_ = std::make_shared<detail::pool_helper>();
+    helper_->pool = this;
+    helper_->try_step = &helper_try_step;
+    helper_->end_help = &helper_end_help;
+    helper_->wake = &helper_wake;
+    workers_.resize(opts_.processes);
+    for (auto& w : workers_) start_worker(w);
+    detail::log(log_level::info, "pool started with %zu workers", workers_.size());
+    thread_ = std::thread([this] {
+      detail::block_async_signals();  // the program's signals go to the program's threads
+      service();
+    });
+  }
+
+  basic_pool(const basic_pool&) = delete;
+  basic_pool& operator=(const basic_pool&) = delete;
+
+  /// Closes and joins: outstanding work finishes, nothing is lost.
+  ~basic_pool() {
+    try {
+      if (!joined_) {
+        close();
+        join();
+      }
+    } catch (...) {
+      terminate();
+    }
+    std::lock_guard hl(helper_->m);  // results outliving the pool stop driving it
+    helper_->pool = nullptr;
+  }
+
+  /// The number of worker processes.
+  [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
+
+  using pool_interface<basic_pool>::apply_async;
+
+  // ------------------------------------------------------------ single calls
+
+  /// apply_async with Python's callback / error_callback (see callbacks): `callback` gets
+  /// the result, `error_callback` the exception; both run on the pool's service thread.
+  template <class C, class E, class F, class... A>
+  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using Tup = detail::args_tuple_t<A...>;
+    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
+    using R = detail::star_result_t<D, Tup>;
+    auto st = std::make_shared<detail::async_state<R>>();
+    st->helper = helper_;
+    detail::set_callbacks(*st, cb);
+    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
+    auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
+        static_cast<D>(f), std::move(one), st);
+    job->chunksize = 1;
+    enqueue(std::move(job));
+    return AsyncResult<R>(std::move(st));
+  }
+  // ------------------------------------------------------------ lifecycle
+
+  /// No more tasks may be submitted; running work continues.
+  void close() {
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running) state_ = run_state::closed;
+    }
+    force_wake();  // the service thread decides when everything is done
+  }
+  /// Waits for the workers to finish everything and exit. Requires close() or
+  /// terminate() first, as in Python.
+  void join() {
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running)
+        throw state_error("Pool::join: call close() or terminate() first");
+    }
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+  /// Stops the workers now; unfinished tasks fail with pool_not_running.
+  void terminate() {
+    {
+      std::lock_guard l(m_);
+      state_ = run_state::terminating;
+    }
+    force_wake();
+    std::lock_guard jl(join_m_);
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+
+ private:
+  enum class run_state { running, closed, terminating };
+
+
+  template <bool Star, class F, class In, class C, class E>
+  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    using Out = std::vector<detail::stored_t<R>>;
+    auto st = std::make_shared<detail::async_state<Out>>();
+    st->helper = helper_;
+    detail::set_callbacks(*st, cb);
+    std::size_t chunksize = o.chunksize;
+    std::size_t total = 0;
+    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
+      total = static_cast<std::size_t>(std::ranges::distance(inputs));
+      if (chunksize == 0) {
+        // Python: divmod(len, 4 * processes), rounded up
+        std::size_t d = 4 * opts_.processes;
+        chunksize = total / d + (total % d ? 1 : 0);
+      }
+    }
+    const bool auto_chunk = o.chunksize == 0;
+    if (chunksize == 0) chunksize = 1;
+    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
+    job->chunksize = chunksize;
+    job->auto_chunk = auto_chunk;
+    job->max_chunk = chunksize;
+    job->known_total = total;
+    job->on_progress = std::move(o.on_progress);
+    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
+    enqueue(std::move(job));
+    return AsyncResult<Out>(std::move(st));
+  }
+
+  template <class F, class In>
+  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
+    constexpr bool Star = false;
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    std::size_t known = 0;  // progress can show a total at once for sized inputs
+    if constexpr (std::ranges::sized_range<In>)
+      known = static_cast<std::size_t>(std::ranges::size(inputs));
+    auto st = std::make_shared<detail::imap_state<R>>();
+    st->ordered = ordered;
+    st->helper = helper_;
+    std::size_t chunksize = o.chunksize ? o.chunksize : 1;
+    // Enough in flight to keep every worker busy, little enough to bound memory.
+    std::size_t window = std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
+    auto job = std::make_unique<detail::imap_job<D, Star, V, R>>(
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
+    job->chunksize = chunksize;
+    job->on_progress = std::move(o.on_progress);
+    job->known_total = known;
+    enqueue(std::move(job));
+    return imap_range<R>(std::move(st));
+  }
+
+  template <class D, class Arg, bool Star>
+  using result_of = typename detail::task_result<D, Arg, Star>::type;
+
+  void enqueue(std::unique_ptr<detail::job_base> job) {
+    {
+      std::lock_guard l(m_);
+      if (state_ != run_state::running)
+        throw pool_not_running("Pool: cannot submit work to a closed or terminated pool");
+      job->id = ++next_job_id_;
+      incoming_.push_back(std::move(job));
+      has_incoming_.store(true, std::memory_order_seq_cst);
+    }
+    nudge();
+  }
+
+  // ------------------------------------------------------------ workers
+
+  static constexpr std::size_t ring_capacity = 256 * 1024;
+
+  void start_worker(detail::worker_slot& w) {
+    using namespace detail;
+    const std::size_t ring_bytes = spsc_ring::bytes_needed(ring_capacity);
+    w.region = shm_region::create(sizeof(worker_ctl) + 2 * ring_bytes, "mproc-pool-worker");
+    auto* base = static_cast<std::byte*>(w.region.data());
+    w.ctl = new (base) worker_ctl{};
+    w.tasks = spsc_ring::init(base + sizeof(worker_ctl), ring_capacity);
+    w.results = spsc_ring::init(base + sizeof(worker_ctl) + ring_bytes, ring_capacity);
+    w.outstanding.clear();
+    w.outstanding_items = 0;
+    w.write_offset = w.write_index = 0;
+    w.rx.clear();
+    w.stopping = w.timed_out = false;
+    w.last_result_ns = 0;
+    w.number = ++pool_worker_counter();
+    std::string name = "PoolWorker-" + std::to_string(w.number);
+    auto tasks = w.tasks, results = w.results;
+    auto* ctl = w.ctl;
+    auto* shared = shared_;
+    int wfd = wake_fd_.get();
+    const portable_call& init = opts_.initializer;
+    std::size_t max_tasks = opts_.max_tasks_per_child;
+    const bool timed = bool(opts_.task_timeout);
+    auto body = [&]() -> int {
+      return worker_main(tasks, results, ctl, shared, wfd, init, max_tasks, timed, name);
+    };
+    // The same worker for a fresh program image: rings and wake-up by descriptor.
+    std::vector<std::byte> payload;
+    vector_writer pw{&payload};
+    encode(pw, std::uint64_t(ring_capacity));
+    encode(pw, std::uint64_t(w.region.size()));
+    encode(pw, std::uint64_t(shared_region_.size()));
+    encode(pw, std::uint64_t(max_tasks));
+    encode(pw, std::uint8_t(timed));
+    encode(pw, name);
+    init.encode_to_writer(pw);
+    // A fresh image shares the program's resource tracker (started now if need be,
+    // as for a spawned Process); a forked worker inherits it anyway.
+    bool fresh_image = !std::is_same_v<Policy, fork_policy>;
+    if constexpr (std::is_same_v<Policy, dynamic_policy>)
+      fresh_image = opts_.method.value_or(get_start_method()) != start_method::fork;
+    if (fresh_image) resource_tracker::instance().ensure_running();
+    const auto [tracker_fd, tracker_pid] = resource_tracker::instance().running();
+    encode(pw, std::int32_t(tracker_fd >= 0 ? tracker_pid : -1));
+    const int fds[4] = {w.region.fd(), shared_region_.fd(), wfd, tracker_fd};
+    launch_request req{name, true, opts_.method, body};
+    req.entry = &pool_worker_entry;
+    req.payload = payload;
+    req.fds = std::span<const int>(fds, tracker_fd >= 0 ? 4 : 3);
+    launched_child child = Policy::launch(req);
+    w.pid = child.pid;
+    w.status = std::move(child.status);
+    if (child.pidfd)
+      w.pidfd = std::move(child.pidfd);
+    else if (!w.status)
+      w.pidfd = pidfd_open(w.pid);
+    log(log_level::debug, "started %s (pid %d)", name.c_str(), static_cast<int>(w.pid));
+  }
+
+  // ------------------------------------------------------------ the engine
+  //
+  // All service state (worker slots, jobs) is guarded by engine_m_. The service thread
+  // holds it while it steps; a caller waiting for a result may take it too and step
+  // itself (try_step), which keeps the service thread asleep. Only the service thread
+  // sleeps in poll() and handles worker exits.
+
+  /// One pass: accept new jobs, collect results, hand out work, complete jobs.
+  bool step() {
+    if (stopped_) return false;  // the workers are gone; jobs were completed and freed
+    bool progress = false;
+    if (has_incoming_.load(std::memory_order_acquire)) {
+      std::lock_guard l(m_);
+      for (auto& j : incoming_) {
+        detail::job_base* p = j.get();
+        if (p->input_done)
+          queue_finish(p);  // an empty input
+        else
+          feeding_.push_back(p->id);
+        jobs_.emplace(p->id, std::move(j));
+      }
+      incoming_.clear();
+      has_incoming_.store(false, std::memory_order_relaxed);
+      progress = true;
+    }
+    for (auto& w : workers_) progress |= drain_results(w);
+    for (auto& w : workers_) progress |= feed(w);
+    finish_jobs();  // also completes jobs whose last item failed with a worker's death
+    if (opts_.task_timeout) enforce_timeouts();
+    active_.store(!jobs_.empty() || !retry_.empty(), std::memory_order_release);
+    return progress;
+  }
+
+  static bool helper_try_step(void* self) { return static_cast<basic_pool*>(self)->try_step(); }
+  static void helper_end_help(void* self) { static_cast<basic_pool*>(self)->end_help(); }
+  static void helper_wake(void* self) { static_cast<basic_pool*>(self)->nudge(); }
+
+  /// Called by user threads after they change what the engine should do (new job,
+  /// consumer caught up): step once right here, then leave the usual way, so the
+  /// change is acted on whether or not the service thread is awake.
+  void nudge() {
+    try_step();
+    end_help();
+  }
+
+  bool try_step() {
+    if (engine_owner_.load(std::memory_order_relaxed) == std::this_thread::get_id())
+      return false;  // a callback running inside step() is waiting on a result
+    std::unique_lock el(engine_m_, std::try_to_lock);
+    if (!el) return false;
+    engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    // The service thread sleeps while we drive; workers need not wake it.
+    shared_->parent_waiting.store(0, std::memory_order_relaxed);
+    last_help_ns_.store(detail::monotonic_ns(), std::memory_order_relaxed);
+    bool p = false;
+    try {
+      p = step();
+    } catch (...) {
+      // A broken protocol is fatal for the pool: the service thread ends it.
+      if (!fatal_) fatal_ = std::current_exception();
+      force_wake();
+    }
+    engine_owner_.store({}, std::memory_order_relaxed);
+    return p;
+  }
+
+  /// A caller stops driving: if work is still in flight, make sure the service thread
+  /// hears of results (the same arm-then-recheck protocol it uses before sleeping).
+  void end_help() {
+    if (!active_.load(std::memory_order_acquire) && !has_incoming_.load(std::memory_order_acquire))
+      return;
+    if (engine_owner_.load(std::memory_order_relaxed) == std::this_thread::get_id()) return;
+    shared_->parent_waiting.store(1, std::memory_order_seq_cst);
+    if (opts_.task_timeout) {  // deadlines must be re-armed by the service thread
+      force_wake();
+      return;
+    }
+    // Anything a worker did before the flag was armed is seen by one more step; what
+    // it does after will wake the service thread. If the engine is busy, its holder
+    // may already be past its last look before sleeping: wake the service thread.
+    std::unique_lock el(engine_m_, std::try_to_lock);
+    if (!el) {
+      force_wake();
+      return;
+    }
+    engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    bool p = false;
+    try {
+      p = step();
+    } catch (...) {
+      if (!fatal_) fatal_ = std::current_exception();
+      p = true;
+    }
+    engine_owner_.store({}, std::memory_order_relaxed);
+    if (p) force_wake();
+  }
+
+  void force_wake() {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto rc = ::write(wake_fd_.get(), &one, sizeof one);
+  }
+
+  void service() {
+    std::exception_ptr fatal;
+    try {
+      service_loop();
+    } catch (...) {
+      fatal = std::current_exception();
+      detail::log(log_level::error, "pool service thread failed");
+    }
+    std::lock_guard el(engine_m_);
+    shutdown_workers(fatal);
+  }
+
+  void service_loop() {
+    std::int64_t idle_since = 0;
+    std::size_t iterations = 0;
+    std::vector<pollfd> fds;
+    while (true) {
+      std::unique_lock el(engine_m_);
+      engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+      run_state st;
+      {
+        std::lock_guard l(m_);
+        st = state_;
+      }
+      if (st == run_state::terminating) return;
+      if (fatal_) std::rethrow_exception(fatal_);
+      const bool progress = step();
+      if (st == run_state::closed && jobs_.empty() && retry_.empty()) {
+        std::lock_guard l(m_);
+        if (incoming_.empty()) return;
+      }
+      // Deaths are seen on every sleep and every 256 busy rounds.
+      if (progress) {
+        idle_since = 0;
+        if (++iterations % 256 == 0) handle_events(poll_events(fds, 0));
+        engine_owner_.store({}, std::memory_order_relaxed);
+        continue;
+      }
+      const std::int64_t now = detail::monotonic_ns();
+      if (idle_since == 0) idle_since = now;
+      // While a waiting caller drives the engine, spinning here would only take a
+      // core from it or from a worker: go straight back to sleep.
+      const bool caller_driving = now - last_help_ns_.load(std::memory_order_relaxed) < 200'000;
+      if (!caller_driving && now - idle_since < spin_ns) {
+        engine_owner_.store({}, std::memory_order_relaxed);
+        el.unlock();
+        sched_yield();
+        continue;
+      }
+      // Sleep until a worker or a caller wakes us, a worker exits or a deadline passes.
+      // Arm the flag, then look once more: a worker that published results or freed
+      // ring room before it saw the flag is caught by this step.
+      shared_->parent_waiting.store(1, std::memory_order_seq_cst);
+      if (step()) {
+        shared_->parent_waiting.store(0, std::memory_order_relaxed);
+        engine_owner_.store({}, std::memory_order_relaxed);
+        idle_since = 0;
+        continue;
+      }
+      bool pending;
+      {
+        std::lock_guard l(m_);
+        pending = state_ != st;
+      }
+      const int timeout = pending ? 0 : next_deadline_ms();
+      build_pollfds(fds);
+      engine_owner_.store({}, std::memory_order_relaxed);
+      el.unlock();  // callers may drive while we sleep; worker slots only change here
+      int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout); });
+      if (rc < 0) detail::throw_errno("poll(pool)");
+      el.lock();
+      engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+      shared_->parent_waiting.store(0, std::memory_order_relaxed);
+      handle_events(fds);
+      engine_owner_.store({}, std::memory_order_relaxed);
+      idle_since = 0;
+    }
+  }
+
+  static constexpr std::int64_t spin_ns = 30'000;
+
+  /// ms until the earliest task deadline, -1 if none.
+  int next_deadline_ms() {
+    if (!opts_.task_timeout) return -1;
+    std::int64_t best = -1;
+    const std::int64_t now = detail::monotonic_ns();
+    for (auto& w : workers_) {
+      std::int64_t s = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+      if (!s) continue;
+      std::int64_t left = s + opts_.task_timeout.ns() - now;
+      if (left < 0) left = 0;
+      if (best < 0 || left < best) best = left;
+    }
+    if (best < 0 && active_.load()) best = opts_.task_timeout.ns();  // work may start soon
+    return best < 0 ? -1 : static_cast<int>(std::min<std::int64_t>(best / 1'000'000 + 1, 60'000));
+  }
+
+  void build_pollfds(std::vector<pollfd>& fds) {
+    fds.clear();
+    fds.push_back({wake_fd_.get(), POLLIN, 0});
+    for (auto& w : workers_) fds.push_back({w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0});
+  }
+
+  std::vector<pollfd>& poll_events(std::vector<pollfd>& fds, int timeout_ms) {
+    build_pollfds(fds);
+    int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout_ms); });
+    if (rc < 0) detail::throw_errno("poll(pool)");
+    return fds;
+  }
+
+  /// Acts on poll results: drains the wake counter, handles worker exits.
+  void handle_events(std::vector<pollfd>& fds) {
+    if (fds[0].revents & POLLIN) {
+      std::uint64_t v;
+      [[maybe_unused]] auto r = ::read(wake_fd_.get(), &v, sizeof v);
+    }
+    for (std::size_t i = 0; i + 1 < fds.size() && i < workers_.size(); ++i)
+      if (fds[i + 1].revents) handle_exit(workers_[i]);
+  }
+
+  void enforce_timeouts() {
+    const std::int64_t now = detail::monotonic_ns();
+    for (auto& w : workers_) {
+      std::int64_t s = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+      if (!s || w.timed_out || now - s < opts_.task_timeout.ns()) continue;
+      w.timed_out = true;
+      w.timed_out_job = w.ctl->cur_job.load();
+      w.timed_out_item = w.ctl->cur_item.load();
+      detail::log(log_level::warning, "task overran task_timeout; killing worker %d",
+                  static_cast<int>(w.pid));
+      ::kill(w.pid, SIGKILL);
+    }
+  }
+
+  /// Reads every complete result a worker has published.
+  bool drain_results(detail::worker_slot& w) {
+    std::size_t n = 0;
+    const std::size_t items_before = w.outstanding_items;
+    last_job_ = nullptr;
+    detail::spsc_ring::record rec;
+    while (w.results.try_peek(rec)) {
+      ++n;
+      if (rec.flags & detail::spsc_ring::flag_more) {
+        w.rx.insert(w.rx.end(), rec.data, rec.data + rec.len);
+        w.results.release(rec);
+        w.results.publish_release();  // the worker streams the rest into this room
+        continue;
+      }
+      if (!w.rx.empty()) {
+        w.rx.insert(w.rx.end(), rec.data, rec.data + rec.len);
+        w.results.release(rec);
+        handle_result(w, w.rx);
+        w.rx.clear();
+      } else {
+        handle_result(w, {rec.data, rec.len});
+        w.results.release(rec);
+      }
+    }
+    if (!n) return false;
+    w.results.publish_release();
+    const std::int64_t now = detail::monotonic_ns();
+    if (w.last_result_ns && last_job_) {
+      const std::int64_t per = (now - w.last_result_ns) / std::int64_t(n);
+      auto& avg = last_job_->avg_item_ns;
+      avg = avg ? (avg * 3 + per) / 4 : per;
+    }
+    w.last_result_ns = now;
+    // The worker's own time per item in its last chunk, weighted towards the latest so
+    // that chunks follow costs that grow along the input.
+    if (last_job_ && items_before != w.outstanding_items) {
+      const std::int64_t per = w.ctl->last_chunk_item_ns.load(std::memory_order_acquire);
+      if (per > 0 && w.ctl->last_chunk_job.load(std::memory_order_relaxed) == last_job_->id) {
+        auto& busy = last_job_->busy_item_ns;
+        busy = busy ? (busy + per) / 2 : per;
+      }
+    }
+    return true;
+  }
+
+  void handle_result(detail::worker_slot& w, std::span<const std::byte> msg) {
+    detail::reader r{msg.data(), msg.data() + msg.size()};
+    detail::result_header h;
+    r.get(&h, sizeof h, "result header");
+    if (w.outstanding.empty()) throw serialization_error("pool: result for no outstanding task");
+    auto& c = w.outstanding.front();
+    if (c.job->id != h.job || c.first + c.done != h.index)
+      throw serialization_error("pool: result out of order");
+    last_job_ = c.job;
+    if (h.status == static_cast<std::uint32_t>(detail::result_status::packed)) {
+      if (h.count == 0 || h.count > c.count - c.done)
+        throw serialization_error("pool: packed result count out of range");
+      c.job->deliver_packed(h.index, h.count, r);
+      items_completed(w, c, h.count);
+      return;
+    }
+    if (h.status == static_cast<std::uint32_t>(detail::result_status::ok)) {
+      c.job->deliver(h.index, r);
+    } else {
+      detail::encoded_exception ex;
+      std::exception_ptr e;
+      try {
+        detail::decode(r, ex);
+        e = detail::to_exception_ptr(ex, w.pid);
+      } catch (...) {
+        e = std::current_exception();
+      }
+      c.job->fail(h.index, std::move(e));
+    }
+    items_completed(w, c, 1);
+  }
+
+  static constexpr std::uint32_t max_chunk_deaths = 3;
+
+  /// A throwing on_progress fails its own call (and is not called again), never the
+  /// service thread.
+  static void report_progress(detail::job_base& job) {
+    if (!job.on_progress) return;
+    try {
+      job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
+    } catch (...) {
+      job.callback_error = std::current_exception();
+      job.on_progress = nullptr;
+    }
+  }
+
+  void items_completed(detail::worker_slot& w, detail::outstanding_chunk& c, std::uint32_t n) {
+    c.done += n;
+    w.outstanding_items -= n;
+    auto* job = c.job;
+    job->completed += n;
+    report_progress(*job);
+    if (job->finished()) queue_finish(job);
+    if (c.done == c.count) {
+      recycle(std::move(c));
+      w.outstanding.pop_front();
+      if (w.write_index > 0) --w.write_index;
+    }
+  }
+
+  /// Finished chunks give their buffers back, so steady streams allocate nothing.
+  void recycle(detail::outstanding_chunk&& c) {
+    if (spare_.size() < 64 && c.bytes.capacity() <= (1u << 20)) {
+      c.bytes.clear();
+      c.item_offsets.clear();
+      spare_.push_back({std::move(c.bytes), std::move(c.item_offsets)});
+    }
+  }
+
+  /// How many items a worker may hold for a job: enough to hide the wake-up latency
+  /// for tiny tasks, few enough that slow or unknown ones stay balanced (Python hands
+  /// out one task at a time).
+  static std::size_t prefetch_limit(const detail::job_base* j) {
+    if (!j || j->avg_item_ns <= 0) return 1;
+    // Once the cost is known, a second chunk waits in the ring, so a worker never sits
+    // idle while the parent wakes up to hand out the next one.
+    std::int64_t n = 2'000'000 / std::max<std::int64_t>(j->avg_item_ns, 1);  // ~2 ms of work
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, std::int64_t(2 * j->chunksize), 4096));
+  }
+
+  /// map's default chunk: about 1 ms of work by the measured cost per item, and no
+  /// more than a quarter of each worker's share of what is left (unless that is under
+  /// 0.1 ms of work), never more than Python's size. The estimate trails costs that
+  /// grow along the input; the share of what is left keeps the late, costly chunks
+  /// small anyway, so the last ones end close together, while the 2 us a chunk costs
+  /// to hand out stays under 2%. Until a cost is known, Python's size: a smaller probe
+  /// costs tiny tasks an extra round trip.
+  std::size_t auto_chunksize(const detail::job_base& j) const {
+    if (j.busy_item_ns <= 0) return j.max_chunk;
+    const std::int64_t per = j.busy_item_ns;
+    std::int64_t n = 1'000'000 / per;
+    if (j.known_total > j.dispatched) {
+      const auto left = static_cast<std::int64_t>(j.known_total - j.dispatched);
+      const std::int64_t share = left / std::int64_t(4 * opts_.processes);
+      n = std::min(n, std::max(share, std::int64_t(100'000) / per));
+    }
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(n, 1, std::int64_t(j.max_chunk)));
+  }
+
+  /// Gives a worker more work and pushes pending bytes into its ring.
+  bool feed(detail::worker_slot& w) {
+    bool any = false;
+    while (!w.stopping) {
+      if (!retry_.empty()) {
+        if (!w.outstanding.empty()) break;  // re-sent work goes one chunk at a time
+        w.outstanding.push_back(std::move(retry_.front()));
+        retry_.pop_front();
+        w.outstanding_items += w.outstanding.back().count;
+        any = true;
+        continue;
+      }
+      detail::job_base* j = next_job();
+      if (!j) break;
+      if (!w.outstanding.empty() && w.outstanding_items >= prefetch_limit(j)) break;
+      detail::outstanding_chunk c;
+      if (!spare_.empty()) {
+        c.bytes = std::move(spare_.back().first);
+        c.item_offsets = std::move(spare_.back().second);
+        spare_.pop_back();
+      }
+      c.job = j;
+      c.first = j->dispatched;
+      if (j->auto_chunk) j->chunksize = auto_chunksize(*j);
+      c.count = j->next_chunk(c.bytes, c.item_offsets);
+      if (j->input_done) queue_finish(j);
+      if (c.count == 0) continue;  // input ended exactly at a chunk boundary
+      j->dispatched += c.count;
+      w.outstanding_items += c.count;
+      w.outstanding.push_back(std::move(c));
+      any = true;
+      if (w.outstanding.size() > 256) break;
+    }
+    any |= push_bytes(w);
+    return any;
+  }
+
+  /// The oldest job that can hand out more items. Jobs whose input is done leave the
+  /// queue, so with many jobs in flight this stays cheap.
+  detail::job_base* next_job() {
+    for (auto it = feeding_.begin(); it != feeding_.end();) {
+      auto found = jobs_.find(*it);
+      detail::job_base* j = found == jobs_.end() ? nullptr : found->second.get();
+      if (!j || j->input_done) {
+        if (it == feeding_.begin()) {
+          feeding_.pop_front();
+          it = feeding_.begin();
+        } else {
+          ++it;
+        }
+        continue;
+      }
+      if (j->may_dispatch()) return j;
+      ++it;
+    }
+    return nullptr;
+  }
+
+  /// j may have finished: finish_jobs looks at it (and only at such jobs).
+  void queue_finish(detail::job_base* j) {
+    if (j->finish_queued) return;
+    j->finish_queued = true;
+    finishing_.push_back(j);
+  }
+
+  bool push_bytes(detail::worker_slot& w) {
+    bool any = false;
+    while (w.write_index < w.outstanding.size()) {
+      auto& c = w.outstanding[w.write_index];
+      const std::size_t left = c.bytes.size() - w.write_offset;
+      const std::size_t frag = std::min(left, w.tasks.max_fragment());
+      std::byte* p = w.tasks.try_reserve(frag);
+      if (!p) break;
+      std::memcpy(p, c.bytes.data() + w.write_offset, frag);
+      w.write_offset += frag;
+      const bool last = w.write_offset == c.bytes.size();
+      w.tasks.commit(frag, last ? 0 : detail::spsc_ring::flag_more);
+      any = true;
+      if (last) {
+        ++w.write_index;
+        w.write_offset = 0;
+      } else {
+        w.tasks.publish();  // the worker reassembles as it goes, making room
+      }
+    }
+    if (any) w.tasks.publish();
+    return any;
+  }
+
+  void finish_jobs() {
+    if (finishing_.empty()) return;
+    std::vector<detail::job_base*> now;
+    now.swap(finishing_);
+    for (auto* j : now) {
+      j->finish_queued = false;
+      if (j->finished() && !chunks_reference(j)) {
+        auto owned = std::move(jobs_.at(j->id));
+        jobs_.erase(j->id);
+        owned->complete(owned->callback_error);
+      }
+    }
+  }
+  bool chunks_reference(const detail::job_base* j) const {
+    for (auto& c : retry_)
+      if (c.job == j) return true;
+    return false;
+  }
+
+  /// A worker's pidfd fired: account for its tasks and start a replacement.
+  void handle_exit(detail::worker_slot& w) {
+    int code = 255;
+    if (w.status) {
+      std::int32_t c = 0;
+      ssize_t n = detail::retry_eintr([&] { return ::read(w.status.get(), &c, sizeof c); });
+      code = n == sizeof c ? c : 255;
+      w.status.reset();
+    } else {
+      int status = 0;
+      pid_t r = detail::waitpid_eintr(w.pid, &status, WNOHANG);
+      if (r == 0) return;  // not actually gone yet
+      code = r > 0 ? detail::exitcode_from_status(status) : 255;
+    }
+    // Every result it finished counts, published or not: then the item it was running
+    // is exactly the next one of its first chunk.
+    w.results.adopt_unpublished(w.ctl->results_committed.load(std::memory_order_acquire),
+                                w.ctl->open_at.load(std::memory_order_acquire),
+                                w.ctl->open_len.load(std::memory_order_acquire));
+    drain_results(w);
+    w.rx.clear();  // a result it was still streaming out will not be completed
+    const bool was_initialized = w.ctl->initialized.load(std::memory_order_acquire) != 0;
+    const std::int64_t started = w.ctl->cur_started_ns.load(std::memory_order_acquire);
+    const std::uint64_t cur_job = w.ctl->cur_job.load(), cur_item = w.ctl->cur_item.load();
+    const std::uint64_t chunk_job = w.ctl->chunk_job.load(), chunk_first = w.ctl->chunk_first.load();
+    if (code != 0 || w.timed_out)
+      detail::log(log_level::warning, "pool worker %d died (exit code %d)",
+                  static_cast<int>(w.pid), code);
+    bool first = true;
+    for (auto& c : w.outstanding) {
+      std::uint32_t from = c.done;
+      bool item_failed = false;
+      if (first && (started || w.timed_out) && c.job->id == cur_job &&
+          c.first + c.done == cur_item) {
+        // The item it was running when it died: that one fails.
+        std::exception_ptr e;
+        if (w.timed_out && w.timed_out_item == cur_item && w.timed_out_job == cur_job) {
+          e = std::make_exception_ptr(timeout_error(
+              "task " + std::to_string(cur_item) + " exceeded task_timeout; its worker (pid " +
+              std::to_string(w.pid) + ") was killed"));
+        } else {
+          const int sig = code < 0 ? -code : 0;
+          std::string what = "worker process " + std::to_string(w.pid) +
+                             " died while running task " + std::to_string(cur_item) +
+                             (sig ? " (killed by signal " + std::to_string(sig) + ")"
+                                  : " (exit code " + std::to_string(code) + ")");
+          e = std::make_exception_ptr(worker_died(what, w.pid, code, sig));
+        }
+        c.job->fail(cur_item, std::move(e));
+        ++c.job->completed;
+        report_progress(*c.job);
+        from = c.done + 1;
+        item_failed = true;
+      }
+      // A chunk the worker had received and died on before finishing or starting any
+      // item (it failed while decoding it, say) is sent again; after
+      // max_chunk_deaths such deaths in a row its items fail instead, so a task that
+      // kills every worker cannot keep the pool restarting workers for ever.
+      const bool progressed = c.done > 0 || item_failed;
+      std::uint32_t deaths = progressed ? 0 : c.deaths;
+      if (first && !progressed && code != 0 && c.job->id == chunk_job && c.first == chunk_first)
+        ++deaths;
+      first = false;
+      queue_finish(c.job);
+      if (deaths >= max_chunk_deaths) {
+        const int sig = code < 0 ? -code : 0;
+        for (std::uint32_t k = from; k < c.count; ++k) {
+          std::string what = "worker processes died " + std::to_string(deaths) +
+                             " times in a row running the chunk of task " +
+                             std::to_string(c.first + k) + " before any of its tasks finished" +
+                             (sig ? " (last killed by signal " + std::to_string(sig) + ")"
+                                  : " (last exit code " + std::to_string(code) + ")");
+          c.job->fail(c.first + k, std::make_exception_ptr(worker_died(what, w.pid, code, sig)));
+          ++c.job->completed;
+        }
+        report_progress(*c.job);
+        continue;
+      }
+      if (from < c.count) {
+        retry_.push_back(rebuild_chunk(c, from));
+        retry_.back().deaths = deaths;
+      }
+    }
+    w.outstanding.clear();
+    std::lock_guard l(m_);
+    if (state_ == run_state::terminating) return;
+    // A worker that dies before it finished starting while another one did start was
+    // killed from outside (the start itself works): replace it, never give up on it.
+    if (!was_initialized && code != 0 && !another_worker_started(w)) {
+      if (++failed_starts_ >= 3) {
+        throw error("Pool: workers keep dying before they finish starting (exit code " +
+                    std::to_string(code) + "); is the initializer failing?");
+      }
+    } else {
+      failed_starts_ = 0;
+    }
+    if (w.stopping) {
+      w.pid = -1;
+      return;
+    }
+    start_replacement(w);
+  }
+
+  [[nodiscard]] bool another_worker_started(const detail::worker_slot& w) const {
+    for (const auto& o : workers_)
+      if (&o != &w && o.pid > 0 && o.ctl && o.ctl->initialized.load(std::memory_order_acquire))
+        return true;
+    return false;
+  }
+
+  /// Starts the replacement of a dead worker. A replacement killed before it reached
+  /// mproc::init (spawn) fails to launch: that is one more worker dying while starting,
+  /// and counts as such.
+  void start_replacement(detail::worker_slot& w) {
+    for (int launch_failures = 0;;) {
+      try {
+        start_worker(w);
+        return;
+      } catch (const start_method_error&) {
+        w.pid = -1;
+        w.pidfd.reset();
+        w.status.reset();
+        const bool others_start = another_worker_started(w);
+        if ((!others_start && ++failed_starts_ >= 3) || ++launch_failures >= 100) throw;
+        detail::log(log_level::warning, "pool worker died while starting; starting another");
+      }
+    }
+  }
+
+  /// A chunk holding items [from, count) of c, to run again elsewhere.
+  static detail::outstanding_chunk rebuild_chunk(const detail::outstanding_chunk& c,
+                                                 std::uint32_t from) {
+    detail::outstanding_chunk n;
+    n.job = c.job;
+    n.first = c.first + from;
+    n.count = c.count - from;
+    detail::task_header h;
+    std::memcpy(&h, c.bytes.data(), sizeof h);
+    const std::size_t prefix = sizeof h + h.callable_len;
+    n.bytes.assign(c.bytes.begin(), c.bytes.begin() + static_cast<std::ptrdiff_t>(prefix));
+    if (h.item_size) {  // packed: fixed-size items, no offsets kept
+      const std::size_t begin = prefix + std::size_t(from) * h.item_size;
+      n.bytes.insert(n.bytes.end(), c.bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                     c.bytes.end());
+    }
+    for (std::uint32_t k = from; !h.item_size && k < c.count; ++k) {
+      const std::size_t begin = c.item_offsets[k];
+      const std::size_t end = k + 1 < c.count ? c.item_offsets[k + 1] : c.bytes.size();
+      n.item_offsets.push_back(static_cast<std::uint32_t>(n.bytes.size()));
+      n.bytes.insert(n.bytes.end(), c.bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                     c.bytes.begin() + static_cast<std::ptrdiff_t>(end));
+    }
+    h.first = n.first;
+    h.count = n.count;
+    std::memcpy(n.bytes.data(), &h, sizeof h);
+    return n;
+  }
+
+  /// Stops every worker: politely when all work is done, by SIGKILL otherwise.
+  void shutdown_workers(std::exception_ptr fatal) {
+    bool terminating;
+    {
+      std::lock_guard l(m_);
+      terminating = state_ == run_state::terminating || fatal;
+      if (fatal) state_ = run_state::terminating;
+    }
+    if (!terminating) {
+      for (auto& w : workers_) {
+        w.stopping = true;
+        detail::task_header h{static_cast<std::uint32_t>(detail::task_kind::stop), 0, 0, 0, 0, 0, 0};
+        std::byte* p = nullptr;
+        const std::int64_t deadline = detail::monotonic_ns() + 2'000'000'000;
+        while (!(p = w.tasks.try_reserve(sizeof h)) && detail::monotonic_ns() < deadline)
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        if (p) {
+          std::memcpy(p, &h, sizeof h);
+          w.tasks.commit(sizeof h, 0);
+          w.tasks.publish();
+        }
+      }
+    }
+    for (auto& w : workers_) {
+      if (w.pid <= 0) continue;
+      if (terminating) ::kill(w.pid, SIGKILL);
+      pollfd p{w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0};
+      if (detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000) == 0) {
+        ::kill(w.pid, SIGKILL);
+        detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000);
+      }
+      if (!w.status) {  // a forkserver's child is reaped by the forkserver
+        int status;
+        detail::waitpid_eintr(w.pid, &status, 0);
+      }
+      w.pid = -1;
+      w.pidfd.reset();
+      w.status.reset();
+    }
+    // Anything still pending can no longer run.
+    auto gone = fatal ? fatal
+                      : std::make_exception_ptr(
+                            pool_not_running("Pool: terminated before the task completed"));
+    std::vector<std::unique_ptr<detail::job_base>> all;
+    {
+      std::lock_guard l(m_);
+      for (auto& j : incoming_) all.push_back(std::move(j));
+      incoming_.clear();
+      state_ = run_state::terminating;
+    }
+    for (auto& [p, j] : jobs_) all.push_back(std::move(j));
+    jobs_.clear();
+    feeding_.clear();
+    finishing_.clear();
+    retry_.clear();
+    // Nothing may refer to the jobs once they are freed: a caller stepping the engine
+    // after this (an imap_range going out of scope, say) finds no work.
+    for (auto& w : workers_) {
+      w.outstanding.clear();
+      w.outstanding_items = 0;
+      w.write_index = w.write_offset = 0;
+      w.rx.clear();
+    }
+    last_job_ = nullptr;
+    stopped_ = true;
+    active_.store(false, std::memory_order_release);
+    for (auto& j : all) j->complete(gone);
+    detail::log(log_level::info, "pool stopped");
+  }
+
+  pool_options opts_;
+  detail::shm_region shared_region_;
+  detail::pool_shared* shared_ = nullptr;
+  detail::unique_fd wake_fd_;
+  std::vector<detail::worker_slot> workers_;
+
+  std::mutex m_;  // guards state_ and incoming_
+  run_state state_ = run_state::running;
+  std::vector<std::unique_ptr<detail::job_base>> incoming_;
+  std::atomic<bool> has_incoming_{false};
+  std::uint64_t next_job_id_ = 0;
+
+  // Owned by the service thread.
+  std::unordered_map<std::uint64_t, std::unique_ptr<detail::job_base>> jobs_;  // by id
+  std::deque<std::uint64_t> feeding_;         // jobs whose input was not done, oldest first
+  std::vector<detail::job_base*> finishing_;  // may have finished
+  bool stopped_ = false;                      // shutdown_workers ran
+  std::deque<detail::outstanding_chunk> retry_;
+  detail::job_base* last_job_ = nullptr;  // job of the last result handled
+  std::exception_ptr fatal_;              // set by a helper whose step failed
+  std::vector<std::pair<std::vector<std::byte>, std::vector<std::uint32_t>>> spare_;
+  int failed_starts_ = 0;
+
+  std::mutex engine_m_;  // guards everything the service thread owns
+  std::atomic<std::thread::id> engine_owner_{};
+  std::atomic<bool> active_{false};  // jobs in flight (readable without engine_m_)
+  std::atomic<std::int64_t> last_help_ns_{0};  // when a caller last stepped the engine
+  std::shared_ptr<detail::pool_helper> helper_;
+
+  std::mutex join_m_;
+  std::thread thread_;
+  bool joined_ = false;
+};
+
+/// The pool most programs use: its start method is pool_options::method, else
+/// get_start_method(). See basic_pool.
+using Pool = basic_pool<dynamic_policy>;
+
+
+}  // namespace mproc

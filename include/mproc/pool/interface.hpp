@@ -1,0 +1,187 @@
+/// \file
+/// Pool stage 7, the calls a user makes: pool_interface (map, imap, apply, submit, ...), written
+/// once for mproc::Pool and mproc::mpi::Pool. Before: imap_range.hpp; next: engine.hpp.
+#pragma once
+
+#include <cstdint>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "async_result.hpp"
+#include "imap_range.hpp"
+#include "options.hpp"
+#include "../detail/callable.hpp"
+#include "../errors.hpp"
+
+namespace mproc {
+
+namespace detail {
+
+/// Python's callback / error_callback, attached to a result's shared state.
+template <class R, class C, class E>
+void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
+  if constexpr (!std::is_same_v<C, std::nullptr_t>) {
+    if constexpr (std::is_void_v<R>)
+      st.on_value = [c = std::move(cb.callback)](const std::monostate&) mutable { c(); };
+    else
+      st.on_value = std::move(cb.callback);
+  }
+  if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
+}
+
+}  // namespace detail
+
+/// The calls every pool offers: map, starmap, imap, imap_unordered, apply, submit and
+/// the _async forms. mproc::Pool and mproc::mpi::Pool inherit them, so both take the
+/// same tasks and return the same result types. Written once in terms of the three
+/// calls a pool implements: submit_gather<Star>(f, inputs, options, callbacks),
+/// submit_imap(f, inputs, options, ordered) and apply_async(callbacks, f, args...).
+///
+/// Tasks (`f`) are free functions, captureless lambdas, stateless function objects or
+/// function objects with a serialize() member; arguments and results must be able to
+/// cross a process boundary (see serialization.hpp).
+template <class Derived>
+class pool_interface {
+  /// o, its chunksize checked: a negative int arrives as a huge size_t.
+  static map_options checked(map_options o) {
+    if (o.chunksize > UINT32_MAX)
+      throw value_error("mproc::Pool: chunksize " + std::to_string(o.chunksize) +
+                        " is negative or too large (at most " + std::to_string(UINT32_MAX) + ")");
+    return o;
+  }
+  /// imap's positional chunksize: at least 1, as in Python.
+  static map_options imap_chunksize(std::size_t chunksize) {
+    if (chunksize == 0) throw value_error("mproc::Pool::imap: chunksize must be at least 1, not 0");
+    return checked(map_options{.chunksize = chunksize});
+  }
+
+ public:
+  /// Calls `f` on every element of `inputs` (any input range) in the workers and returns a
+  /// std::vector of the results in input order. Blocks until every item has finished, then
+  /// rethrows the exception of the lowest failing index, if any (worker_died for an item
+  /// whose worker died, timeout_error for one over pool_options::task_timeout).
+  /// `chunksize`: items per task message; 0 sizes chunks by measured cost (see map_options).
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, std::size_t chunksize = 0) {
+    return map(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  /// As map(f, inputs, chunksize), with map_options (chunksize, on_progress).
+  template <class F, std::ranges::input_range In>
+  auto map(F f, In&& inputs, map_options o) {
+    return finish_map(map_async(f, std::forward<In>(inputs), std::move(o)));
+  }
+  /// As map(), unpacking each element (a std::tuple or std::pair) into f's arguments.
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, std::size_t chunksize = 0) {
+    return starmap(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  /// As starmap(f, inputs, chunksize), with map_options.
+  template <class F, std::ranges::input_range In>
+  auto starmap(F f, In&& inputs, map_options o) {
+    return finish_map(starmap_async(f, std::forward<In>(inputs), std::move(o)));
+  }
+
+  /// As map(), without waiting: returns an AsyncResult<std::vector<R>> at once; `cb`
+  /// gives Python's callback / error_callback.
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    const std::int64_t timeout = o.timeout.ns();
+    return with_deadline(self().template submit_gather<false>(f, std::forward<In>(inputs),
+                                                              checked(std::move(o)), std::move(cb)),
+                         timeout);
+  }
+  /// As map_async(f, inputs, options), with only a chunksize.
+  template <class F, std::ranges::input_range In>
+  auto map_async(F f, In&& inputs, std::size_t chunksize) {
+    return map_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+  /// As starmap(), without waiting: returns an AsyncResult<std::vector<R>> at once.
+  template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
+  auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
+    const std::int64_t timeout = o.timeout.ns();
+    return with_deadline(self().template submit_gather<true>(f, std::forward<In>(inputs),
+                                                             checked(std::move(o)), std::move(cb)),
+                         timeout);
+  }
+  /// As starmap_async(f, inputs, options), with only a chunksize.
+  template <class F, std::ranges::input_range In>
+  auto starmap_async(F f, In&& inputs, std::size_t chunksize) {
+    return starmap_async(f, std::forward<In>(inputs), map_options{.chunksize = chunksize});
+  }
+
+  /// Ordered lazy results; the input is consumed lazily with a bounded number of
+  /// tasks in flight, so an endless input works.
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap(f, std::forward<In>(inputs), imap_chunksize(chunksize));
+  }
+  /// As imap(f, inputs, chunksize), with map_options (chunksize, on_progress).
+  template <class F, std::ranges::input_range In>
+  auto imap(F f, In&& inputs, map_options o) {
+    const std::int64_t timeout = o.timeout.ns();
+    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), true);
+    r.state()->timeout_ns = timeout;
+    return r;
+  }
+  /// As imap(), yielding each result as soon as it is ready (completion order).
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, std::size_t chunksize = 1) {
+    return imap_unordered(f, std::forward<In>(inputs), imap_chunksize(chunksize));
+  }
+  /// As imap_unordered(f, inputs, chunksize), with map_options.
+  template <class F, std::ranges::input_range In>
+  auto imap_unordered(F f, In&& inputs, map_options o) {
+    const std::int64_t timeout = o.timeout.ns();
+    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), false);
+    r.state()->timeout_ns = timeout;
+    return r;
+  }
+
+  /// Runs `f(args...)` in a worker; returns its AsyncResult at once.
+  template <class F, class... A>
+    requires(!detail::is_specialization_v<std::decay_t<F>, callbacks>)
+  auto apply_async(F f, A&&... args) {
+    return self().apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+  }
+  /// concurrent.futures spelling of apply_async.
+  template <class F, class... A>
+  auto submit(F f, A&&... args) {
+    return apply_async(f, std::forward<A>(args)...);
+  }
+  /// Runs `f(args...)` in a worker and returns its result (or rethrows its exception).
+  template <class F, class... A>
+  decltype(auto) apply(F f, A&&... args) {
+    auto r = apply_async(f, std::forward<A>(args)...);
+    return std::move(r).get_moved();
+  }
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+
+  template <class R>
+  static AsyncResult<R> with_deadline(AsyncResult<R> r, std::int64_t timeout_ns) {
+    if (timeout_ns > 0) r.state()->deadline_ns = detail::deadline_after_ns(timeout_ns);
+    return r;
+  }
+  /// map/starmap: the result, or timeout_error once map_options::timeout has passed;
+  /// then nothing more of the map is handed out (items running finish unread).
+  template <class R>
+  static R finish_map(AsyncResult<R> r) {
+    try {
+      return std::move(r).get_moved();
+    } catch (const timeout_error&) {
+      if (r.valid() && !r.ready()) {
+        r.state()->abandoned.store(true);
+        detail::pool_helper::wake_pool(r.state()->helper);
+        throw;
+      }
+      throw;
+    }
+  }
+};
+
+}  // namespace mproc

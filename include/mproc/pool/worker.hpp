@@ -1,0 +1,346 @@
+/// \file
+/// Pool stage 4, worker side: the worker process's item loop (decode an item in place, call
+/// the function, write the result). Before: wire.hpp; next: jobs.hpp, the parent side.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <unistd.h>
+
+#include "wire.hpp"
+#include "options.hpp"
+#include "../detail/callable.hpp"
+#include "../detail/log.hpp"
+#include "../detail/posix/fork.hpp"
+#include "../detail/posix/posix.hpp"
+#include "../detail/posix/shm_region.hpp"
+#include "../detail/remote_exception.hpp"
+#include "../detail/spsc_ring.hpp"
+#include "../detail/tracker.hpp"
+#include "../errors.hpp"
+#include "../serialization.hpp"
+
+namespace mproc {
+
+namespace detail {
+
+// ------------------------------------------------------------------ worker side
+
+class worker_context {
+ public:
+  worker_context(spsc_ring results, worker_ctl* ctl, pool_shared* shared, int wake_fd, bool timed)
+      : results_(results), ctl_(ctl), shared_(shared), wake_fd_(wake_fd), timed_(timed) {}
+
+  void begin_item(std::uint64_t job, std::uint64_t index) noexcept {
+    // The clock is read per item only when items have a deadline; otherwise often
+    // enough to publish results of a long chunk regularly.
+    std::int64_t started = 1;
+    if (timed_ || (++items_ & 31) == 0) {
+      const std::int64_t now = monotonic_ns();
+      if (now - last_publish_ns_ > 100'000 && (results_.unpublished() || packed_.base)) flush(now);
+      started = now;
+    }
+    ctl_->cur_job.store(job, std::memory_order_relaxed);
+    ctl_->cur_item.store(index, std::memory_order_relaxed);
+    ctl_->cur_started_ns.store(timed_ ? started : 1, std::memory_order_release);
+  }
+
+  /// Packed results: trivially copyable values written back to back straight into
+  /// the ring, one record per run of items instead of one per item.
+  template <class V>
+  void put_packed(std::uint64_t job, std::uint64_t index, std::uint32_t left_in_chunk, const V& v) {
+    if (!packed_.base) {
+      const std::size_t room = (results_.max_fragment() - sizeof(result_header)) / sizeof(V);
+      packed_.cap = static_cast<std::uint32_t>(std::min<std::size_t>(left_in_chunk, room));
+      packed_.elem = sizeof(V);
+      packed_.job = job;
+      packed_.first = index;
+      packed_.count = 0;
+      packed_.base = results_.reserve_wait(sizeof(result_header) + packed_.cap * sizeof(V),
+                                           [this] { notify_parent(); });
+      packed_.at = results_.reserved_position();
+    }
+    std::memcpy(packed_.base + sizeof(result_header) + packed_.count * sizeof(V), &v, sizeof(V));
+    if (++packed_.count == packed_.cap) close_packed();
+  }
+  void close_packed() noexcept {
+    if (!packed_.base) return;
+    result_header h{packed_.job, packed_.first, static_cast<std::uint32_t>(result_status::packed),
+                    packed_.count};
+    std::memcpy(packed_.base, &h, sizeof h);
+    results_.commit(sizeof h + std::size_t(packed_.count) * packed_.elem, 0);
+    packed_.base = nullptr;
+  }
+
+  /// Publishes every result written so far and wakes the service thread if it sleeps.
+  void flush(std::int64_t now = 0) noexcept {
+    close_packed();
+    results_.publish();
+    last_publish_ns_ = now ? now : monotonic_ns();
+    notify_parent();
+  }
+  /// Records how far the results go (see worker_ctl), then leaves the item.
+  void end_item() noexcept {
+    ctl_->results_committed.store(results_.committed_position(), std::memory_order_relaxed);
+    if (packed_.base) {
+      result_header h{packed_.job, packed_.first,
+                      static_cast<std::uint32_t>(result_status::packed), packed_.count};
+      std::memcpy(packed_.base, &h, sizeof h);
+      ctl_->open_at.store(packed_.at, std::memory_order_relaxed);
+      ctl_->open_len.store(static_cast<std::uint32_t>(sizeof h + packed_.count * packed_.elem),
+                           std::memory_order_relaxed);
+    } else {
+      ctl_->open_len.store(0, std::memory_order_relaxed);
+    }
+    ctl_->cur_started_ns.store(0, std::memory_order_release);
+  }
+
+  template <class V>
+  void emit_ok(std::uint64_t job, std::uint64_t index, const V& v) {
+    std::size_t n;
+    try {
+      n = encoded_size(v);
+    } catch (...) {
+      emit_error(job, index, std::current_exception());
+      return;
+    }
+    emit(job, index, result_status::ok, n, [&](std::byte* p) { encode_to(v, p); });
+  }
+
+  void emit_error(std::uint64_t job, std::uint64_t index, std::exception_ptr e) {
+    close_packed();  // results keep their order in the ring
+    encoded_exception ex = capture_exception(std::move(e));
+    std::size_t n = encoded_size(ex);
+    emit(job, index, result_status::error, n, [&](std::byte* p) { encode_to(ex, p); });
+  }
+
+  /// Wakes the service thread if it sleeps (after results or freed task room).
+  void notify_parent() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (shared_->parent_waiting.load(std::memory_order_relaxed) &&
+        shared_->parent_waiting.exchange(0, std::memory_order_seq_cst)) {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto rc = ::write(wake_fd_, &one, sizeof one);
+    }
+  }
+
+ private:
+  template <class Fill>
+  void emit(std::uint64_t job, std::uint64_t index, result_status st, std::size_t n, Fill&& fill) {
+    result_header h{job, index, static_cast<std::uint32_t>(st), 0};
+    const std::size_t total = sizeof h + n;
+    if (total <= results_.max_fragment()) {
+      std::byte* p = results_.reserve_wait(total, [this] { notify_parent(); });
+      std::memcpy(p, &h, sizeof h);
+      fill(p + sizeof h);
+      results_.commit(total, 0);
+      return;
+    } else {
+      scratch_.resize(total);
+      std::memcpy(scratch_.data(), &h, sizeof h);
+      fill(scratch_.data() + sizeof h);
+      results_.write_wait(scratch_, [this] { notify_parent(); });
+      scratch_.clear();
+      scratch_.shrink_to_fit();
+    }
+    notify_parent();
+  }
+  std::int64_t last_publish_ns_ = 0;
+  struct packed_out {
+    std::byte* base = nullptr;
+    std::uint64_t at = 0;  // ring position of the record
+    std::uint64_t job = 0, first = 0;
+    std::uint32_t count = 0, cap = 0;
+    std::size_t elem = 0;
+  } packed_;
+  unsigned items_ = 0;
+
+  spsc_ring results_;
+  worker_ctl* ctl_;
+  pool_shared* shared_;
+  int wake_fd_;
+  bool timed_;
+  std::vector<std::byte> scratch_;
+};
+
+struct task_view {
+  std::uint64_t job;
+  std::uint64_t first;
+  std::uint32_t count;
+  reader callable;
+  reader items;  // count x [u32 len][bytes]
+
+  reader next_item() {
+    std::uint32_t len;
+    items.get(&len, sizeof len, "task item length");
+    items.need(len, "task item");
+    reader r{items.p, items.p + len};
+    items.p += len;
+    return r;
+  }
+};
+
+using invoker_fn = void (*)(worker_context&, task_view&);
+
+/// Every item of the chunk fails with e.
+inline void fail_chunk(worker_context& ctx, const task_view& t, const std::exception_ptr& e) {
+  for (std::uint32_t k = 0; k < t.count; ++k) {
+    ctx.begin_item(t.job, t.first + k);
+    ctx.emit_error(t.job, t.first + k, e);
+    ctx.end_item();
+  }
+}
+
+template <class T>
+inline constexpr bool packable_v = trivially_copyable_value<T>;
+
+/// Runs a chunk in the worker. PackedArgs: the items are raw Arg values back to back
+/// (trivially copyable arguments); results that are trivially copyable go back
+/// packed too.
+template <class F, class Arg, bool Star, bool PackedArgs>
+void invoke_chunk(worker_context& ctx, task_view& t) {
+  // A callable that cannot be rebuilt here fails the chunk's items, not the worker:
+  // a new worker would fail the same way.
+  std::optional<F> decoded;
+  try {
+    decoded.emplace(decode_callable<F>(t.callable));
+    if constexpr (PackedArgs) t.items.need(std::size_t(t.count) * sizeof(Arg), "packed task items");
+  } catch (...) {
+    fail_chunk(ctx, t, std::current_exception());
+    return;
+  }
+  F& f = *decoded;
+  for (std::uint32_t k = 0; k < t.count; ++k) {
+    const std::uint64_t index = t.first + k;
+    ctx.begin_item(t.job, index);
+    try {
+      Arg a{};
+      if constexpr (PackedArgs) {
+        std::memcpy(&a, t.items.p + std::size_t(k) * sizeof(Arg), sizeof(Arg));
+      } else {
+        reader r = t.next_item();
+        decode(r, a);
+        if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
+      }
+      auto call = [&]() -> decltype(auto) {
+        if constexpr (Star)
+          return std::apply(f, std::move(a));
+        else
+          return std::invoke(f, std::move(a));
+      };
+      using R = decltype(call());
+      if constexpr (std::is_void_v<R>) {
+        call();
+        ctx.emit_ok(t.job, index, std::monostate{});
+      } else if constexpr (packable_v<std::remove_cvref_t<R>>) {
+        const std::remove_cvref_t<R> res = call();
+        ctx.put_packed(t.job, index, t.count - k, res);
+      } else {
+        const auto& res = call();
+        ctx.emit_ok(t.job, index, res);
+      }
+    } catch (...) {
+      ctx.emit_error(t.job, index, std::current_exception());
+    }
+    ctx.end_item();
+  }
+  ctx.close_packed();
+}
+
+inline std::atomic<unsigned>& pool_worker_counter() {
+  static std::atomic<unsigned> c{0};
+  return c;
+}
+
+/// Body of a pool worker process; returns its exit code.
+inline int worker_main(spsc_ring tasks, spsc_ring results, worker_ctl* ctl, pool_shared* shared,
+                       int wake_fd, const portable_call& initializer, std::size_t max_tasks,
+                       bool timed, std::string name) {
+  process_name_storage() = std::move(name);
+  pool_worker_signals();  // Ctrl-C reaches the whole process group; the parent decides
+  if (initializer) initializer();
+  ctl->initialized.store(1, std::memory_order_release);
+  worker_context ctx(results, ctl, shared, wake_fd, timed);
+  std::vector<std::byte> scratch;
+  std::size_t done = 0;
+  while (true) {
+    spsc_ring::record rec;
+    std::span<const std::byte> msg = tasks.read_wait(scratch, rec, [&] { ctx.notify_parent(); });
+    reader r{msg.data(), msg.data() + msg.size()};
+    task_header h;
+    r.get(&h, sizeof h, "task header");
+    if (h.kind == static_cast<std::uint32_t>(task_kind::stop)) break;
+    r.need(h.callable_len, "task callable");
+    ctl->chunk_job.store(h.job, std::memory_order_relaxed);
+    ctl->chunk_first.store(h.first, std::memory_order_relaxed);
+    task_view t{h.job, h.first, h.count, reader{r.p, r.p + h.callable_len},
+                reader{r.p + h.callable_len, r.end}};
+    auto inv = reinterpret_cast<invoker_fn>(decode_code_address(h.invoker));
+    const std::int64_t chunk_start = monotonic_ns();
+    if (inv)
+      inv(ctx, t);
+    else
+      fail_chunk(ctx, t, std::make_exception_ptr(serialization_error(
+                             "pool worker: the task names no function of this program image")));
+    ctl->last_chunk_job.store(h.job, std::memory_order_relaxed);
+    ctl->last_chunk_item_ns.store(std::max<std::int64_t>(1, (monotonic_ns() - chunk_start) / std::max(1u, h.count)),
+                                  std::memory_order_release);
+    if (rec.data) {
+      tasks.release(rec);
+      tasks.publish_release();
+    }
+    ctx.flush();
+    if (max_tasks && ++done >= max_tasks) break;
+  }
+  return 0;
+}
+
+/// A pool worker in a fresh program image (spawn, forkserver): maps the rings and
+/// the pool's shared word from the received descriptors, then runs as a forked
+/// worker would. fds: [worker region, pool region, wake eventfd, resource tracker
+/// (if one runs)].
+inline int pool_worker_entry(std::span<const std::byte> payload, std::span<const int> fds) {
+  reader r{payload.data(), payload.data() + payload.size()};
+  std::uint64_t capacity = 0, region_bytes = 0, shared_bytes = 0, max_tasks = 0;
+  std::uint8_t timed = 0;
+  std::string name;
+  decode(r, capacity);
+  decode(r, region_bytes);
+  decode(r, shared_bytes);
+  decode(r, max_tasks);
+  decode(r, timed);
+  decode(r, name);
+  portable_call init = portable_call::decode_from(r);
+  std::int32_t tracker_pid = -1;
+  decode(r, tracker_pid);
+  if (fds.size() != (tracker_pid > 0 ? 4u : 3u))
+    throw start_method_error("pool worker: unexpected number of descriptors");
+  // Segments a task creates are tracked with the program's, as in a forked worker.
+  if (tracker_pid > 0) resource_tracker::instance().adopt_fd(fds[3], tracker_pid);
+  shm_region region = shm_region::map(unique_fd(fds[0]), region_bytes);
+  shm_region shared = shm_region::map(unique_fd(fds[1]), shared_bytes);
+  const int wake_fd = fds[2];  // kept open for the life of the worker
+  auto* base = static_cast<std::byte*>(region.data());
+  const std::size_t ring_bytes = spsc_ring::bytes_needed(capacity);
+  auto* ctl = reinterpret_cast<worker_ctl*>(base);
+  spsc_ring tasks = spsc_ring::attach(base + sizeof(worker_ctl));
+  spsc_ring results = spsc_ring::attach(base + sizeof(worker_ctl) + ring_bytes);
+  return worker_main(tasks, results, ctl, shared.as<pool_shared>(), wake_fd, init, max_tasks,
+                     timed != 0, std::move(name));
+}
+
+}  // namespace detail
+
+}  // namespace mproc
