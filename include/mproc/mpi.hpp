@@ -851,14 +851,7 @@ class Pool : public mproc::pool_interface<Pool> {
         job.fail(index, std::move(e));
       }
       ++job.completed;
-      if (job.on_progress) {
-        try {
-          job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
-        } catch (const std::exception& ex) {
-          detail::log(log_level::error, "mpi::Pool: on_progress threw: %s", ex.what());
-        } catch (...) {
-        }
-      }
+      job.report_progress();
     }
   }
 
@@ -866,7 +859,7 @@ class Pool : public mproc::pool_interface<Pool> {
     for (auto it = jobs_.begin(); it != jobs_.end();) {
       if (!it->dead && it->job->finished()) {
         it->dead = true;
-        complete(*it, nullptr);
+        complete(*it, it->job->callback_error);
       }
       if (it->dead && !referenced(&*it))
         it = jobs_.erase(it);

@@ -309,6 +309,28 @@ TEST_CASE("progress and callbacks run on the root") {
   REQUIRE(sum == 25);
 }
 
+TEST_CASE("a throwing on_progress fails its own call, as with mproc::Pool") {
+  struct progress_broke : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  // Progress may cover several items at once: the throw is at the first report of 2+.
+  auto bad_progress = [](std::size_t done, std::size_t) {
+    if (done >= 2) throw progress_broke("progress failed");
+  };
+  mproc::mpi::Pool pool;
+  REQUIRE_THROWS_AS(pool.map(square, iota_vec(10), mproc::map_options{.chunksize = 1, .on_progress = bad_progress}),
+                    progress_broke);
+  std::size_t seen = 0;
+  auto r = pool.imap(square, iota_vec(10), mproc::map_options{.chunksize = 1, .on_progress = bad_progress});
+  try {
+    for (int v : r) seen += v >= 0;
+    FAIL("no exception");
+  } catch (const progress_broke&) {
+  }
+  REQUIRE(seen == 10);  // the results came first
+  REQUIRE(pool.map(square, iota_vec(3)) == std::vector<int>{0, 1, 4});
+}
+
 TEST_CASE("lifecycle: closed pools refuse work, one pool at a time, terminate") {
   SECTION("submit after close") {
     mproc::mpi::Pool pool;

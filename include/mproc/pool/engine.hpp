@@ -671,24 +671,12 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
 
   static constexpr std::uint32_t max_chunk_deaths = 3;
 
-  /// A throwing on_progress fails its own call (and is not called again), never the
-  /// service thread.
-  static void report_progress(detail::job_base& job) {
-    if (!job.on_progress) return;
-    try {
-      job.on_progress(job.completed, job.input_done ? job.dispatched : job.known_total);
-    } catch (...) {
-      job.callback_error = std::current_exception();
-      job.on_progress = nullptr;
-    }
-  }
-
   void items_completed(detail::worker_slot& w, detail::outstanding_chunk& c, std::uint32_t n) {
     c.done += n;
     w.outstanding_items -= n;
     auto* job = c.job;
     job->completed += n;
-    report_progress(*job);
+    job->report_progress();
     if (job->finished()) queue_finish(job);
     if (c.done == c.count) {
       recycle(std::move(c));
@@ -894,7 +882,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
         }
         c.job->fail(cur_item, std::move(e));
         ++c.job->completed;
-        report_progress(*c.job);
+        c.job->report_progress();
         from = c.done + 1;
         item_failed = true;
       }
@@ -919,7 +907,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
           c.job->fail(c.first + k, std::make_exception_ptr(worker_died(what, w.pid, code, sig)));
           ++c.job->completed;
         }
-        report_progress(*c.job);
+        c.job->report_progress();
         continue;
       }
       if (from < c.count) {

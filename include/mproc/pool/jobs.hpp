@@ -72,6 +72,19 @@ struct job_base {
   /// All items are accounted for (or the pool is giving up: e set).
   virtual void complete(std::exception_ptr e) = 0;
   [[nodiscard]] bool finished() const { return input_done && completed == dispatched; }
+
+  /// Calls on_progress after items completed. A throwing on_progress fails its own call
+  /// (callback_error, raised when the call completes; not called again), never the
+  /// thread that reports: the same for every backend.
+  void report_progress() noexcept {
+    if (!on_progress) return;
+    try {
+      on_progress(completed, input_done ? dispatched : known_total);
+    } catch (...) {
+      callback_error = std::current_exception();
+      on_progress = nullptr;
+    }
+  }
 };
 
 template <class F, class Arg, bool Star, bool Packed>
@@ -315,11 +328,15 @@ class imap_job final : public job_base {
       input_done = true;
       known_total = dispatched + n;
       // The input's own exception comes after the results of the items before it.
-      const bool failed = bool(feed_.error());
-      if (failed) push(dispatched + n, feed_.error());
-      std::lock_guard l(st_->m);
-      st_->total = dispatched + n + (failed ? 1 : 0);
-      st_->cv.notify_all();
+      // Otherwise the end is left to complete(): a total shown now would let the
+      // caller's loop end after the last result and miss the error of an on_progress
+      // that throws on that last report.
+      if (feed_.error()) {
+        push(dispatched + n, feed_.error());
+        std::lock_guard l(st_->m);
+        st_->total = dispatched + n + 1;
+        st_->cv.notify_all();
+      }
     }
     return n;
   }
