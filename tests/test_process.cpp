@@ -510,9 +510,16 @@ TEST_CASE("a dropped process that exited is reaped by the next start", "[process
     p.start();
     dropped = p.pid();
   }
+  // Waits until it can be reaped (WNOWAIT leaves that to start()). Not until /proc
+  // shows 'Z': the leader thread is a zombie before the rest of its thread group is
+  // gone (a sanitizer's thread in the child), and waitpid sees nothing until then.
+  const auto reapable = [&] {
+    siginfo_t info{};
+    return ::waitid(P_PID, id_t(dropped), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == dropped;
+  };
   auto end = std::chrono::steady_clock::now() + 10s;
-  while (proc_state(dropped) != 'Z' && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(2ms);
+  while (!reapable() && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(2ms);
+  REQUIRE(reapable());
   REQUIRE(proc_state(dropped) == 'Z');  // exited, not yet reaped
   mproc::Process next([] {});
   next.start();
