@@ -40,7 +40,7 @@ constexpr int kFactorials = 2000;
 constexpr std::uint64_t kP = 1'000'000'007;
 
 /// Sum of the primes in [lo, hi): a segmented sieve, crossing off multiples of every
-/// prime up to sqrt(hi) inside the segment only (as examples/001_ex1_sum_primes.cpp).
+/// prime up to sqrt(hi) inside the segment only (as examples/sum_primes.cpp).
 std::uint64_t sum_primes_in(std::pair<std::uint64_t, std::uint64_t> range) {
   auto [lo, hi] = range;
   if (hi <= 2 || lo >= hi) return 0;

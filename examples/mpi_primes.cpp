@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 1: the sum of the primes up to 10,000,000 (over MPI).
 // Exercise 1 over MPI: the primes below 10,000,000, the range cut into 40 chunks that
 // the worker ranks sieve as they become free; checked against one process doing the
 // whole range with the same function. Run: mpirun -np 3 ./mpi_primes

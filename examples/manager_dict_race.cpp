@@ -1,3 +1,5 @@
+// Mirrors seed 000, practice question "Share data across processes with Manager.dict() or
+// Value" (its Manager.dict() code and printed output).
 // Share data across processes with Manager().dict(): three processes each add one to
 // shared_dict["count"].
 //

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 2: "Use Pool.map to apply a CPU-intensive function to a list of
+// inputs in parallel."
 // Pool.map over a CPU-bound function; the results come back in input order.
 //
 // The exercise's printed list is wrong: sum(range(100 * 10000)) is 499999500000, not

@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "SharedMemory for large data (Python 3.8+)".
 // A named SharedMemory block of doubles: one function creates and fills it and
 // closes its handle (the memory persists), another attaches by name and reads it
 // back, and the block is finally unlinked.

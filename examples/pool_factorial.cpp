@@ -1,3 +1,4 @@
+// Mirrors seed 000, practice question "Use a Pool to parallelise computations".
 // A Pool parallelises a map: each task computes a factorial in some worker, says which
 // worker it ran in, and returns "N! = value"; the parent prints the results in order.
 #include <cstdint>

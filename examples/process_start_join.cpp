@@ -1,3 +1,4 @@
+// Mirrors seed 004, problem 1: "Create, start, and join a subprocess".
 // Create, start and join a process: the multiprocessing equivalent of threading basics.
 #include <chrono>
 #include <iostream>

@@ -1,3 +1,4 @@
+// Mirrors seed 000, practice question "Using Both" (its shared Value counter).
 // A shared counter (Value) incremented under its own lock by 5 processes, 1000 times
 // each. This is the Value half of the "Using Both" exercise; the Manager dict half
 // lives with the Manager examples.

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 10: "Use multiprocessing.Manager().dict() as a shared data
+// structure across pool worker processes."
 // Manager().dict() as a shared result table written by Pool workers: each task counts
 // the words and characters of one text and stores them under the text's index.
 //

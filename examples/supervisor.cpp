@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 11: "Build a process supervisor that automatically restarts a
+// crashing worker process up to a maximum retry count."
 // A supervisor restarting a crashing worker, up to max_restarts times.
 //
 // The worker draws from Python's Mersenne Twister exactly as the seed does

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 5: "Use multiprocessing.Value and Array to share state between
+// a parent and child process."
 // Share state with children through a Value and an Array: one process fills the
 // array with multiples of 3, another increments the counter 100 times.
 #include <iostream>

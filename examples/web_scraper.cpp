@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 6: a parallel web scraper with Queues and poison pills.
 // A parallel web scraper: the main process puts URLs on a Queue, four worker
 // processes fetch each page (libcurl) and parse its title and links (gumbo), and put
 // the parsed result on an output Queue. One poison pill per worker shuts them down.

@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 5: a benchmark comparing fork vs spawn start methods.
 // Exercise 5: compare the fork, spawn and forkserver start methods for 8 workers:
 // process creation time, memory per worker (RSS and PSS from /proc/self/smaps_rollup)
 // and total time for a CPU-bound job (sum of the primes below 3,000,000, split into

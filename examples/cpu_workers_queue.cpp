@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "Basic Process creation".
 // Four worker processes each run a CPU-bound task and put (task_id, result) on a
 // shared result queue; the parent joins them, then collects and prints the results.
 // Joining before getting is safe here: put() returns once the result is in shared

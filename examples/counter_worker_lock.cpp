@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "Shared memory with Value and Array".
 // Four processes increment a shared Value 100,000 times each, guarded by a separate
 // Lock (as the exercise does; the Value's own get_lock() would serve as well).
 #include <iostream>

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 9: "Parallelize a CPU-intensive image processing pipeline
+// using Pool.map and verify result correctness."
 // A CPU-bound "image" pipeline run serially and with Pool.map; map keeps input order,
 // so the parallel results must equal the serial ones.
 #include <chrono>

@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 3: a multi-process pipeline using Queue (CSV in/out).
 // A three-process pipeline joined by Queues: A reads the lines of a large CSV file,
 // B parses and transforms each row, C writes the results to a new file. Each stage
 // tells the next one it is done with a sentinel (an empty optional). The parent

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 6: "Use a Pipe for bidirectional request-response
+// communication between a parent and child process."
 // Request/response over a duplex Pipe between the parent and a calculator process.
 #include <iostream>
 #include <string>

@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 4: a shared array in shared_memory, one slice per worker.
 // Exercise 4: a shared array of doubles in a SharedMemory block; 4 worker processes
 // attach to it by name and each fills its own slice; the parent then verifies the
 // whole array in place, through the same mapping, without copying or serializing it.

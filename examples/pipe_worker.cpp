@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "Pipe for two-way communication".
 // Two-way communication over a Pipe: the worker upper-cases words until told to stop.
 #include <algorithm>
 #include <cctype>

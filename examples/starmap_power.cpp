@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 4: "Use Pool.starmap to apply a function with multiple
+// arguments to a list of argument tuples."
 // Pool.starmap: each (base, exp) pair is unpacked into the function's two arguments.
 #include <cstdint>
 #include <iostream>

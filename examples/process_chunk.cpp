@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "Pool for parallel map/starmap".
 // Pool.map over large chunks: ten million integers split into one chunk per core, each
 // chunk (tens of MB) sent to a worker whole and its result sent back whole.
 #include <chrono>

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 8: "Use imap_unordered to stream results from a process pool
+// as each task completes, not waiting for all."
 // imap_unordered streams results as each task completes, not in input order.
 #include <chrono>
 #include <cstdio>

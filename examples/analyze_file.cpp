@@ -1,3 +1,4 @@
+// Mirrors seed 001, code example "Pool with imap_unordered for streaming results".
 // imap_unordered with chunksize 5: results stream back in completion order. The
 // result is a user type that crosses the process boundary through its serialize().
 #include <chrono>

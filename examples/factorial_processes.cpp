@@ -1,3 +1,5 @@
+// Mirrors seed 000, practice question "CPU-bound example: Calculate factorials or primes
+// across multiple processes" (the Process version).
 // CPU-bound work in two processes: each computes a factorial and reports who it is.
 #include <cstdint>
 #include <iostream>

@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 3: "Use multiprocessing.Queue to send computed results from a
+// child process back to the parent."
 // A child process computes the primes below 50 and sends the list back through a
 // Queue; the parent takes it and prints it.
 #include <iostream>

@@ -1,3 +1,4 @@
+// Mirrors seed 000, practice question "Using Both" (Value counter and Manager dict).
 // "Using Both": a shared Value counter (incremented under its own lock) and a Manager
 // dict counting finished tasks, written to by 5 processes.
 //

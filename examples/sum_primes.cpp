@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 1: the sum of the primes up to 10,000,000 with a Pool.
 // Exercise 1: the sum of the primes below 10,000,000, the range split into one chunk
 // per core and each chunk sieved in a pool worker; compared with one process doing the
 // whole range with the same function.

@@ -1,3 +1,4 @@
+// Mirrors seed 001, Practice Exercise 2: a parallel file hasher (SHA-256, imap_unordered).
 // Exercise 2: a parallel SHA-256 file hasher. 100 paths (95 real files of varied sizes
 // in a fresh temporary directory, 5 that do not exist) are hashed with
 // Pool::imap_unordered while a progress bar runs on stderr. A missing file is one

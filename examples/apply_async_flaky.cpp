@@ -1,3 +1,5 @@
+// Mirrors seed 004, problem 7: "Use apply_async with get(timeout=...) and exception
+// handling to manage unreliable parallel tasks."
 // apply_async with a per-result timeout: a task's exception travels back to the caller
 // as the same type with the same message, and only that task's result is an error.
 #include <chrono>
