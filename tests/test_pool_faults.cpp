@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 using namespace std::chrono_literals;
@@ -134,15 +136,39 @@ struct unloadable {
   }
   int operator()(int x) const { return x; }
 };
-struct load_kills {
+/// A callable whose loading ends its worker: killed, or exiting with status 0 (which a
+/// retiring worker also does, but never inside a chunk).
+template <bool ExitZero>
+struct load_ends_worker {
   std::string tag = "x";
   template <class A>
   void serialize(A& ar, unsigned) {
     ar & tag;
-    if constexpr (A::is_loading::value) ::raise(SIGKILL);
+    if constexpr (A::is_loading::value) {
+      if constexpr (ExitZero)
+        ::_exit(0);
+      else
+        ::raise(SIGKILL);
+    }
   }
   int operator()(int x) const { return x; }
 };
+using load_kills = load_ends_worker<false>;
+
+/// Caps a worker's address space a little above what it maps now, so a chunk too big to
+/// reassemble kills it before it reads the chunk's header.
+void cap_address_space() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long pages = 0;
+  if (f) {
+    if (std::fscanf(f, "%lu", &pages) != 1) pages = 0;
+    std::fclose(f);
+  }
+  const rlim_t cap = pages * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (64ul << 20);
+  const rlimit lim{cap, cap};
+  ::setrlimit(RLIMIT_AS, &lim);
+}
+std::size_t text_size(const std::string& s) { return s.size(); }
 
 /// Killers in chunk j at position j (for j < chunksize), kinds in turn: every position
 /// of a chunk is tried once per chunk size.
@@ -354,7 +380,28 @@ TEST_CASE("a chunk that kills three workers in a row before any item finishes fa
   }
   REQUIRE(died == 3);
   REQUIRE(got.empty());
+  // Exit status 0 from inside a chunk is a death all the same (it was retried for ever).
+  auto z = pool.apply_async(load_ends_worker<true>{}, 1);
+  REQUIRE(z.wait(60s));
+  REQUIRE_THROWS_AS(z.get(), mproc::worker_died);
   REQUIRE(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+}
+
+TEST_CASE("a chunk too big for its worker to receive fails instead of killing workers for ever",
+          "[pool][faults]") {
+  // The sanitizers reserve terabytes of address space: no cap can be set under them.
+  if (mproc_test::under_asan || mproc_test::under_tsan) return;
+  const auto method = MPROC_TEST_EACH_START_METHOD();
+  mproc_test::ensure_init();
+  INFO("start method " << mproc::to_string(method));
+  watchdog dog(120s, "an oversized chunk under " + std::string(mproc::to_string(method)));
+  mproc::Pool pool({.processes = 1, .method = method, .initializer = cap_address_space});
+  // 256 MiB: streamed through the ring in fragments, reassembled by the worker, which
+  // cannot allocate it and dies before its first item.
+  auto big = pool.apply_async(text_size, std::string(256u << 20, 'x'));
+  REQUIRE(big.wait(60s));
+  REQUIRE_THROWS_AS(big.get(), mproc::worker_died);
+  REQUIRE(pool.apply(text_size, std::string(1000, 'y')) == 1000);
 }
 
 TEST_CASE("an input range that throws part-way: earlier results, then its exception",
@@ -502,6 +549,14 @@ double outstanding_round(mproc::Pool& pool, int n) {
 TEST_CASE("many outstanding apply_async results cost linear time", "[pool][faults]") {
   watchdog dog(240s, "many outstanding apply_async results");
   mproc::Pool pool(2);
+  // An imap whose caller reads nothing stops taking input (back-pressure) and stays
+  // first among the jobs wanting work: the apply_async jobs behind it must still cost
+  // nothing once sent (they were left in the engine's queue and scanned by every
+  // dispatch, quadratic in the number outstanding).
+  const std::vector<int> endless(1'000'000, 3);
+  std::optional<decltype(pool.imap(square, endless, 1))> stalled;
+  SECTION("alone") {}
+  SECTION("behind an imap whose caller reads nothing") { stalled.emplace(pool.imap(square, endless, 1)); }
   // Sanitized builds on a loaded machine spend milliseconds per round trip: fewer
   // items there, the same factor between the sizes.
   constexpr int base = mproc_test::under_asan || mproc_test::under_tsan ? 500 : 5'000;

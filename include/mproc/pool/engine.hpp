@@ -177,6 +177,11 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
     enqueue(std::move(job));
     return AsyncResult<R>(std::move(st));
   }
+  /// For backends that bring chunks encoded elsewhere (mproc::mpi's worker ranks, see
+  /// pool/relay.hpp): runs `job` on this pool's workers like a call's own chunks.
+  /// Raises pool_not_running once the pool is closed.
+  void enqueue_job(std::unique_ptr<detail::job_base> job) { enqueue(std::move(job)); }
+
   // ------------------------------------------------------------ lifecycle
 
   /// No more tasks may be submitted; running work continues.
@@ -762,18 +767,16 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   }
 
   /// The oldest job that can hand out more items. Jobs whose input is done leave the
-  /// queue, so with many jobs in flight this stays cheap.
+  /// queue as they are met, so with many jobs in flight this stays cheap. (A job blocked
+  /// on its consumer stays; done jobs behind it are near the front, cheap to erase.)
   detail::job_base* next_job() {
     for (auto it = feeding_.begin(); it != feeding_.end();) {
       auto found = jobs_.find(*it);
       detail::job_base* j = found == jobs_.end() ? nullptr : found->second.get();
       if (!j || j->input_done) {
-        if (it == feeding_.begin()) {
-          feeding_.pop_front();
-          it = feeding_.begin();
-        } else {
-          ++it;
-        }
+        // Wherever it is: behind an imap waiting for its consumer, a done job left in
+        // place would be scanned again by every dispatch (quadratic in outstanding jobs).
+        it = feeding_.erase(it);
         continue;
       }
       if (j->may_dispatch()) return j;
@@ -857,6 +860,9 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
     const std::int64_t started = w.ctl->cur_started_ns.load(std::memory_order_acquire);
     const std::uint64_t cur_job = w.ctl->cur_job.load(), cur_item = w.ctl->cur_item.load();
     const std::uint64_t chunk_job = w.ctl->chunk_job.load(), chunk_first = w.ctl->chunk_first.load();
+    // Bytes of its first chunk had reached it: it may have died receiving that chunk
+    // (one too big to reassemble), before reading its header.
+    const bool was_receiving = was_initialized && (w.write_index > 0 || w.write_offset > 0);
     if (code != 0 || w.timed_out)
       detail::log(log_level::warning, "pool worker %d died (exit code %d)",
                   static_cast<int>(w.pid), code);
@@ -887,12 +893,13 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
         item_failed = true;
       }
       // A chunk the worker had received and died on before finishing or starting any
-      // item (it failed while decoding it, say) is sent again; after
+      // item (it failed while decoding or receiving it, say) is sent again; after
       // max_chunk_deaths such deaths in a row its items fail instead, so a task that
-      // kills every worker cannot keep the pool restarting workers for ever.
+      // kills every worker cannot keep the pool restarting workers for ever. Exit
+      // status 0 counts too: a retiring worker never leaves inside a chunk.
       const bool progressed = c.done > 0 || item_failed;
       std::uint32_t deaths = progressed ? 0 : c.deaths;
-      if (first && !progressed && code != 0 && c.job->id == chunk_job && c.first == chunk_first)
+      if (first && !progressed && ((c.job->id == chunk_job && c.first == chunk_first) || was_receiving))
         ++deaths;
       first = false;
       queue_finish(c.job);
