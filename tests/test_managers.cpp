@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <fstream>
 #include <map>
 #include <string>
@@ -556,6 +557,41 @@ TEST_CASE("option and input errors are typed", "[managers]") {
   l.clear();  // still usable after running out of room
   l.append("ok");
   CHECK(l.get(0) == "ok");
+  // A negative count or size given as an int arrives as a huge size_t.
+  const int minus_one = -1;
+  CHECK_THROWS_AS(small.Array<int>(std::size_t(minus_one)), mproc::value_error);
+  CHECK_THROWS_AS(small.Barrier(std::size_t(minus_one)), mproc::value_error);
+  CHECK_THROWS_AS(small.Barrier(0), mproc::value_error);
+  CHECK(small.Barrier(2).parties() == 2);
+}
+
+TEST_CASE("a forged create request cannot make a barrier that never releases", "[managers][hostile]") {
+  mgr::server_config cfg{mgr::store::create(1 << 20), "k", "forged-uuid", "/nonexistent", 1 << 20, 1'000'000'000};
+  // The server is alive while another thread holds its life lock (as the server's main
+  // thread does); held until the end of the test.
+  std::promise<void> held, done;
+  std::thread server_life([&] {
+    cfg.st->hold_life();
+    held.set_value();
+    done.get_future().wait();
+  });
+  held.get_future().wait();
+  auto create = [&](mgr::kind k, std::int64_t m) {
+    mgr::request q;
+    q.o = mgr::op::create;
+    q.n = static_cast<std::int64_t>(k);
+    q.m = m;
+    q.b.assign(16, '\0');
+    return mgr::handle_request(cfg, q.encode(), true).first;
+  };
+  for (std::int64_t parties : {std::int64_t(0), std::int64_t(-1), std::int64_t(INT32_MAX) + 1})
+    CHECK(create(mgr::kind::barrier, parties).st == mgr::status::value);
+  CHECK(create(mgr::kind::semaphore, -1).st == mgr::status::value);
+  CHECK(create(mgr::kind::bounded_semaphore, -5).st == mgr::status::value);
+  // Nothing was made by the refused ones; a good one still is.
+  CHECK(create(mgr::kind::barrier, 3).st == mgr::status::ok);
+  done.set_value();
+  server_life.join();
 }
 
 TEST_CASE("an owner killed without shutdown: its server exits and removes the socket directory",

@@ -212,14 +212,23 @@ inline void reset_locks_in_child() noexcept {
   new (&endpoint_cache_mutex()) std::mutex();
   new (&updater_mutex()) std::mutex();
 }
-inline const int managers_fork_hook_registered = [] {
-  (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
-  return set_fork_hook(fork_hook_slot::managers, {.child = &reset_locks_in_child});
-}();
 inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() {
   static std::map<std::string, std::weak_ptr<local_backend>> r;
   return r;
 }
+struct endpoint;
+inline std::map<std::string, std::weak_ptr<endpoint>>& endpoint_cache() {
+  static std::map<std::string, std::weak_ptr<endpoint>> cache;
+  return cache;
+}
+// Every local static above is made here, during static initialisation: made on first
+// use instead, a fork while another thread made one would leave its guard taken in
+// the child.
+inline const int managers_fork_hook_registered = [] {
+  (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
+  (void)local_registry(), (void)endpoint_cache();
+  return set_fork_hook(fork_hook_slot::managers, {.child = &reset_locks_in_child});
+}();
 
 /// Connects over a Unix socket and maps the segment; `uuid_out` receives the manager id.
 inline std::shared_ptr<local_backend> attach_local(const std::string& path, const std::string& key,
@@ -309,7 +318,7 @@ struct endpoint {
 /// Endpoints by manager id and mode, so proxies decoded in one process share one
 /// connection or mapping.
 inline std::shared_ptr<endpoint> shared_endpoint(endpoint&& proto) {
-  static std::map<std::string, std::weak_ptr<endpoint>> cache;
+  auto& cache = endpoint_cache();
   std::string k = proto.uuid + (proto.remote ? "/tcp" : "/local");
   std::lock_guard g(endpoint_cache_mutex());
   if (auto it = cache.find(k); it != cache.end())
@@ -389,6 +398,8 @@ inline const std::string& own_build_id() {
   }();
   return id;
 }
+// Read during static initialisation, not on first use: see managers_fork_hook_registered.
+inline const bool own_build_id_read = (own_build_id(), true);
 
 /// Offset of fn from code_anchor, if both lie in the main executable.
 inline std::optional<std::int64_t> code_offset(const void* fn) {
@@ -1746,7 +1757,7 @@ class Manager {
   }
   /// A new recursive lock.
   [[nodiscard]] RLockProxy RLock() { return RLockProxy(ep_, create(detail::mgr::kind::rlock, {}, 0, 0)); }
-  /// A barrier for `parties` (value_error when 0); wait() without a timeout waits
+  /// A barrier for `parties` (value_error when 0 or negative); wait() without a timeout waits
   /// for ever.
   [[nodiscard]] BarrierProxy Barrier(std::size_t parties) { return make_barrier(parties, -1); }
   /// A barrier whose wait() without a timeout uses `timeout` (Python's timeout=).
@@ -1754,9 +1765,13 @@ class Manager {
   [[nodiscard]] BarrierProxy Barrier(std::size_t parties, std::chrono::duration<Rep, Period> timeout) {
     return make_barrier(parties, detail::to_ns(timeout));
   }
-  /// n value-initialised elements.
+  /// n value-initialised elements (value_error when n is negative or too large).
   template <class T>
   [[nodiscard]] ArrayProxy<T> Array(std::size_t n) {
+    // A negative int arrives as a huge size_t: refused as mproc::Array refuses it.
+    if (n > std::size_t(PTRDIFF_MAX) / sizeof(T))
+      throw value_error("mproc::Manager::Array: size " + std::to_string(n) + " (elements of " +
+                        std::to_string(sizeof(T)) + " bytes) is negative or too large");
     return Array<T>(std::vector<T>(n));
   }
   /// A copy of `init`.
@@ -1800,7 +1815,9 @@ class Manager {
     return static_cast<std::size_t>(value);
   }
   BarrierProxy make_barrier(std::size_t parties, std::int64_t timeout_ns) {
-    if (parties == 0) throw value_error("mproc::Manager::Barrier: parties must be at least 1");
+    if (parties == 0 || parties > std::size_t(INT32_MAX))
+      throw value_error("mproc::Manager::Barrier: parties must be at least 1 (and not negative), not " +
+                        std::to_string(parties));
     std::string t(sizeof timeout_ns, '\0');
     std::memcpy(t.data(), &timeout_ns, sizeof timeout_ns);
     return BarrierProxy(ep_, create(detail::mgr::kind::barrier, {}, 0, 0, parties, std::nullopt, {std::move(t)}));

@@ -375,6 +375,9 @@ class store {
 
   [[nodiscard]] bool server_alive() const {
     int rc = ::pthread_mutex_trylock(&root_->life);
+    // EDEADLK: this very thread holds it (the server's own; glibc answers so for a
+    // robust error-checking mutex), so the server is alive. Taken for "gone" before, it
+    // made the request fuzzer's single-threaded server refuse every request.
     if (rc == EBUSY) return true;
     // 0: never held or released at shutdown; EOWNERDEAD: the server died. Releasing
     // without marking it consistent leaves it unrecoverable: dead for everyone.
@@ -595,6 +598,12 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
             break;
           }
         }
+        // The client refuses these; a forged request must not make a barrier that can
+        // never release or a semaphore below zero (checked before anything changes).
+        if (k == kind::barrier && (q.m < 1 || q.m > INT32_MAX))
+          throw value_error("mproc::Manager: Barrier parties out of range");
+        if ((k == kind::semaphore || k == kind::bounded_semaphore) && q.m < 0)
+          throw value_error("mproc::Manager: a semaphore's initial value must be >= 0");
         std::uint64_t id = r.next_id;
         store::mutation mu(s);
         object* o = s.seg().construct<object>(bip::anonymous_instance)(s.alloc(), k, t[0], t[1]);
@@ -602,7 +611,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
         switch (k) {
           case kind::semaphore:
           case kind::bounded_semaphore:
-            o->count = o->bound = q.m;  // the initial value (checked by the caller)
+            o->count = o->bound = q.m;  // the initial value (checked above)
             break;
           case kind::barrier:
             o->bound = q.m;  // parties

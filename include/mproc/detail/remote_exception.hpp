@@ -48,6 +48,7 @@
 
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "posix/fork_hooks.hpp"
 
 namespace mproc::detail {
 
@@ -106,14 +107,21 @@ struct registered_exception {
   bool ambiguous = false;  // two registered types print the same name: neither is rebuilt
 };
 
-inline std::mutex& exception_registry_mutex() {
-  static std::mutex* m = new std::mutex;  // leaked: lookups may run during exit
-  return *m;
-}
+// Registered types are looked up by the pool's service thread while other threads may
+// fork: the lock is constant-initialised (no first-use guard a fork can catch half
+// taken) and held across fork by the fork hook below, so a child never inherits it
+// locked; the table is made during static initialisation, when nothing forks yet.
+inline constinit std::mutex exception_registry_lock;  // trivially destroyed: usable during exit
+
 inline std::map<std::string, registered_exception, std::less<>>& exception_registry() {
-  static auto* r = new std::map<std::string, registered_exception, std::less<>>;
+  static auto* r = new std::map<std::string, registered_exception, std::less<>>;  // leaked: used during exit
   return *r;
 }
+inline const int exception_registry_ready =
+    (exception_registry(),
+     set_fork_hook(fork_hook_slot::exception_registry, {.prepare = [] { exception_registry_lock.lock(); },
+                                                        .parent = [] { exception_registry_lock.unlock(); },
+                                                        .child = [] { exception_registry_lock.unlock(); }}));
 
 template <class T>
 std::exception_ptr rebuild_registered(const std::string& what) {
@@ -129,7 +137,7 @@ std::exception_ptr rebuild_registered(const std::string& what) {
 /// anonymous namespaces in two files, make that name ambiguous).
 template <class T>
 bool register_exception_as(const std::string& name) {
-  std::lock_guard l(exception_registry_mutex());
+  std::lock_guard l(exception_registry_lock);
   auto& reg = exception_registry();
   auto it = reg.find(name);
   if (it == reg.end())
@@ -154,7 +162,7 @@ bool register_exception() {
 
 /// The rebuild function of a registered type (null: not registered, or ambiguous).
 inline auto find_registered(std::string_view name) -> std::exception_ptr (*)(const std::string&) {
-  std::lock_guard l(exception_registry_mutex());
+  std::lock_guard l(exception_registry_lock);
   auto& reg = exception_registry();
   auto it = reg.find(name);
   if (it == reg.end() || it->second.ambiguous) return nullptr;

@@ -24,6 +24,7 @@ enum class fork_hook_slot : int {
   forkserver,        // the forkserver connection
   managers,          // managers' process-local locks
   archive_stack,     // the cached stack bound of Boost archives: the child's may differ
+  exception_registry,  // the registered exception types' lock
   count
 };
 
