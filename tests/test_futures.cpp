@@ -378,6 +378,29 @@ TEST_CASE("map_options::timeout: the whole map, each next imap result", "[future
     for (int v : pool.imap_unordered(sleep_ms, std::vector<int>{5, 6}, {.timeout = 20s})) un.insert(v);
     REQUIRE(un == std::multiset<int>{5, 6});
   }
+  SECTION("imap_unordered: each next result, the late one still delivered afterwards") {
+    auto range = pool.imap_unordered(sleep_ms, std::vector<int>{10, 900}, {.chunksize = 1, .timeout = 300ms});
+    auto it = range.begin();
+    REQUIRE(*it == 10);
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE_THROWS_AS(++it, mproc::timeout_error);
+    REQUIRE(seconds_since(t0) < 3.0);
+    std::vector<int> rest;
+    for (int attempt = 0; attempt < 100 && rest.empty(); ++attempt) {
+      try {
+        for (auto it2 = range.begin(); it2 != range.end(); ++it2) rest.push_back(*it2);
+      } catch (const mproc::timeout_error&) {
+      }
+    }
+    REQUIRE(rest == std::vector<int>{900});
+  }
+  SECTION("starmap_async: get() without a timeout of its own uses it") {
+    auto r = pool.starmap_async(sleep_ms, std::vector<std::tuple<int>>{{600}}, {.timeout = 100ms});
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE_THROWS_AS(r.get(), mproc::timeout_error);
+    REQUIRE(seconds_since(t0) < 3.0);
+    REQUIRE(r.get(20s) == std::vector<int>{600});
+  }
 }
 TEST_CASE("cancel after the pool failed a result that never started changes nothing", "[futures]") {
   mproc::Pool pool(1);
