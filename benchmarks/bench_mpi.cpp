@@ -17,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -80,7 +81,9 @@ long count_primes_td(std::pair<long, long> b) {
 
 /// One round of the rows run.py puts beside mpi4py.futures, as "key value" lines.
 int json_round(bool quick) {
-  mproc::mpi::Pool pool(2);
+  // One rank per core here (2 worker ranks on 2 cores): one local process each.
+  std::optional<mproc::mpi::Pool> holder(std::in_place, mproc::mpi::pool_options{.processes = 2, .local_processes = 1});
+  auto& pool = *holder;
   (void)pool.map(identity, std::vector<int>(100));  // warm
   std::vector<int> in(100'000);
   std::iota(in.begin(), in.end(), 0);
@@ -106,6 +109,20 @@ int json_round(bool quick) {
   for (auto& c : chunks) serial += count_primes_td(c);
   std::printf("serial_primes %.6g\n", bench::secs_since(t));
   if (std::accumulate(counts.begin(), counts.end(), 0L) != serial) return 1;
+  holder.reset();  // one mpi::Pool at a time
+  {
+    // The same work with tasks run in the ranks themselves (local_processes = -1): the
+    // cost of the local processes' containment is the difference.
+    mproc::mpi::Pool in_rank({.processes = 2, .local_processes = -1});
+    (void)in_rank.map(identity, std::vector<int>(100));  // warm
+    t = clock_type::now();
+    for (int i = 0; i < 200; ++i) g_sink = g_sink + static_cast<std::size_t>(in_rank.apply(identity, i));
+    std::printf("apply_rt_in_rank %.6g\n", bench::secs_since(t) / 200 * 1e6);
+    t = clock_type::now();
+    auto c2 = in_rank.map(count_primes_td, chunks, 1);
+    std::printf("primes_in_rank %.6g\n", bench::secs_since(t));
+    if (std::accumulate(c2.begin(), c2.end(), 0L) != serial) return 1;
+  }
   std::fflush(stdout);
   return 0;
 }

@@ -197,7 +197,7 @@ def run_mpi(build_dir, rounds, quick):
     speed = lambda ser, par: ser / par if ser and par else None  # noqa: E731
     rows = [
         row("mpi::Pool.map(identity), chunksize=1, tasks/s",
-            f"mpirun -np 3 (2 worker ranks), {'4,000' if quick else '20,000'} ints", "tasks/s", "higher",
+            f"mpirun -np 3 (2 worker ranks, 1 local process each), {'4,000' if quick else '20,000'} ints", "tasks/s", "higher",
             M.get("map_cs1"), P.get("map_cs1"), "ahead of mpi4py.futures", None),
         row("mpi::Pool.map(identity), chunksize=1000, tasks/s", "mpirun -np 3 (2 worker ranks), 100,000 ints",
             "tasks/s", "higher", M.get("map_cs1000"), P.get("map_cs1000"), "ahead of mpi4py.futures", None),
@@ -212,6 +212,21 @@ def run_mpi(build_dir, rounds, quick):
     ]
     for r in rows:
         r["met"] = ahead(r)
+    # Tasks run in the ranks themselves (local_processes = -1): what the local processes'
+    # crash containment costs on the same work.
+    in_rank_speed = speed(M.get("serial_primes"), M.get("primes_in_rank"))
+    local_speed = rows[3]["mproc"]
+    rows.append({"kind": "row", "bench": "mpi", "issue": "17",
+                 "metric": "mpi::Pool primes, local processes vs tasks in the ranks (speedup ratio)",
+                 "params": "as above; local_processes = 1 (one rank per core) / local_processes = -1", "unit": "x",
+                 "better": "higher", "mproc": local_speed / in_rank_speed if local_speed and in_rank_speed else None,
+                 "python": None, "raw": None, "raw_label": "", "vs_python": None, "vs_limit": None,
+                 "target": "within 10% (>= 0.9)", "rounds": rounds, "peers": {},
+                 "met": None if not (local_speed and in_rank_speed) else local_speed / in_rank_speed >= 0.9})
+    rows.append(row("mpi::Pool apply round trip, tasks in the ranks, us", "mpirun -np 3, 200 sequential calls, "
+                    "local_processes = -1", "us", "lower", M.get("apply_rt_in_rank"), P.get("apply_rt"),
+                    "report", None, raw_rt, "MPI_Send/MPI_Recv ping-pong, ranks 0-1"))
+    rows[-1]["met"] = None
     rt = rows[2]
     if rt["met"] is not None and raw_rt and rt["mproc"] is not None:
         rt["met"] = rt["met"] and rt["mproc"] <= 2 * raw_rt

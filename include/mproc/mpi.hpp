@@ -10,21 +10,30 @@
 /// Run with `mpirun -np N ./program`: rank 0 runs main, ranks 1..N-1 are workers. Tasks
 /// name their function and carry their arguments exactly as with mproc::Pool (see
 /// detail/callable.hpp and serialization.hpp), so every rank must run the same
-/// executable. With no worker ranks (-np 1, or started without mpirun) the root runs
-/// the tasks itself on the pool's engine thread.
+/// executable.
+///
+/// Layout: each worker rank serves its chunks through a local mproc::Pool on its host
+/// (pool_options::local_processes; its processes are forked by the forkserver that
+/// environment forks before MPI_Init, so none carries MPI state). The chunk travels as
+/// the local pool's own task message and runs through pool/relay.hpp, so crashes,
+/// timeouts and max_tasks_per_child behave as locally. With local_processes = -1 the
+/// rank runs tasks itself. With no worker ranks (-np 1, or no mpirun) the root serves
+/// the chunks through a local pool of its own (or, with -1, on its engine thread).
 ///
 /// Threading: MPI is initialised with MPI_THREAD_SERIALIZED. After initialisation only
 /// one thread makes MPI calls at a time: the pool's engine thread while a pool exists,
-/// the main thread before and after (environment's destructor). Hence one mpi::Pool at
-/// a time.
+/// the main thread before and after (environment's destructor); on a worker rank, its
+/// main thread (the local pool's threads hand finished chunks over). Hence one
+/// mpi::Pool at a time.
 ///
-/// Scheduling: each worker rank holds up to `chunks_in_flight` chunks (default 2); the
-/// engine sends the next chunk to a rank as soon as one of its results arrives, so
-/// uneven tasks balance dynamically.
+/// Scheduling: each worker rank holds up to `chunks_in_flight` chunks (default 2) per
+/// local process; the engine sends the next chunk to a rank as soon as one of its
+/// results arrives, so hosts are fed by their capacity and uneven tasks balance.
 ///
-/// Failure: a task's exception comes back as with mproc::Pool. A rank that dies takes
-/// the job down: mpirun aborts every rank (the root included) and exits non-zero. MPI
-/// call failures that are reported instead raise mproc::error naming the call.
+/// Failure: a task's exception comes back as with mproc::Pool; a task that kills its
+/// local process fails alone with worker_died. A rank that dies takes the job down:
+/// mpirun aborts every rank (the root included) and exits non-zero. MPI call failures
+/// that are reported instead raise mproc::error naming the call.
 #pragma once
 
 #include <algorithm>
@@ -63,6 +72,7 @@
 #include "detail/remote_exception.hpp"
 #include "errors.hpp"
 #include "pool.hpp"
+#include "pool/relay.hpp"
 #include "serialization.hpp"
 
 /// The Pool API over the ranks of an MPI job (mpirun): see mpi::environment and mpi::Pool.
@@ -76,6 +86,10 @@ using namespace mproc::detail;
 inline constexpr int tag_task = 0x6d70;    // root -> worker: one chunk
 inline constexpr int tag_result = 0x6d71;  // worker -> root: the results of one chunk
 inline constexpr int tag_stop = 0x6d72;    // root -> worker: finalize and exit
+inline constexpr int tag_config = 0x6d73;  // root -> worker: a pool starts; its local pool's options
+inline constexpr int tag_ready = 0x6d74;   // worker -> root: local processes started (or why not)
+inline constexpr int tag_release = 0x6d75; // root -> worker: the pool ended; stop the local pool
+inline constexpr int tag_terminate = 0x6d76;  // root -> worker: the pool is terminated; kill running tasks
 
 /// Raises mproc::error naming the MPI call when rc is not MPI_SUCCESS.
 inline void check_mpi(int rc, const char* call) {
@@ -93,70 +107,6 @@ inline int mpi_count(std::size_t n, const char* what) {
                        " bytes exceeds MPI's 2 GiB message limit; use a smaller chunksize");
   return static_cast<int>(n);
 }
-
-/// Starts a result message: one per chunk.
-struct result_msg_header {
-  std::uint64_t job;
-  std::uint64_t first;
-  std::uint32_t count;
-  std::int32_t pid;          // the worker rank's pid, for remote_error
-  std::int64_t elapsed_ns;   // time the rank spent on the chunk, for the prefetch depth
-};
-/// Then per item: this, then `len` bytes (the value, or an encoded_exception).
-struct result_item_header {
-  std::uint32_t status;  // result_status
-  std::uint32_t pad;
-  std::uint64_t len;
-};
-
-/// Builds the result message of one chunk on a worker rank.
-class result_writer {
- public:
-  void begin(std::uint64_t job, std::uint64_t first, std::uint32_t count) {
-    buf_.resize(sizeof(result_msg_header));
-    result_msg_header h{job, first, count, static_cast<std::int32_t>(::getpid()), 0};
-    std::memcpy(buf_.data(), &h, sizeof h);
-    items_ = 0;
-    started_ns_ = monotonic_ns();
-  }
-  /// Stamps the time since begin() into the header.
-  void end() noexcept {
-    const std::int64_t elapsed = monotonic_ns() - started_ns_;
-    std::memcpy(buf_.data() + offsetof(result_msg_header, elapsed_ns), &elapsed, sizeof elapsed);
-  }
-  template <class V>
-  void ok(const V& v) {
-    std::size_t n;
-    try {
-      n = encoded_size(v);
-    } catch (...) {
-      error(std::current_exception());
-      return;
-    }
-    put(result_status::ok, n, [&](std::byte* p) { encode_to(v, p); });
-  }
-  void error(std::exception_ptr e) {
-    encoded_exception ex = capture_exception(std::move(e));
-    std::size_t n = encoded_size(ex);
-    put(result_status::error, n, [&](std::byte* p) { encode_to(ex, p); });
-  }
-  [[nodiscard]] std::uint32_t items() const noexcept { return items_; }
-  [[nodiscard]] std::vector<std::byte>& bytes() noexcept { return buf_; }
-
- private:
-  template <class Fill>
-  void put(result_status st, std::size_t n, Fill&& fill) {
-    result_item_header h{static_cast<std::uint32_t>(st), 0, n};
-    const std::size_t at = buf_.size();
-    buf_.resize(at + sizeof h + n);
-    std::memcpy(buf_.data() + at, &h, sizeof h);
-    fill(buf_.data() + at + sizeof h);
-    ++items_;
-  }
-  std::vector<std::byte> buf_;
-  std::uint32_t items_ = 0;
-  std::int64_t started_ns_ = 0;
-};
 
 using invoker_fn = void (*)(result_writer&, task_view&);
 
@@ -218,10 +168,9 @@ void invoke_chunk(result_writer& out, task_view& t) {
 }
 
 template <class F, class Arg, bool Star, bool PackedArgs>
-std::int64_t invoker_address() {
-  static const std::int64_t code =
-      encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
-  return code;
+std::int64_t rank_invoker_address() {
+  // No local-static cache, as pool/jobs.hpp's invoker_address: fork safety.
+  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
 }
 
 /// Decodes and runs one task message; returns the result message.
@@ -256,21 +205,111 @@ class backoff {
   unsigned idle_ = 0;
 };
 
+/// What a worker rank's local pool is to be, as the root sends it when a pool starts.
+struct local_config {
+  std::int64_t processes = 0;  // -1: tasks run in the rank itself; 0: the host's cpu_count()
+  std::int64_t task_timeout_ns = 0;
+  std::uint64_t max_tasks_per_child = 0;
+  mproc::detail::portable_call initializer;
+
+  [[nodiscard]] std::vector<std::byte> encode_message() const {
+    std::vector<std::byte> out;
+    vector_writer w{&out};
+    encode(w, processes);
+    encode(w, task_timeout_ns);
+    encode(w, max_tasks_per_child);
+    initializer.encode_to_writer(w);
+    return out;
+  }
+  static local_config decode_message(const std::vector<std::byte>& in) {
+    local_config c;
+    reader r{in.data(), in.data() + in.size()};
+    decode(r, c.processes);
+    decode(r, c.task_timeout_ns);
+    decode(r, c.max_tasks_per_child);
+    c.initializer = mproc::detail::portable_call::decode_from(r);
+    return c;
+  }
+};
+
+/// The pool a rank serves its chunks with: worker processes started by the forkserver,
+/// which mpi::environment forked before MPI was initialised, so none of them carries
+/// MPI state. A task that crashes or overruns its time fails alone; the rank goes on.
+inline std::unique_ptr<mproc::Pool> start_local_pool(const local_config& c) {
+  mproc::pool_options o;
+  o.processes = c.processes > 0 ? static_cast<std::size_t>(c.processes) : 0;
+  o.method = start_method::forkserver;
+  o.initializer = c.initializer;
+  o.max_tasks_per_child = c.max_tasks_per_child;
+  o.task_timeout = std::chrono::nanoseconds(c.task_timeout_ns);
+  return std::make_unique<mproc::Pool>(std::move(o));
+}
+
+/// Result messages finished by the local pool's service thread, for the rank's MPI
+/// thread to send (only that one thread calls MPI).
+struct outbox {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::vector<std::byte>> ready;
+
+  void put(std::vector<std::byte> msg) {
+    {
+      std::lock_guard l(m);
+      ready.push_back(std::move(msg));
+    }
+    cv.notify_one();
+  }
+};
+
 /// A worker rank's whole life: serve chunks from rank 0 until told to stop.
 inline void serve(MPI_Comm comm) {
   result_writer out;
   std::vector<std::byte> in;
   backoff idle;
+  outbox box;
+  std::unique_ptr<mproc::Pool> local;
+  auto send_result = [&](std::vector<std::byte>& msg) {
+    int n = 0;
+    try {
+      n = mpi_count(msg.size(), "a chunk's results");
+    } catch (const std::exception& e) {
+      // Report each item as failed instead, so the root sees why.
+      result_msg_header h;
+      std::memcpy(&h, msg.data(), sizeof h);
+      msg = failed_chunk_message(h.job, h.first, h.count, std::make_exception_ptr(mproc::error(e.what())));
+      n = static_cast<int>(msg.size());
+    }
+    MPI_Send(msg.data(), n, MPI_BYTE, 0, tag_result, comm);
+  };
+  auto flush_box = [&] {
+    std::deque<std::vector<std::byte>> now;
+    {
+      std::lock_guard l(box.m);
+      now.swap(box.ready);
+    }
+    for (auto& msg : now) send_result(msg);
+    return !now.empty();
+  };
+  auto stop_local = [&] {
+    local.reset();  // joins: every chunk handed to it is answered first
+    flush_box();
+  };
   while (true) {
+    if (flush_box()) idle.reset();
     int flag = 0;
     MPI_Status st;
     MPI_Iprobe(0, MPI_ANY_TAG, comm, &flag, &st);
     if (!flag) {
+      // Sleep, but wake at once when the local pool finishes a chunk.
       auto d = idle.next();
+      std::unique_lock l(box.m);
+      if (!box.ready.empty()) continue;
       if (d.count())
-        std::this_thread::sleep_for(d);
-      else
+        box.cv.wait_for(l, d, [&] { return !box.ready.empty(); });
+      else {
+        l.unlock();
         std::this_thread::yield();
+      }
       continue;
     }
     idle.reset();
@@ -278,8 +317,60 @@ inline void serve(MPI_Comm comm) {
     MPI_Get_count(&st, MPI_BYTE, &count);
     in.resize(static_cast<std::size_t>(count));
     MPI_Recv(in.data(), count, MPI_BYTE, 0, st.MPI_TAG, comm, MPI_STATUS_IGNORE);
-    if (st.MPI_TAG == tag_stop) return;
-    if (st.MPI_TAG != tag_task) continue;
+    switch (st.MPI_TAG) {
+      case tag_stop:
+        stop_local();
+        return;
+      case tag_config: {
+        stop_local();
+        std::int64_t ready = 1;
+        std::string why;
+        try {
+          const local_config c = local_config::decode_message(in);
+          if (c.processes >= 0) {
+            local = start_local_pool(c);
+            ready = static_cast<std::int64_t>(local->processes());
+          }
+        } catch (const std::exception& e) {
+          ready = -1;
+          why = e.what();
+        }
+        std::vector<std::byte> msg;
+        vector_writer w{&msg};
+        encode(w, ready);
+        encode(w, why);
+        MPI_Send(msg.data(), static_cast<int>(msg.size()), MPI_BYTE, 0, tag_ready, comm);
+        continue;
+      }
+      case tag_release:
+        stop_local();
+        continue;
+      case tag_terminate:
+        // Running tasks are killed; the chunks fail with pool_not_running and are
+        // answered, so the root's wait for them ends.
+        if (local) local->terminate();
+        continue;
+      case tag_task:
+        break;
+      default:
+        continue;
+    }
+    if (local) {
+      task_header th{};
+      if (in.size() >= sizeof th) std::memcpy(&th, in.data(), sizeof th);
+      try {
+        auto job = std::make_unique<relay_job>(std::move(in), [&box](std::vector<std::byte> msg) {
+          box.put(std::move(msg));
+        });
+        local->enqueue_job(std::move(job));
+      } catch (...) {
+        // Malformed, or the local pool is terminated: every item of it fails.
+        auto msg = failed_chunk_message(th.job, th.first, th.count, std::current_exception());
+        send_result(msg);
+      }
+      in = {};
+      continue;
+    }
     std::vector<std::byte>* msg = nullptr;
     try {
       msg = &run_task(out, in.data(), in.size());
@@ -289,20 +380,7 @@ inline void serve(MPI_Comm comm) {
       std::fprintf(stderr, "mproc::mpi: worker rank: unreadable task: %s\n", e.what());
       MPI_Abort(comm, 70);
     }
-    int n = 0;
-    try {
-      n = mpi_count(msg->size(), "a chunk's results");
-    } catch (const std::exception& e) {
-      // Report each item as failed instead, so the root sees why.
-      result_msg_header h;
-      std::memcpy(&h, msg->data(), sizeof h);
-      out.begin(h.job, h.first, h.count);
-      for (std::uint32_t k = 0; k < h.count; ++k)
-        out.error(std::make_exception_ptr(mproc::error(e.what())));
-      msg = &out.bytes();
-      n = static_cast<int>(msg->size());
-    }
-    MPI_Send(msg->data(), n, MPI_BYTE, 0, tag_result, comm);
+    send_result(*msg);
     if (msg->capacity() > (std::size_t(64) << 20)) {  // don't keep a huge buffer around
       msg->clear();
       msg->shrink_to_fit();
@@ -335,11 +413,13 @@ class environment {
  public:
   /// Initialises MPI with the program's arguments (see the class description: only rank 0 returns).
   environment(int& argc, char**& argv) {
+    before_mpi(argc, argv);
     env_.emplace(argc, argv, boost::mpi::threading::serialized, true);
     start();
   }
   /// For programs that do not pass their arguments on (Open MPI does not need them).
   environment() {
+    before_mpi(0, nullptr);
     env_.emplace(boost::mpi::threading::serialized, true);
     start();
   }
@@ -371,6 +451,16 @@ class environment {
   [[nodiscard]] boost::mpi::communicator communicator() const { return {}; }
 
  private:
+  /// mproc::init, unless the program called it: records the command line and forks the
+  /// forkserver now, before MPI is initialised, so that the local processes of every
+  /// pool start from an image without MPI state (Open MPI warns about fork after
+  /// MPI_Init, and some transports break).
+  static void before_mpi(int argc, char** argv) {
+    if (!mproc::initialized())
+      mproc::init(argc, argv);
+    else
+      mproc::detail::forkserver_start_from_init();
+  }
   void start() {
     if (detail::current_env())
       throw state_error("mpi::environment: MPI is already initialised by another environment");
@@ -410,6 +500,18 @@ struct pool_options {
   /// deeper, up to about 2 ms of work per rank, so tiny tasks do not wait on round
   /// trips while uneven ones stay balanced.
   std::size_t chunks_in_flight = 2;
+  /// Worker processes each worker rank runs its tasks in (0: that host's cpu_count()).
+  /// A task that crashes its process or overruns task_timeout fails alone, as with
+  /// mproc::Pool; the rank and the job go on. -1: tasks run in the rank itself (a
+  /// crash then ends the job, as with mpi4py.futures).
+  int local_processes = 0;
+  /// Per task, in the local processes; 0: none. An overrunning task fails with
+  /// timeout_error and its process is replaced.
+  mproc::duration_option task_timeout{};
+  /// A local process is replaced after this many tasks; 0: never.
+  std::size_t max_tasks_per_child = 0;
+  /// Runs in each local process as it starts: `init_fn` or `{init_fn, args...}`.
+  mproc::detail::portable_call initializer{};
 };
 
 /// The mproc::Pool API over the job's worker ranks. Create it on the root after the
@@ -431,10 +533,20 @@ class Pool : public mproc::pool_interface<Pool> {
       if (env_->pool_alive) throw state_error("mpi::Pool: only one mpi::Pool may exist at a time");
       env_->pool_alive = true;
     }
-    if (opts_.chunks_in_flight == 0) opts_.chunks_in_flight = 1;
-    std::size_t use = static_cast<std::size_t>(env_->size - 1);
-    if (opts_.processes && opts_.processes < use) use = opts_.processes;
-    for (std::size_t r = 1; r <= use; ++r) ranks_.push_back(rank_slot{static_cast<int>(r), {}});
+    try {
+      if (opts_.local_processes < -1)
+        throw value_error("mpi::Pool: local_processes must be -1 (tasks in the rank), 0 (cpu_count()) or more, not " +
+                          std::to_string(opts_.local_processes));
+      if (opts_.chunks_in_flight == 0) opts_.chunks_in_flight = 1;
+      std::size_t use = static_cast<std::size_t>(env_->size - 1);
+      if (opts_.processes && opts_.processes < use) use = opts_.processes;
+      for (std::size_t r = 1; r <= use; ++r) ranks_.push_back(rank_slot{static_cast<int>(r), {}, 1});
+      start_local_pools();
+    } catch (...) {
+      std::lock_guard l(env_->m);
+      env_->pool_alive = false;
+      throw;
+    }
     thread_ = std::thread([this] { engine(); });
   }
   Pool(const Pool&) = delete;
@@ -448,6 +560,7 @@ class Pool : public mproc::pool_interface<Pool> {
     } catch (...) {
       terminate();
     }
+    root_pool_.reset();  // before the members its result sink uses
     std::lock_guard l(env_->m);
     env_->pool_alive = false;
   }
@@ -455,6 +568,13 @@ class Pool : public mproc::pool_interface<Pool> {
   /// Worker ranks serving this pool (1 when the root runs tasks itself).
   [[nodiscard]] std::size_t processes() const noexcept {
     return std::max<std::size_t>(1, ranks_.size());
+  }
+  /// Local worker processes serving this pool, over all its ranks (as many as
+  /// processes() when tasks run in the ranks themselves, local_processes = -1).
+  [[nodiscard]] std::size_t local_processes() const noexcept {
+    std::size_t n = 0;
+    for (auto& r : ranks_) n += r.capacity;
+    return std::max<std::size_t>(1, n);
   }
 
   using mproc::pool_interface<Pool>::apply_async;
@@ -476,7 +596,7 @@ class Pool : public mproc::pool_interface<Pool> {
     auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
                                                                          std::move(one), st);
     job->chunksize = 1;
-    enqueue(std::move(job), invoker<D, V, true>());
+    enqueue(std::move(job), rank_invoker<D, V, true>());
     return AsyncResult<R>(std::move(st));
   }
   // ------------------------------------------------------------ lifecycle
@@ -515,7 +635,7 @@ class Pool : public mproc::pool_interface<Pool> {
 
   struct job_entry {
     std::unique_ptr<detail::job_base> job;
-    std::int64_t invoker;  // replaces the local pool's invoker in each chunk header
+    std::int64_t invoker;  // replaces the local pool's invoker in each chunk header (0: keep it)
     bool dead = false;     // completed with an error; late results are dropped
   };
   struct chunk {
@@ -526,15 +646,19 @@ class Pool : public mproc::pool_interface<Pool> {
     MPI_Request req = MPI_REQUEST_NULL;
   };
   struct rank_slot {
-    int rank;
-    std::deque<chunk> in_flight;  // in send order; a rank answers in order
+    int rank;                     // 0: the root's own local pool (no worker ranks)
+    std::deque<chunk> in_flight;  // in send order; answered in any order
+    std::size_t capacity;         // its local worker processes (1 without)
   };
 
+  /// The chunk's invoker when the ranks run tasks themselves; 0 (keep input_feed's,
+  /// the local pool's) when local processes run them.
   template <class D, class V, bool Star>
-  static std::int64_t invoker() {
+  std::int64_t rank_invoker() const {
+    if (opts_.local_processes >= 0) return 0;
     using Feed = detail::input_feed<D, Star, V>;
     using Arg = typename Feed::arg_t;
-    return detail::invoker_address<D, Arg, Star, detail::packed_items<Feed>()>();
+    return detail::rank_invoker_address<D, Arg, Star, detail::packed_items<Feed>()>();
   }
 
   template <class D, class Arg, bool Star>
@@ -568,7 +692,7 @@ class Pool : public mproc::pool_interface<Pool> {
     job->known_total = total;
     job->on_progress = std::move(o.on_progress);
     if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
-    enqueue(std::move(job), invoker<D, V, Star>());
+    enqueue(std::move(job), rank_invoker<D, V, Star>());
     return AsyncResult<Out>(std::move(st));
   }
 
@@ -590,7 +714,7 @@ class Pool : public mproc::pool_interface<Pool> {
         static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
     job->chunksize = chunksize;
     job->on_progress = std::move(o.on_progress);
-    enqueue(std::move(job), invoker<D, V, false>());
+    enqueue(std::move(job), rank_invoker<D, V, false>());
     return imap_range<R>(std::move(st));
   }
 
@@ -626,11 +750,15 @@ class Pool : public mproc::pool_interface<Pool> {
           terminated_ = true;
           fail_all(std::make_exception_ptr(
               pool_not_running("mpi::Pool: terminated before the task completed")));
+          terminate_local_pools();
         }
         bool progress = receive(rx);
         if (!terminated_) progress |= dispatch();
         finish_jobs();
-        if (state != run_state::running && live_jobs() == 0 && nothing_in_flight()) break;
+        if (state != run_state::running && live_jobs() == 0 && nothing_in_flight()) {
+          release_ranks();
+          break;
+        }
         if (progress) {
           idle.reset();
           continue;
@@ -640,11 +768,13 @@ class Pool : public mproc::pool_interface<Pool> {
         if (live_jobs() == 0 && nothing_in_flight()) {
           // Nothing can arrive from the ranks: sleep until there is work.
           cv_.wait(l, [&] { return !incoming_.empty() || state_ != state; });
+        } else if (!root_results_.empty()) {
+          continue;
         } else if (d.count() == 0) {
           l.unlock();
           std::this_thread::yield();
         } else {
-          cv_.wait_for(l, d, [&] { return !incoming_.empty() || state_ != state; });
+          cv_.wait_for(l, d, [&] { return !incoming_.empty() || state_ != state || !root_results_.empty(); });
         }
       }
     } catch (...) {
@@ -714,10 +844,12 @@ class Pool : public mproc::pool_interface<Pool> {
       c.count = j->job->next_chunk(c.bytes, offsets);
       if (c.count == 0) continue;  // input ended exactly at a chunk boundary
       j->job->dispatched += c.count;
-      detail::task_header h;
-      std::memcpy(&h, c.bytes.data(), sizeof h);
-      h.invoker = j->invoker;
-      std::memcpy(c.bytes.data(), &h, sizeof h);
+      if (j->invoker) {
+        detail::task_header h;
+        std::memcpy(&h, c.bytes.data(), sizeof h);
+        h.invoker = j->invoker;
+        std::memcpy(c.bytes.data(), &h, sizeof h);
+      }
       return c;
     }
     c.count = 0;
@@ -727,7 +859,7 @@ class Pool : public mproc::pool_interface<Pool> {
   bool dispatch() {
     bool any = false;
     if (ranks_.empty()) {
-      // No worker ranks: run one chunk here, then look at the queue again.
+      // No worker ranks, no local processes: run one chunk here, then look at the queue again.
       chunk c = make_chunk();
       if (c.count == 0) return false;
       auto& msg = detail::run_task(local_out_, c.bytes.data(), c.bytes.size());
@@ -737,10 +869,17 @@ class Pool : public mproc::pool_interface<Pool> {
     for (auto& r : ranks_) {
       while (true) {
         job_entry* next = next_job();
-        if (!next || r.in_flight.size() >= depth_for(*next->job)) break;
+        // A rank with more local processes holds more chunks: hosts are fed in
+        // proportion to their idle workers.
+        if (!next || r.in_flight.size() >= depth_for(*next->job) * r.capacity) break;
         chunk c = make_chunk();
         if (c.count == 0) return any;
         any = true;
+        if (r.rank == 0) {
+          send_to_root_pool(c);
+          r.in_flight.push_back(std::move(c));
+          continue;
+        }
         if (c.bytes.size() > static_cast<std::size_t>(INT_MAX)) {
           // Too big for one MPI message: these items fail, the pool goes on.
           std::exception_ptr e;
@@ -762,6 +901,86 @@ class Pool : public mproc::pool_interface<Pool> {
     return any;
   }
 
+  /// -np 1 with local processes: the root's own local pool runs the chunk; its result
+  /// message comes back through root_results_ as a rank's would through MPI.
+  void send_to_root_pool(const chunk& c) {
+    std::vector<std::byte> copy(c.bytes);  // c keeps its bytes, as a sent chunk does
+    try {
+      root_pool_->enqueue_job(std::make_unique<detail::relay_job>(std::move(copy), [this](std::vector<std::byte> m) {
+        {
+          std::lock_guard l(m_);
+          root_results_.push_back(std::move(m));
+        }
+        cv_.notify_all();
+      }));
+    } catch (...) {
+      auto m = detail::failed_chunk_message(c.job->job->id, c.first, c.count, std::current_exception());
+      std::lock_guard l(m_);
+      root_results_.push_back(std::move(m));
+    }
+  }
+
+  /// Tells every worker rank what its local pool is to be, and waits until each has
+  /// started it (or says why it could not). Before the engine thread exists: the only
+  /// thread making MPI calls.
+  void start_local_pools() {
+    if (opts_.local_processes < 0) return;
+    detail::local_config cfg;
+    cfg.processes = opts_.local_processes;
+    cfg.task_timeout_ns = opts_.task_timeout.ns();
+    cfg.max_tasks_per_child = opts_.max_tasks_per_child;
+    cfg.initializer = opts_.initializer;
+    if (ranks_.empty()) {
+      root_pool_ = detail::start_local_pool(cfg);
+      ranks_.push_back(rank_slot{0, {}, root_pool_->processes()});
+      return;
+    }
+    const std::vector<std::byte> msg = cfg.encode_message();
+    for (auto& r : ranks_)
+      detail::check_mpi(MPI_Send(msg.data(), detail::mpi_count(msg.size(), "the pool's options"), MPI_BYTE, r.rank,
+                                 detail::tag_config, MPI_COMM_WORLD),
+                        "MPI_Send");
+    std::string failures;
+    std::vector<std::byte> rx;
+    for (auto& r : ranks_) {
+      MPI_Status st;
+      detail::check_mpi(MPI_Probe(r.rank, detail::tag_ready, MPI_COMM_WORLD, &st), "MPI_Probe");
+      int count = 0;
+      detail::check_mpi(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
+      rx.resize(static_cast<std::size_t>(count));
+      detail::check_mpi(
+          MPI_Recv(rx.data(), count, MPI_BYTE, r.rank, detail::tag_ready, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+          "MPI_Recv");
+      detail::reader rd{rx.data(), rx.data() + rx.size()};
+      std::int64_t n = 0;
+      std::string why;
+      detail::decode(rd, n);
+      detail::decode(rd, why);
+      if (n > 0)
+        r.capacity = static_cast<std::size_t>(n);
+      else
+        failures += "; rank " + std::to_string(r.rank) + ": " + why;
+    }
+    if (!failures.empty()) {
+      release_ranks();
+      throw mproc::error("mpi::Pool: worker ranks could not start their local processes" + failures);
+    }
+  }
+  /// The pool is over: every worker rank stops its local pool.
+  void release_ranks() {
+    if (opts_.local_processes < 0) return;
+    for (auto& r : ranks_)
+      if (r.rank > 0) MPI_Send(nullptr, 0, MPI_BYTE, r.rank, detail::tag_release, MPI_COMM_WORLD);
+  }
+  /// terminate(): tasks running in local processes are killed; their chunks come back
+  /// failed, so the wait for chunks in flight ends.
+  void terminate_local_pools() {
+    if (opts_.local_processes < 0) return;
+    for (auto& r : ranks_)
+      if (r.rank > 0) MPI_Send(nullptr, 0, MPI_BYTE, r.rank, detail::tag_terminate, MPI_COMM_WORLD);
+    if (root_pool_) root_pool_->terminate();
+  }
+
   /// Chunks a rank may hold for this job (see pool_options::chunks_in_flight).
   std::size_t depth_for(const detail::job_base& j) const {
     std::size_t d = opts_.chunks_in_flight;
@@ -777,6 +996,16 @@ class Pool : public mproc::pool_interface<Pool> {
   bool receive(std::vector<std::byte>& rx) {
     if (ranks_.empty()) return false;
     bool any = false;
+    if (root_pool_) {
+      std::deque<std::vector<std::byte>> now;
+      {
+        std::lock_guard l(m_);
+        now.swap(root_results_);
+      }
+      for (auto& m : now) answer(ranks_.front(), m.data(), m.size());
+      any = !now.empty();
+      if (ranks_.front().rank == 0) return any;
+    }
     for (int round = 0; round < 64; ++round) {
       int flag = 0;
       MPI_Status st;
@@ -793,20 +1022,30 @@ class Pool : public mproc::pool_interface<Pool> {
       const int src = st.MPI_SOURCE;
       if (src < 1 || static_cast<std::size_t>(src) > ranks_.size())
         throw mproc::error("mpi::Pool: a result from unexpected rank " + std::to_string(src));
-      rank_slot& r = ranks_[static_cast<std::size_t>(src - 1)];
-      if (r.in_flight.empty())
-        throw mproc::error("mpi::Pool: rank " + std::to_string(src) + " answered a chunk it was not sent");
-      chunk c = std::move(r.in_flight.front());
-      r.in_flight.pop_front();
-      // The answer proves the rank received the chunk; this completes the send locally.
-      detail::check_mpi(MPI_Wait(&c.req, MPI_STATUS_IGNORE), "MPI_Wait");
-      handle_result(c, rx.data(), rx.size());
+      answer(ranks_[static_cast<std::size_t>(src - 1)], rx.data(), rx.size());
       if (rx.capacity() > (std::size_t(64) << 20)) {
         rx.clear();
         rx.shrink_to_fit();
       }
     }
     return any;
+  }
+
+  /// A result message from rank r: the chunk it answers (local processes finish chunks
+  /// in any order), then its results.
+  void answer(rank_slot& r, const std::byte* data, std::size_t size) {
+    detail::result_msg_header h;
+    if (size < sizeof h) throw serialization_error("mpi::Pool: a result message shorter than its header");
+    std::memcpy(&h, data, sizeof h);
+    auto it = std::find_if(r.in_flight.begin(), r.in_flight.end(),
+                           [&](const chunk& c) { return c.job->job->id == h.job && c.first == h.first; });
+    if (it == r.in_flight.end())
+      throw mproc::error("mpi::Pool: rank " + std::to_string(r.rank) + " answered a chunk it was not sent");
+    chunk c = std::move(*it);
+    r.in_flight.erase(it);
+    // The answer proves the rank received the chunk; this completes the send locally.
+    if (c.req != MPI_REQUEST_NULL) detail::check_mpi(MPI_Wait(&c.req, MPI_STATUS_IGNORE), "MPI_Wait");
+    handle_result(c, data, size);
   }
 
   void fail_chunk(chunk& c, const std::exception_ptr& e) {
@@ -879,12 +1118,14 @@ class Pool : public mproc::pool_interface<Pool> {
   std::vector<rank_slot> ranks_;
   std::list<job_entry> jobs_;  // engine thread only; stable addresses for chunk::job
   detail::result_writer local_out_;
+  std::unique_ptr<mproc::Pool> root_pool_;  // -np 1 with local processes
   bool terminated_ = false;
 
   std::mutex m_;
   std::condition_variable cv_;
   run_state state_ = run_state::running;
   std::deque<job_entry> incoming_;
+  std::deque<std::vector<std::byte>> root_results_;  // result messages of root_pool_
   std::uint64_t next_job_id_ = 0;
   std::exception_ptr fatal_;
 

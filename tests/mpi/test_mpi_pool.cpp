@@ -1,5 +1,6 @@
 // mpi::Pool under `mpirun -np 3`: rank 0 runs the Catch2 session, ranks 1 and 2 serve
-// tasks inside the environment's constructor. Under `-np 1` (tests tagged [ranks]
+// tasks inside the environment's constructor (through local processes by default;
+// test_mpi_local.cpp tests what those add). Under `-np 1` (tests tagged [ranks]
 // excluded) the same checks cover the root running tasks itself. Every wait has a timeout, so a lost
 // result fails a test instead of hanging it.
 #define CATCH_CONFIG_RUNNER
@@ -121,7 +122,7 @@ std::vector<int> iota_vec(int n) {
 
 TEST_CASE("without worker ranks the root runs the tasks", "[single]") {
   REQUIRE(g_env->workers() == 0);
-  mproc::mpi::Pool pool;
+  mproc::mpi::Pool pool({.local_processes = -1});  // in the root itself
   REQUIRE(pool.processes() == 1);
   REQUIRE(pool.apply(rank_pid, 0) == static_cast<int>(::getpid()));
 }
@@ -173,7 +174,7 @@ TEST_CASE("starmap, apply, apply_async, submit, void tasks") {
 }
 
 TEST_CASE("work is spread over both worker ranks, none runs on the root", "[ranks]") {
-  mproc::mpi::Pool pool;
+  mproc::mpi::Pool pool({.local_processes = -1});  // tasks in the ranks: their pids tell them apart
   // chunksize 1 and two chunks in flight per rank: the first four tasks go to both ranks
   auto pids = pool.map(rank_pid, std::vector<int>(8, 0), 1);
   std::set<int> distinct(pids.begin(), pids.end());
@@ -182,7 +183,7 @@ TEST_CASE("work is spread over both worker ranks, none runs on the root", "[rank
 }
 
 TEST_CASE("a pool may use fewer worker ranks", "[ranks]") {
-  mproc::mpi::Pool pool(1);
+  mproc::mpi::Pool pool({.processes = 1, .local_processes = -1});
   REQUIRE(pool.processes() == 1);
   auto pids = pool.map(rank_pid, std::vector<int>(8, 0), 1);
   REQUIRE(std::set<int>(pids.begin(), pids.end()).size() == 1);
