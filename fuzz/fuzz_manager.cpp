@@ -10,6 +10,8 @@
 #include "fuzz_manager.hpp"
 
 #include <cstdlib>
+#include <future>
+#include <thread>
 
 namespace {
 
@@ -36,7 +38,24 @@ std::string without_blocking(std::string_view frame) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   mgr::server_config cfg{mgr::store::create(1 << 20), "authkey", "fuzz-uuid", "/nonexistent", 1 << 20,
                          1'000'000'000};
-  cfg.st->hold_life();  // the store counts as served while this thread holds it
+  // The store counts as served while another thread holds its life lock, as the
+  // server's main thread does (held by this thread, glibc's error-checking robust mutex
+  // answers EDEADLK and every request was refused as "server gone" before execute()).
+  std::promise<void> held, done;
+  std::thread server_life([&] {
+    cfg.st->hold_life();
+    held.set_value();
+    done.get_future().wait();
+  });
+  held.get_future().wait();
+  struct release {
+    std::promise<void>& done;
+    std::thread& t;
+    ~release() {
+      done.set_value();
+      t.join();
+    }
+  } at_end{done, server_life};
   const bool is_unix = size && (data[0] & 1);
   for (std::string_view f : fuzz::manager::frames(data, size)) {
     const std::string frame = without_blocking(f);
