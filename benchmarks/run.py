@@ -80,9 +80,10 @@ def build(source, build_dir, programs, jobs):
                         "-DMPROC_BUILD_TESTS=OFF", "-DMPROC_BUILD_EXAMPLES=OFF", "-DMPROC_BUILD_BENCHMARKS=ON"],
                        check=True, stdout=subprocess.DEVNULL)
     targets = [f"bench_bench_{p}" for p in programs if p != "mpi"]
-    log(f"run.py: building {', '.join(targets)}")
-    subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets], check=True,
-                   stdout=subprocess.DEVNULL)
+    if targets:  # none with --only mpi
+        log(f"run.py: building {', '.join(targets)}")
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets], check=True,
+                       stdout=subprocess.DEVNULL)
     if "mpi" in programs:
         # Only where the MPI backend is available; its absence is reported when it runs.
         subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", "bench_bench_mpi"],

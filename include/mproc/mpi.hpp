@@ -251,12 +251,14 @@ struct outbox {
   std::mutex m;
   std::condition_variable cv;
   std::deque<std::vector<std::byte>> ready;
+  std::atomic<std::size_t> running{0};  // chunks handed to the local pool, not yet answered
 
   void put(std::vector<std::byte> msg) {
     {
       std::lock_guard l(m);
       ready.push_back(std::move(msg));
     }
+    running.fetch_sub(1, std::memory_order_relaxed);
     cv.notify_one();
   }
 };
@@ -300,8 +302,11 @@ inline void serve(MPI_Comm comm) {
     MPI_Status st;
     MPI_Iprobe(0, MPI_ANY_TAG, comm, &flag, &st);
     if (!flag) {
-      // Sleep, but wake at once when the local pool finishes a chunk.
+      // Sleep, but wake at once when the local pool finishes a chunk; while it runs
+      // chunks, the root's next one is due soon: look for it at least every 50 us, so
+      // the local processes are not left waiting on a sleeping rank.
       auto d = idle.next();
+      if (box.running.load(std::memory_order_relaxed) > 0) d = std::min(d, std::chrono::microseconds(50));
       std::unique_lock l(box.m);
       if (!box.ready.empty()) continue;
       if (d.count())
@@ -362,7 +367,13 @@ inline void serve(MPI_Comm comm) {
         auto job = std::make_unique<relay_job>(std::move(in), [&box](std::vector<std::byte> msg) {
           box.put(std::move(msg));
         });
-        local->enqueue_job(std::move(job));
+        box.running.fetch_add(1, std::memory_order_relaxed);
+        try {
+          local->enqueue_job(std::move(job));
+        } catch (...) {
+          box.running.fetch_sub(1, std::memory_order_relaxed);
+          throw;
+        }
       } catch (...) {
         // Malformed, or the local pool is terminated: every item of it fails.
         auto msg = failed_chunk_message(th.job, th.first, th.count, std::current_exception());
