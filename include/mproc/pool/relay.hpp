@@ -69,7 +69,9 @@ class result_writer {
   }
   /// An item's value, already encoded.
   void ok_bytes(const std::byte* p, std::size_t n) {
-    put(result_status::ok, n, [&](std::byte* to) { std::memcpy(to, p, n); });
+    put(result_status::ok, n, [&](std::byte* to) {
+      if (n) std::memcpy(to, p, n);  // a void result has no bytes (and p may be null)
+    });
   }
   void error(std::exception_ptr e) {
     encoded_exception ex = capture_exception(std::move(e));
