@@ -110,67 +110,13 @@ inline int mpi_count(std::size_t n, const char* what) {
 
 using invoker_fn = void (*)(result_writer&, task_view&);
 
-/// Whether input_feed sends the items of View as a plain array of Arg (trivially
-/// copyable inputs) rather than as [u32 length][encoding] each.
-template <class Feed>
-constexpr bool packed_items() {
-  if constexpr (requires { Feed::packed; })
-    return Feed::packed;
-  else
-    return false;
-}
-
-/// Runs one chunk (the bytes pool/jobs.hpp's input_feed produced) into `out`. Every item
-/// gets a result or an error, so the root's accounting never waits for a missing one.
-template <class F, class Arg, bool Star, bool PackedArgs>
-void invoke_chunk(result_writer& out, task_view& t) {
-  std::optional<F> f;
-  std::exception_ptr callable_error;
-  try {
-    f.emplace(decode_callable<F>(t.callable));
-  } catch (...) {
-    callable_error = std::current_exception();
-  }
-  if constexpr (PackedArgs) {
-    if (t.items.remaining() < std::size_t(t.count) * sizeof(Arg))
-      callable_error = std::make_exception_ptr(
-          serialization_error("corrupt task: packed items shorter than their count"));
-  }
-  for (std::uint32_t k = 0; k < t.count; ++k) {
-    try {
-      if (callable_error) std::rethrow_exception(callable_error);
-      Arg a{};
-      if constexpr (PackedArgs) {
-        std::memcpy(static_cast<void*>(&a), t.items.p + std::size_t(k) * sizeof(Arg), sizeof(Arg));
-      } else {
-        reader r = t.next_item();
-        decode(r, a);
-        if (r.remaining()) throw serialization_error("corrupt task: trailing bytes in arguments");
-      }
-      auto call = [&]() -> decltype(auto) {
-        if constexpr (Star)
-          return std::apply(*f, std::move(a));
-        else
-          return std::invoke(*f, std::move(a));
-      };
-      using R = decltype(call());
-      if constexpr (std::is_void_v<R>) {
-        call();
-        out.ok(std::monostate{});
-      } else {
-        const auto& res = call();
-        out.ok(res);
-      }
-    } catch (...) {
-      out.error(std::current_exception());
-    }
-  }
-}
-
+/// A chunk run in the rank itself: the pool's item loop (worker.hpp) writing one
+/// result message. Every item gets a result or an error, so the root's accounting
+/// never waits for a missing one.
 template <class F, class Arg, bool Star, bool PackedArgs>
 std::int64_t rank_invoker_address() {
   // No local-static cache, as pool/jobs.hpp's invoker_address: fork safety.
-  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, PackedArgs>));
+  return encode_code_address(reinterpret_cast<const void*>(&mproc::detail::invoke_chunk<result_writer, F, Arg, Star, PackedArgs>));
 }
 
 /// Decodes and runs one task message; returns the result message.
@@ -588,28 +534,6 @@ class Pool : public mproc::pool_interface<Pool> {
     return std::max<std::size_t>(1, n);
   }
 
-  using mproc::pool_interface<Pool>::apply_async;
-
-  // ------------------------------------------------------------ single calls
-
-  /// apply_async with Python's callback / error_callback (see mproc::callbacks).
-  template <class C, class E, class F, class... A>
-  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using Tup = detail::args_tuple_t<A...>;
-    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
-    using R = detail::star_result_t<D, Tup>;
-    auto st = std::make_shared<detail::async_state<R>>();
-    detail::set_callbacks(*st, cb);
-    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
-    using V = decltype(one);
-    auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
-                                                                         std::move(one), st);
-    job->chunksize = 1;
-    enqueue(std::move(job), rank_invoker<D, V, true>());
-    return AsyncResult<R>(std::move(st));
-  }
   // ------------------------------------------------------------ lifecycle
 
   /// No more tasks may be submitted; submitted work continues.
@@ -669,64 +593,19 @@ class Pool : public mproc::pool_interface<Pool> {
     if (opts_.local_processes >= 0) return 0;
     using Feed = detail::input_feed<D, Star, V>;
     using Arg = typename Feed::arg_t;
-    return detail::rank_invoker_address<D, Arg, Star, detail::packed_items<Feed>()>();
+    return detail::rank_invoker_address<D, Arg, Star, Feed::packed>();
   }
 
-  template <class D, class Arg, bool Star>
-  using result_of = typename detail::task_result<D, Arg, Star>::type;
-
-  template <bool Star, class F, class In, class C, class E>
-  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
-    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
-    detail::require_encodable<Arg>();
-    using R = result_of<D, Arg, Star>;
-    using Out = std::vector<detail::stored_t<R>>;
-    auto st = std::make_shared<detail::async_state<Out>>();
-    detail::set_callbacks(*st, cb);
-    std::size_t chunksize = o.chunksize;
-    std::size_t total = 0;
-    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
-      total = static_cast<std::size_t>(std::ranges::distance(inputs));
-      if (chunksize == 0) {
-        // Python: divmod(len, 4 * processes), rounded up
-        const std::size_t d = 4 * processes();
-        chunksize = total / d + (total % d ? 1 : 0);
-      }
-    }
-    if (chunksize == 0) chunksize = 1;
-    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
-        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
-    job->chunksize = chunksize;
-    job->known_total = total;
-    job->on_progress = std::move(o.on_progress);
-    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
+  // The backend's part of pool_interface's submission stage.
+  template <class State>
+  void attach(State&) const {}  // results are driven by the engine thread alone
+  /// Enough in flight to keep every rank busy, little enough to bound memory.
+  std::size_t imap_window(std::size_t chunksize) const {
+    return std::max<std::size_t>(64, 2 * opts_.chunks_in_flight * processes() * chunksize);
+  }
+  template <class D, class V, bool Star>
+  void enqueue_task(std::unique_ptr<detail::job_base> job) {
     enqueue(std::move(job), rank_invoker<D, V, Star>());
-    return AsyncResult<Out>(std::move(st));
-  }
-
-  template <class F, class In>
-  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
-    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
-    detail::require_encodable<Arg>();
-    using R = result_of<D, Arg, false>;
-    auto st = std::make_shared<detail::imap_state<R>>();
-    st->ordered = ordered;
-    const std::size_t chunksize = o.chunksize ? o.chunksize : 1;
-    // Enough in flight to keep every rank busy, little enough to bound memory.
-    const std::size_t window =
-        std::max<std::size_t>(64, 2 * opts_.chunks_in_flight * processes() * chunksize);
-    auto job = std::make_unique<detail::imap_job<D, false, V, R>>(
-        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
-    job->chunksize = chunksize;
-    job->on_progress = std::move(o.on_progress);
-    enqueue(std::move(job), rank_invoker<D, V, false>());
-    return imap_range<R>(std::move(st));
   }
 
   void enqueue(std::unique_ptr<detail::job_base> job, std::int64_t inv) {

@@ -154,29 +154,6 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   /// The number of worker processes.
   [[nodiscard]] std::size_t processes() const noexcept { return opts_.processes; }
 
-  using pool_interface<basic_pool>::apply_async;
-
-  // ------------------------------------------------------------ single calls
-
-  /// apply_async with Python's callback / error_callback (see callbacks): `callback` gets
-  /// the result, `error_callback` the exception; both run on the pool's service thread.
-  template <class C, class E, class F, class... A>
-  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using Tup = detail::args_tuple_t<A...>;
-    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
-    using R = detail::star_result_t<D, Tup>;
-    auto st = std::make_shared<detail::async_state<R>>();
-    st->helper = helper_;
-    detail::set_callbacks(*st, cb);
-    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
-    auto job = std::make_unique<detail::gather_job<D, true, decltype(one), R, true>>(
-        static_cast<D>(f), std::move(one), st);
-    job->chunksize = 1;
-    enqueue(std::move(job));
-    return AsyncResult<R>(std::move(st));
-  }
   /// For backends that bring chunks encoded elsewhere (mproc::mpi's worker ranks, see
   /// pool/relay.hpp): runs `job` on this pool's workers like a call's own chunks.
   /// Raises pool_not_running once the pool is closed.
@@ -220,71 +197,19 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   enum class run_state { running, closed, terminating };
 
 
-  template <bool Star, class F, class In, class C, class E>
-  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
-    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
-    detail::require_encodable<Arg>();
-    using R = result_of<D, Arg, Star>;
-    using Out = std::vector<detail::stored_t<R>>;
-    auto st = std::make_shared<detail::async_state<Out>>();
-    st->helper = helper_;
-    detail::set_callbacks(*st, cb);
-    std::size_t chunksize = o.chunksize;
-    std::size_t total = 0;
-    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
-      total = static_cast<std::size_t>(std::ranges::distance(inputs));
-      if (chunksize == 0) {
-        // Python: divmod(len, 4 * processes), rounded up
-        std::size_t d = 4 * opts_.processes;
-        chunksize = total / d + (total % d ? 1 : 0);
-      }
-    }
-    const bool auto_chunk = o.chunksize == 0;
-    if (chunksize == 0) chunksize = 1;
-    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
-        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
-    job->chunksize = chunksize;
-    job->auto_chunk = auto_chunk;
-    job->max_chunk = chunksize;
-    job->known_total = total;
-    job->on_progress = std::move(o.on_progress);
-    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
-    enqueue(std::move(job));
-    return AsyncResult<Out>(std::move(st));
+  // The backend's part of pool_interface's submission stage.
+  template <class State>
+  void attach(State& st) const {
+    st.helper = helper_;  // a caller waiting on a result helps the service thread
   }
-
-  template <class F, class In>
-  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
-    constexpr bool Star = false;
-    using D = std::decay_t<F>;
-    detail::require_portable_callable<D>();
-    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
-    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
-    detail::require_encodable<Arg>();
-    using R = result_of<D, Arg, Star>;
-    std::size_t known = 0;  // progress can show a total at once for sized inputs
-    if constexpr (std::ranges::sized_range<In>)
-      known = static_cast<std::size_t>(std::ranges::size(inputs));
-    auto st = std::make_shared<detail::imap_state<R>>();
-    st->ordered = ordered;
-    st->helper = helper_;
-    std::size_t chunksize = o.chunksize ? o.chunksize : 1;
-    // Enough in flight to keep every worker busy, little enough to bound memory.
-    std::size_t window = std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
-    auto job = std::make_unique<detail::imap_job<D, Star, V, R>>(
-        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st, window);
-    job->chunksize = chunksize;
-    job->on_progress = std::move(o.on_progress);
-    job->known_total = known;
-    enqueue(std::move(job));
-    return imap_range<R>(std::move(st));
+  /// Enough in flight to keep every worker busy, little enough to bound memory.
+  std::size_t imap_window(std::size_t chunksize) const {
+    return std::max<std::size_t>(64, 8 * opts_.processes * chunksize);
   }
-
-  template <class D, class Arg, bool Star>
-  using result_of = typename detail::task_result<D, Arg, Star>::type;
+  template <class D, class V, bool Star>
+  void enqueue_task(std::unique_ptr<detail::job_base> job) {
+    enqueue(std::move(job));
+  }
 
   void enqueue(std::unique_ptr<detail::job_base> job) {
     {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <ranges>
 #include <string>
 #include <type_traits>
@@ -13,6 +14,7 @@
 
 #include "async_result.hpp"
 #include "imap_range.hpp"
+#include "jobs.hpp"
 #include "options.hpp"
 #include "../detail/callable.hpp"
 #include "../errors.hpp"
@@ -37,9 +39,12 @@ void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
 
 /// The calls every pool offers: map, starmap, imap, imap_unordered, apply, submit and
 /// the _async forms. mproc::Pool and mproc::mpi::Pool inherit them, so both take the
-/// same tasks and return the same result types. Written once in terms of the three
-/// calls a pool implements: submit_gather<Star>(f, inputs, options, callbacks),
-/// submit_imap(f, inputs, options, ordered) and apply_async(callbacks, f, args...).
+/// same tasks and return the same result types. The submission stage (checking a task,
+/// sizing chunks, building its job) is written here once; a backend supplies only
+///   processes()                        how many workers share the work,
+///   imap_window(chunksize)             items an imap keeps in flight,
+///   attach(state)                      what the backend adds to a result's state,
+///   enqueue_task<D, V, Star>(job)      the hand-over to its transport.
 ///
 /// Tasks (`f`) are free functions, captureless lambdas, stateless function objects or
 /// function objects with a serialize() member; arguments and results must be able to
@@ -90,7 +95,7 @@ class pool_interface {
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto map_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
     const std::int64_t timeout = o.timeout.ns();
-    return with_deadline(self().template submit_gather<false>(f, std::forward<In>(inputs),
+    return with_deadline(submit_gather<false>(f, std::forward<In>(inputs),
                                                               checked(std::move(o)), std::move(cb)),
                          timeout);
   }
@@ -103,7 +108,7 @@ class pool_interface {
   template <class F, std::ranges::input_range In, class C = std::nullptr_t, class E = std::nullptr_t>
   auto starmap_async(F f, In&& inputs, map_options o = {}, callbacks<C, E> cb = {}) {
     const std::int64_t timeout = o.timeout.ns();
-    return with_deadline(self().template submit_gather<true>(f, std::forward<In>(inputs),
+    return with_deadline(submit_gather<true>(f, std::forward<In>(inputs),
                                                              checked(std::move(o)), std::move(cb)),
                          timeout);
   }
@@ -123,7 +128,7 @@ class pool_interface {
   template <class F, std::ranges::input_range In>
   auto imap(F f, In&& inputs, map_options o) {
     const std::int64_t timeout = o.timeout.ns();
-    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), true);
+    auto r = submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), true);
     r.state()->timeout_ns = timeout;
     return r;
   }
@@ -136,7 +141,7 @@ class pool_interface {
   template <class F, std::ranges::input_range In>
   auto imap_unordered(F f, In&& inputs, map_options o) {
     const std::int64_t timeout = o.timeout.ns();
-    auto r = self().submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), false);
+    auto r = submit_imap(f, std::forward<In>(inputs), checked(std::move(o)), false);
     r.state()->timeout_ns = timeout;
     return r;
   }
@@ -145,7 +150,27 @@ class pool_interface {
   template <class F, class... A>
     requires(!detail::is_specialization_v<std::decay_t<F>, callbacks>)
   auto apply_async(F f, A&&... args) {
-    return self().apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+    return apply_async(callbacks<>{}, f, std::forward<A>(args)...);
+  }
+  /// apply_async with Python's callback / error_callback (see callbacks): `callback` gets
+  /// the result, `error_callback` the exception; both run on the pool's service thread.
+  template <class C, class E, class F, class... A>
+  auto apply_async(callbacks<C, E> cb, F f, A&&... args) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using Tup = detail::args_tuple_t<A...>;
+    static_assert(detail::encodable<Tup>, "mproc: a task argument cannot cross a process boundary");
+    using R = detail::star_result_t<D, Tup>;
+    auto st = std::make_shared<detail::async_state<R>>();
+    self().attach(*st);
+    detail::set_callbacks(*st, cb);
+    detail::single_input<Tup> one(Tup(std::forward<A>(args)...));
+    using V = decltype(one);
+    auto job = std::make_unique<detail::gather_job<D, true, V, R, true>>(static_cast<D>(f),
+                                                                         std::move(one), st);
+    job->chunksize = 1;
+    self().template enqueue_task<D, V, true>(std::move(job));
+    return AsyncResult<R>(std::move(st));
   }
   /// concurrent.futures spelling of apply_async.
   template <class F, class... A>
@@ -161,6 +186,73 @@ class pool_interface {
 
  private:
   Derived& self() noexcept { return static_cast<Derived&>(*this); }
+
+  template <class D, class Arg, bool Star>
+  using result_of = typename detail::task_result<D, Arg, Star>::type;
+
+  /// map/starmap's job: every item, results gathered in input order.
+  template <bool Star, class F, class In, class C, class E>
+  auto submit_gather(F f, In&& inputs, map_options o, callbacks<C, E> cb) {
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    using Out = std::vector<detail::stored_t<R>>;
+    auto st = std::make_shared<detail::async_state<Out>>();
+    self().attach(*st);
+    detail::set_callbacks(*st, cb);
+    std::size_t chunksize = o.chunksize;
+    std::size_t total = 0;
+    if constexpr (std::ranges::sized_range<V> || std::ranges::forward_range<V>) {
+      total = static_cast<std::size_t>(std::ranges::distance(inputs));
+      if (chunksize == 0) {
+        // Python: divmod(len, 4 * processes), rounded up
+        const std::size_t d = 4 * self().processes();
+        chunksize = total / d + (total % d ? 1 : 0);
+      }
+    }
+    if (chunksize == 0) chunksize = 1;
+    auto job = std::make_unique<detail::gather_job<D, Star, V, R, false>>(
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st);
+    job->chunksize = chunksize;
+    // chunksize 0: a backend that measures item cost may size chunks below Python's
+    job->auto_chunk = o.chunksize == 0;
+    job->max_chunk = chunksize;
+    job->known_total = total;
+    job->on_progress = std::move(o.on_progress);
+    if constexpr (std::ranges::sized_range<V>) st->value.reserve(total);
+    self().template enqueue_task<D, V, Star>(std::move(job));
+    return AsyncResult<Out>(std::move(st));
+  }
+
+  /// imap/imap_unordered's job: the input read lazily, a bounded window in flight.
+  template <class F, class In>
+  auto submit_imap(F f, In&& inputs, map_options o, bool ordered) {
+    constexpr bool Star = false;
+    using D = std::decay_t<F>;
+    detail::require_portable_callable<D>();
+    using V = decltype(detail::as_input_view(std::forward<In>(inputs)));
+    using Arg = detail::wire_t<std::ranges::range_value_t<V>>;
+    detail::require_encodable<Arg>();
+    using R = result_of<D, Arg, Star>;
+    std::size_t known = 0;  // progress can show a total at once for sized inputs
+    if constexpr (std::ranges::sized_range<In>)
+      known = static_cast<std::size_t>(std::ranges::size(inputs));
+    auto st = std::make_shared<detail::imap_state<R>>();
+    st->ordered = ordered;
+    self().attach(*st);
+    const std::size_t chunksize = o.chunksize ? o.chunksize : 1;
+    auto job = std::make_unique<detail::imap_job<D, Star, V, R>>(
+        static_cast<D>(f), detail::as_input_view(std::forward<In>(inputs)), st,
+        self().imap_window(chunksize));
+    job->chunksize = chunksize;
+    job->on_progress = std::move(o.on_progress);
+    job->known_total = known;
+    self().template enqueue_task<D, V, Star>(std::move(job));
+    return imap_range<R>(std::move(st));
+  }
 
   template <class R>
   static AsyncResult<R> with_deadline(AsyncResult<R> r, std::int64_t timeout_ns) {

@@ -91,7 +91,7 @@ template <class F, class Arg, bool Star, bool Packed>
 std::int64_t invoker_address() {
   // Not cached in a local static: a fork while another thread ran its initialiser would
   // leave the guard taken in the child. Encoding is a scan of the few loaded modules.
-  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<F, Arg, Star, Packed>));
+  return encode_code_address(reinterpret_cast<const void*>(&invoke_chunk<worker_context, F, Arg, Star, Packed>));
 }
 
 /// Encodes items from an input range, chunk by chunk.

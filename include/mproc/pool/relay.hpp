@@ -81,6 +81,21 @@ class result_writer {
   [[nodiscard]] std::uint32_t items() const noexcept { return items_; }
   [[nodiscard]] std::vector<std::byte>& bytes() noexcept { return buf_; }
 
+  // As a Sink of worker.hpp's invoke_chunk: items arrive in index order, so the
+  // message needs neither their indices nor item boundaries, and packs nothing.
+  void begin_item(std::uint64_t, std::uint64_t) noexcept {}
+  void end_item() noexcept {}
+  template <class V>
+  void emit_ok(std::uint64_t, std::uint64_t, const V& v) {
+    ok(v);
+  }
+  template <class V>
+  void put_packed(std::uint64_t, std::uint64_t, std::uint32_t, const V& v) {
+    ok(v);
+  }
+  void close_packed() noexcept {}
+  void emit_error(std::uint64_t, std::uint64_t, std::exception_ptr e) { error(std::move(e)); }
+
  private:
   template <class Fill>
   void put(result_status st, std::size_t n, Fill&& fill) {

@@ -195,7 +195,8 @@ struct task_view {
 using invoker_fn = void (*)(worker_context&, task_view&);
 
 /// Every item of the chunk fails with e.
-inline void fail_chunk(worker_context& ctx, const task_view& t, const std::exception_ptr& e) {
+template <class Sink>
+void fail_chunk(Sink& ctx, const task_view& t, const std::exception_ptr& e) {
   for (std::uint32_t k = 0; k < t.count; ++k) {
     ctx.begin_item(t.job, t.first + k);
     ctx.emit_error(t.job, t.first + k, e);
@@ -206,11 +207,13 @@ inline void fail_chunk(worker_context& ctx, const task_view& t, const std::excep
 template <class T>
 inline constexpr bool packable_v = trivially_copyable_value<T>;
 
-/// Runs a chunk in the worker. PackedArgs: the items are raw Arg values back to back
-/// (trivially copyable arguments); results that are trivially copyable go back
-/// packed too.
-template <class F, class Arg, bool Star, bool PackedArgs>
-void invoke_chunk(worker_context& ctx, task_view& t) {
+/// Runs a chunk: the worker's item loop, for every backend. PackedArgs: the items are
+/// raw Arg values back to back (trivially copyable arguments); results that are
+/// trivially copyable go back packed where the Sink packs them. Sink: worker_context
+/// (a pool worker's result ring) or result_writer (relay.hpp: one result message, as
+/// an MPI rank running tasks itself sends).
+template <class Sink, class F, class Arg, bool Star, bool PackedArgs>
+void invoke_chunk(Sink& ctx, task_view& t) {
   // A callable that cannot be rebuilt here fails the chunk's items, not the worker:
   // a new worker would fail the same way.
   std::optional<F> decoded;
