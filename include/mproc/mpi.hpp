@@ -474,7 +474,7 @@ struct pool_options {
 /// The mproc::Pool API over the job's worker ranks. Create it on the root after the
 /// environment; one at a time. Results, AsyncResult, as_completed and imap ranges
 /// are the same types as mproc::Pool's. All members may be called from any thread.
-class Pool : public mproc::pool_interface<Pool> {
+class Pool : public mproc::pool_interface<Pool>, mproc::detail::run_control {
   friend class mproc::pool_interface<Pool>;
 
  public:
@@ -534,39 +534,13 @@ class Pool : public mproc::pool_interface<Pool> {
     return std::max<std::size_t>(1, n);
   }
 
-  // ------------------------------------------------------------ lifecycle
-
-  /// No more tasks may be submitted; submitted work continues.
-  void close() {
-    std::lock_guard l(m_);
-    if (state_ == run_state::running) state_ = run_state::closed;
+ private:
+  static constexpr const char* pool_name = "mpi::Pool";
+  using run_state = mproc::detail::run_state;
+  void wake_service() {
+    std::lock_guard l(m_);  // the engine waits on cv_ under m_
     cv_.notify_all();
   }
-  /// Waits until all submitted work is done. Requires close() or terminate() first.
-  void join() {
-    {
-      std::lock_guard l(m_);
-      if (state_ == run_state::running)
-        throw state_error("mpi::Pool::join: call close() or terminate() first");
-    }
-    std::lock_guard jl(join_m_);
-    if (thread_.joinable()) thread_.join();
-  }
-  /// Unfinished work fails with pool_not_running at once. A task already running on a
-  /// rank cannot be interrupted: join() waits for the chunks in flight to come back
-  /// (their results are dropped), so the ranks are free for the next pool.
-  void terminate() {
-    {
-      std::lock_guard l(m_);
-      state_ = run_state::terminating;
-      cv_.notify_all();
-    }
-    std::lock_guard jl(join_m_);
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  enum class run_state { running, closed, terminating };
 
   struct job_entry {
     std::unique_ptr<detail::job_base> job;
@@ -611,8 +585,7 @@ class Pool : public mproc::pool_interface<Pool> {
   void enqueue(std::unique_ptr<detail::job_base> job, std::int64_t inv) {
     {
       std::lock_guard l(m_);
-      if (state_ != run_state::running)
-        throw pool_not_running("mpi::Pool: cannot submit work to a closed or terminated pool");
+      require_running(pool_name);
       if (fatal_) std::rethrow_exception(fatal_);
       job->id = ++next_job_id_;
       incoming_.push_back(job_entry{std::move(job), inv});
@@ -1011,16 +984,12 @@ class Pool : public mproc::pool_interface<Pool> {
   std::unique_ptr<mproc::Pool> root_pool_;  // -np 1 with local processes
   bool terminated_ = false;
 
-  std::mutex m_;
-  std::condition_variable cv_;
-  run_state state_ = run_state::running;
+  std::condition_variable cv_;  // with m_ (run_control's)
   std::deque<job_entry> incoming_;
   std::deque<std::vector<std::byte>> root_results_;  // result messages of root_pool_
   std::uint64_t next_job_id_ = 0;
   std::exception_ptr fatal_;
 
-  std::mutex join_m_;
-  std::thread thread_;
 };
 
 }  // namespace mproc::mpi

@@ -97,7 +97,7 @@ struct worker_slot {
 /// int v = r.get(std::chrono::seconds(2));  // timeout_error if not ready by then
 /// \endcode
 template <class Policy>
-class basic_pool : public pool_interface<basic_pool<Policy>> {
+class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_control {
   friend class pool_interface<basic_pool>;
 
  public:
@@ -141,11 +141,11 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   ~basic_pool() {
     try {
       if (!joined_) {
-        close();
-        join();
+        this->close();
+        this->join();
       }
     } catch (...) {
-      terminate();
+      this->terminate();
     }
     std::lock_guard hl(helper_->m);  // results outliving the pool stop driving it
     helper_->pool = nullptr;
@@ -159,43 +159,10 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   /// Raises pool_not_running once the pool is closed.
   void enqueue_job(std::unique_ptr<detail::job_base> job) { enqueue(std::move(job)); }
 
-  // ------------------------------------------------------------ lifecycle
-
-  /// No more tasks may be submitted; running work continues.
-  void close() {
-    {
-      std::lock_guard l(m_);
-      if (state_ == run_state::running) state_ = run_state::closed;
-    }
-    force_wake();  // the service thread decides when everything is done
-  }
-  /// Waits for the workers to finish everything and exit. Requires close() or
-  /// terminate() first, as in Python.
-  void join() {
-    {
-      std::lock_guard l(m_);
-      if (state_ == run_state::running)
-        throw state_error("Pool::join: call close() or terminate() first");
-    }
-    std::lock_guard jl(join_m_);
-    if (thread_.joinable()) thread_.join();
-    joined_ = true;
-  }
-  /// Stops the workers now; unfinished tasks fail with pool_not_running.
-  void terminate() {
-    {
-      std::lock_guard l(m_);
-      state_ = run_state::terminating;
-    }
-    force_wake();
-    std::lock_guard jl(join_m_);
-    if (thread_.joinable()) thread_.join();
-    joined_ = true;
-  }
-
  private:
-  enum class run_state { running, closed, terminating };
-
+  static constexpr const char* pool_name = "Pool";
+  using run_state = detail::run_state;
+  void wake_service() { force_wake(); }
 
   // The backend's part of pool_interface's submission stage.
   template <class State>
@@ -214,8 +181,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   void enqueue(std::unique_ptr<detail::job_base> job) {
     {
       std::lock_guard l(m_);
-      if (state_ != run_state::running)
-        throw pool_not_running("Pool: cannot submit work to a closed or terminated pool");
+      require_running(pool_name);
       job->id = ++next_job_id_;
       incoming_.push_back(std::move(job));
       has_incoming_.store(true, std::memory_order_seq_cst);
@@ -998,8 +964,6 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   detail::unique_fd wake_fd_;
   std::vector<detail::worker_slot> workers_;
 
-  std::mutex m_;  // guards state_ and incoming_
-  run_state state_ = run_state::running;
   std::vector<std::unique_ptr<detail::job_base>> incoming_;
   std::atomic<bool> has_incoming_{false};
   std::uint64_t next_job_id_ = 0;
@@ -1020,10 +984,6 @@ class basic_pool : public pool_interface<basic_pool<Policy>> {
   std::atomic<bool> active_{false};  // jobs in flight (readable without engine_m_)
   std::atomic<std::int64_t> last_help_ns_{0};  // when a caller last stepped the engine
   std::shared_ptr<detail::pool_helper> helper_;
-
-  std::mutex join_m_;
-  std::thread thread_;
-  bool joined_ = false;
 };
 
 /// The pool most programs use: its start method is pool_options::method, else

@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <ranges>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -34,6 +36,46 @@ void set_callbacks(async_state<R>& st, callbacks<C, E>& cb) {
   }
   if constexpr (!std::is_same_v<E, std::nullptr_t>) st.on_error = std::move(cb.error_callback);
 }
+
+/// A pool's run state, Python's RUN / CLOSE / TERMINATE: close() lets submitted work
+/// finish, terminate() fails what is unfinished, and join() waits for the backend's
+/// service thread to see that and end. The same for every backend: each adds its own
+/// state under m_ and wakes its service thread (wake_service()) when the state moves.
+enum class run_state { running, closed, terminating };
+
+class run_control {
+ protected:
+  /// Moves to `to`; closed only from running (terminating wins over closed).
+  void set_state(run_state to) {
+    std::lock_guard l(m_);
+    if (to == run_state::terminating || state_ == run_state::running) state_ = to;
+  }
+  /// The submission gate, with m_ held.
+  void require_running(const char* pool) const {
+    if (state_ != run_state::running)
+      throw pool_not_running(std::string(pool) + ": cannot submit work to a closed or terminated pool");
+  }
+  /// join(): Python's rule first (close() or terminate() before join()).
+  void join_service(const char* pool) {
+    {
+      std::lock_guard l(m_);
+      if (state_ == run_state::running)
+        throw state_error(std::string(pool) + "::join: call close() or terminate() first");
+    }
+    wait_service();
+  }
+  void wait_service() {
+    std::lock_guard jl(join_m_);  // concurrent joiners: one joins, the others wait here
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+
+  std::mutex m_;  // guards state_ and the backend's submission queue
+  run_state state_ = run_state::running;
+  std::mutex join_m_;
+  std::thread thread_;  // the backend's service thread
+  bool joined_ = false;
+};
 
 }  // namespace detail
 
@@ -177,6 +219,23 @@ class pool_interface {
   auto submit(F f, A&&... args) {
     return apply_async(f, std::forward<A>(args)...);
   }
+  /// No more tasks may be submitted; submitted work continues.
+  void close() {
+    self().set_state(detail::run_state::closed);
+    self().wake_service();  // the service thread decides when everything is done
+  }
+  /// Waits until all submitted work is done and the pool's service thread has ended.
+  /// Requires close() or terminate() first, as in Python (state_error otherwise).
+  void join() { self().join_service(Derived::pool_name); }
+  /// Stops now: unfinished tasks fail with pool_not_running and running ones are
+  /// stopped (mpi::Pool with local_processes = -1 waits for the chunks running in its
+  /// ranks and drops their results, so the ranks are free for the next pool).
+  void terminate() {
+    self().set_state(detail::run_state::terminating);
+    self().wake_service();
+    self().wait_service();
+  }
+
   /// Runs `f(args...)` in a worker and returns its result (or rethrows its exception).
   template <class F, class... A>
   decltype(auto) apply(F f, A&&... args) {
