@@ -109,51 +109,63 @@ class remote_backend final : public backend {
   std::size_t cap_;
 };
 
-/// Segments mapped in this process, by manager id (inherited across fork).
-inline std::mutex& registry_mutex() {
-  static std::mutex m;
-  return m;
-}
-inline std::mutex& endpoint_cache_mutex() {
-  static std::mutex m;
-  return m;
-}
-inline std::mutex& updater_mutex() {
-  static std::mutex m;
-  return m;
-}
+// ---- process-local state
+//
+// Fork with threads: another thread may hold one of these mutexes at the instant of
+// fork(); in the child that thread does not exist, so the mutex would stay locked
+// forever. The child re-creates them before anything else runs, and endpoints
+// re-create their own on first use in a new process.
+//
+// All of it is constant-initialised, so nothing runs at start-up for a program that
+// never makes a manager, and no guard variable (a function-local static's) can be left
+// taken in a child forked while another thread made it. The tables are made on first
+// use, under the mutex that guards them, and never freed: a proxy destroyed while the
+// program exits may still look one up.
 
-// Fork with threads: another thread may hold one of this file's process-local
-// mutexes at the instant of fork(); in the child that thread does not exist, so the
-// mutex would stay locked forever. The child re-creates them before anything else
-// runs, and endpoints re-create their own on first use in a new process.
-inline std::atomic<std::uint64_t>& fork_generation() {
-  static std::atomic<std::uint64_t> g{0};
-  return g;
-}
+/// A table made on first use. get() only with the table's mutex held.
+template <class T>
+class process_table {
+ public:
+  T& get() {
+    if (!p_) p_ = new T();
+    return *p_;
+  }
+
+ private:
+  T* p_ = nullptr;
+};
+
+inline constinit std::mutex registry_mutex_v{}, endpoint_cache_mutex_v{}, updater_mutex_v{};
+inline constinit std::atomic<std::uint64_t> fork_generation_v{0};
+
+/// Guards local_registry().
+inline std::mutex& registry_mutex() noexcept { return registry_mutex_v; }
+/// Guards endpoint_cache().
+inline std::mutex& endpoint_cache_mutex() noexcept { return endpoint_cache_mutex_v; }
+/// Guards the update-function tables (manager_updaters.hpp).
+inline std::mutex& updater_mutex() noexcept { return updater_mutex_v; }
+/// Counts the forks this process descends from (see endpoint::get).
+inline std::atomic<std::uint64_t>& fork_generation() noexcept { return fork_generation_v; }
+
 inline void reset_locks_in_child() noexcept {
-  fork_generation().fetch_add(1, std::memory_order_relaxed);
-  new (&registry_mutex()) std::mutex();
-  new (&endpoint_cache_mutex()) std::mutex();
-  new (&updater_mutex()) std::mutex();
+  fork_generation_v.fetch_add(1, std::memory_order_relaxed);
+  new (&registry_mutex_v) std::mutex();
+  new (&endpoint_cache_mutex_v) std::mutex();
+  new (&updater_mutex_v) std::mutex();
 }
-inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() {
-  static std::map<std::string, std::weak_ptr<local_backend>> r;
-  return r;
-}
+// Filled during static initialisation, as fork_hooks.hpp asks; the hook touches only
+// the constant-initialised state above.
+inline const int managers_fork_hook_registered =
+    set_fork_hook(fork_hook_slot::managers, {.child = &reset_locks_in_child});
+
+/// Segments mapped in this process, by manager id (inherited across fork); only with
+/// registry_mutex() held.
+inline constinit process_table<std::map<std::string, std::weak_ptr<local_backend>>> local_registry_v{};
+inline std::map<std::string, std::weak_ptr<local_backend>>& local_registry() { return local_registry_v.get(); }
 struct endpoint;
-inline std::map<std::string, std::weak_ptr<endpoint>>& endpoint_cache() {
-  static std::map<std::string, std::weak_ptr<endpoint>> cache;
-  return cache;
-}
-// Every local static above is made here, during static initialisation: made on first
-// use instead, a fork while another thread made one would leave its guard taken in
-// the child.
-inline const int managers_fork_hook_registered = [] {
-  (void)registry_mutex(), (void)endpoint_cache_mutex(), (void)updater_mutex();
-  (void)local_registry(), (void)endpoint_cache();
-  return set_fork_hook(fork_hook_slot::managers, {.child = &reset_locks_in_child});
-}();
+/// Endpoints by manager id and mode; only with endpoint_cache_mutex() held.
+inline constinit process_table<std::map<std::string, std::weak_ptr<endpoint>>> endpoint_cache_v{};
+inline std::map<std::string, std::weak_ptr<endpoint>>& endpoint_cache() { return endpoint_cache_v.get(); }
 
 /// The backend of a segment this process has mapped already, if any.
 inline std::shared_ptr<local_backend> mapped_segment(const std::string& uuid) {

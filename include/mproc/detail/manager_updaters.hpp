@@ -40,26 +40,23 @@ class updater_table {
   std::uint64_t add(const char* type_name, Fn fn) {
     const std::uint64_t id = fnv1a(type_name);
     std::lock_guard g(updater_mutex());
-    t_.emplace(id, fn);
+    t_.get().emplace(id, fn);
     return id;
   }
   /// The function registered as `id`; nullptr when none is.
   Fn find(std::uint64_t id) {
     std::lock_guard g(updater_mutex());
-    auto& m = t_;
+    auto& m = t_.get();
     auto it = m.find(id);
     return it == m.end() ? nullptr : it->second;
   }
 
  private:
-  std::map<std::uint64_t, Fn> t_;
+  process_table<std::map<std::uint64_t, Fn>> t_;
 };
 
 using raw_updater = std::string (*)(const std::string_view*, std::string_view);
-inline updater_table<raw_updater>& stateless_updaters() {
-  static updater_table<raw_updater> t;
-  return t;
-}
+inline constinit updater_table<raw_updater> stateless_updaters{};
 
 /// A stateless update function known by the id of its type. Dynamic initialisation
 /// registers it in every process running this program, the server included.
@@ -68,7 +65,7 @@ struct registered_updater {
   static std::string run(const std::string_view* cur, std::string_view dflt) {
     return apply_update<V>(F{}, cur, dflt);
   }
-  static inline const std::uint64_t id = stateless_updaters().add(typeid(registered_updater).name(), &run);
+  static inline const std::uint64_t id = stateless_updaters.add(typeid(registered_updater).name(), &run);
 };
 
 // Function pointers travel as an offset from a known function of the program image
@@ -100,17 +97,15 @@ inline int build_id_note(dl_phdr_info* info, std::size_t, void* out) {
   return 1;  // the first entry is the main program: stop there
 }
 
-/// The executable's GNU build-id (empty when it was linked without one).
-inline const std::string& own_build_id() {
-  static const std::string id = [] {
-    std::string out;
-    ::dl_iterate_phdr(&build_id_note, &out);
-    return out;
-  }();
-  return id;
+/// The executable's GNU build-id (empty when it was linked without one). Read at
+/// each use (a look at the first program header, only for a function pointer sent
+/// over TCP): kept in a static, it would be read at start-up by every program,
+/// manager or not, since a static made on first use could be half-made at a fork.
+inline std::string own_build_id() {
+  std::string out;
+  ::dl_iterate_phdr(&build_id_note, &out);
+  return out;
 }
-// Read during static initialisation, not on first use: see managers_fork_hook_registered.
-inline const bool own_build_id_read = (own_build_id(), true);
 
 /// Offset of fn from code_anchor, if both lie in the main executable.
 inline std::optional<std::int64_t> code_offset(const void* fn) {
@@ -123,10 +118,7 @@ inline std::optional<std::int64_t> code_offset(const void* fn) {
 }
 
 using raw_fnptr_updater = std::string (*)(const void* fn, const std::string_view*, std::string_view);
-inline updater_table<raw_fnptr_updater>& fnptr_updaters() {
-  static updater_table<raw_fnptr_updater> t;
-  return t;
-}
+inline constinit updater_table<raw_fnptr_updater> fnptr_updaters{};
 
 /// Calls a function pointer of type P on a decoded V; registered per (V, P).
 template <class V, class P>
@@ -134,13 +126,13 @@ struct fnptr_updater {
   static std::string run(const void* fn, const std::string_view* cur, std::string_view dflt) {
     return apply_update<V>(reinterpret_cast<P>(const_cast<void*>(fn)), cur, dflt);
   }
-  static inline const std::uint64_t id = fnptr_updaters().add(typeid(fnptr_updater).name(), &run);
+  static inline const std::uint64_t id = fnptr_updaters.add(typeid(fnptr_updater).name(), &run);
 };
 
 /// The update function a remote request names (server side).
 inline updater remote_updater_for(const request& q) {
   if (q.list.empty()) {
-    const raw_updater fn = stateless_updaters().find(static_cast<std::uint64_t>(q.n));
+    const raw_updater fn = stateless_updaters.find(static_cast<std::uint64_t>(q.n));
     if (!fn)
       throw manager_error(
           "mproc::Manager: update function unknown to the server (over TCP the server must run the "
@@ -150,11 +142,11 @@ inline updater remote_updater_for(const request& q) {
   }
   if (q.list.size() != 2 || q.list[0].size() != sizeof(std::int64_t))
     throw serialization_error("manager: malformed function-pointer update");
-  if (own_build_id().empty() || q.list[1] != own_build_id())
+  if (const std::string id = own_build_id(); id.empty() || q.list[1] != id)
     throw manager_error(
         "mproc::Manager: a function pointer can only be sent to a server running the same executable "
         "(its build-id differs or is missing)");
-  const raw_fnptr_updater tramp = fnptr_updaters().find(static_cast<std::uint64_t>(q.n));
+  const raw_fnptr_updater tramp = fnptr_updaters.find(static_cast<std::uint64_t>(q.n));
   if (!tramp) throw manager_error("mproc::Manager: update function type unknown to the server");
   std::int64_t off;
   std::memcpy(&off, q.list[0].data(), sizeof off);

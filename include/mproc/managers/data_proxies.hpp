@@ -201,14 +201,15 @@ class DictProxy : public BaseProxy {
       using P = std::conditional_t<std::is_function_v<Fn>, Fn*, Fn>;
       P ptr = fn;
       auto off = detail::mgr::code_offset(reinterpret_cast<const void*>(ptr));
-      if (!off || detail::mgr::own_build_id().empty())
+      std::string build_id = detail::mgr::own_build_id();
+      if (!off || build_id.empty())
         throw manager_error(
             "mproc::DictProxy::update over TCP: the function must be defined in the executable "
             "(not a shared library) and the executable must carry a build-id");
       q.n = static_cast<std::int64_t>(detail::mgr::fnptr_updater<V, P>::id);
       std::string o(sizeof(std::int64_t), '\0');
       std::memcpy(o.data(), &*off, sizeof(std::int64_t));
-      q.list = {std::move(o), detail::mgr::own_build_id()};
+      q.list = {std::move(o), std::move(build_id)};
       return detail::mgr::dec<V>(b.call(q, nullptr).a);
     } else if constexpr (std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>) {
       q.n = static_cast<std::int64_t>(detail::mgr::registered_updater<V, Fn>::id);
