@@ -1,0 +1,199 @@
+// The manager's operations as messages: the kinds of object, the operations and
+// their request and response, which a proxy hands to its backend. Kept apart from
+// the segment (manager_store.hpp) because the numbers are a wire protocol shared by
+// local calls, the TCP client and the server, and none of it needs Boost.Interprocess.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "../errors.hpp"
+#include "../serialization.hpp"
+
+namespace mproc::detail::mgr {
+
+enum class kind : std::uint32_t {
+  dict = 1, list, ns, queue, lock, value,
+  // New kinds go last: the numbers are the wire protocol.
+  event, condition, semaphore, bounded_semaphore, rlock, barrier, array, joinable_queue
+};
+inline constexpr kind last_kind = kind::joinable_queue;
+
+inline const char* kind_name(kind k) {
+  switch (k) {
+    case kind::dict: return "dict";
+    case kind::list: return "list";
+    case kind::ns: return "Namespace";
+    case kind::queue: return "Queue";
+    case kind::lock: return "Lock";
+    case kind::value: return "Value";
+    case kind::event: return "Event";
+    case kind::condition: return "Condition";
+    case kind::semaphore: return "Semaphore";
+    case kind::bounded_semaphore: return "BoundedSemaphore";
+    case kind::rlock: return "RLock";
+    case kind::barrier: return "Barrier";
+    case kind::array: return "Array";
+    case kind::joinable_queue: return "JoinableQueue";
+  }
+  return "object";
+}
+
+// ------------------------------------------------------------------ request / response
+
+enum class op : std::uint8_t {
+  create = 1,
+  dict_set, dict_get, dict_contains, dict_erase, dict_size, dict_items, dict_clear, dict_update,
+  dict_pop,
+  list_append, list_get, list_set, list_size, list_items, list_clear, list_extend, list_pop,
+  queue_put, queue_get, queue_size,
+  lock_acquire, lock_release,
+  value_get, value_set,
+  attach,  // socket only: send the segment's descriptor
+  hello,   // socket only: identify the manager
+  destroy,
+  // New operations go last: the numbers are the wire protocol.
+  list_count, list_index, list_insert, list_remove, list_reverse, list_assign_if,
+  dict_popitem, dict_setdefault,
+  queue_full,
+  event_set, event_clear, event_is_set, event_wait,
+  sem_acquire, sem_release, sem_value,
+  rlock_acquire, rlock_release,
+  cond_wait, cond_notify,
+  barrier_wait, barrier_reset, barrier_abort, barrier_info,
+  queue_task_done, queue_join,
+};
+
+/// Operations that may block for their own timeout (request::m) beyond a round trip.
+inline bool blocking_op(op o) noexcept {
+  switch (o) {
+    case op::queue_get: case op::queue_put: case op::lock_acquire: case op::event_wait:
+    case op::sem_acquire: case op::rlock_acquire: case op::cond_wait: case op::barrier_wait:
+    case op::queue_join:
+      return true;
+    default:
+      return false;
+  }
+}
+
+/// A value as the bytes a manager stores or sends (a message's fields: a tuple of
+/// references to them).
+template <class T>
+std::string enc(const T& v) {
+  std::string s(encoded_size(v), '\0');
+  encode_to(v, reinterpret_cast<std::byte*>(s.data()));
+  return s;
+}
+/// The value `s` holds (as enc wrote it).
+template <class T>
+T dec(std::string_view s) {
+  return deserialize<T>(std::span<const std::byte>(reinterpret_cast<const std::byte*>(s.data()), s.size()));
+}
+/// Reads a frame into a message's fields; every byte must be used (`trailing` is the
+/// error otherwise), so a frame is either one whole message or refused.
+template <class Fields>
+void decode_fields(std::string_view bytes, Fields t, const char* trailing) {
+  reader rd{reinterpret_cast<const std::byte*>(bytes.data()),
+            reinterpret_cast<const std::byte*>(bytes.data()) + bytes.size()};
+  std::apply([&](auto&... f) { (detail::decode(rd, f), ...); }, t);
+  if (rd.remaining()) throw serialization_error(trailing);
+}
+
+/// One operation. Fields are used per op (see execute()); n/m are indexes, flags or
+/// timeouts in ns (-1: none).
+struct request {
+  op o{};
+  std::uint64_t id = 0;
+  std::string a, b;
+  std::int64_t n = 0, m = -1;
+  std::vector<std::string> list;
+
+  [[nodiscard]] std::string encode() const { return enc(std::tie(o, id, a, b, n, m, list)); }
+  static request decode(std::string_view bytes) {
+    request r;
+    decode_fields(bytes, std::tie(r.o, r.id, r.a, r.b, r.n, r.m, r.list), "corrupt manager request: trailing bytes");
+    return r;
+  }
+};
+
+enum class status : std::uint8_t {
+  ok = 0, out_of_range, serialization, queue_empty, queue_full, timeout, manager, state,
+  invalid_argument, other,
+  // New statuses go last.
+  value, broken_barrier
+};
+
+struct response {
+  status st = status::ok;
+  std::string a;
+  std::vector<std::string> list;
+  std::int64_t n = 0;
+
+  [[nodiscard]] std::string encode() const { return enc(std::tie(st, a, list, n)); }
+  static response decode(std::string_view bytes) {
+    response r;
+    decode_fields(bytes, std::tie(r.st, r.a, r.list, r.n), "corrupt manager response: trailing bytes");
+    if (static_cast<std::uint8_t>(r.st) > static_cast<std::uint8_t>(status::broken_barrier))
+      throw serialization_error("corrupt manager response: unknown status");
+    return r;
+  }
+  /// Re-raises an error carried by a response as the type the server saw.
+  void raise_if_error() const {
+    switch (st) {
+      case status::ok: return;
+      case status::out_of_range: throw std::out_of_range(a);
+      case status::serialization: throw serialization_error(a);
+      case status::queue_empty: throw queue_empty(a);
+      case status::queue_full: throw queue_full(a);
+      case status::timeout: throw timeout_error(a);
+      case status::manager: throw manager_error(a);
+      case status::state: throw state_error(a);
+      case status::invalid_argument: throw std::invalid_argument(a);
+      case status::other: throw manager_error("manager server: " + a);
+      case status::value: throw value_error(a);
+      case status::broken_barrier: throw broken_barrier_error(a);
+    }
+  }
+  /// Turns the exception being handled into an error response (server side).
+  static response from_current_exception() {
+    response r;
+    try {
+      throw;
+    } catch (const std::out_of_range& e) {
+      r.st = status::out_of_range, r.a = e.what();
+    } catch (const serialization_error& e) {
+      r.st = status::serialization, r.a = e.what();
+    } catch (const mproc::queue_empty& e) {
+      r.st = status::queue_empty, r.a = e.what();
+    } catch (const mproc::queue_full& e) {
+      r.st = status::queue_full, r.a = e.what();
+    } catch (const timeout_error& e) {
+      r.st = status::timeout, r.a = e.what();
+    } catch (const manager_error& e) {
+      r.st = status::manager, r.a = e.what();
+    } catch (const state_error& e) {
+      r.st = status::state, r.a = e.what();
+    } catch (const std::invalid_argument& e) {
+      r.st = status::invalid_argument, r.a = e.what();
+    } catch (const value_error& e) {
+      r.st = status::value, r.a = e.what();
+    } catch (const broken_barrier_error& e) {
+      r.st = status::broken_barrier, r.a = e.what();
+    } catch (const std::exception& e) {
+      r.st = status::other, r.a = e.what();
+    }
+    return r;
+  }
+};
+
+/// Read-modify-write run under the root mutex: gets the current bytes (nullptr when
+/// the key is missing) and the default, returns the new bytes.
+using updater = std::function<std::string(const std::string_view* current, std::string_view dflt)>;
+
+}  // namespace mproc::detail::mgr
