@@ -21,8 +21,12 @@
 ///   4. pool/worker.hpp        the worker process: its item loop and result writer
 ///   5. pool/jobs.hpp          a call on the parent side: input chunks, gathering results
 ///   6. pool/imap_range.hpp    the lazy result sequence of imap / imap_unordered
-///   7. pool/interface.hpp     pool_interface: map, imap, apply, submit, ... (all pools)
-///   8. pool/engine.hpp        basic_pool / Pool: workers, scheduling, crashes, shutdown
+///   7. pool/interface.hpp     pool_interface: map, imap, apply, submit, close, join,
+///                             terminate; submission and run state (every backend)
+///   8. pool/engine.hpp        basic_pool / Pool: worker slots, scheduling, service loop
+///   9. pool/supervision.hpp   worker launch, crash recovery, shutdown
+/// A backend other than local processes (mpi.hpp; pool/relay.hpp for the chunks it
+/// relays) supplies transport and launch only: pool_interface's four hooks.
 /// The files have plain names, not number prefixes: the order is kept here (and each
 /// file names the stages before and after it), so that splitting or inserting a stage
 /// later renames nothing and no include line changes.
@@ -36,3 +40,4 @@
 #include "pool/imap_range.hpp"
 #include "pool/interface.hpp"
 #include "pool/engine.hpp"
+#include "pool/supervision.hpp"
