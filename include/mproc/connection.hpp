@@ -41,6 +41,7 @@
 #include "detail/posix/posix.hpp"
 #include "errors.hpp"
 #include "serialization.hpp"
+#include "detail/handle_passing.hpp"
 
 namespace mproc {
 
@@ -553,5 +554,28 @@ class Connection {
   return {Connection(std::move(a), true, duplex, options),
           Connection(std::move(b), duplex, true, options)};
 }
+
+namespace detail {
+
+// Passing to a spawn/forkserver child (detail/handle_passing.hpp): the socket itself.
+template <>
+struct handle_traits<Connection> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Connection& conn) {
+    std::uint32_t idx = c.add(conn.fileno());
+    std::uint8_t flags = std::uint8_t((conn.readable() ? 1 : 0) | (conn.writable() ? 2 : 0));
+    w.put(&idx, sizeof idx);
+    w.put(&flags, sizeof flags);
+  }
+  static Connection adopt(reader& r, std::span<const int> fds) {
+    std::uint32_t idx;
+    std::uint8_t flags;
+    r.get(&idx, sizeof idx, "connection descriptor index");
+    r.get(&flags, sizeof flags, "connection flags");
+    return Connection(dup_received(fds, idx), (flags & 1) != 0, (flags & 2) != 0);
+  }
+};
+
+}  // namespace detail
 
 }  // namespace mproc

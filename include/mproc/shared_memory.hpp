@@ -36,6 +36,7 @@
 
 #include "detail/tracker.hpp"
 #include "errors.hpp"
+#include "detail/handle_passing.hpp"
 
 namespace mproc {
 
@@ -273,5 +274,23 @@ class SharedMemory {
 
   std::shared_ptr<state> s_;
 };
+
+namespace detail {
+
+// Passing to a spawn/forkserver child (detail/handle_passing.hpp): by name, as Python does.
+template <>
+struct handle_traits<SharedMemory> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector&, const SharedMemory& m) {
+    mproc::detail::encode(w, m.name());
+  }
+  static SharedMemory adopt(reader& r, std::span<const int>) {
+    std::string name;
+    mproc::detail::decode(r, name);
+    return SharedMemory(name);
+  }
+};
+
+}  // namespace detail
 
 }  // namespace mproc

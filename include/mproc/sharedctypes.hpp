@@ -27,6 +27,7 @@
 
 #include "detail/shared_block.hpp"
 #include "synchronize.hpp"
+#include "detail/handle_passing.hpp"
 
 namespace mproc {
 
@@ -325,5 +326,53 @@ class RawArray : public detail::basic_array<T, false> {
 /// `RawArray{1.0, 2.0}` is a RawArray<double>.
 template <class T>
 RawArray(std::initializer_list<T>) -> RawArray<T>;
+
+namespace detail {
+
+/// Value and Array: their region, then the lock if it is one given at construction
+/// (its region, where in it, recursive or not), so the child shares that lock too.
+template <class H>
+struct locked_region_handle_traits {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const H& h) {
+    put_region(w, c, h.shared_region());
+    std::uint8_t external = h.external_lock() ? 1 : 0;
+    w.put(&external, sizeof external);
+    if (!external) return;
+    const RLock& l = h.get_lock();
+    put_region(w, c, l.shared_region());
+    std::uint64_t off = l.shared_offset();
+    std::uint8_t rec = l.recursive() ? 1 : 0;
+    w.put(&off, sizeof off);
+    w.put(&rec, sizeof rec);
+  }
+  static H adopt(reader& r, std::span<const int> fds) {
+    shm_region data = get_region(r, fds);
+    std::uint8_t external = 0;
+    r.get(&external, sizeof external, "shared object lock flag");
+    if (!external) return H(adopt_region, std::move(data));
+    shm_region lreg = get_region(r, fds);
+    std::uint64_t off;
+    std::uint8_t rec;
+    r.get(&off, sizeof off, "shared object lock offset");
+    r.get(&rec, sizeof rec, "shared object lock kind");
+    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
+      throw serialization_error("mproc: received lock lies outside its region");
+    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
+                    false);
+    return H(adopt_region, std::move(data), lock);
+  }
+};
+
+template <class T>
+struct handle_traits<Value<T>> : locked_region_handle_traits<Value<T>> {};
+template <class T>
+struct handle_traits<Array<T>> : locked_region_handle_traits<Array<T>> {};
+template <class T>
+struct handle_traits<RawValue<T>> : region_handle_traits<RawValue<T>> {};
+template <class T>
+struct handle_traits<RawArray<T>> : region_handle_traits<RawArray<T>> {};
+
+}  // namespace detail
 
 }  // namespace mproc

@@ -49,6 +49,8 @@
 #include "detail/posix/robust_mutex.hpp"
 #include "detail/shared_block.hpp"
 #include "errors.hpp"
+#include "detail/callable.hpp"
+#include "detail/handle_passing.hpp"
 
 namespace mproc {
 
@@ -772,5 +774,97 @@ class Barrier {
   std::function<void()> action_;
   void (*plain_action_)() = nullptr;
 };
+
+namespace detail {
+
+// Passing to a spawn/forkserver child (detail/handle_passing.hpp): a lock travels as its
+// region and offset, so the child locks the parent's lock.
+template <class L>
+struct lock_handle_traits {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const L& l) {
+    put_region(w, c, l.shared_region());
+    std::uint64_t off = l.shared_offset();
+    w.put(&off, sizeof off);
+  }
+  static L adopt(reader& r, std::span<const int> fds) {
+    shm_region reg = get_region(r, fds);
+    std::uint64_t off;
+    r.get(&off, sizeof off, "lock offset");
+    if (off > reg.size() || reg.size() - off < sizeof(mutex_state))
+      throw serialization_error("mproc: received lock lies outside its region");
+    return L(adopt_region, std::make_shared<shared_block>(std::move(reg)), std::size_t(off), false);
+  }
+};
+template <>
+struct handle_traits<Lock> : lock_handle_traits<Lock> {};
+template <>
+struct handle_traits<RLock> : lock_handle_traits<RLock> {};
+
+template <>
+struct handle_traits<Semaphore> : region_handle_traits<Semaphore> {};
+template <>
+struct handle_traits<BoundedSemaphore> : region_handle_traits<BoundedSemaphore> {};
+template <>
+struct handle_traits<Event> : region_handle_traits<Event> {};
+
+template <>
+struct handle_traits<Barrier> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Barrier& b) {
+    if (b.has_action() && !b.plain_action())
+      throw state_error(
+          "mproc: a Barrier whose action is a closure cannot be passed to a spawn/forkserver "
+          "process (it exists in this process only); make the action a free function or a "
+          "captureless lambda, or use fork");
+    put_region(w, c, b.shared_region());
+    // The action travels as a code address, as a Process target does.
+    std::int64_t action = b.plain_action()
+                              ? encode_code_address(reinterpret_cast<const void*>(b.plain_action()))
+                              : 0;
+    w.put(&action, sizeof action);
+  }
+  static Barrier adopt(reader& r, std::span<const int> fds) {
+    shm_region region = get_region(r, fds);
+    std::int64_t action = 0;
+    r.get(&action, sizeof action, "barrier action");
+    void (*fn)() = nullptr;
+    if (action) {
+      void* p = decode_code_address(action);
+      if (!p) throw serialization_error("mproc: the Barrier's action is not code of this program");
+      fn = reinterpret_cast<void (*)()>(p);
+    }
+    return Barrier(adopt_region, std::move(region), fn);
+  }
+};
+
+template <>
+struct handle_traits<Condition> {
+  static constexpr bool passable = true;
+  static void encode(vector_writer& w, fd_collector& c, const Condition& cond) {
+    const basic_lock& l = cond.shared_lock();
+    put_region(w, c, l.shared_region());
+    std::uint64_t off = l.shared_offset();
+    std::uint8_t rec = l.recursive() ? 1 : 0;
+    w.put(&off, sizeof off);
+    w.put(&rec, sizeof rec);
+    put_region(w, c, cond.shared_core().shared_region());
+  }
+  static Condition adopt(reader& r, std::span<const int> fds) {
+    shm_region lreg = get_region(r, fds);
+    std::uint64_t off;
+    std::uint8_t rec;
+    r.get(&off, sizeof off, "condition lock offset");
+    r.get(&rec, sizeof rec, "condition lock kind");
+    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
+      throw serialization_error("mproc: received condition lock lies outside its region");
+    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
+                    false);
+    condition_core core(adopt_region, get_region(r, fds));
+    return Condition(adopt_region, std::move(lock), std::move(core));
+  }
+};
+
+}  // namespace detail
 
 }  // namespace mproc

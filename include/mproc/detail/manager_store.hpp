@@ -52,7 +52,6 @@
 
 #include "../errors.hpp"
 #include "../serialization.hpp"
-#include "../synchronize.hpp"
 #include "log.hpp"
 #include "manager_messages.hpp"
 #include "posix/posix.hpp"
