@@ -30,12 +30,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Order: cheap and foundational first; the cost-growth sweep last.
-PROGRAMS = ["process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash", "mpi",
-            "scaling"]
+PROGRAMS = ["compile", "process", "pipe", "queue", "shared_state", "start_methods", "pool", "manager", "crash",
+            "mpi", "scaling"]
 # Rounds of a full run: more than each program's own default, so that the medians hold
 # on a shared machine. The peers (Python executors, crash scenarios, MPI) make a full run about
 # 20 minutes on 2 cores.
-FULL_ROUNDS = {"process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
+FULL_ROUNDS = {"compile": 3, "process": 11, "pipe": 9, "queue": 7, "shared_state": 9, "start_methods": 9, "pool": 7,
                "manager": 7, "mpi": 5, "scaling": 5}
 # Modules the Python peers need (Debian: python3-joblib python3-pebble python3-mpi4py).
 PEER_MODULES = "import joblib.externals.loky, pebble"
@@ -79,8 +79,8 @@ def build(source, build_dir, programs, jobs):
         subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                         "-DMPROC_BUILD_TESTS=OFF", "-DMPROC_BUILD_EXAMPLES=OFF", "-DMPROC_BUILD_BENCHMARKS=ON"],
                        check=True, stdout=subprocess.DEVNULL)
-    targets = [f"bench_bench_{p}" for p in programs if p != "mpi"]
-    if targets:  # none with --only mpi
+    targets = [f"bench_bench_{p}" for p in programs if p not in ("mpi", "compile")]
+    if targets:  # none with --only mpi or --only compile
         log(f"run.py: building {', '.join(targets)}")
         subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets], check=True,
                        stdout=subprocess.DEVNULL)
@@ -234,6 +234,69 @@ def run_mpi(build_dir, rounds, quick):
     if P.get("raw_pingpong_us"):
         rows.append({"kind": "note", "bench": "mpi",
                      "text": f"mpi4py comm.send/recv ping-pong between ranks 0 and 1: {num(P['raw_pingpong_us'])} us"})
+    return rows
+
+
+def run_compile(source, rounds):
+    """CPU seconds (user + system) g++ -O2 takes to compile one Pool.map of three ints,
+    beside its std::async twin: the whole library (mproc.hpp) and the Pool alone
+    (pool.hpp), header-only (the default) and against the compiled library
+    (MPROC_HEADER_ONLY=0, what mproc::mproc built with MPROC_COMPILED=ON sets). The
+    programs are benchmarks/compile/*.cpp; the cases run interleaved, median reported."""
+    import resource
+    import tempfile
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise RuntimeError("no g++ for the compile-time rows")
+    inc = source / "include"
+    src = {"std": HERE / "compile" / "std_twin.cpp", "mproc": HERE / "compile" / "umbrella.cpp",
+           "pool": HERE / "compile" / "pool_only.cpp"}
+    cases = [("std", "std", []), ("mproc", "mproc", []), ("pool", "pool", []),
+             ("mproc_lib", "mproc", ["-DMPROC_HEADER_ONLY=0"]), ("pool_lib", "pool", ["-DMPROC_HEADER_ONLY=0"])]
+    times = {k: [] for k, _, _ in cases}
+    lines = {}
+
+    def cpu():
+        u = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return u.ru_utime + u.ru_stime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for prog in ("std", "mproc", "pool"):
+            pre = subprocess.run([cxx, "-std=c++20", f"-I{inc}", "-E", str(src[prog])], stdout=subprocess.PIPE,
+                                 check=True, timeout=600).stdout
+            lines[prog] = pre.count(b"\n")
+        for r in range(rounds):
+            log(f"run.py: compile round {r + 1}/{rounds}")
+            for key, prog, flags in cases:
+                t0 = cpu()
+                subprocess.run([cxx, "-std=c++20", "-O2", f"-I{inc}", *flags, "-c", str(src[prog]), "-o",
+                                f"{tmp}/{key}.o"], check=True, timeout=600)
+                times[key].append(cpu() - t0)
+        t0 = cpu()
+        subprocess.run([cxx, "-std=c++20", "-O2", f"-I{inc}", "-DMPROC_HEADER_ONLY=0", "-c",
+                        str(source / "src" / "mproc.cpp"), "-o", f"{tmp}/libmproc.o"], check=True, timeout=600)
+        lib_once = cpu() - t0
+    T = {k: median(v) for k, v in times.items()}
+    twin = T["std"]
+
+    def row(metric, params, mine, target, met):
+        return {"kind": "row", "bench": "compile", "issue": "16", "metric": metric, "params": params,
+                "unit": "s", "better": "lower", "mproc": mine, "python": None, "raw": twin,
+                "raw_label": f"std::async twin ({lines['std']:,} preprocessed lines)", "vs_python": None,
+                "vs_limit": twin / mine if mine else None, "target": target, "met": met, "rounds": rounds,
+                "peers": {}}
+
+    rows = []
+    for prog, header in (("mproc", "<mproc/mproc.hpp>"), ("pool", "<mproc/pool.hpp>")):
+        ho, lib = T[prog], T[prog + "_lib"]
+        rows.append(row(f"compile one Pool.map, {header}, header-only: CPU s",
+                        f"g++ -O2 -c, {lines[prog]:,} preprocessed lines; {ho / twin:.1f}x the std-only twin",
+                        ho, "<= 3x the std-only twin", ho <= 3 * twin))
+        rows.append(row(f"compile one Pool.map, {header}, compiled library: CPU s",
+                        f"MPROC_HEADER_ONLY=0 (MPROC_COMPILED=ON); {lib / twin:.1f}x the std-only twin",
+                        lib, "below header-only", lib < ho))
+    rows.append({"kind": "note", "bench": "compile",
+                 "text": f"the compiled library itself (src/mproc.cpp, g++ -O2) compiles once in {lib_once:.1f} CPU s"})
     return rows
 
 
@@ -755,9 +818,13 @@ def main():
                 t0 = time.monotonic()
                 items = run_mpi(build_dir, 1 if args.quick else (args.rounds or FULL_ROUNDS["mpi"]), args.quick)
                 secs = time.monotonic() - t0
+            elif p == "compile":
+                t0 = time.monotonic()
+                items = run_compile(args.source.resolve(), 1 if args.quick else (args.rounds or FULL_ROUNDS["compile"]))
+                secs = time.monotonic() - t0
             else:
                 items, secs = run_program(exe, prog_args, timeout=1800)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, subprocess.CalledProcessError, json.JSONDecodeError) as e:
             log(f"run.py: bench_{p} failed: {e}")
             failures.append(f"bench_{p} ({e})")
             continue

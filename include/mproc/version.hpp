@@ -25,3 +25,11 @@ inline constexpr const char version_string[] =
     MPROC_DETAIL_STR(MPROC_VERSION_MAJOR) "." MPROC_DETAIL_STR(MPROC_VERSION_MINOR) "." MPROC_DETAIL_STR(
         MPROC_VERSION_PATCH);
 }  // namespace mproc
+
+/// 1 (the default): header-only, everything compiles in the files that include mproc.
+/// 0: the Pool engine and the other code that does not depend on a program's types
+/// come from the compiled library (libmproc, src/mproc.cpp); mproc::mproc built with
+/// CMake's MPROC_COMPILED=ON sets it, as does mproc.pc of such an install.
+#ifndef MPROC_HEADER_ONLY
+#define MPROC_HEADER_ONLY 1
+#endif

@@ -1,6 +1,7 @@
-# Builds and runs tests/consumer the way a user would, in one of two modes:
+# Builds and runs tests/consumer the way a user would, in one of three modes:
 #   package:      cmake --install into a fresh prefix, then find_package(mproc CONFIG),
 #                 and a Makefile build with the flags of the installed mproc.pc
+#   compiled:     the same with mproc built as a compiled library (MPROC_COMPILED=ON)
 #   subdirectory: add_subdirectory(<mproc source tree>)
 # Run by ctest as: cmake -DCONSUMER_MODE=... (see tests/CMakeLists.txt) -P run_consumer.cmake
 cmake_minimum_required(VERSION 3.21)
@@ -45,11 +46,32 @@ if(CONSUMER_CXX_COMPILER)
   list(APPEND _configure "-DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER}")
 endif()
 
-if(CONSUMER_MODE STREQUAL "package")
+if(CONSUMER_MODE STREQUAL "compiled")
+  # mproc itself built again as a compiled library (MPROC_COMPILED=ON), library only,
+  # then installed and used exactly as the header-only package is below.
+  set(_mproc_build "${_work}/mproc-build")
+  set(_mproc_configure "${CMAKE_COMMAND}" -S "${MPROC_SOURCE_DIR}" -B "${_mproc_build}"
+      -G "${CONSUMER_GENERATOR}" "-DCMAKE_BUILD_TYPE=${_build_type}" -DMPROC_COMPILED=ON
+      -DMPROC_BUILD_TESTS=OFF -DMPROC_BUILD_EXAMPLES=OFF -DMPROC_BUILD_BENCHMARKS=OFF)
+  if(CONSUMER_CXX_COMPILER)
+    list(APPEND _mproc_configure "-DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER}")
+  endif()
+  run_step("configure mproc (MPROC_COMPILED=ON)" ${_mproc_configure})
+  run_step("build libmproc" "${CMAKE_COMMAND}" --build "${_mproc_build}" ${_config_args})
+  set(MPROC_BINARY_DIR "${_mproc_build}")
+endif()
+
+if(CONSUMER_MODE STREQUAL "package" OR CONSUMER_MODE STREQUAL "compiled")
   run_step("cmake --install"
     "${CMAKE_COMMAND}" --install "${MPROC_BINARY_DIR}" --prefix "${_prefix}" ${_config_args})
   if(NOT EXISTS "${_prefix}/include/mproc/mproc.hpp")
     message(FATAL_ERROR "consumer (package): ${_prefix}/include/mproc/mproc.hpp was not installed")
+  endif()
+  if(CONSUMER_MODE STREQUAL "compiled")
+    file(GLOB _libs "${_prefix}/*/libmproc.*" "${_prefix}/*/*/libmproc.*")
+    if(NOT _libs)
+      message(FATAL_ERROR "consumer (compiled): no libmproc was installed under ${_prefix}")
+    endif()
   endif()
   list(APPEND _configure "-DCMAKE_PREFIX_PATH=${_prefix}" "-DEXPECTED_PREFIX=${_prefix}")
 elseif(CONSUMER_MODE STREQUAL "subdirectory")
@@ -112,7 +134,7 @@ message(STATUS "consumer (${CONSUMER_MODE}): README program output matches READM
 
 # Without CMake: a Makefile that takes every flag from the installed mproc.pc builds
 # the README program again, and it must print the same.
-if(CONSUMER_MODE STREQUAL "package")
+if(CONSUMER_MODE STREQUAL "package" OR CONSUMER_MODE STREQUAL "compiled")
   find_program(_make NAMES make gmake)
   find_program(_pkg_config NAMES pkg-config pkgconf)
   if(NOT _make OR NOT _pkg_config)
@@ -133,6 +155,9 @@ if(CONSUMER_MODE STREQUAL "package")
   string(FIND " ${_pc_flags}" " -I${_prefix}/" _at)
   if(_at EQUAL -1)
     message(FATAL_ERROR "consumer (package): mproc.pc does not point at ${_prefix}: ${_pc_flags}")
+  endif()
+  if(CONSUMER_MODE STREQUAL "compiled" AND NOT _pc_flags MATCHES "-DMPROC_HEADER_ONLY=0.* -lmproc ")
+    message(FATAL_ERROR "consumer (compiled): mproc.pc does not name libmproc and MPROC_HEADER_ONLY=0: ${_pc_flags}")
   endif()
   set(_make_cxx "${CONSUMER_CXX_COMPILER}")
   if(NOT _make_cxx)

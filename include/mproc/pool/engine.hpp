@@ -46,6 +46,7 @@
 #include "../detail/spsc_ring.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "../version.hpp"
 
 namespace mproc {
 
@@ -723,3 +724,10 @@ using Pool = basic_pool<dynamic_policy>;
 
 // The bodies of the supervision members declared above.
 #include "supervision.hpp"
+
+#if !MPROC_HEADER_ONLY
+// Compiled once, in libmproc (src/mproc.cpp), not in every file that makes a Pool.
+namespace mproc {
+extern template class basic_pool<dynamic_policy>;
+}  // namespace mproc
+#endif
