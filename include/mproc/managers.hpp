@@ -65,6 +65,7 @@
 #include "detail/posix/fork.hpp"
 #include "errors.hpp"
 #include "serialization.hpp"
+#include "serialization/boost.hpp"  // proxies travel through BaseProxy::serialize()
 
 namespace mproc {
 
