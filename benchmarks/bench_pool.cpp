@@ -8,6 +8,7 @@
 //
 //   bench_pool [--rounds N] [--quick] [--json] [--no-python]
 #include <mproc/mproc.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include "bench_common.hpp"
 

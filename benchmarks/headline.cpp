@@ -11,6 +11,7 @@
 //
 //   headline [--rounds N] [--processes N] [--no-python]
 #include <mproc/pool.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include "bench_common.hpp"
 

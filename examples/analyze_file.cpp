@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <mproc/pool.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 struct file_report {
   std::string file;

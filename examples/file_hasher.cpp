@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 
 #include <mproc/pool.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 namespace fs = std::filesystem;
 

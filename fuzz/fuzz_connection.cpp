@@ -9,6 +9,7 @@
 // gives (frames whole, oversized ones refused and skipped, then end-of-file); with
 // recv<T>, the same number of messages, each a value or a serialization_error.
 #include <mproc/connection.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>

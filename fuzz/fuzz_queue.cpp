@@ -16,6 +16,7 @@
 // A corrupt record must not be reported for ever: every serialization_error has to
 // move the consumer past something (the ring's or the overflow area's head advances).
 #include <mproc/detail/mpmc_ring.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>

@@ -5,6 +5,7 @@
 
 #include <mproc/detail/remote_exception.hpp>
 #include <mproc/serialization.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <boost/serialization/base_object.hpp>
 #include <boost/serialization/export.hpp>

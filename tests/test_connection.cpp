@@ -28,6 +28,7 @@
 
 #include <mproc/connection.hpp>
 #include <mproc/process.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 using namespace std::chrono_literals;
 

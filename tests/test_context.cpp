@@ -33,6 +33,7 @@
 #include <mproc/shared_memory.hpp>
 #include <mproc/sharedctypes.hpp>
 #include <mproc/synchronize.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 using namespace std::chrono_literals;
 

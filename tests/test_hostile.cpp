@@ -10,6 +10,7 @@
 #include "test_support.hpp"
 
 #include <mproc/mproc.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <boost/serialization/unique_ptr.hpp>
 

@@ -10,6 +10,7 @@
 #include <mproc/managers.hpp>
 #include <mproc/pool.hpp>
 #include <mproc/process.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <algorithm>
 #include <atomic>

@@ -4,6 +4,7 @@
 // racing callers, many outstanding results. Every scenario runs under a watchdog: a
 // hang fails the test with its name instead of stalling the run.
 #include <mproc/pool.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <catch2/catch.hpp>
 

@@ -8,6 +8,7 @@
 #include <mproc/process.hpp>
 #include <mproc/queue.hpp>
 #include <mproc/detail/posix/fork.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <algorithm>
 #include <atomic>

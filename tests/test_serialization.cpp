@@ -6,6 +6,7 @@
 #include "test_support.hpp"
 
 #include <mproc/serialization.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include "../fuzz/fuzz_one.hpp"
 

@@ -4,6 +4,7 @@
 // (the root's own local pool). Every wait has a timeout.
 #define CATCH_CONFIG_RUNNER
 #include <mproc/mpi.hpp>
+#include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 #include <catch2/catch.hpp>
 

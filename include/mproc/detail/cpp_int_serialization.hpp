@@ -1,9 +1,9 @@
 // Sending boost::multiprecision::cpp_int values: Boost's serialize() for cpp_int plus
-// the wire format (which tells cpp_int that mproc's reading archive is a binary one).
+// the Boost bridge (which tells cpp_int that mproc's archives are binary ones).
 // Including <boost/multiprecision/cpp_int/serialize.hpp> anywhere works as well.
 #pragma once
 
 #include <boost/multiprecision/cpp_int.hpp>
 #include <boost/multiprecision/cpp_int/serialize.hpp>
 
-#include "../serialization.hpp"
+#include "../serialization/boost.hpp"

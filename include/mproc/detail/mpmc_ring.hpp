@@ -55,6 +55,7 @@
 #include "../errors.hpp"
 #include "../serialization.hpp"
 #include "log.hpp"
+#include "mpmc_ring_sync.hpp"
 #include "posix/mirror_map.hpp"
 #include "posix/posix.hpp"
 #include "posix/robust_mutex.hpp"
@@ -62,45 +63,6 @@
 #include "posix/sparse_map.hpp"
 
 namespace mproc::detail {
-
-#if defined(__x86_64__) || defined(__i386__)
-inline void ring_spin_pause() noexcept { __builtin_ia32_pause(); }
-#else
-inline void ring_spin_pause() noexcept {}
-#endif
-
-// Each side's hot fields sit on cache lines of their own: a line written by producers
-// and read by consumers on every message would bounce between cores.
-struct mpmc_ring_header {
-  static constexpr std::uint64_t magic_value = 0x6d70726f63515545ull;  // "mprocQUE"
-  // Read-mostly.
-  std::uint64_t magic;
-  std::uint64_t capacity;  // ring bytes, a power of two
-  std::uint64_t maxsize;   // messages, 0 = no limit
-  std::uint32_t joinable;
-  std::atomic<std::uint32_t> closed;
-  std::uint64_t overflow_bytes;  // size of the overflow window, 0 = none
-  // Producers.
-  alignas(64) robust_mutex put_lock;
-  alignas(64) std::atomic<std::uint64_t> tail;  // end of the last published record
-  std::atomic<std::uint64_t> put_count;         // complete messages published
-  std::atomic<std::uint32_t> in_message;        // first fragment out, last one not yet
-  std::uint32_t overflow_active;                // new messages go to the overflow area
-  std::atomic<std::uint64_t> o_tail;            // end of the last overflow record
-  // Consumers.
-  alignas(64) robust_mutex get_lock;
-  alignas(64) std::atomic<std::uint64_t> head;  // end of the last consumed record
-  std::atomic<std::uint64_t> get_count;         // complete messages consumed or dropped
-  std::atomic<std::uint64_t> o_head;            // end of the last consumed overflow record
-  std::atomic<std::uint64_t> o_punched;         // overflow bytes below this are released
-  // Sleeping.
-  alignas(64) std::atomic<std::uint32_t> data_seq;  // bumped on publish / close
-  std::atomic<std::uint32_t> data_waiters;  // a consumer may sleep on data_seq
-  alignas(64) std::atomic<std::uint32_t> space_seq;  // bumped on consume / close
-  std::atomic<std::uint32_t> space_waiters;  // a producer may sleep on space_seq
-  alignas(64) std::atomic<std::uint32_t> unfinished;  // JoinableQueue tasks; futex word
-  std::atomic<std::uint32_t> join_waiters;
-};
 
 class mpmc_ring {
  public:
@@ -196,7 +158,7 @@ class mpmc_ring {
                    maxsize_ ||
                closed();
       };
-      if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline))
+      if (!room() && !ring_wait_until(h_->space_seq, h_->space_waiters, room, deadline))
         return status::timed_out;
       if (closed()) throw_closed();
     }
@@ -234,7 +196,7 @@ class mpmc_ring {
           return h_->o_head.load(std::memory_order_acquire) == h_->o_tail.load(std::memory_order_relaxed) ||
                  closed();
         };
-        if (!wait_until(h_->space_seq, h_->space_waiters, drained, deadline)) return status::timed_out;
+        if (!ring_wait_until(h_->space_seq, h_->space_waiters, drained, deadline)) return status::timed_out;
         if (closed()) throw_closed();
         h_->overflow_active = 0;
       }
@@ -287,7 +249,7 @@ class mpmc_ring {
       return over_bytes_ - std::size_t(t - h_->o_punched.load(std::memory_order_acquire)) >= pad + rec ||
              closed();
     };
-    if (!room() && !wait_until(h_->space_seq, h_->space_waiters, room, deadline)) return status::timed_out;
+    if (!room() && !ring_wait_until(h_->space_seq, h_->space_waiters, room, deadline)) return status::timed_out;
     if (closed()) throw_closed();
     if (pad) {
       write_header(area + off, static_cast<std::uint32_t>(pad - record_header), k_pad);
@@ -301,7 +263,7 @@ class mpmc_ring {
     h_->put_count.store(h_->put_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     if (joinable_) h_->unfinished.fetch_add(1, std::memory_order_relaxed);
     h_->o_tail.store(t + rec, std::memory_order_release);
-    notify(h_->data_seq, h_->data_waiters);
+    ring_notify(h_->data_seq, h_->data_waiters);
     return status::ok;
   }
 
@@ -358,7 +320,7 @@ class mpmc_ring {
         log(log_level::warning, "queue: fallocate(PUNCH_HOLE) failed (%d); overflow memory is kept", errno);
       h_->o_punched.store(floor, std::memory_order_release);
     }
-    notify(h_->space_seq, h_->space_waiters);
+    ring_notify(h_->space_seq, h_->space_waiters);
   }
 
  public:
@@ -486,73 +448,8 @@ class mpmc_ring {
 
   [[noreturn]] static void throw_closed() { throw state_error("put() on a closed queue"); }
 
-  /// Robust lock held for one operation. A deadline that passes while waiting for
-  /// the lock is a timeout like any other.
-  struct lock_guard {
-    robust_mutex& m;
-    bool locked = false;
-    template <class OnOwnerDied>
-    lock_guard(robust_mutex& mu, deadline_t deadline, OnOwnerDied&& on_died) : m(mu) {
-      switch (m.lock(ns_left(deadline))) {
-        case lock_result::acquired: locked = true; break;
-        case lock_result::owner_died:
-          locked = true;
-          try {
-            on_died();
-          } catch (...) {
-            (void)m.unlock();
-            throw;
-          }
-          break;
-        case lock_result::already_mine:
-          throw state_error("queue operation re-entered on the same thread");
-        case lock_result::timed_out: break;
-      }
-    }
-    ~lock_guard() {
-      if (locked) (void)m.unlock();
-    }
-    lock_guard(const lock_guard&) = delete;
-    lock_guard& operator=(const lock_guard&) = delete;
-  };
+  using lock_guard = ring_lock_guard;
 
-  /// Spins briefly, then sleeps on `seq` until cond() holds or the deadline passes.
-  /// `sleeping` is a flag, not a count: the notifier clears it when it wakes, so a
-  /// sleeper that is woken but not yet running (or that died) costs at most one
-  /// wake-up syscall, not one per message.
-  template <class Cond>
-  static bool wait_until(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleeping,
-                         Cond&& cond, deadline_t deadline) {
-    if (cond()) return true;
-    if (deadline != no_deadline && monotonic_ns() >= deadline) return false;
-    for (int i = 0; i < spin_rounds; ++i) {
-      ring_spin_pause();
-      if (cond()) return true;
-    }
-    for (;;) {
-      sleeping.store(1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      // Read the sequence before the condition: a publish after this read changes
-      // the word, so the futex wait cannot sleep through it.
-      std::uint32_t s = seq.load(std::memory_order_acquire);
-      if (cond()) return true;
-      std::int64_t left = ns_left(deadline);
-      if (left == 0) return false;
-      futex_wait(&seq, s, left);
-    }
-  }
-
-  static void notify(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleeping) noexcept {
-    // Pairs with the fence in wait_until: either the sleeper sees our store, or we
-    // see its flag and wake it.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (sleeping.load(std::memory_order_relaxed) && sleeping.exchange(0, std::memory_order_acq_rel)) {
-      seq.fetch_add(1, std::memory_order_release);
-      futex_wake(&seq);
-    }
-  }
-
-  static constexpr int spin_rounds = 400;
 
   void write_header(std::byte* p, std::uint32_t len, std::uint32_t k) noexcept {
     std::memcpy(p, &len, 4);
@@ -593,7 +490,7 @@ class mpmc_ring {
       cached_head_ = h_->head.load(std::memory_order_acquire);
       return free_bytes(t) >= need || closed();
     };
-    return wait_until(h_->space_seq, h_->space_waiters, room, deadline);
+    return ring_wait_until(h_->space_seq, h_->space_waiters, room, deadline);
   }
 
   /// Makes the record(s) up to `new_tail` visible; `k` is the kind of the last one.
@@ -606,7 +503,7 @@ class mpmc_ring {
       h_->in_message.store(1, std::memory_order_relaxed);
     }
     h_->tail.store(new_tail, std::memory_order_release);
-    notify(h_->data_seq, h_->data_waiters);
+    ring_notify(h_->data_seq, h_->data_waiters);
   }
 
   /// Ends a partly published message with an abort record (put lock held). There is
@@ -617,7 +514,7 @@ class mpmc_ring {
     write_header(ring_.data() + (t & mask_), 0, k_abort);
     h_->in_message.store(0, std::memory_order_relaxed);
     h_->tail.store(t + record_header, std::memory_order_release);
-    notify(h_->data_seq, h_->data_waiters);
+    ring_notify(h_->data_seq, h_->data_waiters);
   }
 
   void recover_producer() noexcept {
@@ -753,7 +650,7 @@ class mpmc_ring {
       cached_tail_ = h_->tail.load(std::memory_order_acquire);
       return cached_tail_ > h || overflow_ready() || closed();
     };
-    if (!wait_until(h_->data_seq, h_->data_waiters, ready, deadline)) return status::timed_out;
+    if (!ring_wait_until(h_->data_seq, h_->data_waiters, ready, deadline)) return status::timed_out;
     if (cached_tail_ > h || overflow_ready()) return status::ok;
     return status::closed;
   }
@@ -762,7 +659,7 @@ class mpmc_ring {
     if (ends_message)
       h_->get_count.store(h_->get_count.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     h_->head.store(new_head, std::memory_order_release);
-    notify(h_->space_seq, h_->space_waiters);
+    ring_notify(h_->space_seq, h_->space_waiters);
   }
 
   /// A message was dropped unread: keep JoinableQueue.join() from waiting for it.
@@ -959,7 +856,7 @@ class mpmc_ring {
         cached_tail_ = h_->tail.load(std::memory_order_acquire);
         return cached_tail_ > h;
       };
-      if (wait_until(h_->data_seq, h_->data_waiters, ready, monotonic_ns() + check_every)) return;
+      if (ring_wait_until(h_->data_seq, h_->data_waiters, ready, monotonic_ns() + check_every)) return;
       switch (h_->put_lock.lock(0)) {
         case lock_result::owner_died:
           recover_producer();

@@ -11,6 +11,7 @@
 
 #include "../detail/manager_client.hpp"
 #include "../detail/manager_messages.hpp"
+#include "../serialization/boost.hpp"  // proxies travel through their Boost serialize()
 #include "../errors.hpp"
 
 namespace mproc {
