@@ -98,6 +98,13 @@ TEST_CASE("mproc errors derive from mproc::error and std::runtime_error") {
   CHECK(is_mproc_error(mproc::start_method_error("w")));
   CHECK(is_mproc_error(mproc::authentication_error("w")));
   CHECK(is_mproc_error(mproc::state_error("w")));
+  CHECK(is_mproc_error(mproc::key_error("w")));
+  CHECK(is_mproc_error(mproc::index_error("w")));
+  CHECK(is_mproc_error(mproc::attribute_error("w")));
+  // One std::exception base: a catch for std::exception or std::runtime_error takes them.
+  CHECK_THROWS_AS(throw mproc::key_error("k"), std::exception);
+  CHECK_THROWS_AS(throw mproc::index_error("i"), std::runtime_error);
+  CHECK_FALSE(std::is_base_of_v<std::out_of_range, mproc::key_error>);
 
   mproc::worker_died d("worker died", 77, -9, 9);
   CHECK(d.pid() == 77);
@@ -283,6 +290,9 @@ TEST_CASE("mproc errors with fields keep them") {
   check_kind<mproc::manager_error>("server gone");
   check_kind<mproc::cancelled_error>("cancelled");
   check_kind<mproc::value_error>("chunksize must be positive");
+  check_kind<mproc::key_error>("key not found");
+  check_kind<mproc::index_error>("list index 9 out of range (size 3)");
+  check_kind<mproc::attribute_error>("no attribute 'x'");
 }
 
 TEST_CASE("corrupt fields raise serialization_error") {

@@ -120,6 +120,26 @@ struct state_error : error {
 /// argument and the value.
 struct value_error : error { using error::error; };
 
+/// A missing key (Python's KeyError): DictProxy::get or pop of a key that is not
+/// there, popitem of an empty dict. Derives from mproc::error only (not also from
+/// std::out_of_range: two std::exception bases would make `catch (const
+/// std::exception&)` ambiguous, and it would not catch).
+struct key_error : error {
+  using error::error;
+};
+
+/// An index out of range (Python's IndexError): a ListProxy or ArrayProxy index, pop
+/// from an empty list, sharedctypes Array::at. what() names the index and the size.
+struct index_error : error {
+  using error::error;
+};
+
+/// A missing attribute (Python's AttributeError): NamespaceProxy::get of a name that
+/// was never set.
+struct attribute_error : error {
+  using error::error;
+};
+
 /// Misuse of a lock or semaphore: releasing a lock the thread does not hold,
 /// re-acquiring a non-recursive Lock, releasing a BoundedSemaphore too many times,
 /// waiting on or notifying a Condition without holding its lock.

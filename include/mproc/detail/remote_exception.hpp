@@ -83,8 +83,11 @@ enum class exception_kind : std::uint8_t {
   cancelled_error = 26,
   buffer_too_short = 27,  // fields: message, capacity
   value_error = 28,
+  key_error = 29,
+  index_error = 30,
+  attribute_error = 31,
 };
-inline constexpr int exception_kind_count = 29;
+inline constexpr int exception_kind_count = 32;
 
 struct encoded_exception {
   std::uint8_t kind = static_cast<std::uint8_t>(exception_kind::remote);
@@ -315,6 +318,9 @@ inline std::span<const carried_type> carried_types() {
       {K::buffer_too_short, &typeid(mproc::buffer_too_short), &capture_buffer_too_short,
        &rebuild_buffer_too_short},
       plain<mproc::value_error, K::value_error>(),
+      plain<mproc::key_error, K::key_error>(),
+      plain<mproc::index_error, K::index_error>(),
+      plain<mproc::attribute_error, K::attribute_error>(),
   };
   return table;
 }
