@@ -4,7 +4,8 @@
 //
 // Each input is a session: a sequence of request frames (see fuzz_manager.hpp) run in
 // order on a fresh store, so one request can create an object that later ones use.
-// handle_request must never throw; every reply must encode and decode again.
+// handle_request must never throw; every reply must encode and decode again, and an
+// error reply must rebuild as an exception (the client's re-raise) without throwing.
 #include <mproc/managers.hpp>
 
 #include "fuzz_manager.hpp"
@@ -60,9 +61,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (std::string_view f : fuzz::manager::frames(data, size)) {
     const std::string frame = without_blocking(f);
     auto [r, with_fd] = mgr::handle_request(cfg, frame, is_unix);
-    if (with_fd && (!is_unix || r.st != mgr::status::ok)) std::abort();
+    if (with_fd && (!is_unix || r.error)) std::abort();
     mgr::response back = mgr::response::decode(r.encode());
-    if (back.st != r.st || back.a != r.a || back.list != r.list || back.n != r.n) std::abort();
+    if (back.error.has_value() != r.error.has_value() || back.a != r.a || back.list != r.list || back.n != r.n)
+      std::abort();
+    if (back.error) {
+      // The server's own capture always rebuilds (as the client's re-raise does).
+      const auto& e = *back.error;
+      if (e.kind != r.error->kind || e.type_name != r.error->type_name || e.what != r.error->what ||
+          e.fields != r.error->fields || !back.raised())
+        std::abort();
+    }
   }
   return 0;
 }

@@ -87,6 +87,18 @@ void expect(bool ok, const char* what) {
 
 }  // namespace
 
+namespace manager_errors {
+struct over_quota : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct unregistered_failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+int throw_over_quota(int) { throw over_quota("quota of 5 exceeded"); }
+int throw_unregistered(int) { throw unregistered_failure("nobody registered me"); }
+}  // namespace manager_errors
+MPROC_REGISTER_EXCEPTION(manager_errors::over_quota);
+
 TEST_CASE("DictProxy operations", "[managers]") {
   mproc::Manager m;
   auto d = m.dict<std::string, int>();
@@ -388,6 +400,73 @@ TEST_CASE("wrong authkey raises authentication_error", "[managers][auth]") {
   CHECK(ok.dict<int, int>("x").size() == 0);
 }
 
+TEST_CASE("an update function's exception arrives as the tasks' do: registered types as themselves",
+          "[managers][errors][tcp]") {
+  mproc::Manager m({.address = "127.0.0.1:0", .authkey = "k"});
+  auto remote = mproc::Manager::connect(m.address(), "k");
+  for (mproc::Manager* mm : {&m, &remote}) {
+    INFO((mm == &m ? "local" : "over TCP"));
+    auto d = mm->dict<std::string, int>(mm == &m ? "local" : "remote");
+    // A captureless lambda (over TCP: by the id of its type), then a function pointer.
+    CHECK_THROWS_AS(d.update("n", [](int) -> int { throw manager_errors::over_quota("lambda over quota"); }, 0),
+                    manager_errors::over_quota);
+    CHECK_THROWS_WITH(d.update("n", &manager_errors::throw_over_quota, 0), "quota of 5 exceeded");
+    CHECK_THROWS_AS(d.update("n", &manager_errors::throw_over_quota, 0), manager_errors::over_quota);
+    // The standard and mproc types keep their type, as for tasks.
+    CHECK_THROWS_AS(d.update("n", [](int) -> int { throw std::length_error("too long"); }, 0), std::length_error);
+    CHECK_THROWS_AS(d.update("n", [](int) -> int { throw mproc::value_error("bad"); }, 0), mproc::value_error);
+    CHECK_FALSE(d.contains("n"));  // nothing was stored by a failed update
+    CHECK(d.update("n", [](int v) { return v + 1; }, 0) == 1);
+  }
+  // A type this process did not register: as itself locally, as remote_error from the
+  // server (with its type name and the server's pid), as a task's would be.
+  auto local = m.dict<std::string, int>("local");
+  CHECK_THROWS_AS(local.update("n", &manager_errors::throw_unregistered, 0), manager_errors::unregistered_failure);
+  auto rd = remote.dict<std::string, int>("remote");
+  try {
+    (void)rd.update("n", &manager_errors::throw_unregistered, 0);
+    FAIL("no exception");
+  } catch (const mproc::remote_error& e) {
+    CHECK(e.type_name() == "manager_errors::unregistered_failure");
+    CHECK(std::string(e.what()) == "nobody registered me");
+    CHECK(e.pid() == m.server_pid());
+  }
+  CHECK(rd.get("n") == 1);  // the connection stays usable
+}
+
+TEST_CASE("a forged or garbled error in a manager response raises serialization_error",
+          "[managers][hostile][errors]") {
+  using mproc::detail::encoded_exception;
+  using mproc::detail::exception_kind;
+  auto reply_with = [](encoded_exception e) {
+    mgr::response r;
+    r.error = std::move(e);
+    return r.encode();
+  };
+  // Fields too short for the kind, and bytes left over after them.
+  const auto short_fields =
+      reply_with({static_cast<std::uint8_t>(exception_kind::worker_died), "w", "died", {std::byte{1}}});
+  CHECK_THROWS_AS(mgr::response::decode(short_fields).raise_if_error(), mproc::serialization_error);
+  CHECK_THROWS_WITH(mgr::response::decode(short_fields).raise_if_error(),
+                    Catch::StartsWith("corrupt manager response"));
+  const auto extra =
+      reply_with({static_cast<std::uint8_t>(exception_kind::key_error), "k", "missing", {std::byte{7}}});
+  CHECK_THROWS_AS(mgr::response::decode(extra).raise_if_error(), mproc::serialization_error);
+  // A kind this build does not know arrives as remote_error, as for tasks.
+  const auto unknown = reply_with({200, "future::error", "from a newer server", {}});
+  CHECK_THROWS_AS(mgr::response::decode(unknown).raise_if_error(), mproc::remote_error);
+  // A well-formed one arrives as its type.
+  const auto key = reply_with({static_cast<std::uint8_t>(exception_kind::key_error), "mproc::key_error", "k", {}});
+  CHECK_THROWS_AS(mgr::response::decode(key).raise_if_error(), mproc::key_error);
+  // Truncated replies and a bad optional flag do not decode at all.
+  for (std::size_t cut = 1; cut < key.size(); ++cut)
+    CHECK_THROWS_AS(mgr::response::decode(std::string_view(key).substr(0, key.size() - cut)),
+                    mproc::serialization_error);
+  std::string bad_flag = mgr::response{}.encode();
+  bad_flag.back() = '\x02';
+  CHECK_THROWS_AS(mgr::response::decode(bad_flag), mproc::serialization_error);
+}
+
 TEST_CASE("oversized message headers close the connection without allocating", "[managers][hostile]") {
   // Server side: authenticate as a client would, then announce a 4 GiB request.
   mproc::Manager m({.authkey = "k"});
@@ -585,11 +664,11 @@ TEST_CASE("a forged create request cannot make a barrier that never releases", "
     return mgr::handle_request(cfg, q.encode(), true).first;
   };
   for (std::int64_t parties : {std::int64_t(0), std::int64_t(-1), std::int64_t(INT32_MAX) + 1})
-    CHECK(create(mgr::kind::barrier, parties).st == mgr::status::value);
-  CHECK(create(mgr::kind::semaphore, -1).st == mgr::status::value);
-  CHECK(create(mgr::kind::bounded_semaphore, -5).st == mgr::status::value);
+    CHECK_THROWS_AS(create(mgr::kind::barrier, parties).raise_if_error(), mproc::value_error);
+  CHECK_THROWS_AS(create(mgr::kind::semaphore, -1).raise_if_error(), mproc::value_error);
+  CHECK_THROWS_AS(create(mgr::kind::bounded_semaphore, -5).raise_if_error(), mproc::value_error);
   // Nothing was made by the refused ones; a good one still is.
-  CHECK(create(mgr::kind::barrier, 3).st == mgr::status::ok);
+  CHECK_FALSE(create(mgr::kind::barrier, 3).error);
   done.set_value();
   server_life.join();
 }

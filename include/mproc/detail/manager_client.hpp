@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -68,9 +69,11 @@ class remote_backend final : public backend {
                    : q.m < 0 ? -1
                              : deadline_after(q.m > INT64_MAX - timeout_ns_ ? -1 : q.m + timeout_ns_);
     response r;
+    std::exception_ptr failed;
     try {
       write_frame(fd_.get(), q.encode(), d);
       r = response::decode(read_frame(fd_.get(), cap_, d));
+      failed = r.raised();  // a garbled error is a garbled reply
     } catch (const eof_error& e) {
       broken();
       throw server_gone(e);
@@ -84,7 +87,7 @@ class remote_backend final : public backend {
       broken();
       throw server_gone(e);
     }
-    r.raise_if_error();  // the operation's own error: the connection is fine
+    if (failed) std::rethrow_exception(failed);  // the operation's own error: the connection is fine
     return r;
   }
   [[nodiscard]] bool local() const noexcept override { return false; }

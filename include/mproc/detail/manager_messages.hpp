@@ -5,16 +5,20 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <tuple>
 #include <vector>
 
+#include <unistd.h>
+
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "remote_exception.hpp"
 
 namespace mproc::detail::mgr {
 
@@ -122,71 +126,48 @@ struct request {
   }
 };
 
-enum class status : std::uint8_t {
-  ok = 0, out_of_range, serialization, queue_empty, queue_full, timeout, manager, state,
-  invalid_argument, other,
-  // New statuses go last.
-  value, broken_barrier
-};
-
+/// The reply to one request. An operation that raised carries its exception in
+/// `error`, captured as a pool task's or a child's is (remote_exception.hpp), so one
+/// exception table serves tasks, children and the Manager: the client re-raises it
+/// as the type the server saw, a type it registered with MPROC_REGISTER_EXCEPTION as
+/// that type, anything else as remote_error.
 struct response {
-  status st = status::ok;
   std::string a;
   std::vector<std::string> list;
   std::int64_t n = 0;
+  std::optional<encoded_exception> error;  // set when the operation raised
 
-  [[nodiscard]] std::string encode() const { return enc(std::tie(st, a, list, n)); }
+  [[nodiscard]] std::string encode() const { return enc(std::tie(a, list, n, error)); }
   static response decode(std::string_view bytes) {
     response r;
-    decode_fields(bytes, std::tie(r.st, r.a, r.list, r.n), "corrupt manager response: trailing bytes");
-    if (static_cast<std::uint8_t>(r.st) > static_cast<std::uint8_t>(status::broken_barrier))
-      throw serialization_error("corrupt manager response: unknown status");
+    decode_fields(bytes, std::tie(r.a, r.list, r.n, r.error), "corrupt manager response: trailing bytes");
     return r;
+  }
+  /// The error the response carries, rebuilt (null when the operation succeeded). A
+  /// garbled one raises serialization_error.
+  [[nodiscard]] std::exception_ptr raised() const {
+    if (!error) return nullptr;
+    try {
+      return to_exception_ptr(*error, 0);  // a remote type's pid is in its fields
+    } catch (const serialization_error& e) {
+      throw serialization_error(std::string("corrupt manager response: ") + e.what());
+    }
   }
   /// Re-raises an error carried by a response as the type the server saw.
   void raise_if_error() const {
-    switch (st) {
-      case status::ok: return;
-      case status::out_of_range: throw std::out_of_range(a);
-      case status::serialization: throw serialization_error(a);
-      case status::queue_empty: throw queue_empty(a);
-      case status::queue_full: throw queue_full(a);
-      case status::timeout: throw timeout_error(a);
-      case status::manager: throw manager_error(a);
-      case status::state: throw state_error(a);
-      case status::invalid_argument: throw std::invalid_argument(a);
-      case status::other: throw manager_error("manager server: " + a);
-      case status::value: throw value_error(a);
-      case status::broken_barrier: throw broken_barrier_error(a);
-    }
+    if (auto e = raised()) std::rethrow_exception(e);
   }
   /// Turns the exception being handled into an error response (server side).
   static response from_current_exception() {
     response r;
-    try {
-      throw;
-    } catch (const std::out_of_range& e) {
-      r.st = status::out_of_range, r.a = e.what();
-    } catch (const serialization_error& e) {
-      r.st = status::serialization, r.a = e.what();
-    } catch (const mproc::queue_empty& e) {
-      r.st = status::queue_empty, r.a = e.what();
-    } catch (const mproc::queue_full& e) {
-      r.st = status::queue_full, r.a = e.what();
-    } catch (const timeout_error& e) {
-      r.st = status::timeout, r.a = e.what();
-    } catch (const manager_error& e) {
-      r.st = status::manager, r.a = e.what();
-    } catch (const state_error& e) {
-      r.st = status::state, r.a = e.what();
-    } catch (const std::invalid_argument& e) {
-      r.st = status::invalid_argument, r.a = e.what();
-    } catch (const value_error& e) {
-      r.st = status::value, r.a = e.what();
-    } catch (const broken_barrier_error& e) {
-      r.st = status::broken_barrier, r.a = e.what();
-    } catch (const std::exception& e) {
-      r.st = status::other, r.a = e.what();
+    r.error = capture_exception(std::current_exception());
+    // A type the client may not know arrives as remote_error: name this process.
+    if (r.error->kind == static_cast<std::uint8_t>(exception_kind::remote) && r.error->fields.empty()) {
+      try {
+        remote_exception_impl::put_fields(r.error->fields, std::int32_t(::getpid()));
+      } catch (...) {  // out of memory: the client names no process
+        r.error->fields.clear();
+      }
     }
     return r;
   }
