@@ -110,7 +110,7 @@ TEST_CASE("DictProxy operations", "[managers]") {
   d.set("b", 20);  // overwrite keeps the first insertion position
   CHECK(d.get("b") == 20);
   CHECK(d.get("zz", -1) == -1);
-  CHECK_THROWS_AS(d.get("zz"), std::out_of_range);
+  CHECK_THROWS_AS(d.get("zz"), mproc::key_error);
   CHECK(d.try_get("a") == std::optional<int>(1));
   CHECK_FALSE(d.try_get("zz").has_value());
   CHECK(d.contains("a"));
@@ -123,7 +123,7 @@ TEST_CASE("DictProxy operations", "[managers]") {
   CHECK(d.erase("a"));
   CHECK_FALSE(d.erase("a"));
   CHECK(d.pop("c") == 3);
-  CHECK_THROWS_AS(d.pop("c"), std::out_of_range);
+  CHECK_THROWS_AS(d.pop("c"), mproc::key_error);
   CHECK(d.update("n", [](int v) { return v + 5; }, 10) == 15);
   CHECK(d.update("n", [](int v) { return v * 2; }, 10) == 30);
   int calls = 0;  // locally any callable works, stateful ones included
@@ -165,15 +165,15 @@ TEST_CASE("ListProxy operations", "[managers]") {
   l.set(0, 30);
   l.set(-2, 60);
   CHECK(l.items() == std::vector<int>{30, 4, 5, 60, 7});
-  CHECK_THROWS_AS(l.get(5), std::out_of_range);
-  CHECK_THROWS_AS(l.get(-6), std::out_of_range);
-  CHECK_THROWS_AS(l.set(9, 1), std::out_of_range);
+  CHECK_THROWS_AS(l.get(5), mproc::index_error);
+  CHECK_THROWS_AS(l.get(-6), mproc::index_error);
+  CHECK_THROWS_AS(l.set(9, 1), mproc::index_error);
   CHECK(l.pop() == 7);
   CHECK(l.pop(0) == 30);
   CHECK(l.items() == std::vector<int>{4, 5, 60});
   l.clear();
   CHECK(l.empty());
-  CHECK_THROWS_AS(l.pop(), std::out_of_range);
+  CHECK_THROWS_AS(l.pop(), mproc::index_error);
 
   auto s = m.list<std::string>();
   s.append(std::string(100000, 'x'));  // large elements are fine
@@ -195,7 +195,7 @@ TEST_CASE("NamespaceProxy is type-checked", "[managers]") {
   } catch (const mproc::serialization_error& e) {
     CHECK(std::string(e.what()).find("std::") != std::string::npos);  // names the stored type
   }
-  CHECK_THROWS_AS(ns.get<int>("missing"), std::out_of_range);
+  CHECK_THROWS_AS(ns.get<int>("missing"), mproc::attribute_error);
   CHECK(ns.has("label"));
   CHECK(ns.names() == std::vector<std::string>{"label", "count", "ratio"});
   ns.set("count", std::string("three"));  // re-binding may change the type, as in Python
@@ -371,7 +371,7 @@ TEST_CASE("TCP: a remote client in another process, by name", "[managers][tcp]")
   int step = 3;
   CHECK_THROWS_AS(rd.update("counter", [step](int v) { return v + step; }, 0), mproc::manager_error);
   CHECK(d.get("counter") == 1121);
-  CHECK_THROWS_AS(rd.get("nope"), std::out_of_range);
+  CHECK_THROWS_AS(rd.get("nope"), mproc::key_error);
   // A server-side error is the operation's, not the connection's: it stays usable.
   CHECK_THROWS_AS((c.dict<std::string, double>("shared")), mproc::serialization_error);
   CHECK(rd.get("remote") == 42);
@@ -382,7 +382,7 @@ TEST_CASE("TCP: a remote client in another process, by name", "[managers][tcp]")
   auto rl = c.list<int>("nums");
   rl.extend(std::vector<int>{1, 2, 3});
   CHECK(m.list<int>("nums").items() == std::vector<int>{1, 2, 3});
-  CHECK_THROWS_AS(rl.get(10), std::out_of_range);
+  CHECK_THROWS_AS(rl.get(10), mproc::index_error);
   // A remote proxy passed to a forked child opens its own connection there.
   mproc::Process p([](mproc::DictProxy<std::string, int> rd) { rd.set("from_child", 1); }, rd);
   p.start();
@@ -398,6 +398,48 @@ TEST_CASE("wrong authkey raises authentication_error", "[managers][auth]") {
   // The server survives bad clients.
   auto ok = mproc::Manager::connect(m.address(), "right");
   CHECK(ok.dict<int, int>("x").size() == 0);
+}
+
+TEST_CASE("missing keys, bad indexes and missing attributes raise key_error, index_error and "
+          "attribute_error, locally and over TCP", "[managers][errors]") {
+  mproc::Manager m({.address = "127.0.0.1:0", .authkey = "k"});
+  auto remote = mproc::Manager::connect(m.address(), "k");
+  for (mproc::Manager* mm : {&m, &remote}) {
+    INFO((mm == &m ? "local" : "over TCP"));
+    auto d = mm->dict<std::string, int>();
+    CHECK_THROWS_AS(d.get("missing"), mproc::key_error);
+    CHECK_THROWS_AS(d.pop("missing"), mproc::key_error);
+    CHECK_THROWS_AS(d.popitem(), mproc::key_error);
+    CHECK_THROWS_AS(d.get("missing"), mproc::error);
+    CHECK_THROWS_AS(d.popitem(), mproc::error);
+    CHECK_THROWS_WITH(d.popitem(), Catch::Contains("empty"));
+
+    auto l = mm->list<int>();
+    CHECK_THROWS_AS(l.pop(), mproc::index_error);
+    CHECK_THROWS_AS(l.pop(), mproc::error);
+    l.append(1);
+    CHECK_THROWS_AS(l.pop(5), mproc::index_error);
+    CHECK_THROWS_AS(l.get(-2), mproc::index_error);
+    CHECK_THROWS_AS(l.set(1, 0), mproc::index_error);
+    CHECK_THROWS_WITH(l.get(7), Catch::Contains("index 7") && Catch::Contains("size 1"));
+
+    auto a = mm->Array<int>(3);
+    CHECK_THROWS_AS(a.get(3), mproc::index_error);
+    CHECK_THROWS_AS(a.set(-4, 0), mproc::index_error);
+    CHECK_THROWS_AS(a.get(3), mproc::error);
+
+    auto ns = mm->Namespace();
+    CHECK_THROWS_AS(ns.get<int>("missing"), mproc::attribute_error);
+    CHECK_THROWS_AS(ns.get<int>("missing"), mproc::error);
+    CHECK_THROWS_WITH(ns.get<int>("missing"), Catch::Contains("missing"));
+    // and catch (const std::exception&) still catches them (one std::exception base)
+    try {
+      (void)ns.get<int>("missing");
+      FAIL("no exception");
+    } catch (const std::exception& e) {
+      CHECK(dynamic_cast<const mproc::attribute_error*>(&e) != nullptr);
+    }
+  }
 }
 
 TEST_CASE("an update function's exception arrives as the tasks' do: registered types as themselves",

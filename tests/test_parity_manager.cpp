@@ -263,8 +263,8 @@ TEST_CASE("manager Event, Semaphore, RLock, Condition, Barrier: Python's semanti
     CHECK(a.get(-1) == 3.5);
     a.set(1, 9.0);
     CHECK(a.items() == std::vector<double>{1.5, 9.0, 3.5});
-    CHECK_THROWS_AS(a.get(3), std::out_of_range);
-    CHECK_THROWS_AS(a.set(-4, 0.0), std::out_of_range);
+    CHECK_THROWS_AS(a.get(3), mproc::index_error);
+    CHECK_THROWS_AS(a.set(-4, 0.0), mproc::index_error);
     std::vector<double> seen;
     for (double x : a) seen.push_back(x);
     CHECK(seen.size() == 3);
@@ -324,8 +324,8 @@ TEST_CASE("list, dict and queue proxies have Python's methods", "[parity][manage
     CHECK(seen == std::vector<int>{2, 3, 6, 8});
     CHECK(l.size() == 8);
     l.clear();
-    CHECK_THROWS_AS(l.pop(), std::out_of_range);
-    CHECK_THROWS_AS(l.pop(3), std::out_of_range);
+    CHECK_THROWS_AS(l.pop(), mproc::index_error);
+    CHECK_THROWS_AS(l.pop(3), mproc::index_error);
     for ([[maybe_unused]] int x : l) FAIL("an empty list yields nothing");
   }
   SECTION("sort loses no concurrent change") {
@@ -343,7 +343,7 @@ TEST_CASE("list, dict and queue proxies have Python's methods", "[parity][manage
   }
   SECTION("dict") {
     auto d = m.dict<std::string, int>();
-    CHECK_THROWS_AS(d.popitem(), std::out_of_range);
+    CHECK_THROWS_AS(d.popitem(), mproc::key_error);
     d.set("a", 1);
     d.set("b", 2);
     d.set("c", 3);
@@ -352,7 +352,7 @@ TEST_CASE("list, dict and queue proxies have Python's methods", "[parity][manage
     CHECK(d.get("z") == 26);
     CHECK(d.pop("b", -1) == 2);
     CHECK(d.pop("b", -1) == -1);
-    CHECK_THROWS_AS(d.pop("b"), std::out_of_range);
+    CHECK_THROWS_AS(d.pop("b"), mproc::key_error);
     CHECK(d.keys() == std::vector<std::string>{"a", "c", "z"});
     CHECK(d.values() == std::vector<int>{1, 3, 26});
     std::vector<std::string> order;

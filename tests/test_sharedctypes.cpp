@@ -138,7 +138,7 @@ TEST_CASE("Array construction, access and bounds") {
   CHECK(e.to_vector() == std::vector<int>{0, 2, 4, 6, 8});
   mproc::Array<int> f(3, 9);
   CHECK(f.to_vector() == std::vector<int>{9, 9, 9});
-  CHECK_THROWS_AS(a.at(5), std::out_of_range);
+  CHECK_THROWS_AS(a.at(5), mproc::index_error);
   a.at(4) = 3;
   std::span<int> s = a;
   CHECK(s.size() == 5);

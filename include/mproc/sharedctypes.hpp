@@ -199,11 +199,11 @@ class basic_array : public shared_storage<T, Locked> {
   [[nodiscard]] bool empty() const noexcept { return this->size_ == 0; }
   /// Element `i`, unchecked (see at()).
   [[nodiscard]] T& operator[](std::size_t i) const noexcept { return this->data_[i]; }
-  /// Bounds-checked access.
+  /// Bounds-checked access: index_error (Python's IndexError) when `i` >= size().
   [[nodiscard]] T& at(std::size_t i) const {
     if (i >= this->size_)
-      throw std::out_of_range("mproc Array: index " + std::to_string(i) + " out of range for size " +
-                              std::to_string(this->size_));
+      throw index_error("mproc Array: index " + std::to_string(i) + " out of range for size " +
+                        std::to_string(this->size_));
     return this->data_[i];
   }
   /// Pointer to the first element.

@@ -55,7 +55,7 @@ struct supervisor_outcome {
 /// \endcode
 class Supervisor {
  public:
-  /// Supervises `target(args...)` under `opts`; raises std::invalid_argument for a negative max_restarts or backoff, or a multiplier below 1.
+  /// Supervises `target(args...)` under `opts`; raises value_error for a negative max_restarts or backoff, or a multiplier below 1.
   template <class F, class... Args>
     requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
   explicit Supervisor(supervisor_options opts, F&& target, Args&&... args) : opts_(std::move(opts)) {

@@ -53,7 +53,7 @@ int run(int argc, char** argv) {
     try {
       (void)d.get("missing");
       return 4;
-    } catch (const std::out_of_range&) {
+    } catch (const mproc::key_error&) {
     }
     return 0;
   }

@@ -50,8 +50,8 @@ inline std::int64_t normalize_index(std::int64_t i, std::size_t size, const char
   std::int64_t n = static_cast<std::int64_t>(size);
   std::int64_t j = i < 0 ? i + n : i;
   if (j < 0 || j >= n)
-    throw std::out_of_range(std::string(what) + " index " + std::to_string(i) +
-                            " out of range (size " + std::to_string(size) + ")");
+    throw index_error(std::string(what) + " index " + std::to_string(i) +
+                      " out of range (size " + std::to_string(size) + ")");
   return j;
 }
 
@@ -285,7 +285,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::list_pop: {
         store::guard g(s, s.lock_timeout_ns);
         object& o = resizable_list(s, q.id);
-        if (o.list.empty()) throw std::out_of_range("pop from empty list");
+        if (o.list.empty()) throw index_error("pop from empty list");
         auto i = std::size_t(normalize_index(q.n, o.list.size(), "pop"));
         out.a = sv(o.list[i]);
         store::mutation mu(s);
@@ -462,7 +462,7 @@ inline response execute(store& s, const request& q, const updater* fn = nullptr)
       case op::dict_popitem: {
         store::guard g(s, s.lock_timeout_ns);
         object& o = s.find(q.id, kind::dict);
-        if (o.dict.empty()) throw std::out_of_range("popitem(): dictionary is empty (KeyError)");
+        if (o.dict.empty()) throw key_error("popitem(): dictionary is empty");
         // Last in, first out, as Python's dict.
         auto last = std::max_element(o.dict.begin(), o.dict.end(),
                                      [](const auto& x, const auto& y) { return x.second.seq < y.second.seq; });

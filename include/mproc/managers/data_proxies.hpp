@@ -91,10 +91,10 @@ class DictProxy : public BaseProxy {
 
   /// Sets the value for `k`.
   void set(const K& k, const V& v) { call(op::dict_set, detail::mgr::enc(k), detail::mgr::enc(v)); }
-  /// The value for k; std::out_of_range (Python's KeyError) when missing.
+  /// The value for k; key_error (Python's KeyError) when missing.
   [[nodiscard]] V get(const K& k) const {
     auto r = call(op::dict_get, detail::mgr::enc(k));
-    if (!r.n) throw std::out_of_range("mproc::DictProxy::get: key not found (KeyError)");
+    if (!r.n) throw key_error("mproc::DictProxy::get: key not found");
     return detail::mgr::dec<V>(r.a);
   }
   /// The value for `k`, or `dflt` when missing.
@@ -112,10 +112,10 @@ class DictProxy : public BaseProxy {
   [[nodiscard]] bool contains(const K& k) const { return call(op::dict_contains, detail::mgr::enc(k)).n != 0; }
   /// Removes k; returns whether it was there.
   bool erase(const K& k) { return call(op::dict_erase, detail::mgr::enc(k)).n != 0; }
-  /// Removes k and returns its value; std::out_of_range when missing.
+  /// Removes k and returns its value; key_error when missing.
   V pop(const K& k) {
     auto r = call(op::dict_pop, detail::mgr::enc(k));
-    if (!r.n) throw std::out_of_range("mproc::DictProxy::pop: key not found (KeyError)");
+    if (!r.n) throw key_error("mproc::DictProxy::pop: key not found");
     return detail::mgr::dec<V>(r.a);
   }
   /// Number of entries.
@@ -151,7 +151,7 @@ class DictProxy : public BaseProxy {
     auto r = call(op::dict_pop, detail::mgr::enc(k));
     return r.n ? detail::mgr::dec<V>(r.a) : dflt;
   }
-  /// Removes and returns the item inserted last; std::out_of_range (KeyError) when
+  /// Removes and returns the item inserted last; key_error (Python's KeyError) when
   /// the dict is empty.
   std::pair<K, V> popitem() {
     auto r = call(op::dict_popitem);
@@ -227,7 +227,7 @@ class DictProxy : public BaseProxy {
 };
 
 /// A list in the manager (Python's ListProxy). Indexes may be negative, as in Python;
-/// out-of-range indexes raise std::out_of_range.
+/// out-of-range indexes raise index_error (Python's IndexError).
 template <class T>
 class ListProxy : public BaseProxy {
   using op = detail::mgr::op;
@@ -247,11 +247,11 @@ class ListProxy : public BaseProxy {
     for (const auto& e : range) q.list.push_back(detail::mgr::enc(static_cast<const T&>(e)));
     be()->call(q, nullptr);
   }
-  /// Element `i` (negative counts from the end); std::out_of_range when out of range.
+  /// Element `i` (negative counts from the end); index_error when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
-  /// Replaces element `i` (negative counts from the end); std::out_of_range when out of range.
+  /// Replaces element `i` (negative counts from the end); index_error when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
-  /// Removes and returns element i (default: the last).
+  /// Removes and returns element i (default: the last); index_error when out of range or empty.
   T pop(std::int64_t i = -1) { return detail::mgr::dec<T>(call(op::list_pop, {}, {}, i).a); }
   /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
@@ -313,7 +313,7 @@ class ListProxy : public BaseProxy {
 
 /// Named attributes of any sendable type (Python's Namespace). Each value keeps its
 /// type tag: get<T> of a value stored as another type raises serialization_error
-/// naming both types; a missing name raises std::out_of_range (AttributeError).
+/// naming both types; a missing name raises attribute_error (Python's AttributeError).
 class NamespaceProxy : public BaseProxy {
   using op = detail::mgr::op;
 
@@ -329,11 +329,11 @@ class NamespaceProxy : public BaseProxy {
     detail::write_message(w, reinterpret_cast<std::byte*>(bytes.data()));
     call(op::dict_set, detail::mgr::enc(name), std::move(bytes));
   }
-  /// Attribute `name` as T; std::out_of_range when missing, serialization_error when it holds another type.
+  /// Attribute `name` as T; attribute_error when missing, serialization_error when it holds another type.
   template <class T>
   [[nodiscard]] T get(const std::string& name) const {
     auto r = call(op::dict_get, detail::mgr::enc(name));
-    if (!r.n) throw std::out_of_range("mproc::NamespaceProxy: no attribute '" + name + "' (AttributeError)");
+    if (!r.n) throw attribute_error("mproc::NamespaceProxy: no attribute '" + name + "'");
     return detail::read_message<T>(
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.a.data()), r.a.size()));
   }
@@ -448,7 +448,7 @@ class ValueProxy : public BaseProxy {
 };
 
 /// A fixed-size array in the manager (Python's manager.Array()); indexes may be
-/// negative, out-of-range ones raise std::out_of_range (IndexError).
+/// negative, out-of-range ones raise index_error (Python's IndexError).
 template <class T>
 class ArrayProxy : public BaseProxy {
   using op = detail::mgr::op;
@@ -457,9 +457,9 @@ class ArrayProxy : public BaseProxy {
   /// The element type.
   using value_type = T;
   ArrayProxy() = default;
-  /// Element `i`; std::out_of_range when out of range.
+  /// Element `i`; index_error when out of range.
   [[nodiscard]] T get(std::int64_t i) const { return detail::mgr::dec<T>(call(op::list_get, {}, {}, i).a); }
-  /// Replaces element `i`; std::out_of_range when out of range.
+  /// Replaces element `i`; index_error when out of range.
   void set(std::int64_t i, const T& v) { call(op::list_set, {}, detail::mgr::enc(v), i); }
   /// Number of elements.
   [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(call(op::list_size).n); }
