@@ -22,8 +22,8 @@
 #include <unistd.h>
 
 #include "detail/posix/fork.hpp"
-#include "detail/forkserver.hpp"
-#include "detail/spawn.hpp"
+#include "detail/posix/forkserver.hpp"
+#include "detail/posix/spawn.hpp"
 #include "detail/posix/forker.hpp"
 #include "detail/posix/posix.hpp"
 #include "errors.hpp"

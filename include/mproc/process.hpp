@@ -43,7 +43,7 @@
 #include "context.hpp"
 #include "detail/callable.hpp"
 #include "detail/handle_passing.hpp"
-#include "detail/tracker.hpp"
+#include "detail/posix/tracker.hpp"
 #include "detail/log.hpp"
 #include "detail/posix/fork.hpp"
 #include "detail/posix/posix.hpp"

@@ -34,7 +34,7 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 
-#include "detail/tracker.hpp"
+#include "detail/posix/tracker.hpp"
 #include "errors.hpp"
 #include "detail/handle_passing.hpp"
 

@@ -28,7 +28,7 @@
 #include "../detail/posix/shm_region.hpp"
 #include "../detail/remote_exception.hpp"
 #include "../detail/spsc_ring.hpp"
-#include "../detail/tracker.hpp"
+#include "../detail/posix/tracker.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
 
