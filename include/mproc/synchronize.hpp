@@ -167,9 +167,7 @@ class basic_lock {
   [[nodiscard]] bool same_object(const basic_lock& o) const noexcept {
     if (st_ == o.st_) return true;
     if (shared_offset() != o.shared_offset()) return false;
-    struct stat a {}, b {};
-    return ::fstat(block_->region().fd(), &a) == 0 && ::fstat(o.block_->region().fd(), &b) == 0 &&
-           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    return detail::same_file(block_->region().fd(), o.block_->region().fd());
   }
   /// Two handles on the same lock (see same_object()).
   friend bool operator==(const basic_lock& a, const basic_lock& b) noexcept {
