@@ -5,7 +5,7 @@
 // reports end-of-file before a request, or raises an mproc::error; anything else
 // (another exception, a crash, a leak, an allocation the bytes did not pay for) is a
 // finding. Nothing read is ever run.
-#include <mproc/detail/forkserver.hpp>
+#include <mproc/detail/posix/forkserver.hpp>
 
 #include <sys/socket.h>
 #include <unistd.h>

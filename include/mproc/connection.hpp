@@ -39,6 +39,7 @@
 
 #include "detail/posix/fd_passing.hpp"
 #include "detail/posix/posix.hpp"
+#include "detail/posix/sockets.hpp"
 #include "errors.hpp"
 #include "serialization.hpp"
 #include "detail/handle_passing.hpp"
@@ -544,9 +545,7 @@ class Connection {
 /// the first end only receives, the second only sends.
 [[nodiscard]] inline std::pair<Connection, Connection> Pipe(bool duplex = true,
                                                             connection_options options = {}) {
-  int sv[2];
-  detail::check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair");
-  detail::unique_fd a(sv[0]), b(sv[1]);
+  auto [a, b] = detail::make_socketpair(SOCK_STREAM);
   if (!duplex) {
     detail::check(::shutdown(a.get(), SHUT_WR), "shutdown");
     detail::check(::shutdown(b.get(), SHUT_RD), "shutdown");

@@ -22,10 +22,11 @@
 #include <unistd.h>
 
 #include "detail/posix/fork.hpp"
-#include "detail/forkserver.hpp"
-#include "detail/spawn.hpp"
+#include "detail/posix/forkserver.hpp"
+#include "detail/posix/spawn.hpp"
 #include "detail/posix/forker.hpp"
 #include "detail/posix/posix.hpp"
+#include "detail/posix/process_calls.hpp"
 #include "errors.hpp"
 
 namespace mproc {
@@ -157,13 +158,6 @@ template <class P>
 concept start_policy = requires(const launch_request& r) {
   { P::launch(r) } -> std::same_as<launched_child>;
 };
-
-namespace detail {
-inline unique_fd try_pidfd_open(pid_t pid) noexcept {
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  return unique_fd(fd >= 0 ? fd : -1);  // old kernels: the library falls back to polling
-}
-}  // namespace detail
 
 /// fork(): the child is a copy of the parent; any callable works. The child gets
 /// SIGKILL when the parent dies (forks from non-main threads are done by a long-lived

@@ -43,10 +43,12 @@
 #include "context.hpp"
 #include "detail/callable.hpp"
 #include "detail/handle_passing.hpp"
-#include "detail/tracker.hpp"
+#include "detail/posix/tracker.hpp"
 #include "detail/log.hpp"
 #include "detail/posix/fork.hpp"
 #include "detail/posix/posix.hpp"
+#include "detail/posix/process_calls.hpp"
+#include "detail/posix/sockets.hpp"
 #include "errors.hpp"
 
 namespace mproc {
@@ -82,10 +84,8 @@ struct process_state {
   process_state(const process_state&) = delete;
   process_state& operator=(const process_state&) = delete;
   ~process_state() {
-    int fd = pidfd.exchange(-1);
-    if (fd >= 0) ::close(fd);
-    fd = status_fd.exchange(-1);
-    if (fd >= 0) ::close(fd);
+    close_fd(pidfd.exchange(-1));
+    close_fd(status_fd.exchange(-1));
   }
   [[nodiscard]] bool finished() const noexcept { return exitcode.has_value() || lost; }
 };
@@ -95,7 +95,7 @@ struct process_globals {
   std::vector<std::shared_ptr<process_state>> children;  // started and not yet reaped
   std::vector<int> identity;  // empty in the main process, e.g. {2} in Process-2
   int counter = 0;            // last number handed out to a child of this process
-  pid_t self_pid = ::getpid();
+  pid_t self_pid = current_pid();
   std::optional<process_info> parent;
   // Becomes readable when the parent ends: a pidfd (received from the parent, or
   // opened on first need), or an eventfd once the parent is known to be gone.
@@ -123,18 +123,16 @@ inline void registry_after_fork_child() noexcept {
   // can follow, and just as valid.
   g.m.unlock();
   for (auto& c : g.children) {
-    int fd = c->pidfd.exchange(-1);
-    if (fd >= 0) ::close(fd);
-    fd = c->status_fd.exchange(-1);
-    if (fd >= 0) ::close(fd);
+    close_fd(c->pidfd.exchange(-1));
+    close_fd(c->status_fd.exchange(-1));
   }
   g.children.clear();
   g.counter = 0;
   g.parent = process_info{g.self_pid, process_name_storage()};
-  if (g.parent_fd >= 0) ::close(g.parent_fd);
+  close_fd(g.parent_fd);
   g.parent_fd = -1;
   g.parent_is_ppid = true;
-  g.self_pid = ::getpid();
+  g.self_pid = current_pid();
 }
 
 inline const int registry_atfork_registered = [] {
@@ -190,9 +188,9 @@ inline bool reap_nohang(process_state& s) {
       // Not our child: it, or the server when it reaps it, sends the exit code.
       if (!s.reported_code) {
         std::int32_t code = 0;
-        ssize_t n = ::recv(sfd, &code, sizeof code, MSG_DONTWAIT | MSG_WAITALL);
+        ssize_t n = recv_eintr(sfd, &code, sizeof code, MSG_DONTWAIT | MSG_WAITALL);
         if (n < 0) {
-          if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+          if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
           throw_errno("recv(exit status)");
         }
         if (n == sizeof code) {
@@ -204,10 +202,7 @@ inline bool reap_nohang(process_state& s) {
       }
       if (s.reported_code) {
         // Finished once it has really exited (its code may come just before).
-        if (int pfd = s.pidfd.load(); pfd >= 0) {
-          pollfd p{pfd, POLLIN, 0};
-          if (::poll(&p, 1, 0) == 0) return false;
-        }
+        if (int pfd = s.pidfd.load(); pfd >= 0 && !readable_now(pfd)) return false;
         s.exitcode = *s.reported_code;
       }
       // Left open: it is readable from now on, a valid sentinel until close().
@@ -250,8 +245,7 @@ inline int sentinel_fd(process_state& s) {
     std::lock_guard lk(s.m);
     if (int fd = s.pidfd.load(); fd >= 0) return fd;
     if (s.finished()) {
-      int fd = ::eventfd(1, EFD_CLOEXEC);
-      if (fd < 0) throw_errno("eventfd(sentinel)");
+      int fd = make_eventfd(1, EFD_CLOEXEC, "eventfd(sentinel)").release();
       s.pidfd.store(fd);
       return fd;
     }
@@ -263,10 +257,7 @@ inline int sentinel_fd(process_state& s) {
 /// Releases the child's descriptors (Process::close()); the child is reaped.
 inline void release_fds(process_state& s) noexcept {
   std::lock_guard lk(s.m);
-  for (auto* a : {&s.pidfd, &s.status_fd}) {
-    int fd = a->exchange(-1);
-    if (fd >= 0) ::close(fd);
-  }
+  for (auto* a : {&s.pidfd, &s.status_fd}) close_fd(a->exchange(-1));
 }
 
 /// Waits up to timeout_ns (-1: forever) for the child to exit and reaps it.
@@ -295,9 +286,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
       if (poll_until(&p, 1, deadline) == -1) throw_errno("ppoll(pidfd)");
     } else {
       // No pidfd (kernel before 5.3): poll waitpid with a growing sleep.
-      std::int64_t nap = left >= 0 ? std::min(left, backoff_ns) : backoff_ns;
-      timespec ts{time_t(nap / 1'000'000'000), long(nap % 1'000'000'000)};
-      ::nanosleep(&ts, nullptr);
+      sleep_ns(left >= 0 ? std::min(left, backoff_ns) : backoff_ns);
       backoff_ns = std::min<std::int64_t>(backoff_ns * 2, 50'000'000);
     }
   }
@@ -308,10 +297,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
 inline void signal_child(process_state& s, int sig) {
   std::lock_guard lk(s.m);
   if (s.finished()) return;
-  int fd = s.pidfd.load();
-  long rc = fd >= 0 ? ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) : ::kill(s.pid, sig);
-  if (rc == -1 && errno == ENOSYS) rc = ::kill(s.pid, sig);
-  if (rc == -1 && errno != ESRCH) throw_errno("pidfd_send_signal");
+  signal_process(s.pidfd.load(), s.pid, sig);
 }
 
 inline std::vector<std::shared_ptr<process_state>> children_snapshot() {
@@ -398,7 +384,7 @@ inline void child_exit_hook(int status, void*) {
   join_children_at_exit();
   log(log_level::info, "process exiting with exitcode %d", status);
   flush_all_output();
-  ::_exit(status);
+  exit_now(status);
 }
 
 /// Python prints "Process <name>:" and the traceback; we print the exception's type
@@ -424,12 +410,7 @@ inline void report_uncaught(const std::string& name) noexcept {
   if (!what.empty()) msg += ": " + what;
   msg += '\n';
   flush_all_output();
-  std::size_t off = 0;
-  while (off < msg.size()) {
-    ssize_t n = ::write(2, msg.data() + off, msg.size() - off);
-    if (n <= 0 && errno != EINTR) break;
-    if (n > 0) off += std::size_t(n);
-  }
+  write_fully(2, msg.data(), msg.size());
 }
 
 struct target_base {
@@ -530,15 +511,15 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
     auto& g = process_registry();
     std::lock_guard lk(g.m);
     g.parent = process_info{pid_t(parent_pid), parent_name};
-    if (g.parent_fd >= 0) ::close(g.parent_fd);
+    close_fd(g.parent_fd);
     g.parent_fd = parent_fd >= 0 ? dup_received(fds, std::uint32_t(parent_fd)).release() : -1;
     g.parent_is_ppid = ::getppid() == pid_t(parent_pid);
-    g.self_pid = ::getpid();
+    g.self_pid = current_pid();
   }
   F f = decode_callable<F>(r);
   // Braces: the arguments are decoded left to right.
   target_impl<F, spawn_arg_t<Args>...> target{std::move(f), decode_spawn_arg<Args>(r, fds)...};
-  for (int fd : fds) ::close(fd);  // the handles hold their own duplicates
+  for (int fd : fds) close_fd(fd);  // the handles hold their own duplicates
   return run_child(name, identity, daemon, target);
 }
 
@@ -595,7 +576,7 @@ class basic_process {
     // Everything the parent needs is allocated before fork(): pages the parent writes
     // while the child still shares them are copied (copy-on-write).
     auto st = std::make_shared<detail::process_state>();
-    st->owner = ::getpid();
+    st->owner = detail::current_pid();
     st->name = name_;
     st->daemon = options_.daemon;
     auto& g = detail::process_registry();
@@ -616,7 +597,7 @@ class basic_process {
       portable_needed = options_.method.value_or(get_start_method()) != start_method::fork;
     if (portable_needed && target_->entry()) {
       detail::vector_writer w{&payload};
-      std::int32_t self = ::getpid();
+      std::int32_t self = detail::current_pid();
       std::string self_name = detail::process_name_storage();
       detail::encode(w, name_);
       detail::encode(w, identity_);
@@ -742,7 +723,7 @@ class basic_process {
       throw state_error(std::string("mproc: ") + what + "() on a moved-from process");
   }
   void check_owner(const char* what) const {
-    if (state_->owner != ::getpid())
+    if (state_->owner != detail::current_pid())
       throw state_error(std::string("mproc: ") + what + "(): process '" + name_ +
                         "' is not a child of this process");
   }
@@ -774,7 +755,7 @@ using Process = basic_process<dynamic_policy>;
 
 /// This process: pid and name ("MainProcess" in the main process).
 [[nodiscard]] inline process_info current_process() {
-  return {::getpid(), detail::process_name_storage()};
+  return {detail::current_pid(), detail::process_name_storage()};
 }
 
 namespace detail {
@@ -790,9 +771,8 @@ inline int parent_sentinel() {
   // Still our parent after the pidfd was opened: it is that process, alive then. A
   // process that was reparented has lost its parent (its pid may be reused since).
   if (g.parent_is_ppid && ::getppid() != g.parent->pid) {
-    if (fd >= 0) ::close(fd);
-    fd = ::eventfd(1, EFD_CLOEXEC);
-    if (fd < 0) throw_errno("eventfd(parent sentinel)");
+    close_fd(fd);
+    fd = make_eventfd(1, EFD_CLOEXEC, "eventfd(parent sentinel)").release();
   }
   g.parent_fd = fd;
   return fd;
@@ -821,11 +801,9 @@ inline bool wait_parent(std::int64_t timeout_ns) {
       return rc > 0;
     }
     // No pidfd (kernel before 5.3): check now and then.
-    if (is_ppid ? ::getppid() != pid : !(::kill(pid, 0) == 0 || errno == EPERM)) return true;
+    if (is_ppid ? ::getppid() != pid : !pid_exists(pid)) return true;
     if (left == 0) return false;
-    std::int64_t nap = left >= 0 ? std::min<std::int64_t>(left, 10'000'000) : 10'000'000;
-    timespec ts{time_t(0), long(nap)};
-    ::nanosleep(&ts, nullptr);
+    sleep_ns(left >= 0 ? std::min<std::int64_t>(left, 10'000'000) : 10'000'000);
   }
 }
 

@@ -34,7 +34,8 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 
-#include "detail/tracker.hpp"
+#include "detail/posix/shm_region.hpp"
+#include "detail/posix/tracker.hpp"
 #include "errors.hpp"
 #include "detail/handle_passing.hpp"
 
@@ -150,8 +151,7 @@ class SharedMemory {
   /// Removes the name; the memory lives until every process has unmapped it. Raises
   /// std::system_error(ENOENT) if the name is already gone.
   void unlink() {
-    if (::shm_unlink(s_->shm_name.c_str()) != 0)
-      detail::throw_errno(("shm_unlink('" + s_->shm_name + "')").c_str());
+    detail::shm_unlink_name(s_->shm_name);
     detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);
   }
 
@@ -220,7 +220,7 @@ class SharedMemory {
     bool created_name = false, registered = false;
     auto remove_created = [&]() noexcept {
       if (!created_name) return;
-      ::shm_unlink(s_->shm_name.c_str());
+      detail::shm_unlink_quietly(s_->shm_name);
       if (registered) {
         try {
           detail::resource_tracker::instance().unregister_name("shared_memory", s_->shm_name);

@@ -338,29 +338,14 @@ struct locked_region_handle_traits {
     put_region(w, c, h.shared_region());
     std::uint8_t external = h.external_lock() ? 1 : 0;
     w.put(&external, sizeof external);
-    if (!external) return;
-    const RLock& l = h.get_lock();
-    put_region(w, c, l.shared_region());
-    std::uint64_t off = l.shared_offset();
-    std::uint8_t rec = l.recursive() ? 1 : 0;
-    w.put(&off, sizeof off);
-    w.put(&rec, sizeof rec);
+    if (external) put_any_lock(w, c, h.get_lock());
   }
   static H adopt(reader& r, std::span<const int> fds) {
     shm_region data = get_region(r, fds);
     std::uint8_t external = 0;
     r.get(&external, sizeof external, "shared object lock flag");
     if (!external) return H(adopt_region, std::move(data));
-    shm_region lreg = get_region(r, fds);
-    std::uint64_t off;
-    std::uint8_t rec;
-    r.get(&off, sizeof off, "shared object lock offset");
-    r.get(&rec, sizeof rec, "shared object lock kind");
-    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
-      throw serialization_error("mproc: received lock lies outside its region");
-    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
-                    false);
-    return H(adopt_region, std::move(data), lock);
+    return H(adopt_region, std::move(data), get_any_lock(r, fds));
   }
 };
 

@@ -167,9 +167,7 @@ class basic_lock {
   [[nodiscard]] bool same_object(const basic_lock& o) const noexcept {
     if (st_ == o.st_) return true;
     if (shared_offset() != o.shared_offset()) return false;
-    struct stat a {}, b {};
-    return ::fstat(block_->region().fd(), &a) == 0 && ::fstat(o.block_->region().fd(), &b) == 0 &&
-           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    return detail::same_file(block_->region().fd(), o.block_->region().fd());
   }
   /// Two handles on the same lock (see same_object()).
   friend bool operator==(const basic_lock& a, const basic_lock& b) noexcept {
@@ -779,21 +777,41 @@ namespace detail {
 
 // Passing to a spawn/forkserver child (detail/handle_passing.hpp): a lock travels as its
 // region and offset, so the child locks the parent's lock.
+inline void put_lock_place(vector_writer& w, fd_collector& c, const basic_lock& l) {
+  put_region(w, c, l.shared_region());
+  std::uint64_t off = l.shared_offset();
+  w.put(&off, sizeof off);
+}
+/// A received lock's region and offset, checked to hold a whole lock.
+inline std::pair<std::shared_ptr<shared_block>, std::size_t> get_lock_place(reader& r,
+                                                                            std::span<const int> fds) {
+  shm_region reg = get_region(r, fds);
+  std::uint64_t off;
+  r.get(&off, sizeof off, "lock offset");
+  if (off > reg.size() || reg.size() - off < sizeof(mutex_state))
+    throw serialization_error("mproc: received lock lies outside its region");
+  return {std::make_shared<shared_block>(std::move(reg)), std::size_t(off)};
+}
+/// A lock whose kind travels with it (the lock a Value, Array or Condition shares).
+inline void put_any_lock(vector_writer& w, fd_collector& c, const basic_lock& l) {
+  put_lock_place(w, c, l);
+  std::uint8_t rec = l.recursive() ? 1 : 0;
+  w.put(&rec, sizeof rec);
+}
+inline basic_lock get_any_lock(reader& r, std::span<const int> fds) {
+  auto [block, off] = get_lock_place(r, fds);
+  std::uint8_t rec;
+  r.get(&rec, sizeof rec, "lock kind");
+  return basic_lock(std::move(block), off, rec != 0, false);
+}
+
 template <class L>
 struct lock_handle_traits {
   static constexpr bool passable = true;
-  static void encode(vector_writer& w, fd_collector& c, const L& l) {
-    put_region(w, c, l.shared_region());
-    std::uint64_t off = l.shared_offset();
-    w.put(&off, sizeof off);
-  }
+  static void encode(vector_writer& w, fd_collector& c, const L& l) { put_lock_place(w, c, l); }
   static L adopt(reader& r, std::span<const int> fds) {
-    shm_region reg = get_region(r, fds);
-    std::uint64_t off;
-    r.get(&off, sizeof off, "lock offset");
-    if (off > reg.size() || reg.size() - off < sizeof(mutex_state))
-      throw serialization_error("mproc: received lock lies outside its region");
-    return L(adopt_region, std::make_shared<shared_block>(std::move(reg)), std::size_t(off), false);
+    auto [block, off] = get_lock_place(r, fds);
+    return L(adopt_region, std::move(block), off, false);
   }
 };
 template <>
@@ -842,24 +860,11 @@ template <>
 struct handle_traits<Condition> {
   static constexpr bool passable = true;
   static void encode(vector_writer& w, fd_collector& c, const Condition& cond) {
-    const basic_lock& l = cond.shared_lock();
-    put_region(w, c, l.shared_region());
-    std::uint64_t off = l.shared_offset();
-    std::uint8_t rec = l.recursive() ? 1 : 0;
-    w.put(&off, sizeof off);
-    w.put(&rec, sizeof rec);
+    put_any_lock(w, c, cond.shared_lock());
     put_region(w, c, cond.shared_core().shared_region());
   }
   static Condition adopt(reader& r, std::span<const int> fds) {
-    shm_region lreg = get_region(r, fds);
-    std::uint64_t off;
-    std::uint8_t rec;
-    r.get(&off, sizeof off, "condition lock offset");
-    r.get(&rec, sizeof rec, "condition lock kind");
-    if (off > lreg.size() || lreg.size() - off < sizeof(mutex_state))
-      throw serialization_error("mproc: received condition lock lies outside its region");
-    basic_lock lock(std::make_shared<shared_block>(std::move(lreg)), std::size_t(off), rec != 0,
-                    false);
+    basic_lock lock = get_any_lock(r, fds);
     condition_core core(adopt_region, get_region(r, fds));
     return Condition(adopt_region, std::move(lock), std::move(core));
   }

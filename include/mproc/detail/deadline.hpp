@@ -10,20 +10,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <ctime>
 #include <string>
 #include <type_traits>
 
 #include "../errors.hpp"
+#include "posix/clock.hpp"
 
 namespace mproc::detail {
-
-/// Nanoseconds on CLOCK_MONOTONIC.
-inline std::int64_t monotonic_ns() noexcept {
-  timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
 
 /// A user's timeout in nanoseconds: 0 for "do not wait" (zero or negative),
 /// INT64_MAX for "longer than anything" (treated as forever by deadline_after).

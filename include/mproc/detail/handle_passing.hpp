@@ -46,9 +46,7 @@ inline unique_fd dup_received(std::span<const int> fds, std::uint32_t i) {
   if (i >= fds.size())
     throw serialization_error("mproc: handle refers to descriptor #" + std::to_string(i) + " of " +
                               std::to_string(fds.size()) + " received");
-  int d = ::fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-  if (d < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC, received handle)");
-  return unique_fd(d);
+  return dup_cloexec(fds[i], "fcntl(F_DUPFD_CLOEXEC, received handle)");
 }
 
 template <class T>
@@ -70,9 +68,7 @@ inline shm_region get_region(reader& r, std::span<const int> fds) {
   r.get(&idx, sizeof idx, "handle descriptor index");
   r.get(&size, sizeof size, "handle region size");
   unique_fd fd = dup_received(fds, idx);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw_errno("fstat(received handle)");
-  if (std::uint64_t(st.st_size) < size)
+  if (std::uint64_t(file_stat(fd.get(), "fstat(received handle)").st_size) < size)
     throw serialization_error("mproc: received handle region is smaller than announced");
   return shm_region::map(std::move(fd), std::size_t(size));
 }

@@ -8,12 +8,22 @@
 
 #include "../errors.hpp"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <sys/random.h>
 
 #include "posix/posix.hpp"
+
+// The three libcrypto calls used, declared here rather than by including OpenSSL's
+// headers, which would reach every file that makes a Pool (the forkserver
+// authenticates with HMAC). The declarations are OpenSSL's own (1.1 and 3.x), so a
+// program that includes <openssl/hmac.h> as well sees the same functions
+// (tests/test_hmac.cpp checks exactly that, and an RFC 4231 vector).
+extern "C" {
+struct evp_md_st;
+const struct evp_md_st* EVP_sha256(void);
+unsigned char* HMAC(const struct evp_md_st* evp_md, const void* key, int key_len, const unsigned char* d,
+                    std::size_t n, unsigned char* md, unsigned int* md_len);
+int CRYPTO_memcmp(const void* in_a, const void* in_b, std::size_t len);
+}
 
 namespace mproc::detail {
 
@@ -45,7 +55,7 @@ inline std::string hex(std::string_view bytes) {
 
 /// HMAC-SHA256(key, msg): 32 raw bytes.
 inline std::string hmac_sha256(std::string_view key, std::string_view msg) {
-  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned char out[64];  // EVP_MAX_MD_SIZE
   unsigned int len = 0;
   if (!::HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
               reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len))

@@ -12,6 +12,8 @@
 
 #include <unistd.h>
 
+#include "posix/posix.hpp"
+
 namespace mproc {
 
 enum class log_level : int { debug = 10, info = 20, warning = 30, error = 40, off = 100 };
@@ -52,7 +54,7 @@ inline const char* level_name(log_level l) noexcept {
   if (!log_enabled(l)) return;
   char buf[1024];
   int n = std::snprintf(buf, sizeof buf, "[%s/%s %d] ", level_name(l),
-                        process_name_storage().c_str(), static_cast<int>(::getpid()));
+                        process_name_storage().c_str(), static_cast<int>(current_pid()));
   if (n < 0) return;
   va_list ap;
   va_start(ap, fmt);
@@ -62,13 +64,7 @@ inline const char* level_name(log_level l) noexcept {
   std::size_t len = std::min(sizeof buf - 2, std::size_t(n) + std::size_t(m));
   buf[len++] = '\n';
   // A signal may interrupt the write, or cut it short (a pipe near full).
-  for (const char* p = buf; len > 0;) {
-    ssize_t rc = ::write(2, p, len);
-    if (rc < 0 && errno == EINTR) continue;
-    if (rc <= 0) return;
-    p += rc;
-    len -= std::size_t(rc);
-  }
+  write_fully(2, buf, len);
 }
 
 }  // namespace detail

@@ -23,6 +23,7 @@
 #include "manager_protocol.hpp"
 #include "manager_store.hpp"
 #include "posix/fork_hooks.hpp"
+#include "posix/posix.hpp"
 
 namespace mproc::detail::mgr {
 
@@ -224,15 +225,15 @@ struct endpoint : endpoint_address {
     std::lock_guard g(m_);
     // A mapped segment stays valid in a forked child; a socket must not be shared
     // with one, so a child opens its own connection.
-    if (be_ && be_->usable() && (be_->local() || pid_ == ::getpid())) return be_;
+    if (be_ && be_->usable() && (be_->local() || pid_ == current_pid())) return be_;
     be_ = resolve();
-    pid_ = ::getpid();
+    pid_ = current_pid();
     return be_;
   }
   void set(std::shared_ptr<backend> be) {
     std::lock_guard g(m_);
     be_ = std::move(be);
-    pid_ = ::getpid();
+    pid_ = current_pid();
   }
 
  private:

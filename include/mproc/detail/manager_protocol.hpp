@@ -25,18 +25,13 @@
 #include "hmac.hpp"
 #include "posix/fd_passing.hpp"
 #include "posix/posix.hpp"
+#include "posix/sockets.hpp"
 
 namespace mproc::detail::mgr {
 
 // Absolute CLOCK_MONOTONIC deadlines in ns (-1: none), from the one conversion.
 using detail::deadline_after;
 using detail::deadline_t;
-inline int poll_ms_until(deadline_t d) {
-  if (d < 0) return -1;
-  std::int64_t left = d - monotonic_ns();
-  if (left <= 0) return 0;
-  return static_cast<int>(std::min<std::int64_t>((left + 999'999) / 1'000'000, 1 << 30));
-}
 
 /// Waits until fd is ready for `events`; throws timeout_error at the deadline.
 inline void wait_fd(int fd, short events, deadline_t d, const char* what) {
@@ -47,9 +42,8 @@ inline void wait_fd(int fd, short events, deadline_t d, const char* what) {
 inline void write_all(int fd, const void* data, std::size_t n, deadline_t d) {
   auto* p = static_cast<const char*>(data);
   while (n) {
-    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = send_eintr(fd, p, n, MSG_DONTWAIT);
     if (w == -1) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         wait_fd(fd, POLLOUT, d, "sending");
         continue;
@@ -66,10 +60,9 @@ inline void write_all(int fd, const void* data, std::size_t n, deadline_t d) {
 inline void read_all(int fd, void* data, std::size_t n, deadline_t d) {
   auto* p = static_cast<char*>(data);
   while (n) {
-    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
+    ssize_t r = recv_eintr(fd, p, n, MSG_DONTWAIT);
     if (r == 0) throw eof_error("manager connection closed by the other side");
     if (r == -1) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         wait_fd(fd, POLLIN, d, "waiting for a reply");
         continue;
@@ -196,10 +189,10 @@ inline addrinfo_ptr resolve(const std::string& address, bool passive) {
 }
 
 inline unique_fd listen_unix(const std::string& path) {
-  unique_fd s(static_cast<int>(check(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX)")));
+  unique_fd s = open_socket(AF_UNIX, SOCK_STREAM, 0, "socket(AF_UNIX)");
   sockaddr_un sa = unix_sockaddr(path);
-  check(::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind(manager Unix socket)");
-  check(::listen(s.get(), 128), "listen(manager Unix socket)");
+  bind_socket(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa, "bind(manager Unix socket)");
+  listen_socket(s.get(), 128, "listen(manager Unix socket)");
   return s;
 }
 
@@ -208,14 +201,13 @@ inline std::pair<unique_fd, int> listen_tcp(const std::string& address) {
   auto res = resolve(address, true);
   int last_err = 0;
   for (addrinfo* ai = res.p; ai; ai = ai->ai_next) {
-    unique_fd s(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    unique_fd s = try_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
     if (!s) {
       last_err = errno;
       continue;
     }
-    int one = 1;
-    ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(s.get(), ai->ai_addr, ai->ai_addrlen) == -1 || ::listen(s.get(), SOMAXCONN) == -1) {
+    set_socket_option(s.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+    if (!try_bind_listen(s.get(), ai->ai_addr, ai->ai_addrlen, SOMAXCONN)) {
       last_err = errno;
       continue;
     }
@@ -232,21 +224,15 @@ inline std::pair<unique_fd, int> listen_tcp(const std::string& address) {
 /// Connects with a deadline (non-blocking connect + poll).
 inline unique_fd connect_to(const std::string& address, deadline_t d) {
   auto try_connect = [&](int family, const sockaddr* sa, socklen_t len, int proto) -> unique_fd {
-    unique_fd s(static_cast<int>(
-        check(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, proto), "socket")));
-    if (::connect(s.get(), sa, len) == -1) {
+    unique_fd s = open_socket(family, SOCK_STREAM | SOCK_NONBLOCK, proto, "socket");
+    if (connect_socket(s.get(), sa, len) == -1) {
       if (errno != EINPROGRESS && errno != EAGAIN && errno != EINTR)
         throw_errno(("connect(" + address + ")").c_str());
       wait_fd(s.get(), POLLOUT, d, "connecting");
-      int err = 0;
-      socklen_t el = sizeof err;
-      check(::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &el), "getsockopt(SO_ERROR)");
-      if (err) throw_errno(("connect(" + address + ")").c_str(), err);
+      if (int err = socket_error(s.get())) throw_errno(("connect(" + address + ")").c_str(), err);
     }
-    if (family != AF_UNIX) {
-      int one = 1;  // request/reply traffic: never wait to coalesce small frames
-      ::setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
+    // Request/reply traffic: never wait to coalesce small frames.
+    if (family != AF_UNIX) set_socket_option(s.get(), IPPROTO_TCP, TCP_NODELAY, 1);
     return s;
   };
   if (is_unix_address(address)) {

@@ -33,6 +33,8 @@
 #include "manager_store.hpp"
 #include "manager_updaters.hpp"
 #include "posix/posix.hpp"
+#include "posix/process_calls.hpp"
+#include "posix/sockets.hpp"
 
 namespace mproc::detail::mgr {
 
@@ -151,10 +153,9 @@ inline bool read_handshake_frame(pending_handshake& h) {
       at = h.body.data() + h.body_got;
       want = h.body.size() - h.body_got;
     }
-    const ssize_t r = ::recv(h.fd.get(), at, want, MSG_DONTWAIT);
+    const ssize_t r = recv_eintr(h.fd.get(), at, want, MSG_DONTWAIT);
     if (r == 0) throw eof_error("manager: the peer closed during the handshake");
     if (r < 0) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       throw_errno("recv(manager handshake)");
     }
@@ -220,7 +221,7 @@ class handshake_stage {
           if (spare_) {
             spare_.reset();
             int refused = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-            if (refused >= 0) ::close(refused);
+            close_fd(refused);
             reserve_fd();
             if (refused >= 0) continue;
           }
@@ -264,15 +265,15 @@ class handshake_stage {
     std::erase_if(pending_, [now](const pending_handshake& h) { return h.deadline <= now; });
   }
 
-  /// Milliseconds poll may sleep: until the next handshake deadline or the end of an
-  /// accept pause; -1 when nothing is due.
-  [[nodiscard]] int poll_timeout_ms() const {
+  /// Until when poll may sleep: the next handshake deadline or the end of an accept
+  /// pause; no_deadline when nothing is due.
+  [[nodiscard]] deadline_t wake_deadline() const {
     deadline_t next = -1;
     for (const auto& h : pending_)
       if (next < 0 || h.deadline < next) next = h.deadline;
     for (deadline_t p : paused_until_)
       if (p > 0 && (next < 0 || p < next)) next = p;
-    return poll_ms_until(next);
+    return next;
   }
   /// False while accepting on `listener` is paused (descriptors ran out).
   [[nodiscard]] bool accepting(int listener) {
@@ -282,15 +283,14 @@ class handshake_stage {
   [[nodiscard]] std::size_t pending() const noexcept { return pending_.size(); }
 
  private:
-  void reserve_fd() noexcept { spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+  void reserve_fd() noexcept { spare_ = open_readonly("/dev/null"); }
 
   void admit(unique_fd fd, int listener) {
     const bool is_unix = listener == 0;
     if (is_unix) {
-      ucred cred{};
-      socklen_t len = sizeof cred;
-      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != ::geteuid()) {
-        detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(cred.uid));
+      uid_t uid;
+      if (!peer_uid(fd.get(), &uid) || uid != ::geteuid()) {
+        detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(uid));
         return;
       }
     }
@@ -324,15 +324,14 @@ class handshake_stage {
 
   void hand_off(pending_handshake h) {
     // The serving thread blocks in poll with deadlines; plain blocking sends suit it.
-    const int flags = ::fcntl(h.fd.get(), F_GETFL);
-    if (flags >= 0) ::fcntl(h.fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+    set_nonblocking(h.fd.get(), false);
     const int c = h.fd.release();
     const bool is_unix = h.is_unix;
     const server_config& cfg = cfg_;
     try {
       std::thread([&cfg, c, is_unix] { serve_connection(cfg, unique_fd(c), is_unix); }).detach();
     } catch (...) {
-      ::close(c);
+      close_fd(c);
     }
   }
 
@@ -347,7 +346,7 @@ class handshake_stage {
 [[noreturn]] inline void server_orphaned(const server_config& cfg) {
   std::error_code ec;
   std::filesystem::remove_all(cfg.dir, ec);
-  ::_exit(0);
+  exit_now(0);
 }
 
 [[noreturn]] inline void server_main(server_config cfg, pid_t owner, int unix_fd, int tcp_fd, int ready_fd) {
@@ -358,23 +357,19 @@ class handshake_stage {
   // The owner removes the socket directory at shutdown; if it is killed instead, the
   // parent-death signal becomes SIGTERM (received here through a signalfd) so the
   // directory does not outlive it. Shutdown itself uses SIGKILL.
-  sigset_t term;
-  ::sigemptyset(&term);
-  ::sigaddset(&term, SIGTERM);
-  ::pthread_sigmask(SIG_BLOCK, &term, nullptr);  // before any thread: they inherit the mask
-  int sfd = ::signalfd(-1, &term, SFD_CLOEXEC);
-  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  int sfd = signalfd_for(SIGTERM);  // before any thread: they inherit the mask
+  set_parent_death_signal(SIGTERM);
   // Out of the program's process group: a SIGKILL of the whole group must leave the
   // server alive to get the parent-death signal and remove the directory.
   ::setpgid(0, 0);
   if (::getppid() != owner) server_orphaned(cfg);
   cfg.st->hold_life();
-  char one = 1;
-  [[maybe_unused]] auto w = ::write(ready_fd, &one, 1);
-  ::close(ready_fd);
+  const char one = 1;
+  write_fully(ready_fd, &one, 1);
+  close_fd(ready_fd);
   // Accepting drains a listener until it would block.
   for (int l : {unix_fd, tcp_fd})
-    if (l >= 0) ::fcntl(l, F_SETFL, ::fcntl(l, F_GETFL) | O_NONBLOCK);
+    if (l >= 0) set_nonblocking(l, true);
   handshake_stage stage(cfg);
   std::vector<pollfd> p;
   for (;;) {
@@ -383,11 +378,7 @@ class handshake_stage {
     p.push_back({sfd, POLLIN, 0});
     p.push_back({tcp_fd >= 0 && stage.accepting(1) ? tcp_fd : -1, POLLIN, 0});
     stage.add_pollfds(p);
-    int rc = ::poll(p.data(), p.size(), stage.poll_timeout_ms());
-    if (rc == -1) {
-      if (errno == EINTR) continue;
-      ::_exit(3);
-    }
+    if (poll_until(p.data(), p.size(), stage.wake_deadline()) == -1) exit_now(3);
     if (p[1].revents & POLLIN) server_orphaned(cfg);
     stage.on_ready(p, 3);
     try {

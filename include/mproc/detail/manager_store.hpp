@@ -172,8 +172,7 @@ class store {
 
   /// Maps a segment received as a descriptor; root_offset comes from its creator.
   static std::shared_ptr<store> attach(unique_fd fd, std::size_t capacity, std::size_t root_offset) {
-    struct stat sb{};
-    check(::fstat(fd.get(), &sb), "fstat(manager segment)");
+    const struct stat sb = file_stat(fd.get(), "fstat(manager segment)");
     // Mapping past the end of the file would turn later accesses into SIGBUS.
     if (sb.st_size < 0 || static_cast<std::size_t>(sb.st_size) < capacity || capacity < sizeof(root))
       throw serialization_error("manager: the segment received is smaller than announced");
@@ -224,11 +223,7 @@ class store {
       if (timeout_ns < 0) {
         rc = ::pthread_mutex_lock(m_);
       } else {
-        timespec ts;
-        ::clock_gettime(CLOCK_MONOTONIC, &ts);
-        std::int64_t ns = ts.tv_nsec + timeout_ns % 1'000'000'000;
-        ts.tv_sec += timeout_ns / 1'000'000'000 + ns / 1'000'000'000;
-        ts.tv_nsec = ns % 1'000'000'000;
+        const timespec ts = monotonic_timespec_after(timeout_ns);
         rc = ::pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &ts);
         if (rc == 0 || rc == EOWNERDEAD) clocklock_acquired(m_);
       }

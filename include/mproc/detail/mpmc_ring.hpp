@@ -110,9 +110,8 @@ class mpmc_ring {
       throw value_error("mproc: descriptor does not hold a queue");
     std::size_t cap = h->capacity;
     // Remap header and ring together so the region object owns the whole file.
-    unique_fd again(::fcntl(first.fd(), F_DUPFD_CLOEXEC, 0));
-    if (!again) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
-    shm_region whole = shm_region::map(std::move(again), header_bytes + cap);
+    shm_region whole =
+        shm_region::map(dup_cloexec(first.fd(), "fcntl(F_DUPFD_CLOEXEC)"), header_bytes + cap);
     return std::shared_ptr<mpmc_ring>(new mpmc_ring(std::move(whole)));
   }
 

@@ -30,6 +30,7 @@
 #include "../detail/manager_server.hpp"
 #include "../detail/manager_store.hpp"
 #include "../detail/posix/fork.hpp"
+#include "../detail/posix/process_calls.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
 #include "base_proxy.hpp"
@@ -94,12 +95,10 @@ class Manager {
         if (tcp_address_.find(':') != std::string::npos) tcp_address_ = "[" + tcp_address_ + "]";
         tcp_address_ += ":" + std::to_string(port_);
       }
-      int pfd[2];
-      detail::check(::pipe2(pfd, O_CLOEXEC), "pipe2");
-      detail::unique_fd ready_r(pfd[0]), ready_w(pfd[1]);
+      auto [ready_r, ready_w] = detail::make_pipe(O_CLOEXEC);
       server_config cfg{st, opts_.authkey, uuid_, dir_, opts_.max_message, timeout_ns};
       int u = ufd.get(), t = tfd.get(), w = ready_w.get();
-      pid_t me = ::getpid();
+      pid_t me = detail::current_pid();
       server_pid_ = detail::fork_child([&]() -> int { server_main(cfg, me, u, t, w); });
       // Signalled through a pidfd: if someone else reaps the server, its pid may be
       // reused, and a kill(pid) at shutdown would hit an unrelated process.
@@ -108,7 +107,7 @@ class Manager {
       char c;
       pollfd p{ready_r.get(), POLLIN, 0};
       int rc = detail::poll_until(&p, 1, detail::monotonic_ns() + 10'000'000'000);
-      if (rc != 1 || detail::retry_eintr([&] { return ::read(ready_r.get(), &c, 1); }) != 1) {
+      if (rc != 1 || detail::read_eintr(ready_r.get(), &c, 1) != 1) {
         stop_server();
         throw manager_error("mproc::Manager: the server process failed to start");
       }
@@ -116,7 +115,7 @@ class Manager {
       cleanup_dir();
       throw;
     }
-    owner_pid_ = ::getpid();
+    owner_pid_ = detail::current_pid();
     auto be = std::make_shared<local_backend>(std::move(st));
     {
       std::lock_guard g(registry_mutex());
@@ -183,7 +182,7 @@ class Manager {
   /// eof_error) and removes the socket directory. Idempotent; only the creating
   /// process does anything (copies inherited by forked children do not).
   void shutdown() noexcept {
-    if (owner_pid_ != ::getpid()) return;
+    if (owner_pid_ != detail::current_pid()) return;
     if (server_pid_ > 0) {
       detail::log(log_level::info, "manager server %d shutting down", int(server_pid_));
       stop_server();
@@ -345,7 +344,7 @@ class Manager {
 
   void stop_server() noexcept {
     // Nothing to flush: the state lives in shared memory.
-    if (server_pidfd_) ::syscall(SYS_pidfd_send_signal, server_pidfd_.get(), SIGKILL, nullptr, 0);
+    if (server_pidfd_) detail::pidfd_send_signal(server_pidfd_.get(), SIGKILL);
     detail::waitpid_eintr(server_pid_, nullptr, 0);  // ECHILD if already reaped: fine
     server_pidfd_.reset();
     server_pid_ = -1;

@@ -27,7 +27,7 @@ namespace detail::mgr {
 /// and the thread id.
 inline std::string caller_token() {
   static constinit std::atomic<std::uint64_t> state{0};  // pid << 32 | random
-  const auto pid = static_cast<std::uint32_t>(::getpid());
+  const auto pid = static_cast<std::uint32_t>(detail::current_pid());
   std::uint64_t cur = state.load();
   while (static_cast<std::uint32_t>(cur >> 32) != pid) {
     std::random_device rd;

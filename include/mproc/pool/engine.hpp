@@ -41,6 +41,7 @@
 #include "../detail/log.hpp"
 #include "../detail/posix/fork.hpp"
 #include "../detail/posix/posix.hpp"
+#include "../detail/posix/process_calls.hpp"
 #include "../detail/posix/shm_region.hpp"
 #include "../detail/remote_exception.hpp"
 #include "../detail/spsc_ring.hpp"
@@ -120,8 +121,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
     if (opts_.processes == 0) opts_.processes = cpu_count();
     shared_region_ = detail::shm_region::create(sizeof(detail::pool_shared), "mproc-pool");
     shared_ = new (shared_region_.data()) detail::pool_shared{};
-    wake_fd_.reset(static_cast<int>(
-        detail::check(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")));
+    wake_fd_ = detail::make_eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK, "eventfd");
     helper_ = std::make_shared<detail::pool_helper>();
     helper_->pool = this;
     helper_->try_step = &helper_try_step;
@@ -295,8 +295,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
   }
 
   void force_wake() {
-    std::uint64_t one = 1;
-    [[maybe_unused]] auto rc = ::write(wake_fd_.get(), &one, sizeof one);
+    detail::eventfd_signal(wake_fd_.get());
   }
 
   void service() {
@@ -367,7 +366,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
       build_pollfds(fds);
       engine_owner_.store({}, std::memory_order_relaxed);
       el.unlock();  // callers may drive while we sleep; worker slots only change here
-      int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout); });
+      int rc = detail::poll_eintr(fds.data(), fds.size(), timeout);
       if (rc < 0) detail::throw_errno("poll(pool)");
       el.lock();
       engine_owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
@@ -404,17 +403,14 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
 
   std::vector<pollfd>& poll_events(std::vector<pollfd>& fds, int timeout_ms) {
     build_pollfds(fds);
-    int rc = detail::retry_eintr([&] { return ::poll(fds.data(), fds.size(), timeout_ms); });
+    int rc = detail::poll_eintr(fds.data(), fds.size(), timeout_ms);
     if (rc < 0) detail::throw_errno("poll(pool)");
     return fds;
   }
 
   /// Acts on poll results: drains the wake counter, handles worker exits.
   void handle_events(std::vector<pollfd>& fds) {
-    if (fds[0].revents & POLLIN) {
-      std::uint64_t v;
-      [[maybe_unused]] auto r = ::read(wake_fd_.get(), &v, sizeof v);
-    }
+    if (fds[0].revents & POLLIN) detail::eventfd_drain(wake_fd_.get());
     for (std::size_t i = 0; i + 1 < fds.size() && i < workers_.size(); ++i)
       if (fds[i + 1].revents) handle_exit(workers_[i]);
   }
@@ -429,7 +425,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
       w.timed_out_item = w.ctl->cur_item.load();
       detail::log(log_level::warning, "task overran task_timeout; killing worker %d",
                   static_cast<int>(w.pid));
-      ::kill(w.pid, SIGKILL);
+      detail::kill_quietly(w.pid, SIGKILL);
     }
   }
 

@@ -122,7 +122,7 @@ inline progress_fn progress_bar(std::string label = "") {
       n = std::snprintf(line, sizeof line, "%s%s%s%zu done %.1f/s%s", st->tty ? "\r" : "", lead,
                         sep, done, rate, st->tty ? "" : "\n");
     }
-    if (n > 0) [[maybe_unused]] auto rc = ::write(2, line, std::min<std::size_t>(std::size_t(n), sizeof line - 1));
+    if (n > 0) detail::write_fully(2, line, std::min<std::size_t>(std::size_t(n), sizeof line - 1));
   };
 }
 

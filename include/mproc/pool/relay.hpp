@@ -20,6 +20,7 @@
 #include "jobs.hpp"
 #include "wire.hpp"
 #include "../detail/deadline.hpp"
+#include "../detail/posix/posix.hpp"
 #include "../detail/remote_exception.hpp"
 #include "../errors.hpp"
 
@@ -45,7 +46,7 @@ class result_writer {
  public:
   void begin(std::uint64_t job, std::uint64_t first, std::uint32_t count) {
     buf_.resize(sizeof(result_msg_header));
-    result_msg_header h{job, first, count, static_cast<std::int32_t>(::getpid()), 0};
+    result_msg_header h{job, first, count, static_cast<std::int32_t>(detail::current_pid()), 0};
     std::memcpy(buf_.data(), &h, sizeof h);
     items_ = 0;
     started_ns_ = monotonic_ns();

@@ -74,7 +74,7 @@ void basic_pool<Policy>::handle_exit(detail::worker_slot& w) {
   int code = 255;
   if (w.status) {
     std::int32_t c = 0;
-    ssize_t n = detail::retry_eintr([&] { return ::read(w.status.get(), &c, sizeof c); });
+    ssize_t n = detail::read_eintr(w.status.get(), &c, sizeof c);
     code = n == sizeof c ? c : 255;
     w.status.reset();
   } else {
@@ -255,10 +255,10 @@ void basic_pool<Policy>::shutdown_workers(std::exception_ptr fatal) {
   }
   for (auto& w : workers_) {
     if (w.pid <= 0) continue;
-    if (terminating) ::kill(w.pid, SIGKILL);
+    if (terminating) detail::kill_quietly(w.pid, SIGKILL);
     pollfd p{w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0};
     if (detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000) == 0) {
-      ::kill(w.pid, SIGKILL);
+      detail::kill_quietly(w.pid, SIGKILL);
       detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000);
     }
     if (!w.status) {  // a forkserver's child is reaped by the forkserver

@@ -28,7 +28,7 @@
 #include "../detail/posix/shm_region.hpp"
 #include "../detail/remote_exception.hpp"
 #include "../detail/spsc_ring.hpp"
-#include "../detail/tracker.hpp"
+#include "../detail/posix/tracker.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
 
@@ -131,8 +131,7 @@ class worker_context {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (shared_->parent_waiting.load(std::memory_order_relaxed) &&
         shared_->parent_waiting.exchange(0, std::memory_order_seq_cst)) {
-      std::uint64_t one = 1;
-      [[maybe_unused]] auto rc = ::write(wake_fd_, &one, sizeof one);
+      detail::eventfd_signal(wake_fd_);
     }
   }
 

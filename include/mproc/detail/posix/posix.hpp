@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <system_error>
@@ -15,6 +16,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +47,15 @@ auto retry_eintr(F&& f) -> decltype(f()) {
   return rc;
 }
 
+/// Closes fd unless it is negative. Never retried on EINTR: on Linux the descriptor
+/// is gone either way. Async-signal-safe.
+inline void close_fd(int fd) noexcept {
+  if (fd >= 0) ::close(fd);
+}
+
+/// This process's id. Async-signal-safe.
+inline pid_t current_pid() noexcept { return ::getpid(); }
+
 /// Owning file descriptor.
 class unique_fd {
  public:
@@ -62,8 +74,7 @@ class unique_fd {
   [[nodiscard]] explicit operator bool() const noexcept { return fd_ >= 0; }
   int release() noexcept { return std::exchange(fd_, -1); }
   void reset(int fd = -1) noexcept {
-    // close() must not be retried on EINTR on Linux: the fd is gone either way.
-    if (fd_ >= 0) ::close(fd_);
+    close_fd(fd_);
     fd_ = fd;
   }
 
@@ -142,6 +153,97 @@ inline void pool_worker_signals() noexcept {
   sigset_t none;
   ::sigemptyset(&none);
   ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+}
+
+/// One read() of up to n bytes, retried on EINTR; returns what read returns.
+inline ssize_t read_eintr(int fd, void* p, std::size_t n) noexcept {
+  return retry_eintr([&] { return ::read(fd, p, n); });
+}
+
+/// Writes [p, p + n) whole, retrying on EINTR and after a short write; stops at the
+/// first error (best effort: diagnostics, wake-ups). False when it stopped early.
+/// Async-signal-safe.
+inline bool write_fully(int fd, const void* p, std::size_t n) noexcept {
+  for (auto* c = static_cast<const char*>(p); n > 0;) {
+    const ssize_t rc = ::write(fd, c, n);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc <= 0) return false;
+    c += rc;
+    n -= std::size_t(rc);
+  }
+  return true;
+}
+
+/// poll() retried on EINTR with the same timeout (ms, -1: none); returns its result.
+inline int poll_eintr(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
+  return retry_eintr([&] { return ::poll(fds, n, timeout_ms); });
+}
+
+/// True unless a zero-timeout poll finds fd not yet readable: an error counts as
+/// ready, for the next call on fd to report.
+inline bool readable_now(int fd) noexcept {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
+}
+
+/// A close-on-exec duplicate of fd; throws naming `what` on failure.
+inline unique_fd dup_cloexec(int fd, const char* what) {
+  unique_fd d(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!d) throw_errno(what);
+  return d;
+}
+
+/// fstat(fd); throws naming `what` on failure.
+inline struct stat file_stat(int fd, const char* what) {
+  struct stat st {};
+  check(::fstat(fd, &st), what);
+  return st;
+}
+
+/// True when both descriptors refer to one file (false if either cannot be queried).
+inline bool same_file(int a, int b) noexcept {
+  struct stat sa {}, sb {};
+  return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+/// Sets or clears O_NONBLOCK on fd; errors are ignored (the fd is ours and open).
+inline void set_nonblocking(int fd, bool on) noexcept {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
+}
+
+/// A pipe, {read end, write end}, with `flags` (O_CLOEXEC, ...).
+inline std::pair<unique_fd, unique_fd> make_pipe(int flags) {
+  int p[2];
+  check(::pipe2(p, flags), "pipe2");
+  return {unique_fd(p[0]), unique_fd(p[1])};
+}
+
+/// An eventfd with counter `initial` and `flags` (EFD_CLOEXEC, ...); throws naming
+/// `what` on failure. One with initial 1 is always readable: a ready-made sentinel.
+inline unique_fd make_eventfd(unsigned initial, int flags, const char* what) {
+  unique_fd fd(::eventfd(initial, flags));
+  if (!fd) throw_errno(what);
+  return fd;
+}
+
+/// Adds 1 to an eventfd's counter (a wake-up); failures are ignored: the counter
+/// is then already non-zero. Async-signal-safe.
+inline void eventfd_signal(int fd) noexcept {
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto rc = ::write(fd, &one, sizeof one);
+}
+
+/// Resets a non-blocking eventfd's counter (after its wake-up was seen).
+inline void eventfd_drain(int fd) noexcept {
+  std::uint64_t v;
+  [[maybe_unused]] auto rc = ::read(fd, &v, sizeof v);
+}
+
+/// A descriptor open read-only on path, close-on-exec (invalid on failure).
+inline unique_fd open_readonly(const char* path) noexcept {
+  return unique_fd(::open(path, O_RDONLY | O_CLOEXEC));
 }
 
 inline void set_cloexec(int fd) {

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include <sys/mman.h>
@@ -13,6 +14,15 @@
 #include "posix.hpp"
 
 namespace mproc::detail {
+
+/// Removes a named POSIX segment (SharedMemory's); throws naming it on failure
+/// (ENOENT: the name is already gone).
+inline void shm_unlink_name(const std::string& name) {
+  if (::shm_unlink(name.c_str()) != 0) throw_errno(("shm_unlink('" + name + "')").c_str());
+}
+
+/// Removes a named POSIX segment, errors ignored (undoing a creation).
+inline void shm_unlink_quietly(const std::string& name) noexcept { ::shm_unlink(name.c_str()); }
 
 class shm_region {
  public:

@@ -10,7 +10,7 @@
 // start_method_error; such a child also cannot start children of its own by spawn
 // (the marker without init refuses), so a missing init is never a fork bomb.
 //
-// The forkserver (detail/forkserver.hpp) reads requests in the same format.
+// The forkserver (detail/posix/forkserver.hpp) reads requests in the same format.
 #pragma once
 
 #include <algorithm>
@@ -44,12 +44,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../errors.hpp"
-#include "callable.hpp"
-#include "posix/fd_passing.hpp"
-#include "posix/fork.hpp"
-#include "posix/forker.hpp"
-#include "posix/posix.hpp"
+#include "../../errors.hpp"
+#include "../callable.hpp"
+#include "fd_passing.hpp"
+#include "fork.hpp"
+#include "forker.hpp"
+#include "posix.hpp"
 
 extern char** environ;
 

@@ -52,10 +52,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../errors.hpp"
-#include "hmac.hpp"
-#include "posix/fork.hpp"
-#include "posix/posix.hpp"
+#include "../../errors.hpp"
+#include "../hmac.hpp"
+#include "fork.hpp"
+#include "posix.hpp"
 #include "spawn.hpp"
 
 namespace mproc::detail {

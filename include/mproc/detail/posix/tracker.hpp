@@ -32,9 +32,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "log.hpp"
-#include "posix/fork.hpp"
-#include "posix/posix.hpp"
+#include "../log.hpp"
+#include "fork.hpp"
+#include "posix.hpp"
 
 namespace mproc::detail {
 
