@@ -18,6 +18,7 @@
 
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "posix/posix.hpp"
 #include "remote_exception.hpp"
 
 namespace mproc::detail::mgr {
@@ -164,7 +165,7 @@ struct response {
     // A type the client may not know arrives as remote_error: name this process.
     if (r.error->kind == static_cast<std::uint8_t>(exception_kind::remote) && r.error->fields.empty()) {
       try {
-        remote_exception_impl::put_fields(r.error->fields, std::int32_t(::getpid()));
+        remote_exception_impl::put_fields(r.error->fields, std::int32_t(current_pid()));
       } catch (...) {  // out of memory: the client names no process
         r.error->fields.clear();
       }
