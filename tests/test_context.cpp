@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -497,6 +498,32 @@ TEST_CASE("spawn and forkserver children start children of their own, also from 
       expected += 10;
     }
   CHECK(v.load() == expected);
+}
+
+TEST_CASE("forks and spawns asked for by racing short-lived threads share one service thread",
+          "[context][spawn]") {
+  // Both kinds of start from a thread other than main run on the same long-lived thread;
+  // the children must outlive the threads that asked, and no request may wait on another.
+  init_from_cmdline();
+  constexpr int threads = 4, per_thread = 6;
+  std::vector<std::unique_ptr<mproc::Process>> procs(threads * per_thread);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([t, &procs] {
+      for (int i = 0; i < per_thread; ++i) {
+        int k = t * per_thread + i;
+        auto m = k % 2 ? start_method::spawn : start_method::fork;
+        procs[k] = std::make_unique<mproc::Process>(with(m), exit_with, 10 + k);
+        procs[k]->start();
+      }
+    });
+  for (auto& th : ts) th.join();
+  for (int k = 0; k < threads * per_thread; ++k) {
+    INFO("child " << k);
+    REQUIRE(procs[k]->join(60s));
+    CHECK(procs[k]->exitcode() == 10 + k);
+    cleanup(*procs[k]);
+  }
 }
 
 TEST_CASE("spawn and forkserver refuse a closure with start_method_error", "[context][spawn]") {

@@ -19,8 +19,7 @@ enum class fork_hook_slot : int {
   module_table,      // the code-address table's lock
   process_registry,  // children, identity and name of this process
   tracker,           // the resource tracker's lock
-  forker,            // the thread that forks for non-main threads
-  stable_spawner,    // the thread that spawns for non-main threads
+  stable_thread,     // the service thread that forks and spawns for non-main threads
   forkserver,        // the forkserver connection
   managers,          // managers' process-local locks
   archive_stack,     // the cached stack bound of Boost archives: the child's may differ
