@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -172,6 +173,22 @@ inline void* decode_code_address(std::int64_t code) noexcept {
   void* p = decode_code_address_slow(code);
   if (p) e = {code, p};
   return p;
+}
+
+/// A code address in the main executable (module 0), named as encode_code_address
+/// names every task's code; nullopt for code in a shared library, which a peer that is
+/// not this process's child may have loaded in another order or version.
+inline std::optional<std::int64_t> encode_executable_address(const void* fn) {
+  const std::int64_t code = encode_code_address(fn);
+  if (code < 0 || (std::uint64_t(code) >> code_module_shift) != 0) return std::nullopt;
+  return code;
+}
+
+/// The address encode_executable_address named; nullptr when the code does not name a
+/// place inside this executable's loaded segments.
+inline void* decode_executable_address(std::int64_t code) noexcept {
+  if (code < 0 || (std::uint64_t(code) >> code_module_shift) != 0) return nullptr;
+  return decode_code_address(code);
 }
 
 template <class W, class F>

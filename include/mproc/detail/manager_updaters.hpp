@@ -1,7 +1,10 @@
 // Update functions that cross to the server: over TCP the server runs update()'s
 // function, so the client names it instead of sending it -- a stateless callable by a
 // stable id of its type, registered in every process running the program, or a
-// function pointer by its offset in the executable, checked against the build-id.
+// function pointer by its address in the executable, named as tasks' code is
+// (callable.hpp) and checked against the build-id. The calling shims are found by id
+// in a table, not by address as a pool worker finds its own: a TCP peer is not this
+// program's child, and a forged message must not choose which code the server enters.
 #pragma once
 
 #include <cstdint>
@@ -14,12 +17,12 @@
 #include <string_view>
 #include <typeinfo>
 
-#include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
 
 #include "../errors.hpp"
 #include "../serialization.hpp"
+#include "callable.hpp"
 #include "manager_client.hpp"
 #include "manager_messages.hpp"
 
@@ -68,12 +71,9 @@ struct registered_updater {
   static inline const std::uint64_t id = stateless_updaters.add(typeid(registered_updater).name(), &run);
 };
 
-// Function pointers travel as an offset from a known function of the program image
-// (valid in any process running the same executable, whatever its load address),
+// Function pointers travel as their address in the executable (callable.hpp),
 // together with the image's GNU build-id, which the server compares with its own
-// before using the offset: a different program is refused, never called into.
-inline void code_anchor() noexcept {}
-
+// before using the address: a different program is refused, never called into.
 inline int build_id_note(dl_phdr_info* info, std::size_t, void* out) {
   auto* id = static_cast<std::string*>(out);
   for (int i = 0; i < info->dlpi_phnum; ++i) {
@@ -107,16 +107,6 @@ inline std::string own_build_id() {
   return out;
 }
 
-/// Offset of fn from code_anchor, if both lie in the main executable.
-inline std::optional<std::int64_t> code_offset(const void* fn) {
-  Dl_info a{}, f{};
-  if (!::dladdr(reinterpret_cast<const void*>(&code_anchor), &a) || !::dladdr(fn, &f) ||
-      a.dli_fbase != f.dli_fbase)
-    return std::nullopt;
-  return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(fn) -
-                                   reinterpret_cast<std::uintptr_t>(&code_anchor));
-}
-
 using raw_fnptr_updater = std::string (*)(const void* fn, const std::string_view*, std::string_view);
 inline constinit updater_table<raw_fnptr_updater> fnptr_updaters{};
 
@@ -148,11 +138,10 @@ inline updater remote_updater_for(const request& q) {
         "(its build-id differs or is missing)");
   const raw_fnptr_updater tramp = fnptr_updaters.find(static_cast<std::uint64_t>(q.n));
   if (!tramp) throw manager_error("mproc::Manager: update function type unknown to the server");
-  std::int64_t off;
-  std::memcpy(&off, q.list[0].data(), sizeof off);
-  const void* fn = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(&code_anchor) +
-                                                 static_cast<std::uintptr_t>(off));
-  if (!code_offset(fn)) throw manager_error("mproc::Manager: function pointer outside the executable");
+  std::int64_t code;
+  std::memcpy(&code, q.list[0].data(), sizeof code);
+  const void* fn = decode_executable_address(code);
+  if (!fn) throw manager_error("mproc::Manager: function pointer outside the executable");
   return [tramp, fn](const std::string_view* cur, std::string_view d) { return tramp(fn, cur, d); };
 }
 

@@ -200,7 +200,7 @@ class DictProxy : public BaseProxy {
                   (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>)) {
       using P = std::conditional_t<std::is_function_v<Fn>, Fn*, Fn>;
       P ptr = fn;
-      auto off = detail::mgr::code_offset(reinterpret_cast<const void*>(ptr));
+      auto off = detail::encode_executable_address(reinterpret_cast<const void*>(ptr));
       std::string build_id = detail::mgr::own_build_id();
       if (!off || build_id.empty())
         throw manager_error(
