@@ -509,6 +509,30 @@ TEST_CASE("a forged or garbled error in a manager response raises serialization_
   CHECK_THROWS_AS(mgr::response::decode(bad_flag), mproc::serialization_error);
 }
 
+TEST_CASE("forged reply fields and segment offsets raise serialization_error, not std errors or UB",
+          "[managers][hostile][errors]") {
+  mgr::response r;
+  r.list = {"12", "x1", "", "18446744073709551616"};
+  CHECK(r.number(0, "count") == 12);
+  CHECK_THROWS_AS(r.number(1, "count"), mproc::serialization_error);  // not a number
+  CHECK_THROWS_AS(r.number(2, "count"), mproc::serialization_error);  // empty
+  CHECK_THROWS_AS(r.number(3, "count"), mproc::serialization_error);  // out of range
+  CHECK_THROWS_AS(r.field(4, "flag"), mproc::serialization_error);    // missing
+  CHECK_THROWS_WITH(r.field(9, "barrier broken flag"), Catch::Contains("barrier broken flag"));
+
+  // The segment's root offset comes from the server: one near 2^64 must not wrap past
+  // the range check, nor may a misaligned one be used.
+  auto st = mgr::store::create(1 << 20);
+  auto attach = [&](std::size_t off) {
+    return mgr::store::attach(mproc::detail::dup_cloexec(st->fd(), "dup"), st->capacity(), off);
+  };
+  CHECK_THROWS_AS(attach(SIZE_MAX - 8), mproc::serialization_error);
+  CHECK_THROWS_AS(attach(st->capacity()), mproc::serialization_error);
+  CHECK_THROWS_AS(attach(st->root_offset() + 1), mproc::serialization_error);
+  auto again = attach(st->root_offset());
+  CHECK(again->root_offset() == st->root_offset());
+}
+
 TEST_CASE("oversized message headers close the connection without allocating", "[managers][hostile]") {
   // Server side: authenticate as a client would, then announce a 4 GiB request.
   mproc::Manager m({.authkey = "k"});

@@ -195,7 +195,7 @@ inline std::shared_ptr<local_backend> attach_local(const std::string& path, cons
     if (uuid_out) *uuid_out = r.a;
     return be;
   }
-  auto st = store::attach(std::move(memfd), static_cast<std::size_t>(r.n), std::stoull(r.list[0]));
+  auto st = store::attach(std::move(memfd), static_cast<std::size_t>(r.n), r.number(0, "segment root offset"));
   st->lock_timeout_ns = timeout_ns;
   auto be = std::make_shared<local_backend>(std::move(st));
   std::lock_guard g(registry_mutex());

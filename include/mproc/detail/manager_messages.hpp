@@ -4,6 +4,7 @@
 // local calls, the TCP client and the server, and none of it needs Boost.Interprocess.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -153,6 +154,23 @@ struct response {
     } catch (const serialization_error& e) {
       throw serialization_error(std::string("corrupt manager response: ") + e.what());
     }
+  }
+  /// Field i of list, checked: a reply too short raises serialization_error naming
+  /// `what`, never std::out_of_range.
+  [[nodiscard]] const std::string& field(std::size_t i, const char* what) const {
+    if (i >= list.size())
+      throw serialization_error(std::string("corrupt manager response: no ") + what);
+    return list[i];
+  }
+  /// Field i of list as a decimal number (as the server writes them); anything else
+  /// raises serialization_error naming `what`.
+  [[nodiscard]] std::uint64_t number(std::size_t i, const char* what) const {
+    const std::string& f = field(i, what);
+    std::uint64_t v = 0;
+    auto [end, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
+    if (ec != std::errc{} || end != f.data() + f.size() || f.empty())
+      throw serialization_error(std::string("corrupt manager response: ") + what + " is not a number");
+    return v;
   }
   /// Re-raises an error carried by a response as the type the server saw.
   void raise_if_error() const {

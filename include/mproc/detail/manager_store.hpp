@@ -179,7 +179,8 @@ class store {
     auto s = std::shared_ptr<store>(new store);
     s->region_ = shm_region::map(std::move(fd), capacity);
     s->seg_ = segment(bip::open_only, s->region_.data(), capacity);
-    if (root_offset + sizeof(root) > capacity)
+    // Written so that a forged offset near 2^64 cannot wrap past the check.
+    if (root_offset > capacity || capacity - root_offset < sizeof(root) || root_offset % alignof(root) != 0)
       throw serialization_error("manager: segment root offset out of range");
     s->root_ = reinterpret_cast<root*>(static_cast<char*>(s->region_.data()) + root_offset);
     return s;

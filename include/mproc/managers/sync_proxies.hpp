@@ -222,10 +222,10 @@ class BarrierProxy : public BaseProxy {
   [[nodiscard]] std::size_t parties() const { return static_cast<std::size_t>(call(op::barrier_info).n); }
   /// Parties waiting now.
   [[nodiscard]] std::size_t n_waiting() const {
-    return static_cast<std::size_t>(std::stoll(call(op::barrier_info).list.at(0)));
+    return static_cast<std::size_t>(call(op::barrier_info).number(0, "barrier waiting count"));
   }
   /// True when the barrier is broken (until reset()).
-  [[nodiscard]] bool broken() const { return call(op::barrier_info).list.at(1) != "0"; }
+  [[nodiscard]] bool broken() const { return call(op::barrier_info).field(1, "barrier broken flag") != "0"; }
 
  private:
   friend class Manager;
