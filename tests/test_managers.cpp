@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <future>
 #include <fstream>
 #include <map>
@@ -834,6 +835,40 @@ TEST_CASE("proxies work in Process targets and Pool tasks under every start meth
 #include <sys/stat.h>
 
 #include "test_support.hpp"
+
+TEST_CASE("a runtime directory too long for a socket path is skipped, not failed at bind",
+          "[managers][security]") {
+  // sockaddr_un holds 108 bytes: a Manager used to put its socket under any writable
+  // $XDG_RUNTIME_DIR and fail at bind when the path did not fit.
+  char top[] = "/tmp/mproc-long-XXXXXX";
+  REQUIRE(::mkdtemp(top) != nullptr);
+  std::string longdir = top;
+  while (longdir.size() < 120) {
+    longdir += "/dddddddddddddddddddd";
+    REQUIRE(::mkdir(longdir.c_str(), 0700) == 0);
+  }
+  auto saved = [](const char* v) { const char* s = std::getenv(v); return s ? std::optional<std::string>(s) : std::nullopt; };
+  const auto xdg = saved("XDG_RUNTIME_DIR"), tmp = saved("TMPDIR");
+  ::setenv("XDG_RUNTIME_DIR", longdir.c_str(), 1);
+  ::unsetenv("TMPDIR");
+  std::string where;
+  bool worked = false;
+  try {
+    mproc::Manager m;
+    auto d = m.dict<std::string, int>("d");
+    d.set("k", 7);
+    worked = d.get("k") == 7;
+    where = m.unix_address();
+  } catch (const std::exception& e) {
+    where = e.what();
+  }
+  if (xdg) ::setenv("XDG_RUNTIME_DIR", xdg->c_str(), 1); else ::unsetenv("XDG_RUNTIME_DIR");
+  if (tmp) ::setenv("TMPDIR", tmp->c_str(), 1);
+  std::filesystem::remove_all(top);
+  INFO(where);
+  CHECK(worked);
+  CHECK(where.rfind("/tmp/mproc-mgr-", 0) == 0);
+}
 
 TEST_CASE("the Unix socket lives in a private 0700 directory; another uid is refused",
           "[managers][security]") {

@@ -547,8 +547,8 @@ class Connection {
                                                             connection_options options = {}) {
   auto [a, b] = detail::make_socketpair(SOCK_STREAM);
   if (!duplex) {
-    detail::check(::shutdown(a.get(), SHUT_WR), "shutdown");
-    detail::check(::shutdown(b.get(), SHUT_RD), "shutdown");
+    detail::shutdown_socket(a.get(), SHUT_WR, "shutdown");
+    detail::shutdown_socket(b.get(), SHUT_RD, "shutdown");
   }
   return {Connection(std::move(a), true, duplex, options),
           Connection(std::move(b), duplex, true, options)};

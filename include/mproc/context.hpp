@@ -106,9 +106,8 @@ inline void init(int argc, char** argv, init_options options = {}) {
     std::lock_guard lk(b.m);
     b.argv.clear();
     for (int i = 0; i < argc && argv && argv[i]; ++i) b.argv.emplace_back(argv[i]);
-    char buf[PATH_MAX];
-    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-    b.executable = n > 0 ? std::string(buf, std::size_t(n)) : (b.argv.empty() ? "" : b.argv[0]);
+    b.executable = detail::own_executable();
+    if (b.executable.empty() && !b.argv.empty()) b.executable = b.argv[0];
     b.called = true;
   }
   // A child started by spawn runs its work here and exits.

@@ -268,8 +268,7 @@ inline bool wait_child(process_state& s, std::int64_t timeout_ns) {
   // No deadline and our own child: one blocking waitid (WNOWAIT leaves it to be
   // reaped below, under the state's lock) instead of a poll between two waitpids.
   if (deadline < 0 && s.status_fd.load() < 0) {
-    siginfo_t info{};
-    retry_eintr([&] { return ::waitid(P_PID, id_t(s.pid), &info, WEXITED | WNOWAIT); });
+    wait_exited_unreaped(s.pid);
   }
   for (;;) {
     if (reap_nohang(s)) return true;
@@ -470,7 +469,7 @@ concept process_target = std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args
 inline int run_child(const std::string& name, const std::vector<int>& identity, bool daemon,
                      target_base& target) {
   enter_child(name, identity, daemon);
-  ::on_exit(&child_exit_hook, nullptr);
+  at_exit_with_status(&child_exit_hook, nullptr);
   log(log_level::info, "child process calling target");
   int code = 0;
   try {
@@ -513,7 +512,7 @@ int process_entry(std::span<const std::byte> payload, std::span<const int> fds) 
     g.parent = process_info{pid_t(parent_pid), parent_name};
     close_fd(g.parent_fd);
     g.parent_fd = parent_fd >= 0 ? dup_received(fds, std::uint32_t(parent_fd)).release() : -1;
-    g.parent_is_ppid = ::getppid() == pid_t(parent_pid);
+    g.parent_is_ppid = detail::parent_pid() == pid_t(parent_pid);
     g.self_pid = current_pid();
   }
   F f = decode_callable<F>(r);
@@ -770,7 +769,7 @@ inline int parent_sentinel() {
   int fd = try_pidfd_open(g.parent->pid).release();
   // Still our parent after the pidfd was opened: it is that process, alive then. A
   // process that was reparented has lost its parent (its pid may be reused since).
-  if (g.parent_is_ppid && ::getppid() != g.parent->pid) {
+  if (g.parent_is_ppid && parent_pid() != g.parent->pid) {
     close_fd(fd);
     fd = make_eventfd(1, EFD_CLOEXEC, "eventfd(parent sentinel)").release();
   }
@@ -801,7 +800,7 @@ inline bool wait_parent(std::int64_t timeout_ns) {
       return rc > 0;
     }
     // No pidfd (kernel before 5.3): check now and then.
-    if (is_ppid ? ::getppid() != pid : !pid_exists(pid)) return true;
+    if (is_ppid ? parent_pid() != pid : !pid_exists(pid)) return true;
     if (left == 0) return false;
     sleep_ns(left >= 0 ? std::min<std::int64_t>(left, 10'000'000) : 10'000'000);
   }
@@ -848,12 +847,7 @@ struct parent_process_info : process_info {
 
 /// CPUs this process may run on (sched_getaffinity), at least 1.
 [[nodiscard]] inline int cpu_count() noexcept {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
+  if (int n = detail::affinity_cpu_count(); n > 0) return n;
   unsigned h = std::thread::hardware_concurrency();
   return h ? int(h) : 1;
 }

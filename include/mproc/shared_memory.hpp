@@ -27,13 +27,13 @@
 #include <type_traits>
 
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 
+#include "detail/posix/posix.hpp"
 #include "detail/posix/shm_region.hpp"
 #include "detail/posix/tracker.hpp"
 #include "errors.hpp"
@@ -131,17 +131,11 @@ class SharedMemory {
     require_open("populate()");
     if (offset >= s_->size) return true;
     length = std::min(length, s_->size - offset);
-    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t page = detail::page_size();
     auto* base = static_cast<char*>(s_->region->get_address());
     std::size_t start = offset / page * page;
     std::size_t end = offset + length;
-#ifdef MADV_POPULATE_WRITE
-    return ::madvise(base + start, end - start, MADV_POPULATE_WRITE) == 0;
-#else
-    (void)base;
-    (void)end;
-    return false;
-#endif
+    return detail::populate_for_write(base + start, end - start);
   }
 
   /// Unmaps the segment in this process (for every copy of this handle). The segment
@@ -193,13 +187,7 @@ class SharedMemory {
 
   static std::string random_name() {
     unsigned char bytes[8];
-    std::size_t got = 0;
-    while (got < sizeof bytes) {
-      ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) detail::throw_errno("getrandom");
-      got += static_cast<std::size_t>(n);
-    }
+    detail::fill_random(bytes, sizeof bytes);
     static const char hex[] = "0123456789abcdef";
     std::string s = "mproc_";
     for (unsigned char b : bytes) {

@@ -8,7 +8,6 @@
 
 #include "../errors.hpp"
 
-#include <sys/random.h>
 
 #include "posix/posix.hpp"
 
@@ -30,15 +29,7 @@ namespace mproc::detail {
 /// n bytes from the kernel's CSPRNG.
 inline std::string random_bytes(std::size_t n) {
   std::string out(n, '\0');
-  std::size_t got = 0;
-  while (got < n) {
-    ssize_t r = ::getrandom(out.data() + got, n - got, 0);
-    if (r == -1) {
-      if (errno == EINTR) continue;
-      throw_errno("getrandom");
-    }
-    got += std::size_t(r);
-  }
+  fill_random(out.data(), n);
   return out;
 }
 

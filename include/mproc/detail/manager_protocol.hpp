@@ -211,11 +211,7 @@ inline std::pair<unique_fd, int> listen_tcp(const std::string& address) {
       last_err = errno;
       continue;
     }
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    check(::getsockname(s.get(), reinterpret_cast<sockaddr*>(&ss), &len), "getsockname");
-    int port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                        : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    const int port = bound_port(s.get());
     return {std::move(s), port};
   }
   throw_errno(("bind/listen(manager TCP " + address + ")").c_str(), last_err ? last_err : EADDRNOTAVAIL);

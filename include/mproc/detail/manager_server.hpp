@@ -45,10 +45,10 @@ inline void close_all_but(std::vector<int> keep) {
   unsigned next = 0;
   for (int k : keep) {
     if (k < 0) continue;
-    if (unsigned(k) > next) ::close_range(next, unsigned(k) - 1, 0);
+    if (unsigned(k) > next) close_fd_range(next, unsigned(k) - 1);
     next = unsigned(k) + 1;
   }
-  ::close_range(next, ~0u, 0);
+  close_fd_range(next, ~0u);
 }
 
 struct server_config {
@@ -210,7 +210,7 @@ class handshake_stage {
   /// Accepts what is waiting on `listen_fd` (listener 0: Unix, 1: TCP).
   void accept_from(int listen_fd, int listener) {
     for (int burst = 0; burst < 256; ++burst) {
-      int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      int c = accept_connection(listen_fd, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (c < 0) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -220,7 +220,7 @@ class handshake_stage {
           if (drop_oldest(listener)) continue;
           if (spare_) {
             spare_.reset();
-            int refused = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+            int refused = accept_connection(listen_fd, SOCK_CLOEXEC);
             close_fd(refused);
             reserve_fd();
             if (refused >= 0) continue;
@@ -289,7 +289,7 @@ class handshake_stage {
     const bool is_unix = listener == 0;
     if (is_unix) {
       uid_t uid;
-      if (!peer_uid(fd.get(), &uid) || uid != ::geteuid()) {
+      if (!peer_uid(fd.get(), &uid) || uid != effective_uid()) {
         detail::log(log_level::warning, "manager: refused a Unix connection from uid %d", int(uid));
         return;
       }
@@ -350,8 +350,8 @@ class handshake_stage {
 }
 
 [[noreturn]] inline void server_main(server_config cfg, pid_t owner, int unix_fd, int tcp_fd, int ready_fd) {
-  ::signal(SIGINT, SIG_IGN);  // a Ctrl-C is the owner's to act on; the owner shuts us down
-  ::signal(SIGPIPE, SIG_IGN);
+  ignore_signal(SIGINT);  // a Ctrl-C is the owner's to act on; the owner shuts us down
+  ignore_signal(SIGPIPE);
   detail::process_name_storage() = "SyncManager";
   close_all_but({0, 1, 2, cfg.st->fd(), unix_fd, tcp_fd, ready_fd});
   // The owner removes the socket directory at shutdown; if it is killed instead, the
@@ -361,8 +361,8 @@ class handshake_stage {
   set_parent_death_signal(SIGTERM);
   // Out of the program's process group: a SIGKILL of the whole group must leave the
   // server alive to get the parent-death signal and remove the directory.
-  ::setpgid(0, 0);
-  if (::getppid() != owner) server_orphaned(cfg);
+  own_process_group();
+  if (parent_pid() != owner) server_orphaned(cfg);
   cfg.st->hold_life();
   const char one = 1;
   write_fully(ready_fd, &one, 1);

@@ -739,7 +739,7 @@ class mpmc_ring {
     // so a corrupt header cannot make get() allocate what it announces (that could
     // raise bad_alloc instead of serialization_error, or cost real memory under
     // strict overcommit or a sanitizer).
-    const std::uint64_t ram = std::uint64_t(::sysconf(_SC_PHYS_PAGES)) * std::uint64_t(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t ram = physical_memory_bytes();
     if (total > ram) {
       consumed(rec_end, true);
       throw serialization_error("corrupt queue record: message of " + std::to_string(total) +

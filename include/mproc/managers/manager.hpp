@@ -31,6 +31,7 @@
 #include "../detail/manager_store.hpp"
 #include "../detail/posix/fork.hpp"
 #include "../detail/posix/process_calls.hpp"
+#include "../detail/posix/sockets.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
 #include "base_proxy.hpp"
@@ -77,10 +78,8 @@ class Manager {
     auto st = store::create(opts_.capacity);
     st->lock_timeout_ns = timeout_ns;
 
-    const char* base = std::getenv("XDG_RUNTIME_DIR");
-    std::string tmpl = std::string(base && *base && ::access(base, W_OK) == 0 ? base : "/tmp") + "/mproc-mgr-XXXXXX";
-    if (!::mkdtemp(tmpl.data())) detail::throw_errno("mkdtemp(manager socket directory)");
-    dir_ = tmpl;  // mkdtemp creates it 0700: only our uid can even reach the socket
+    // 0700: only our uid can even reach the socket.
+    dir_ = detail::make_socket_dir("mproc-mgr-XXXXXX", "manager.sock", "mkdtemp(manager socket directory)");
     unix_path_ = dir_ + "/manager.sock";
     try {
       detail::unique_fd ufd = listen_unix(unix_path_);

@@ -16,6 +16,7 @@
 
 #include "../detail/manager_messages.hpp"
 #include "../detail/posix/posix.hpp"
+#include "../detail/posix/robust_mutex.hpp"
 #include "base_proxy.hpp"
 
 namespace mproc {
@@ -34,7 +35,7 @@ inline std::string caller_token() {
     const std::uint64_t mine = std::uint64_t(pid) << 32 | std::uint32_t(rd());
     if (state.compare_exchange_weak(cur, mine)) cur = mine;  // else another thread won: use its draw
   }
-  std::uint64_t t = ((cur & 0xffffffffu) ^ pid) << 32 | static_cast<std::uint32_t>(::gettid());
+  std::uint64_t t = ((cur & 0xffffffffu) ^ pid) << 32 | static_cast<std::uint32_t>(detail::current_tid());
   if (t == 0) t = 1;
   return std::string(reinterpret_cast<const char*>(&t), sizeof t);
 }

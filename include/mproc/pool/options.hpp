@@ -89,7 +89,7 @@ callbacks(C, E) -> callbacks<C, E>;
 inline progress_fn progress_bar(std::string label = "") {
   struct state {
     std::string label;
-    bool tty = ::isatty(2) == 1;
+    bool tty = detail::is_terminal(2);
     std::int64_t start = detail::monotonic_ns();
     std::int64_t last = 0;
     bool finished = false;

@@ -49,6 +49,7 @@
 #include <boost/serialization/vector.hpp>
 
 #include "../detail/posix/fork_hooks.hpp"
+#include "../detail/posix/posix.hpp"
 #include "../errors.hpp"
 #include "../serialization.hpp"
 
@@ -90,13 +91,9 @@ inline constexpr unsigned boost_archive_flags =
 /// end plus a reserve for one more level, the user's own serialize() and unwinding.
 /// 0 when the stack is unknown (then no limit applies).
 inline std::uintptr_t compute_archive_stack_floor() noexcept {
-  pthread_attr_t attr;
-  if (::pthread_getattr_np(::pthread_self(), &attr) != 0) return 0;
   void* low = nullptr;
   std::size_t size = 0;
-  const int rc = ::pthread_attr_getstack(&attr, &low, &size);
-  ::pthread_attr_destroy(&attr);
-  if (rc != 0 || low == nullptr) return 0;
+  if (!thread_stack(&low, &size)) return 0;
   const std::size_t reserve =
       std::clamp<std::size_t>(size / 8, std::size_t(32) << 10, std::size_t(256) << 10);
   return reinterpret_cast<std::uintptr_t>(low) + std::min(reserve, size / 2);

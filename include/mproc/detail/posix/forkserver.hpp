@@ -56,6 +56,7 @@
 #include "../hmac.hpp"
 #include "fork.hpp"
 #include "posix.hpp"
+#include "sockets.hpp"
 #include "spawn.hpp"
 
 namespace mproc::detail {
@@ -128,19 +129,7 @@ inline const int forkserver_atfork_registered = [] {
 /// one (already private), else $TMPDIR or /tmp; mkdtemp makes a fresh 0700 directory
 /// with an unguessable name inside it.
 inline std::string forkserver_make_dir() {
-  std::vector<std::string> bases;
-  for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
-    if (const char* v = std::getenv(var); v && v[0] == '/') bases.emplace_back(v);
-  bases.emplace_back("/tmp");
-  int last = 0;
-  for (const auto& base : bases) {
-    std::string tmpl = base + "/mproc-fs-XXXXXXXX";
-    // A socket path must fit sockaddr_un::sun_path with "/s" appended.
-    if (tmpl.size() + 2 >= sizeof(sockaddr_un::sun_path)) continue;
-    if (::mkdtemp(tmpl.data())) return tmpl;
-    last = errno;
-  }
-  throw_errno("mkdtemp (forkserver directory)", last ? last : ENAMETOOLONG);
+  return make_socket_dir("mproc-fs-XXXXXXXX", "s", "mkdtemp (forkserver directory)");
 }
 
 struct forkserver_listener {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cerrno>
+#include <climits>
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -17,6 +18,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -49,6 +52,50 @@ auto retry_eintr(F&& f) -> decltype(f()) {
 
 /// Closes fd unless it is negative. Never retried on EINTR: on Linux the descriptor
 /// is gone either way. Async-signal-safe.
+/// n bytes from the kernel's CSPRNG into p (getrandom, resumed after EINTR and short reads).
+inline void fill_random(void* p, std::size_t n) {
+  auto* out = static_cast<unsigned char*>(p);
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::getrandom(out + got, n - got, 0);
+    if (r == -1) {
+      if (errno == EINTR) continue;
+      throw_errno("getrandom");
+    }
+    got += std::size_t(r);
+  }
+}
+
+inline bool is_terminal(int fd) noexcept { return ::isatty(fd) == 1; }
+inline std::size_t page_size() noexcept { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
+inline std::uint64_t physical_memory_bytes() noexcept {
+  return std::uint64_t(::sysconf(_SC_PHYS_PAGES)) * std::uint64_t(::sysconf(_SC_PAGESIZE));
+}
+
+/// Closes every descriptor in [first, last] (close_range).
+inline void close_fd_range(unsigned first, unsigned last) noexcept { ::close_range(first, last, 0); }
+
+/// The calling thread's stack: its lowest address and size; false when unknown.
+inline bool thread_stack(void** low, std::size_t* size) noexcept {
+  pthread_attr_t attr;
+  if (::pthread_getattr_np(::pthread_self(), &attr) != 0) return false;
+  const int rc = ::pthread_attr_getstack(&attr, low, size);
+  ::pthread_attr_destroy(&attr);
+  return rc == 0 && *low != nullptr;
+}
+
+/// Commits pages [p, p + n) for writing now (MADV_POPULATE_WRITE, Linux 5.14); false
+/// when the kernel cannot, and the caller touches them itself.
+inline bool populate_for_write(void* p, std::size_t n) noexcept {
+#ifdef MADV_POPULATE_WRITE
+  return ::madvise(p, n, MADV_POPULATE_WRITE) == 0;
+#else
+  (void)p;
+  (void)n;
+  return false;
+#endif
+}
+
 inline void close_fd(int fd) noexcept {
   if (fd >= 0) ::close(fd);
 }

@@ -2,8 +2,13 @@
 #pragma once
 
 #include <cerrno>
+#include <climits>
+#include <cstddef>
+#include <string>
 
+#include <sched.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -57,6 +62,35 @@ inline int signalfd_for(int sig) noexcept {
   ::sigaddset(&set, sig);
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return ::signalfd(-1, &set, SFD_CLOEXEC);
+}
+
+/// This process's parent (1 or a subreaper once it has died).
+inline pid_t parent_pid() noexcept { return ::getppid(); }
+inline uid_t effective_uid() noexcept { return ::geteuid(); }
+/// Leaves the caller's process group for one of its own.
+inline void own_process_group() noexcept { ::setpgid(0, 0); }
+inline void ignore_signal(int sig) noexcept { ::signal(sig, SIG_IGN); }
+/// Registers fn to run at exit() with the exit status (glibc's on_exit).
+inline void at_exit_with_status(void (*fn)(int, void*), void* arg) noexcept { ::on_exit(fn, arg); }
+
+/// Blocks until child pid has exited, leaving it unreaped (WNOWAIT).
+inline void wait_exited_unreaped(pid_t pid) noexcept {
+  siginfo_t info{};
+  retry_eintr([&] { return ::waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT); });
+}
+
+/// CPUs this process may run on; 0 when the affinity mask cannot be read.
+inline int affinity_cpu_count() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  return ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+}
+
+/// The executable this process runs (/proc/self/exe); empty when unreadable.
+inline std::string own_executable() {
+  char buf[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, std::size_t(n)) : std::string();
 }
 
 }  // namespace mproc::detail

@@ -4,10 +4,16 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
 #include <utility>
 
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include "posix.hpp"
@@ -15,6 +21,39 @@
 namespace mproc::detail {
 
 /// A close-on-exec socket (type may add SOCK_NONBLOCK); invalid on failure, errno set.
+/// A fresh private directory for a Unix socket named `socket_leaf`: mkdtemp of
+/// `dir_template` (ending in X's) under $XDG_RUNTIME_DIR when set (already private),
+/// else $TMPDIR, else /tmp, the first where it can be made. A base too long for
+/// sockaddr_un::sun_path to hold the whole socket path is skipped, not failed at bind.
+inline std::string make_socket_dir(std::string_view dir_template, std::string_view socket_leaf, const char* what) {
+  std::vector<std::string> bases;
+  for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+    if (const char* v = std::getenv(var); v && v[0] == '/') bases.emplace_back(v);
+  bases.emplace_back("/tmp");
+  int last = 0;
+  for (const auto& base : bases) {
+    std::string tmpl = base + "/" + std::string(dir_template);
+    if (tmpl.size() + 1 + socket_leaf.size() >= sizeof(sockaddr_un::sun_path)) continue;
+    if (::mkdtemp(tmpl.data())) return tmpl;  // 0700, an unguessable name
+    last = errno;
+  }
+  throw_errno(what, last ? last : ENAMETOOLONG);
+}
+
+/// accept4 without the peer's address; -1 with errno as accept4 leaves it.
+inline int accept_connection(int listen_fd, int flags) noexcept { return ::accept4(listen_fd, nullptr, nullptr, flags); }
+
+inline void shutdown_socket(int fd, int how, const char* what) { check(::shutdown(fd, how), what); }
+
+/// The port an IPv4 or IPv6 socket is bound to (getsockname).
+inline int bound_port(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  check(::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len), "getsockname");
+  return ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                  : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
 inline unique_fd try_socket(int family, int type, int protocol) noexcept {
   return unique_fd(::socket(family, type | SOCK_CLOEXEC, protocol));
 }
