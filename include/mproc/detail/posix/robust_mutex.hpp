@@ -111,16 +111,6 @@ class robust_mutex {
     }
   }
 
-  /// True while a live thread (of any process, the caller included) holds it; never
-  /// takes it over. A holder that died leaves the mutex unrecoverable instead of
-  /// consistent, so it reads as gone for everyone after: a liveness token, not a lock.
-  [[nodiscard]] bool held_by_live_thread() noexcept {
-    const int rc = ::pthread_mutex_trylock(&m_);
-    if (rc == EBUSY || rc == EDEADLK) return true;
-    if (rc == 0 || rc == EOWNERDEAD) ::pthread_mutex_unlock(&m_);
-    return false;
-  }
-
   /// False when the calling thread does not hold the mutex.
   [[nodiscard]] bool unlock() noexcept { return ::pthread_mutex_unlock(&m_) == 0; }
 
