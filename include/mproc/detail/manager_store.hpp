@@ -201,9 +201,9 @@ class store {
 
   [[nodiscard]] bool server_alive() const {
     int rc = ::pthread_mutex_trylock(&root_->life);
-    // EDEADLK: this very thread holds it (the server's own; glibc answers so for a
-    // robust error-checking mutex), so the server is alive. Taken for "gone" before, it
-    // made the request fuzzer's single-threaded server refuse every request.
+    // EBUSY: another thread holds it, the server's main thread while it lives.
+    // Anything else reads as gone, EDEADLK included (this very thread holding it, which
+    // no client does; the request fuzzer keeps it on another thread for that reason).
     if (rc == EBUSY) return true;
     // 0: never held or released at shutdown; EOWNERDEAD: the server died. Releasing
     // without marking it consistent leaves it unrecoverable: dead for everyone.

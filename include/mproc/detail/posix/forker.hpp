@@ -50,13 +50,13 @@ class function_ref<R(A...)> {
 
 inline bool on_main_thread() noexcept { return ::gettid() == ::getpid(); }
 
-/// The one long-lived service thread: runs a job for a thread that may not outlive
-/// its children (forks, and spawns, both tie PR_SET_PDEATHSIG to the calling thread).
-/// One request at a time; the job's exception reaches the caller.
 /// True on the service thread: a job that asks for it again runs in place (it would
 /// otherwise wait on itself).
 inline thread_local bool in_stable_thread = false;
 
+/// The one long-lived service thread: runs a job for a thread that may not outlive
+/// its children (forks, and spawns, both tie PR_SET_PDEATHSIG to the calling thread).
+/// One request at a time; the job's exception reaches the caller.
 struct stable_thread {
   std::mutex call_m;  // one request at a time
   std::mutex m;
