@@ -574,3 +574,62 @@ TEST_CASE("many outstanding apply_async results cost linear time", "[pool][fault
   // A second big batch on the same pool is no slower than the first.
   REQUIRE(outstanding_round(pool, 8 * base) < 3 * large + 0.5);
 }
+
+namespace {
+
+/// The children of this process (every thread's), alive or not yet reaped.
+std::set<pid_t> own_children() {
+  std::set<pid_t> out;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::FILE* f = std::fopen((t.path() / "children").c_str(), "r");
+    if (!f) continue;
+    for (long p; std::fscanf(f, "%ld", &p) == 1;) out.insert(static_cast<pid_t>(p));
+    std::fclose(f);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a pool whose construction fails part-way leaves no worker behind", "[pool][faults]") {
+  mproc_test::ensure_init();
+  const auto method = GENERATE(mproc::start_method::fork, mproc::start_method::spawn);
+  watchdog dog(120s, "a pool whose construction fails part-way");
+  // In a child of its own: the descriptor limit squeezed there runs out somewhere in the
+  // middle of starting the workers, at a different worker for each limit tried.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    {
+      mproc::Pool warm({.processes = 1, .method = method});  // the tracker, if any, is up
+    }
+    const std::set<pid_t> before = own_children();
+    rlimit old{};
+    ::getrlimit(RLIMIT_NOFILE, &old);
+    const rlim_t open_now = mproc_test::count_fds();
+    int failures = 0;
+    for (rlim_t extra = 1; extra < 60; ++extra) {
+      rlimit tight = old;
+      tight.rlim_cur = open_now + extra;
+      ::setrlimit(RLIMIT_NOFILE, &tight);
+      bool started = false;
+      try {
+        mproc::Pool p({.processes = 6, .method = method});
+        started = true;
+        ::setrlimit(RLIMIT_NOFILE, &old);
+        if (p.apply(square, 7) != 49) std::_Exit(3);
+      } catch (const std::exception& e) {
+        ++failures;
+      }
+      ::setrlimit(RLIMIT_NOFILE, &old);
+      if (own_children() != before) {
+        std::fprintf(stderr, "limit +%lu: workers left behind by a failed construction\n",
+                     static_cast<unsigned long>(extra));
+        std::_Exit(1);
+      }
+      if (started) std::_Exit(failures >= 4 ? 0 : 2);  // it failed at several workers first
+    }
+    std::_Exit(4);  // never started at all
+  }
+  REQUIRE(mproc_test::join_child(pid, 100s) == 0);
+}

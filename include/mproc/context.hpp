@@ -11,6 +11,7 @@
 #include <array>
 #include <atomic>
 #include <concepts>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -140,6 +141,17 @@ struct launch_request {
   std::span<const int> fds{};
 };
 
+namespace detail {
+/// A spawn whose image is starting up, with the work it is to be handed: a copy of the
+/// payload, and the descriptors by number (the caller keeps them open until confirmed).
+struct deferred_spawn {
+  spawn_start start;
+  entry_fn entry = nullptr;
+  std::vector<std::byte> payload;
+  std::vector<int> fds;
+};
+}  // namespace detail
+
 /// What a policy returns: the child's pid and, if it has one, a pidfd for it (the
 /// library opens one itself when this is empty).
 struct launched_child {
@@ -148,6 +160,10 @@ struct launched_child {
   /// For a child that is not this process's own (forkserver): a socket on which its
   /// exit code (int32) arrives when it is reaped. Empty for direct children.
   detail::unique_fd status{};
+  /// Set by a deferred launch (see launch_deferred): the fresh image is starting up and
+  /// has not yet received its work; confirm_launch() completes it. Dropped before that,
+  /// the child is killed and reaped.
+  std::unique_ptr<detail::deferred_spawn> unconfirmed{};
 };
 
 /// A start policy: `static launched_child launch(const launch_request&)` starts a
@@ -196,14 +212,34 @@ struct spawn_policy {
   static constexpr bool available = true;
   /// Starts a fresh image of this executable that runs `r.entry(r.payload, r.fds)`.
   static launched_child launch(const launch_request& r) {
+    launched_child c = launch_deferred(r);
+    confirm_launch(c);
+    return c;
+  }
+  /// As launch(), but returns while the image is still starting up (exec, dynamic
+  /// linking, static initialisation: milliseconds); confirm_launch() hands it its work.
+  /// Starting several children this way and then confirming each overlaps their
+  /// start-ups. The descriptors `r.fds` must stay open until then.
+  static launched_child launch_deferred(const launch_request& r) {
     if (!r.entry) detail::throw_closure_only(method);
+    detail::check_spawn_request_size(r.payload.size(), r.fds.size(), "spawn");
     // Not a structured binding: clang 14 cannot capture those in the lambda.
     const auto image = detail::spawn_image(method);
-    detail::spawned s;
-    detail::run_on_stable_thread([&] {
-      s = detail::spawn_entry(image.first, image.second, r.entry, r.payload, r.fds);
-    });
-    return {s.pid, std::move(s.pidfd), {}};
+    auto d = std::make_unique<detail::deferred_spawn>();
+    d->entry = r.entry;
+    d->payload.assign(r.payload.begin(), r.payload.end());
+    d->fds.assign(r.fds.begin(), r.fds.end());
+    detail::run_on_stable_thread([&] { d->start = detail::spawn_begin(image.first, image.second); });
+    launched_child c{d->start.pid, std::move(d->start.pidfd), {}};
+    c.unconfirmed = std::move(d);
+    return c;
+  }
+  /// Completes a launch_deferred() child: waits until it has entered init and sends it
+  /// its work. On failure the child is killed and reaped, and start_method_error raised.
+  static void confirm_launch(launched_child& c) {
+    if (!c.unconfirmed) return;
+    const std::unique_ptr<detail::deferred_spawn> d = std::move(c.unconfirmed);
+    (void)detail::spawn_finish(d->start, d->entry, d->payload, d->fds);
   }
 };
 
@@ -254,7 +290,31 @@ struct dynamic_policy {
     }
     throw start_method_error("mproc: unknown start method");
   }
+  /// As launch(); a spawn returns still starting up (see spawn_policy::launch_deferred).
+  static launched_child launch_deferred(const launch_request& r) {
+    if (r.method.value_or(get_start_method()) == start_method::spawn) return spawn_policy::launch_deferred(r);
+    return launch(r);
+  }
+  /// Completes a launch_deferred() child (nothing to do unless it was a spawn).
+  static void confirm_launch(launched_child& c) { spawn_policy::confirm_launch(c); }
 };
+
+namespace detail {
+/// Policy::launch_deferred where the policy has one (its children start up together),
+/// Policy::launch otherwise.
+template <class Policy>
+launched_child launch_deferred(const launch_request& r) {
+  if constexpr (requires { Policy::launch_deferred(r); })
+    return Policy::launch_deferred(r);
+  else
+    return Policy::launch(r);
+}
+/// Completes a child from detail::launch_deferred<Policy> (see spawn_policy::confirm_launch).
+template <class Policy>
+void confirm_launch(launched_child& c) {
+  if constexpr (requires { Policy::confirm_launch(c); }) Policy::confirm_launch(c);
+}
+}  // namespace detail
 
 static_assert(start_policy<fork_policy> && start_policy<spawn_policy> &&
               start_policy<forkserver_policy> && start_policy<dynamic_policy>);

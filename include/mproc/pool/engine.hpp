@@ -80,6 +80,7 @@ struct worker_slot {
   std::uint64_t timed_out_item = 0, timed_out_job = 0;
   unsigned number = 0;
   std::int64_t last_result_ns = 0;
+  std::unique_ptr<deferred_spawn> unconfirmed;  // started, not yet handed its work
 };
 
 }  // namespace detail
@@ -128,7 +129,20 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
     helper_->end_help = &helper_end_help;
     helper_->wake = &helper_wake;
     workers_.resize(opts_.processes);
-    for (auto& w : workers_) start_worker(w);
+    try {
+      // Every worker is launched before any is waited for: fresh images start up at once.
+      for (auto& w : workers_) start_worker(w);
+      for (auto& w : workers_) confirm_worker(w);
+    } catch (...) {
+      // None of the workers started so far outlives the constructor that failed.
+      for (auto& w : workers_)
+        if (w.unconfirmed) {
+          w.unconfirmed.reset();  // kills and reaps it
+          w.pid = -1;
+        }
+      shutdown_workers(std::current_exception());
+      throw;
+    }
     detail::log(log_level::info, "pool started with %zu workers", workers_.size());
     thread_ = std::thread([this] {
       detail::block_async_signals();  // the program's signals go to the program's threads
@@ -196,6 +210,7 @@ class basic_pool : public pool_interface<basic_pool<Policy>>, detail::run_contro
   static constexpr std::size_t ring_capacity = 256 * 1024;
 
   void start_worker(detail::worker_slot& w);
+  void confirm_worker(detail::worker_slot& w);
 
   // ------------------------------------------------------------ the engine
   //

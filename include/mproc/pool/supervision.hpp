@@ -59,14 +59,39 @@ void basic_pool<Policy>::start_worker(detail::worker_slot& w) {
   req.entry = &pool_worker_entry;
   req.payload = payload;
   req.fds = std::span<const int>(fds, tracker_fd >= 0 ? 4 : 3);
-  launched_child child = Policy::launch(req);
+  // A fresh image is confirmed later (confirm_worker), so that several start up at once.
+  launched_child child = launch_deferred<Policy>(req);
+  try {
+    if (!child.pidfd && !child.status) child.pidfd = pidfd_open(child.pid);
+  } catch (...) {
+    if (!child.unconfirmed) {  // (an unconfirmed one is killed and reaped as it goes)
+      kill_quietly(child.pid, SIGKILL);
+      if (!child.status) {  // a forkserver's child is the forkserver's to reap
+        int status;
+        waitpid_eintr(child.pid, &status, 0);
+      }
+    }
+    throw;
+  }
   w.pid = child.pid;
   w.status = std::move(child.status);
-  if (child.pidfd)
-    w.pidfd = std::move(child.pidfd);
-  else if (!w.status)
-    w.pidfd = pidfd_open(w.pid);
+  w.pidfd = std::move(child.pidfd);
+  w.unconfirmed = std::move(child.unconfirmed);
   log(log_level::debug, "started %s (pid %d)", name.c_str(), static_cast<int>(w.pid));
+}
+
+template <class Policy>
+void basic_pool<Policy>::confirm_worker(detail::worker_slot& w) {
+  if (!w.unconfirmed) return;
+  launched_child c;
+  c.unconfirmed = std::move(w.unconfirmed);
+  try {
+    detail::confirm_launch<Policy>(c);
+  } catch (...) {
+    w.pid = -1;  // killed and reaped by the failed confirmation
+    w.pidfd.reset();
+    throw;
+  }
 }
 
 template <class Policy>
@@ -189,6 +214,7 @@ void basic_pool<Policy>::start_replacement(detail::worker_slot& w) {
   for (int launch_failures = 0;;) {
     try {
       start_worker(w);
+      confirm_worker(w);
       return;
     } catch (const start_method_error&) {
       w.pid = -1;

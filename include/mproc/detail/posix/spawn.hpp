@@ -218,12 +218,39 @@ inline void discard_child(pid_t pid) noexcept {
   }
 }
 
-/// posix_spawn of `executable` with argv, then the bootstrap exchange. The caller has
-/// checked that init was called.
-inline spawned spawn_entry(const std::string& executable, const std::vector<std::string>& args,
-                           entry_fn entry, std::span<const std::byte> payload,
-                           std::span<const int> fds) {
-  check_spawn_request_size(payload.size(), fds.size(), "spawn");
+/// A fresh image started by spawn_begin that has not yet shown it entered init nor
+/// received its work (spawn_finish does both). Dropped unfinished, the child is killed
+/// and reaped: a half-started child never outlives the start that failed.
+struct spawn_start {
+  pid_t pid = -1;
+  unique_fd pidfd;
+  unique_fd sock;  // the bootstrap socket; empty once finished
+
+  spawn_start() = default;
+  spawn_start(spawn_start&& o) noexcept
+      : pid(std::exchange(o.pid, -1)), pidfd(std::move(o.pidfd)), sock(std::move(o.sock)) {}
+  spawn_start& operator=(spawn_start&& o) noexcept {
+    if (this != &o) {
+      discard();
+      pid = std::exchange(o.pid, -1);
+      pidfd = std::move(o.pidfd);
+      sock = std::move(o.sock);
+    }
+    return *this;
+  }
+  ~spawn_start() { discard(); }
+  void discard() noexcept {
+    if (pid > 0 && sock) discard_child(pid);
+    pid = -1;
+    sock.reset();
+  }
+};
+
+/// posix_spawn of `executable` with argv: the child starts with the bootstrap socket.
+/// Only this step needs the long-lived thread (the child's death signal follows the
+/// thread that started it); spawn_finish may run anywhere, later, so that several
+/// images start up at once.
+inline spawn_start spawn_begin(const std::string& executable, const std::vector<std::string>& args) {
   int sv[2];
   check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair(spawn)");
   unique_fd mine(sv[0]), theirs(sv[1]);
@@ -271,20 +298,31 @@ inline spawned spawn_entry(const std::string& executable, const std::vector<std:
     throw_errno(("posix_spawn(" + executable + ")").c_str());
   }
   theirs.reset();
-  spawned out{pid, pidfd_open_or_none(pid)};
+  spawn_start out;
+  out.pid = pid;
+  out.pidfd = pidfd_open_or_none(pid);
+  out.sock = std::move(mine);
+  return out;
+}
 
+/// The bootstrap exchange with a child from spawn_begin: waits for its word that it
+/// entered init, then sends it entry, payload and fds. On failure the child is killed
+/// and reaped and start_method_error (or the socket's error) is raised.
+inline spawned spawn_finish(spawn_start& s, entry_fn entry, std::span<const std::byte> payload,
+                            std::span<const int> fds) {
   // The acknowledgement proves the child entered init; EOF or silence means its main
   // runs without init.
   char ack = 0;
   bool acked = false;
   try {
-    acked = wait_readable(mine.get(), spawn_ack_timeout_ns()) &&
-            recv_all_fds(mine.get(), &ack, 1, nullptr, -1, "spawn handshake") && ack == 'A';
+    acked = wait_readable(s.sock.get(), spawn_ack_timeout_ns()) &&
+            recv_all_fds(s.sock.get(), &ack, 1, nullptr, -1, "spawn handshake") && ack == 'A';
   } catch (const std::exception&) {
     acked = false;
   }
   if (!acked) {
-    discard_child(pid);
+    const pid_t pid = s.pid;
+    s.discard();
     throw start_method_error(
         "mproc: the spawned child (pid " + std::to_string(pid) +
         ") did not enter mproc::init: the program does not call mproc::init(argc, argv) as the "
@@ -296,14 +334,26 @@ inline spawned spawn_entry(const std::string& executable, const std::vector<std:
   h.nfds = std::uint32_t(fds.size());
   h.parent_pid = ::getpid();
   try {
-    send_all_fds(mine.get(), &h, sizeof h, fds, "sendmsg(spawn request)");
+    send_all_fds(s.sock.get(), &h, sizeof h, fds, "sendmsg(spawn request)");
     if (!payload.empty())
-      send_all_fds(mine.get(), payload.data(), payload.size(), {}, "send(spawn payload)");
+      send_all_fds(s.sock.get(), payload.data(), payload.size(), {}, "send(spawn payload)");
   } catch (...) {
-    discard_child(pid);
+    s.discard();
     throw;
   }
-  return out;
+  s.sock.reset();
+  return {std::exchange(s.pid, -1), std::move(s.pidfd)};
+}
+
+
+/// posix_spawn of `executable` with argv, then the bootstrap exchange. The caller has
+/// checked that init was called.
+inline spawned spawn_entry(const std::string& executable, const std::vector<std::string>& args,
+                           entry_fn entry, std::span<const std::byte> payload,
+                           std::span<const int> fds) {
+  check_spawn_request_size(payload.size(), fds.size(), "spawn");
+  spawn_start s = spawn_begin(executable, args);
+  return spawn_finish(s, entry, payload, fds);
 }
 
 // ---- child side (from init)
