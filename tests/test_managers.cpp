@@ -578,7 +578,12 @@ TEST_CASE("a vanished server gives a clear error, never a hang", "[managers][dea
     ::waitpid(m.server_pid(), &st, 0);
     CHECK_THROWS_AS(d.get("a"), mproc::manager_error);
     CHECK_THROWS_AS(d.set("a", 2), mproc::manager_error);
+    // Asked again and again, from this thread and others, the answer stays "gone" (a
+    // probe that took the dead server's lock once read as "alive" on the third try).
+    for (int i = 0; i < 5; ++i) CHECK_THROWS_AS(d.get("a"), mproc::manager_error);
+    std::thread([&] { CHECK_THROWS_AS(d.get("a"), mproc::manager_error); }).join();
     CHECK_THROWS_AS(q.get(), mproc::manager_error);  // an untimed wait notices too
+    CHECK_THROWS_AS(q.get(5s), mproc::manager_error);
   }
   SECTION("remote proxies") {
     mproc::Manager m({.address = "127.0.0.1:0", .authkey = "k"});

@@ -3,15 +3,14 @@
 # there, so the rest reads as plain C++ (issue 16). The list of calls is the one
 # the issue counted with grep, widened to every system call the headers made; what
 # stays outside is libc that calls no kernel (strsignal), the resolver
-# (getaddrinfo), the dynamic loader (dl_iterate_phdr) and, for now, the Manager
-# store's own robust pthread mutexes (detail/manager_store.hpp), not yet on
-# detail::robust_mutex. A call written `::name(`
+# (getaddrinfo) and the dynamic loader (dl_iterate_phdr); process-shared mutexes
+# are detail/posix/robust_mutex.hpp's alone. A call written `::name(`
 # counts, a member or a qualified name (`x.close(`, `std::fstat(`) does not.
 #   cmake -DMPROC_INCLUDE_DIR=<repo>/include -P posix_calls.cmake
 if(NOT MPROC_INCLUDE_DIR)
   message(FATAL_ERROR "set MPROC_INCLUDE_DIR")
 endif()
-set(_calls "read|write|close|open|fork|mmap|munmap|socket|connect|accept|bind|listen|poll|ppoll|waitpid|kill|pipe2?|dup2?|dup3|fcntl|ftruncate|fstat|memfd_create|shm_open|shm_unlink|sendmsg|recvmsg|send|recv|execve?|_exit|prctl|signalfd|eventfd|syscall|unlink|getpid|setsid|sigaction|pthread_sigmask|sigprocmask|clock_gettime|nanosleep|sched_yield|setsockopt|getsockopt|socketpair|epoll_[a-z]+|getrandom|getppid|setpgid|geteuid|gettid|waitid|on_exit|sched_getaffinity|isatty|readlink|sysconf|madvise|close_range|accept4|shutdown|getsockname|signal|mkdtemp|access|pthread_getattr_np|pthread_attr_[a-z]+")
+set(_calls "read|write|close|open|fork|mmap|munmap|socket|connect|accept|bind|listen|poll|ppoll|waitpid|kill|pipe2?|dup2?|dup3|fcntl|ftruncate|fstat|memfd_create|shm_open|shm_unlink|sendmsg|recvmsg|send|recv|execve?|_exit|prctl|signalfd|eventfd|syscall|unlink|getpid|setsid|sigaction|pthread_sigmask|sigprocmask|clock_gettime|nanosleep|sched_yield|setsockopt|getsockopt|socketpair|epoll_[a-z]+|getrandom|getppid|setpgid|geteuid|gettid|waitid|on_exit|sched_getaffinity|isatty|readlink|sysconf|madvise|close_range|accept4|shutdown|getsockname|signal|mkdtemp|access|pthread_getattr_np|pthread_attr_[a-z]+|pthread_mutex(attr)?_[a-z]+")
 set(_raw "(^|[^a-zA-Z_:.>])::(${_calls})\\(")
 file(GLOB_RECURSE _headers RELATIVE "${MPROC_INCLUDE_DIR}" "${MPROC_INCLUDE_DIR}/*.hpp")
 set(_found 0)

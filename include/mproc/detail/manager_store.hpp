@@ -132,8 +132,8 @@ using name_map = bc::map<shm_string, std::uint64_t, bytes_less,
                          shm_alloc<std::pair<const shm_string, std::uint64_t>>>;
 
 struct root {
-  pthread_mutex_t mutex;  // guards everything in the segment
-  pthread_mutex_t life;   // held by the server while it lives
+  robust_mutex mutex;  // guards everything in the segment
+  robust_mutex life;   // held by the server while it lives
   std::uint64_t next_id = 1;
   object_map objects;
   name_map names;
@@ -144,16 +144,10 @@ struct root {
   std::uint32_t poisoned = 0;
 
   explicit root(const shm_alloc<char>& a) : objects(a), names(a) {
-    pthread_mutexattr_t at;
-    ::pthread_mutexattr_init(&at);
-    ::pthread_mutexattr_setpshared(&at, PTHREAD_PROCESS_SHARED);
-    ::pthread_mutexattr_setrobust(&at, PTHREAD_MUTEX_ROBUST);
-    // Error-checking: an update() function that calls the manager gets EDEADLK (an
-    // exception) instead of hanging.
-    ::pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ERRORCHECK);
-    ::pthread_mutex_init(&mutex, &at);
-    ::pthread_mutex_init(&life, &at);
-    ::pthread_mutexattr_destroy(&at);
+    // Error-checking (robust_mutex): an update() function that calls the manager gets
+    // EDEADLK (an exception) instead of hanging.
+    mutex.init();
+    life.init();
   }
 };
 
@@ -194,22 +188,12 @@ class store {
 
   /// Called once by the server's main thread; held until the server dies.
   void hold_life() {
-    int rc = ::pthread_mutex_lock(&root_->life);
-    if (rc == EOWNERDEAD) ::pthread_mutex_consistent(&root_->life);
-    else if (rc != 0) throw_errno("pthread_mutex_lock(manager life)", rc);
+    if (root_->life.lock(-1) == lock_result::already_mine)
+      throw_errno("pthread_mutex_lock(manager life)", EDEADLK);
   }
 
-  [[nodiscard]] bool server_alive() const {
-    int rc = ::pthread_mutex_trylock(&root_->life);
-    // EBUSY: another thread holds it, the server's main thread while it lives.
-    // Anything else reads as gone, EDEADLK included (this very thread holding it, which
-    // no client does; the request fuzzer keeps it on another thread for that reason).
-    if (rc == EBUSY) return true;
-    // 0: never held or released at shutdown; EOWNERDEAD: the server died. Releasing
-    // without marking it consistent leaves it unrecoverable: dead for everyone.
-    if (rc == 0 || rc == EOWNERDEAD) ::pthread_mutex_unlock(&root_->life);
-    return false;
-  }
+  /// The server holds the life lock from start to death (robust_mutex::held_by_live_thread).
+  [[nodiscard]] bool server_alive() const { return root_->life.held_by_live_thread(); }
 
   void check_alive() const {
     if (!server_alive())
@@ -220,42 +204,35 @@ class store {
   class guard {
    public:
     guard(store& s, std::int64_t timeout_ns) : m_(&s.root_->mutex), r_(s.root_) {
-      int rc;
-      if (timeout_ns < 0) {
-        rc = ::pthread_mutex_lock(m_);
-      } else {
-        const timespec ts = monotonic_timespec_after(timeout_ns);
-        rc = ::pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &ts);
-        if (rc == 0 || rc == EOWNERDEAD) clocklock_acquired(m_);
-      }
-      if (rc == EOWNERDEAD) {
-        ::pthread_mutex_consistent(m_);
-        if (r_->dirty.load(std::memory_order_relaxed)) {
-          r_->poisoned = 1;
-          r_->dirty.store(0, std::memory_order_relaxed);
-          detail::log(log_level::error, "manager: a process died while changing shared state");
-        } else {
-          detail::log(log_level::warning, "manager: a process died holding the state lock; taking it over");
-        }
-      } else if (rc == ETIMEDOUT) {
-        throw timeout_error(
-            "mproc::Manager: timed out waiting for the shared state lock (is a process holding it stopped?)");
-      } else if (rc != 0) {
-        throw_errno("pthread_mutex_lock(manager state)", rc);
+      switch (m_->lock(timeout_ns < 0 ? -1 : timeout_ns)) {
+        case lock_result::acquired: break;
+        case lock_result::owner_died:
+          if (r_->dirty.load(std::memory_order_relaxed)) {
+            r_->poisoned = 1;
+            r_->dirty.store(0, std::memory_order_relaxed);
+            detail::log(log_level::error, "manager: a process died while changing shared state");
+          } else {
+            detail::log(log_level::warning, "manager: a process died holding the state lock; taking it over");
+          }
+          break;
+        case lock_result::timed_out:
+          throw timeout_error(
+              "mproc::Manager: timed out waiting for the shared state lock (is a process holding it stopped?)");
+        case lock_result::already_mine: throw_errno("pthread_mutex_lock(manager state)", EDEADLK);
       }
       if (r_->poisoned) {
-        ::pthread_mutex_unlock(m_);
+        (void)m_->unlock();
         throw manager_error(
             "mproc::Manager: a process was killed in the middle of changing the manager's shared state; it may "
             "be inconsistent, so the manager refuses further operations");
       }
     }
-    ~guard() { ::pthread_mutex_unlock(m_); }
+    ~guard() { (void)m_->unlock(); }
     guard(const guard&) = delete;
     guard& operator=(const guard&) = delete;
 
    private:
-    pthread_mutex_t* m_;
+    robust_mutex* m_;
     root* r_;
   };
 

@@ -111,6 +111,17 @@ class robust_mutex {
     }
   }
 
+  /// True while a live thread (of any process, the caller included) holds it: a
+  /// liveness token, read from the kernel-maintained word without taking the mutex.
+  /// When the holder dies the kernel clears the owner and sets FUTEX_OWNER_DIED, and
+  /// the word stays so, since nobody takes the token over: it reads as gone for good.
+  /// (Probing with trylock instead changes the word: glibc's trylock of a mutex made
+  /// unrecoverable leaves the caller's id in it, so the next probe saw EDEADLK.)
+  [[nodiscard]] bool held_by_live_thread() const noexcept {
+    const unsigned w = __atomic_load_n(&m_.__data.__lock, __ATOMIC_ACQUIRE);
+    return (w & FUTEX_TID_MASK) != 0 && (w & FUTEX_OWNER_DIED) == 0;
+  }
+
   /// False when the calling thread does not hold the mutex.
   [[nodiscard]] bool unlock() noexcept { return ::pthread_mutex_unlock(&m_) == 0; }
 
