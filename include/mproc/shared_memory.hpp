@@ -185,17 +185,7 @@ class SharedMemory {
     return std::string(name);
   }
 
-  static std::string random_name() {
-    unsigned char bytes[8];
-    detail::fill_random(bytes, sizeof bytes);
-    static const char hex[] = "0123456789abcdef";
-    std::string s = "mproc_";
-    for (unsigned char b : bytes) {
-      s += hex[b >> 4];
-      s += hex[b & 15];
-    }
-    return s;
-  }
+  static std::string random_name() { return "mproc_" + detail::hex(detail::random_bytes(8)); }
 
   void open(std::string name, std::size_t size, bool creating) {
     namespace bip = boost::interprocess;

@@ -26,24 +26,6 @@ int CRYPTO_memcmp(const void* in_a, const void* in_b, std::size_t len);
 
 namespace mproc::detail {
 
-/// n bytes from the kernel's CSPRNG.
-inline std::string random_bytes(std::size_t n) {
-  std::string out(n, '\0');
-  fill_random(out.data(), n);
-  return out;
-}
-
-inline std::string hex(std::string_view bytes) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s;
-  s.reserve(bytes.size() * 2);
-  for (unsigned char c : bytes) {
-    s.push_back(digits[c >> 4]);
-    s.push_back(digits[c & 15]);
-  }
-  return s;
-}
-
 /// HMAC-SHA256(key, msg): 32 raw bytes.
 inline std::string hmac_sha256(std::string_view key, std::string_view msg) {
   unsigned char out[64];  // EVP_MAX_MD_SIZE

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -64,6 +65,25 @@ inline void fill_random(void* p, std::size_t n) {
     }
     got += std::size_t(r);
   }
+}
+
+/// n bytes from the kernel's CSPRNG (keys, nonces, unique names).
+inline std::string random_bytes(std::size_t n) {
+  std::string out(n, '\0');
+  fill_random(out.data(), n);
+  return out;
+}
+
+/// Lower-case hex digits of bytes (names made of random bytes, digests in logs and tests).
+inline std::string hex(std::string_view bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    s.push_back(digits[c >> 4]);
+    s.push_back(digits[c & 15]);
+  }
+  return s;
 }
 
 inline bool is_terminal(int fd) noexcept { return ::isatty(fd) == 1; }
