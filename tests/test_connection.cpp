@@ -321,8 +321,8 @@ TEST_CASE("an announced frame length buys no memory: only arrived bytes do", "[c
     CHECK_THROWS_AS(r.recv_bytes(50ms), mproc::timeout_error);
   }
   const std::size_t grown = malloc_held() - std::min(malloc_held(), before);
-  // 8 peers sent 100 KB each: at most twice that per peer (doubling) plus read-ahead
-  // buffers; 16 GiB were announced.
+  // 8 peers sent 100 KB each: at most twice that per peer (doubling), plus for every
+  // peer its read-ahead buffer and the 128 KiB a body gets at once; 16 GiB were announced.
   CHECK(grown < std::size_t(8) << 20);
 
   // A body that arrives in parts, with timeouts between them, is still delivered
