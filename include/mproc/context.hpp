@@ -212,9 +212,15 @@ struct spawn_policy {
   static constexpr bool available = true;
   /// Starts a fresh image of this executable that runs `r.entry(r.payload, r.fds)`.
   static launched_child launch(const launch_request& r) {
-    launched_child c = launch_deferred(r);
-    confirm_launch(c);
-    return c;
+    if (!r.entry) detail::throw_closure_only(method);
+    detail::check_spawn_request_size(r.payload.size(), r.fds.size(), "spawn");
+    // Not a structured binding: clang 14 cannot capture those in the lambda.
+    const auto image = detail::spawn_image(method);
+    detail::spawn_start s;
+    detail::run_on_stable_thread([&] { s = detail::spawn_begin(image.first, image.second); });
+    // The payload goes straight from the request (a deferred launch keeps a copy).
+    detail::spawned c = detail::spawn_finish(s, r.entry, r.payload, r.fds);
+    return {c.pid, std::move(c.pidfd), {}};
   }
   /// As launch(), but returns while the image is still starting up (exec, dynamic
   /// linking, static initialisation: milliseconds); confirm_launch() hands it its work.
