@@ -33,3 +33,13 @@ inline constexpr const char version_string[] =
 #ifndef MPROC_HEADER_ONLY
 #define MPROC_HEADER_ONLY 1
 #endif
+
+/// How the library's own functions are defined (internal). Their headers declare them
+/// and, in the header-only mode, include their bodies (the *_impl.hpp beside them) as
+/// inline definitions; in the compiled mode user files see the declarations only and
+/// src/mproc.cpp compiles the bodies once, as ordinary functions (as fmt's FMT_FUNC).
+#if MPROC_HEADER_ONLY
+#define MPROC_FUNC inline
+#else
+#define MPROC_FUNC
+#endif

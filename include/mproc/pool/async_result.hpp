@@ -26,6 +26,7 @@
 #include "../detail/log.hpp"
 #include "../detail/posix/posix.hpp"
 #include "../detail/remote_exception.hpp"
+#include "../version.hpp"
 #include "../errors.hpp"
 
 namespace mproc {
@@ -126,38 +127,11 @@ struct async_state_base {
     return !abandoned.load(std::memory_order_acquire);
   }
   /// concurrent.futures' cancel(): succeeds only before the task was handed out.
-  bool cancel() {
-    {
-      // Under the mutex: a result already done (say, failed by terminate() before it
-      // started) stays as it is.
-      std::lock_guard g(m);
-      std::uint8_t p = pending;
-      if (done || !phase.compare_exchange_strong(p, cancelled, std::memory_order_acq_rel))
-        return phase.load(std::memory_order_acquire) == cancelled;
-    }
-    // Nothing else finishes a cancelled result: the job skips it from now on.
-    finish(std::make_exception_ptr(cancelled_error("AsyncResult: the task was cancelled")));
-    return true;
-  }
+  bool cancel();
   /// Registers a listener for completion as `index`; false when already done.
-  bool listen(const std::shared_ptr<completion_listener>& l, std::size_t index) {
-    std::lock_guard g(m);
-    if (done) return false;
-    std::erase_if(listeners, [](const auto& e) { return e.first.expired(); });
-    listeners.emplace_back(l, index);
-    return true;
-  }
+  bool listen(const std::shared_ptr<completion_listener>& l, std::size_t index);
   /// Runs fn once done: now (on this thread) if already done.
-  void on_done(std::function<void()> fn) {
-    {
-      std::lock_guard g(m);
-      if (!done) {
-        done_callbacks.push_back(std::move(fn));
-        return;
-      }
-    }
-    run_guarded(fn, "a done callback");
-  }
+  void on_done(std::function<void()> fn);
   /// A callback's exception is logged, never passed on: callbacks run on the pool's
   /// service thread (or on a thread waiting for a result), which must go on.
   template <class Fn>
@@ -172,46 +146,14 @@ struct async_state_base {
     }
   }
 
-  void wait() {
-    help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, -1);
-    std::unique_lock l(m);
-    cv.wait(l, [&] { return done; });
-  }
-  bool wait_for_ns(std::int64_t ns) {
-    const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(ns, INT64_MAX / 4);
-    help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, deadline);
-    std::unique_lock l(m);
-    const std::int64_t left = std::max<std::int64_t>(0, deadline - monotonic_ns());
-    return cv.wait_for(l, std::chrono::nanoseconds(left), [&] { return done; });
-  }
+  void wait();
+  bool wait_for_ns(std::int64_t ns);
   [[nodiscard]] bool ready() {
     std::lock_guard l(m);
     return done;
   }
   /// Marks the result final; the value (if any) was stored before.
-  void finish(std::exception_ptr e) {
-    std::vector<std::pair<std::weak_ptr<completion_listener>, std::size_t>> ls;
-    std::vector<std::function<void()>> cbs;
-    {
-      std::lock_guard l(m);
-      if (done) return;
-      error = std::move(e);
-      done = true;
-      done_flag.store(true, std::memory_order_release);
-      ls.swap(listeners);
-      cbs.swap(done_callbacks);
-    }
-    cv.notify_all();
-    for (auto& [wl, idx] : ls)
-      if (auto lst = wl.lock()) {
-        {
-          std::lock_guard g(lst->m);
-          lst->done.push_back(idx);
-        }
-        lst->cv.notify_all();
-      }
-    for (auto& fn : cbs) run_guarded(fn, "a done callback");
-  }
+  void finish(std::exception_ptr e);
 };
 
 template <class R>
@@ -580,3 +522,7 @@ wait_result<R> wait(std::vector<AsyncResult<R>>& results, std::chrono::duration<
 }
 
 }  // namespace mproc
+
+#if MPROC_HEADER_ONLY
+#include "async_result_impl.hpp"
+#endif
