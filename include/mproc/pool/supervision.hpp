@@ -64,12 +64,13 @@ void basic_pool<Policy>::start_worker(detail::worker_slot& w) {
   try {
     if (!child.pidfd && !child.status) child.pidfd = pidfd_open(child.pid);
   } catch (...) {
-    if (!child.unconfirmed) {  // (an unconfirmed one is killed and reaped as it goes)
+    // Only a child without a status socket gets here, so it is ours to reap (a
+    // forkserver's child is the server's); an unconfirmed one is killed and reaped as
+    // its start is dropped.
+    if (!child.unconfirmed) {
       kill_quietly(child.pid, SIGKILL);
-      if (!child.status) {  // a forkserver's child is the forkserver's to reap
-        int status;
-        waitpid_eintr(child.pid, &status, 0);
-      }
+      int status;
+      waitpid_eintr(child.pid, &status, 0);
     }
     throw;
   }
