@@ -15,6 +15,8 @@
 #include <mproc/serialization/type_name_impl.hpp>
 #include <mproc/pool/async_result_impl.hpp>
 #include <mproc/pool/worker_impl.hpp>
+#include <mproc/detail/manager_client_impl.hpp>
+#include <mproc/managers/manager_impl.hpp>
 
 #if MPROC_HEADER_ONLY
 #error "src/mproc.cpp is the compiled library: build it with MPROC_HEADER_ONLY=0"

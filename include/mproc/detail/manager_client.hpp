@@ -18,10 +18,9 @@
 #include <unistd.h>
 
 #include "../errors.hpp"
-#include "manager_execute.hpp"
+#include "../version.hpp"
 #include "manager_messages.hpp"
 #include "manager_protocol.hpp"
-#include "manager_store.hpp"
 #include "posix/fork_hooks.hpp"
 #include "posix/posix.hpp"
 
@@ -38,10 +37,12 @@ class backend {
   [[nodiscard]] virtual bool usable() const noexcept { return true; }
 };
 
+class store;  // the shared segment (manager_store.hpp; its body is the server's business)
+
 class local_backend final : public backend {
  public:
   explicit local_backend(std::shared_ptr<store> s) : s_(std::move(s)) {}
-  response call(const request& q, const updater* fn) override { return execute(*s_, q, fn); }
+  response call(const request& q, const updater* fn) override;
   [[nodiscard]] bool local() const noexcept override { return true; }
   store& st() { return *s_; }
 
@@ -179,30 +180,9 @@ inline std::shared_ptr<local_backend> mapped_segment(const std::string& uuid) {
 }
 
 /// Connects over a Unix socket and maps the segment; `uuid_out` receives the manager id.
-inline std::shared_ptr<local_backend> attach_local(const std::string& path, const std::string& key,
-                                                   std::int64_t timeout_ns, std::size_t cap,
-                                                   std::string* uuid_out = nullptr) {
-  unique_fd fd = open_connection(path, key, timeout_ns);
-  deadline_t d = deadline_after(timeout_ns);
-  request q;
-  q.o = op::attach;
-  write_frame(fd.get(), q.encode(), d);
-  auto [payload, memfd] = read_frame_with_fd(fd.get(), cap, d);
-  response r = response::decode(payload);
-  r.raise_if_error();
-  if (!memfd || r.list.size() != 1) throw manager_error("mproc::Manager: server did not send its segment");
-  if (auto be = mapped_segment(r.a)) {
-    if (uuid_out) *uuid_out = r.a;
-    return be;
-  }
-  auto st = store::attach(std::move(memfd), static_cast<std::size_t>(r.n), r.number(0, "segment root offset"));
-  st->lock_timeout_ns = timeout_ns;
-  auto be = std::make_shared<local_backend>(std::move(st));
-  std::lock_guard g(registry_mutex());
-  local_registry()[r.a] = be;
-  if (uuid_out) *uuid_out = r.a;
-  return be;
-}
+MPROC_FUNC std::shared_ptr<local_backend> attach_local(const std::string& path, const std::string& key,
+                                                       std::int64_t timeout_ns, std::size_t cap,
+                                                       std::string* uuid_out = nullptr);
 
 /// Where a manager is and how to talk to it: what a proxy carries to other processes.
 struct endpoint_address {
@@ -272,3 +252,7 @@ inline std::shared_ptr<endpoint> shared_endpoint(endpoint_address&& proto) {
 }
 
 }  // namespace mproc::detail::mgr
+
+#if MPROC_HEADER_ONLY
+#include "manager_client_impl.hpp"
+#endif
