@@ -42,7 +42,9 @@ class store;  // the shared segment (manager_store.hpp; its body is the server's
 class local_backend final : public backend {
  public:
   explicit local_backend(std::shared_ptr<store> s) : s_(std::move(s)) {}
-  response call(const request& q, const updater* fn) override;
+  // Declared inline when header-only: a non-inline virtual would be the key function,
+  // and every file would emit the vtable, this body and the whole store with it.
+  MPROC_FUNC response call(const request& q, const updater* fn) override;
   [[nodiscard]] bool local() const noexcept override { return true; }
   store& st() { return *s_; }
 
