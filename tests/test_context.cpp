@@ -34,6 +34,7 @@
 #include <mproc/shared_memory.hpp>
 #include <mproc/sharedctypes.hpp>
 #include <mproc/synchronize.hpp>
+#include <mproc/detail/hmac.hpp>  // a forged answer to the forkserver's challenge
 #include <mproc/serialization/boost.hpp>  // types with a Boost serialize()
 
 using namespace std::chrono_literals;

@@ -6,6 +6,10 @@
 #include "spawn_entry.hpp"
 
 #include <mproc/managers.hpp>
+// The server and its store, driven directly by the tests below (in the compiled mode
+// the public headers leave them to libmproc).
+#include <mproc/detail/manager_server.hpp>
+#include <mproc/detail/manager_store.hpp>
 #include <mproc/pool.hpp>
 #include <mproc/process.hpp>
 

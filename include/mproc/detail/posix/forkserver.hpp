@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +46,26 @@ struct forkserver_child {
   unique_fd pidfd;
   unique_fd status;
 };
+
+struct forkserver_address {
+  std::string dir, path, key;
+  [[nodiscard]] bool empty() const noexcept { return path.empty(); }
+};
+
+// ---- the program's side: where the server is, and this process's connection
+// (declared here, not in the bodies, for the tests that look at the server)
+
+struct forkserver_client {
+  std::mutex m;
+  forkserver_address addr;  // empty: no server known yet
+  pid_t conn_owner = -1;    // the process that owns `sock`
+  unique_fd sock;           // an admitted connection
+  pid_t server_pid = -1;    // the server behind `sock`
+  pid_t spawned_server = -1;  // a server spawned on first use is this process's child
+};
+
+/// This process's client state (one per process; a forked child resets its connection).
+MPROC_FUNC forkserver_client& forkserver_state();
 
 /// From init: forks the server (twice over) if this process is single-threaded and
 /// has none yet. Failure is quiet: the first forkserver start spawns one instead.

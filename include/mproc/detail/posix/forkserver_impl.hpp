@@ -45,11 +45,6 @@ inline constexpr std::int64_t forkserver_auth_timeout_ns = 2'000'000'000;
 // Once a request's header is in, the rest follows at once from a live client.
 inline constexpr std::int64_t forkserver_body_timeout_ns = 10'000'000'000;
 
-struct forkserver_address {
-  std::string dir, path, key;
-  [[nodiscard]] bool empty() const noexcept { return path.empty(); }
-};
-
 /// Removes a server's socket and directory (the server does it itself when it ends;
 /// a client does it for a server that was killed).
 MPROC_FUNC void forkserver_remove(const forkserver_address& a) noexcept {
@@ -65,15 +60,6 @@ MPROC_FUNC int& forkserver_child_status_fd() noexcept {
   static int fd = -1;
   return fd;
 }
-
-struct forkserver_client {
-  std::mutex m;
-  forkserver_address addr;  // empty: no server known yet
-  pid_t conn_owner = -1;    // the process that owns `sock`
-  unique_fd sock;           // an admitted connection
-  pid_t server_pid = -1;    // the server behind `sock`
-  pid_t spawned_server = -1;  // a server spawned on first use is this process's child
-};
 
 MPROC_FUNC forkserver_client& forkserver_state() {
   static forkserver_client* c = new forkserver_client;  // leaked: used until exit
