@@ -10,7 +10,8 @@
 # The extra steps configure, build and test the CMakePresets.json presets, all with
 # clang 16: clang16 (unit, MPI, packaging and compile-fail tests), asan (ASan+UBSan:
 # unit tests and examples, then each fuzzer for MPROC_FUZZ_SECONDS) and tsan (TSan:
-# unit tests but the MPI ones). Their trees are build-<preset>/, or
+# unit tests but the MPI ones). The first build tests the header-only mode (the
+# default); the presets the compiled one (MPROC_COMPILED=ON), so both run every test. Their trees are build-<preset>/, or
 # $SANITIZER_BUILD_ROOT/build-<preset>.
 set -euo pipefail
 
