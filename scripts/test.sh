@@ -8,11 +8,10 @@
 # -L unit  or  -R test_queue
 #
 # The extra steps configure, build and test the CMakePresets.json presets, all with
-# clang 16: clang16 (unit, MPI, packaging, compile-fail and benchmark smoke tests),
-# asan (ASan+UBSan: unit tests and examples, then each fuzzer for
-# MPROC_FUZZ_SECONDS) and tsan (TSan: unit tests but the MPI ones). The first build
-# tests the header-only mode (the default); the presets the compiled one
-# (MPROC_COMPILED=ON), so both run every test. Their trees are build-<preset>/, or
+# clang 16: clang16 (unit, MPI, packaging and compile-fail tests), asan (ASan+UBSan:
+# unit tests and examples, then each fuzzer for MPROC_FUZZ_SECONDS) and tsan (TSan:
+# unit tests but the MPI ones). The first build tests the header-only mode (the
+# default); the presets the compiled one (MPROC_COMPILED=ON), so both run every test. Their trees are build-<preset>/, or
 # $SANITIZER_BUILD_ROOT/build-<preset>.
 set -euo pipefail
 
@@ -51,13 +50,7 @@ step() {
   return 0
 }
 
-# With the clang16 preset to come (CI), the benchmarks are built there instead: there
-# libmproc is compiled once rather than once per benchmark (about 3 CPU-minutes of
-# g++ saved); their smoke tests run in that build.
-benchmarks=ON
-((clang)) && benchmarks=OFF
-step "configure" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DMPROC_BUILD_BENCHMARKS=$benchmarks
+step "configure" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 step "build" cmake --build "$build_dir" -j "$jobs"
 # Tests start processes of their own, so one test per core is plenty; per-test
 # timeouts (ctest TIMEOUT) stop anything that hangs.
