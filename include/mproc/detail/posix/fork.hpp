@@ -19,6 +19,7 @@
 
 #include "fork_hooks.hpp"
 #include "posix.hpp"
+#include "process_calls.hpp"
 
 namespace mproc::detail {
 
@@ -33,8 +34,8 @@ inline int exitcode_from_status(int status) noexcept {
 /// when the parent dies. The parent may already have died between fork() and prctl();
 /// comparing getppid() with the pid recorded before fork closes that race.
 inline void die_with_parent(pid_t expected_parent) noexcept {
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != expected_parent) ::_exit(128 + SIGKILL);
+  set_parent_death_signal(SIGKILL);
+  if (parent_pid() != expected_parent) exit_now(128 + SIGKILL);
 }
 
 /// Flushes std::cout, std::cerr and every stdio stream. When the iostreams are
@@ -44,8 +45,12 @@ inline void die_with_parent(pid_t expected_parent) noexcept {
 inline void flush_all_output() noexcept {
   try {
     // mproc::init may run from a static initializer (a spawned child enters there)
-    // before this program's iostreams exist; an Init object guarantees they do.
-    const std::ios_base::Init streams_exist;
+    // before this program's iostreams exist; an Init object guarantees they do. One
+    // kept for good rather than one per call: constructing and destroying it writes
+    // libstdc++'s counters and flushes every stream, three copy-on-write page faults
+    // in each forked child. A forked child finds it already constructed: fork_child
+    // flushes in the forking thread before it forks.
+    static const std::ios_base::Init streams_exist;
 #if defined(__GLIBCXX__)
     // typeid compares inline; dynamic_cast would run library code whose pages a fresh
     // child has not mapped yet (one more page fault per child).
@@ -87,7 +92,7 @@ pid_t fork_child(Body&& body) {
     // _exit skips the parent's atexit handlers and static destructors, which belong
     // to the parent; the child's own output still has to reach its destination.
     flush_all_output();
-    ::_exit(code);
+    exit_now(code);
   }
   return pid;
 }

@@ -334,7 +334,7 @@ MPROC_FUNC bool process_alive(pid_t pid) noexcept { return ::kill(pid, 0) == 0 |
       // reports the same code when it reaps the child, and the first one counts.
       const std::int32_t code32 = code;
       (void)::send(sv[0], &code32, sizeof code32, MSG_NOSIGNAL | MSG_DONTWAIT);
-      ::_exit(code);
+      exit_now(code);  // the server never exits: ::_exit would be bound in every child
     }
     req.close_fds();
     if (pid < 0) {
