@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <ctime>
 
+#include <sys/prctl.h>
+
 namespace mproc::detail {
 
 /// Nanoseconds on CLOCK_MONOTONIC. Async-signal-safe.
@@ -31,5 +33,10 @@ inline void sleep_ns(std::int64_t ns) noexcept {
   const timespec ts{time_t(ns / 1'000'000'000), long(ns % 1'000'000'000)};
   ::nanosleep(&ts, nullptr);
 }
+
+/// Lets the calling thread's timed sleeps (and the threads it starts later) end on
+/// time. Linux may stretch each timed sleep by the thread's timer slack, 50 us by
+/// default, to batch wake-ups: a polling loop's naps of 5 to 40 us become 50 to 90 us.
+inline void precise_timed_sleeps() noexcept { ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); }
 
 }  // namespace mproc::detail
