@@ -22,6 +22,7 @@
 #include <link.h>
 
 #include "../serialization.hpp"
+#include "posix/child_calls.hpp"
 #include "posix/fork_hooks.hpp"
 
 namespace mproc::detail {
@@ -67,7 +68,7 @@ struct loaded_module {
 
 inline std::vector<loaded_module> scan_modules() {
   std::vector<loaded_module> out;
-  ::dl_iterate_phdr(
+  child_calls.dl_iterate_phdr(
       [](dl_phdr_info* info, std::size_t, void* data) -> int {
         auto& v = *static_cast<std::vector<loaded_module>*>(data);
         loaded_module m{info->dlpi_addr, UINTPTR_MAX, 0};
@@ -87,7 +88,7 @@ inline std::vector<loaded_module> scan_modules() {
 /// How many modules the loader has loaded and unloaded so far (dlpi_adds/dlpi_subs).
 inline std::pair<unsigned long long, unsigned long long> loader_generation() noexcept {
   std::pair<unsigned long long, unsigned long long> g{0, 0};
-  ::dl_iterate_phdr(
+  child_calls.dl_iterate_phdr(
       [](dl_phdr_info* info, std::size_t size, void* data) -> int {
         if (size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs)
           *static_cast<std::pair<unsigned long long, unsigned long long>*>(data) = {

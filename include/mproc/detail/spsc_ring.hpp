@@ -13,8 +13,6 @@
 #include <span>
 #include <vector>
 
-#include <sched.h>
-
 #include "posix/posix.hpp"
 
 namespace mproc::detail {
@@ -132,7 +130,7 @@ class spsc_ring {
     for (int spin = 0;; ++spin) {
       if (auto* p = try_reserve(len)) return p;
       if (spin < 2000) {
-        if ((spin & 63) == 63) sched_yield();
+        if ((spin & 63) == 63) yield_cpu();
         else cpu_relax();
         continue;
       }
@@ -211,7 +209,7 @@ class spsc_ring {
       // Yield now and then: when cores are scarce the writer may be waiting for ours.
       if ((i & 63) == 0) {
         if (monotonic_ns() >= spin_end) break;
-        sched_yield();
+        yield_cpu();
       }
     }
     const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;

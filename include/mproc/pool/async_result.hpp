@@ -92,7 +92,7 @@ void help_while_waiting(const std::weak_ptr<pool_helper>& wh, Done&& done, std::
     else if (now - last > 50'000)
       break;
     if (deadline_ns >= 0 && now >= deadline_ns) break;
-    if (!progress) sched_yield();  // on a busy machine the worker may need this core
+    if (!progress) detail::yield_cpu();  // on a busy machine the worker may need this core
   }
   if (helped) {
     std::lock_guard hl(h->m);

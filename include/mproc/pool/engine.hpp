@@ -492,7 +492,7 @@ MPROC_FUNC void basic_pool<Policy>::service_loop() {
     if (!caller_driving && now - idle_since < spin_ns) {
       engine_owner_.store({}, std::memory_order_relaxed);
       el.unlock();
-      sched_yield();
+      detail::yield_cpu();
       continue;
     }
     // Sleep until a worker or a caller wakes us, a worker exits or a deadline passes.

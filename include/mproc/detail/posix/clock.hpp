@@ -7,12 +7,14 @@
 
 #include <sys/prctl.h>
 
+#include "child_calls.hpp"
+
 namespace mproc::detail {
 
 /// Nanoseconds on CLOCK_MONOTONIC. Async-signal-safe.
 inline std::int64_t monotonic_ns() noexcept {
   timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  child_calls.clock_gettime(CLOCK_MONOTONIC, &ts);
   return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
@@ -20,7 +22,7 @@ inline std::int64_t monotonic_ns() noexcept {
 /// pthread_mutex_clocklock and its kin take.
 inline timespec monotonic_timespec_after(std::int64_t ns) noexcept {
   timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  child_calls.clock_gettime(CLOCK_MONOTONIC, &ts);
   const std::int64_t nsec = ts.tv_nsec + ns % 1'000'000'000;
   ts.tv_sec += ns / 1'000'000'000 + nsec / 1'000'000'000;
   ts.tv_nsec = nsec % 1'000'000'000;

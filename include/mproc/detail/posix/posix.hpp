@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../deadline.hpp"
+#include "child_calls.hpp"
 
 namespace mproc::detail {
 
@@ -215,11 +216,11 @@ inline void block_async_signals() noexcept {
 /// of the program; the parent decides, and its workers end with the pool (SIGKILL)
 /// or with the parent (parent-death signal), never one by one with a trace each.
 inline void pool_worker_signals() noexcept {
-  ::signal(SIGINT, SIG_IGN);
-  ::signal(SIGTERM, SIG_IGN);
+  child_calls.signal(SIGINT, SIG_IGN);
+  child_calls.signal(SIGTERM, SIG_IGN);
   sigset_t none;
-  ::sigemptyset(&none);
-  ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+  child_calls.sigemptyset(&none);
+  child_calls.pthread_sigmask(SIG_SETMASK, &none, nullptr);
 }
 
 /// One read() of up to n bytes, retried on EINTR; returns what read returns.
@@ -232,7 +233,7 @@ inline ssize_t read_eintr(int fd, void* p, std::size_t n) noexcept {
 /// Async-signal-safe.
 inline bool write_fully(int fd, const void* p, std::size_t n) noexcept {
   for (auto* c = static_cast<const char*>(p); n > 0;) {
-    const ssize_t rc = ::write(fd, c, n);
+    const ssize_t rc = child_calls.write(fd, c, n);
     if (rc < 0 && errno == EINTR) continue;
     if (rc <= 0) return false;
     c += rc;
@@ -295,11 +296,14 @@ inline unique_fd make_eventfd(unsigned initial, int flags, const char* what) {
   return fd;
 }
 
+/// Gives the core to another runnable thread, if any (sched_yield).
+inline void yield_cpu() noexcept { child_calls.sched_yield(); }
+
 /// Adds 1 to an eventfd's counter (a wake-up); failures are ignored: the counter
 /// is then already non-zero. Async-signal-safe.
 inline void eventfd_signal(int fd) noexcept {
   std::uint64_t one = 1;
-  [[maybe_unused]] auto rc = ::write(fd, &one, sizeof one);
+  [[maybe_unused]] auto rc = child_calls.write(fd, &one, sizeof one);
 }
 
 /// Resets a non-blocking eventfd's counter (after its wake-up was seen).

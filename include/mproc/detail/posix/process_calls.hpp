@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "child_calls.hpp"
 #include "posix.hpp"
 
 namespace mproc::detail {
@@ -45,21 +46,6 @@ inline void kill_quietly(pid_t pid, int sig) noexcept { ::kill(pid, sig); }
 
 /// True while a process with this pid exists (also one we may not signal).
 inline bool pid_exists(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || errno == EPERM; }
-
-/// The calls every forked child makes before its target runs, reached through
-/// pointers that the dynamic linker fills when the program loads. A direct call goes
-/// through a lazily bound PLT slot, and the parent never makes these calls: each child
-/// would look the symbols up again, reading the symbol tables of every loaded library
-/// into its fresh address space (11 of a Process start's 44 page faults, a sixth of
-/// its CPU time, measured). Not const, so that the compiler cannot turn them back
-/// into direct calls.
-struct child_exit_calls {
-  decltype(&::prctl) prctl;
-  decltype(&::getppid) getppid;
-  decltype(&::on_exit) on_exit;
-  decltype(&::_exit) exit;
-};
-inline child_exit_calls child_calls{&::prctl, &::getppid, &::on_exit, &::_exit};
 
 /// Leaves the process at once with `status`: no atexit handlers, no static
 /// destructors, no stdio flush. Async-signal-safe.
