@@ -25,9 +25,14 @@ std::vector<std::int64_t> process_chunk(const std::vector<std::int64_t>& data) {
   return out;
 }
 
+// Built front to back: g++ 12 warns (-Wrestrict, a false positive) on string::insert here.
 std::string with_commas(std::size_t n) {
-  std::string s = std::to_string(n);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
+  const std::string digits = std::to_string(n);
+  std::string s;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) s += ',';
+    s += digits[i];
+  }
   return s;
 }
 
