@@ -6,7 +6,8 @@
 // so each child looks the symbol up again, reading the symbol tables of every loaded
 // library into its fresh address space. Measured: a Process start+join took 44 page
 // faults against 29 for a bare fork+waitpid+_exit, and a sixth of its CPU time went
-// to those look-ups; a pool worker bound seven more symbols as it started. Filled at
+// to those look-ups; a pool worker bound seven more symbols as it started, and each
+// child of the forkserver one (fcntl, which the server itself never calls). Filled at
 // load, the pointers need no look-up in any process. They are not const, so that the
 // compiler cannot turn the calls back into direct ones.
 #pragma once
@@ -14,6 +15,7 @@
 #include <csignal>
 #include <ctime>
 
+#include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
@@ -35,11 +37,12 @@ struct child_call_table {
   decltype(&::write) write;
   decltype(&::sched_yield) sched_yield;
   decltype(&::dl_iterate_phdr) dl_iterate_phdr;
+  decltype(&::fcntl) fcntl;
 };
 
 inline child_call_table child_calls{&::prctl,       &::getppid,         &::on_exit,
                                     &::_exit,       &::signal,          &::sigemptyset,
                                     &::pthread_sigmask, &::clock_gettime, &::write,
-                                    &::sched_yield, &::dl_iterate_phdr};
+                                    &::sched_yield, &::dl_iterate_phdr, &::fcntl};
 
 }  // namespace mproc::detail

@@ -256,7 +256,7 @@ inline bool readable_now(int fd) noexcept {
 
 /// A close-on-exec duplicate of fd; throws naming `what` on failure.
 inline unique_fd dup_cloexec(int fd, const char* what) {
-  unique_fd d(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  unique_fd d(child_calls.fcntl(fd, F_DUPFD_CLOEXEC, 0));
   if (!d) throw_errno(what);
   return d;
 }
@@ -277,8 +277,8 @@ inline bool same_file(int a, int b) noexcept {
 
 /// Sets or clears O_NONBLOCK on fd; errors are ignored (the fd is ours and open).
 inline void set_nonblocking(int fd, bool on) noexcept {
-  const int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0) ::fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
+  const int flags = child_calls.fcntl(fd, F_GETFL);
+  if (flags >= 0) child_calls.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
 }
 
 /// A pipe, {read end, write end}, with `flags` (O_CLOEXEC, ...).
@@ -318,8 +318,8 @@ inline unique_fd open_readonly(const char* path) noexcept {
 }
 
 inline void set_cloexec(int fd) {
-  int flags = static_cast<int>(check(::fcntl(fd, F_GETFD), "fcntl(F_GETFD)"));
-  check(::fcntl(fd, F_SETFD, flags | FD_CLOEXEC), "fcntl(F_SETFD)");
+  int flags = static_cast<int>(check(child_calls.fcntl(fd, F_GETFD), "fcntl(F_GETFD)"));
+  check(child_calls.fcntl(fd, F_SETFD, flags | FD_CLOEXEC), "fcntl(F_SETFD)");
 }
 
 }  // namespace mproc::detail
