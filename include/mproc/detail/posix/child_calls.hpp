@@ -8,8 +8,10 @@
 // faults against 29 for a bare fork+waitpid+_exit, and a sixth of its CPU time went
 // to those look-ups; a pool worker bound seven more symbols as it started, and each
 // child of the forkserver one (fcntl, which the server itself never calls). Filled at
-// load, the pointers need no look-up in any process. They are not const, so that the
-// compiler cannot turn the calls back into direct ones.
+// load in a position-independent executable (the default), the pointers need no
+// look-up in any process; constinit: they exist before any static initializer runs
+// (mproc::init may run from one). They are not const, so that the compiler cannot
+// turn the calls back into direct ones.
 #pragma once
 
 #include <csignal>
@@ -40,9 +42,10 @@ struct child_call_table {
   decltype(&::fcntl) fcntl;
 };
 
-inline child_call_table child_calls{&::prctl,       &::getppid,         &::on_exit,
-                                    &::_exit,       &::signal,          &::sigemptyset,
-                                    &::pthread_sigmask, &::clock_gettime, &::write,
-                                    &::sched_yield, &::dl_iterate_phdr, &::fcntl};
+inline constinit child_call_table child_calls{
+    &::prctl,           &::getppid,       &::on_exit, &::_exit,
+    &::signal,          &::sigemptyset,   &::pthread_sigmask,
+    &::clock_gettime,   &::write,         &::sched_yield,
+    &::dl_iterate_phdr, &::fcntl};
 
 }  // namespace mproc::detail
