@@ -59,6 +59,18 @@ inline double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+/// Median seconds of `reps` runs of body: for a step that one run measures too
+/// noisily (a start-up of a few milliseconds on a shared machine).
+inline double median_seconds(int reps, const std::function<void()>& body) {
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = clk::now();
+    body();
+    t.push_back(secs_since(t0));
+  }
+  return median(std::move(t));
+}
+
 /// Best round: on a busy machine medians carry scheduling noise, the best round
 /// shows the code's own cost.
 inline double best(const std::vector<double>& v, bool higher_is_better) {

@@ -33,15 +33,7 @@ namespace {
 
 using clock_type = bench::clk;
 
-double median_seconds(int reps, const std::function<void()>& body) {
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto t0 = clock_type::now();
-    body();
-    t.push_back(bench::secs_since(t0));
-  }
-  return bench::median(t);
-}
+using bench::median_seconds;
 
 int identity(int x) { return x; }
 std::vector<char> echo(const std::vector<char>& v) { return v; }

@@ -191,8 +191,7 @@ double tbb_factorials(const std::vector<int>& in, std::vector<cpp_int>& out) {
 }
 #endif
 
-/// Bare fork + waitpid of two children, in milliseconds (what Pool(2) creation costs
-/// at the least).
+/// Bare fork + waitpid of two children (what Pool(2) creation costs at the least).
 void raw_fork2() {
   pid_t a = ::fork();
   if (a == 0) ::_exit(0);
@@ -206,15 +205,8 @@ void raw_fork2() {
 // can take several times that: each round keeps the median of a few.
 constexpr int create_samples = 5;
 
-template <class F>
-double median_ms_of(int n, F&& once) {
-  std::vector<double> v;
-  for (int i = 0; i < n; ++i) {
-    auto t = clk::now();
-    once();
-    v.push_back(secs_since(t) * 1e3);
-  }
-  return bench::median(std::move(v));
+double median_ms_of(int n, const std::function<void()>& once) {
+  return bench::median_seconds(n, once) * 1e3;
 }
 
 long rss_kib(pid_t pid, const char* field) {
