@@ -94,10 +94,19 @@ struct connection_state {
 /// recvmsg into [p, p+n); collects passed descriptors. Returns bytes read (> 0).
 inline std::size_t read_some(connection_state& s, void* p, std::size_t n, std::int64_t deadline,
                              const char* what) {
+  // Polls without blocking for a moment first (reply_spin_ns): a peer that answers
+  // at once is then heard without a wake-up, which is most of a round trip's time.
+  const deadline_t spin_end = spin_deadline(deadline);
+  int flags = MSG_DONTWAIT;
   for (;;) {
-    if (deadline >= 0 && !wait_fd(s.fd.get(), POLLIN, deadline)) throw_timeout(what);
-    ssize_t got = recv_with_fds(s.fd.get(), p, n, 0, [&](int fd) { s.fds.emplace_back(fd); });
+    if (!flags && deadline >= 0 && !wait_fd(s.fd.get(), POLLIN, deadline)) throw_timeout(what);
+    ssize_t got = recv_with_fds(s.fd.get(), p, n, flags, [&](int fd) { s.fds.emplace_back(fd); });
     if (got == -1) {
+      if (errno == EAGAIN && flags) {
+        if (monotonic_ns() < spin_end) yield_cpu();
+        else flags = 0;
+        continue;
+      }
       if (errno == EINTR || errno == EAGAIN) continue;
       if (errno == ECONNRESET) throw eof_error("mproc: Connection: peer reset the connection");
       throw_errno("recvmsg");

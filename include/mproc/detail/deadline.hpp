@@ -7,6 +7,7 @@
 // Nothing here overflows: duration_cast is never given a value it cannot represent.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -61,6 +62,18 @@ inline std::int64_t ns_left(deadline_t d) noexcept {
   if (d == no_deadline) return -1;
   std::int64_t left = d - monotonic_ns();
   return left > 0 ? left : 0;
+}
+
+/// How long a process waiting for another one's reply polls before it sleeps: a reply
+/// that comes within it costs no wake-up (tens of microseconds on a virtual machine,
+/// the larger part of a round trip), and on a small machine a longer spin only takes
+/// a core from the process that is to answer.
+inline constexpr std::int64_t reply_spin_ns = 50'000;
+
+/// The end of such a spin that begins now, never past `d`.
+inline deadline_t spin_deadline(deadline_t d) noexcept {
+  const deadline_t end = monotonic_ns() + reply_spin_ns;
+  return d == no_deadline ? end : std::min(end, d);
 }
 
 }  // namespace mproc::detail

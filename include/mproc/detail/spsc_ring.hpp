@@ -198,9 +198,8 @@ class spsc_ring {
   }
 
   /// Waits until a record is available (consumer side). Returns false on timeout.
-  /// Spins for up to spin_ns first: a reply that comes within that time costs no
-  /// system call, and on a small machine a longer spin only steals a core.
-  bool wait_data(std::int64_t timeout_ns, std::int64_t spin_ns = 50'000) {
+  /// Spins for up to spin_ns first (see reply_spin_ns).
+  bool wait_data(std::int64_t timeout_ns, std::int64_t spin_ns = reply_spin_ns) {
     if (!empty()) return true;
     const std::int64_t spin_end = monotonic_ns() + spin_ns;
     for (unsigned i = 1;; ++i) {
