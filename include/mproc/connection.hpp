@@ -305,7 +305,9 @@ concept byte_range = std::ranges::contiguous_range<R> && std::ranges::sized_rang
 
 }  // namespace detail
 
-/// One end of a Pipe. A handle: copies refer to the same socket.
+/// One end of a Pipe. A handle: copies refer to the same socket. A receive that finds
+/// nothing polls for up to 50 us before it sleeps in the kernel, so a peer that
+/// answers at once is heard without a wake-up.
 class Connection {
  public:
   /// A closed connection (placeholder to assign to).
