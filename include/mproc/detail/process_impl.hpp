@@ -2,7 +2,19 @@
 // the header-only mode, compiled once by src/mproc.cpp otherwise (see MPROC_FUNC).
 #pragma once
 
-#include "../process.hpp"
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include <cxxabi.h>
+
+#include "log.hpp"
+#include "posix/fork.hpp"
+#include "posix/fork_hooks.hpp"
+#include "posix/process_calls.hpp"
+#include "posix/sockets.hpp"
+#include "process_registry.hpp"
 
 namespace mproc::detail {
 
@@ -27,7 +39,7 @@ MPROC_FUNC void registry_after_fork_child() noexcept {
   }
   g.children.clear();
   g.counter = 0;
-  g.parent = process_info{g.self_pid, process_name_storage()};
+  g.parent = parent_record{g.self_pid, process_name_storage()};
   close_fd(g.parent_fd);
   g.parent_fd = -1;
   g.parent_is_ppid = true;
