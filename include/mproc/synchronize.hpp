@@ -304,7 +304,7 @@ class basic_semaphore {
 
   /// Acquires, waiting at most `timeout_ns` (negative: forever; 0: try once); true when acquired.
   bool acquire_ns(std::int64_t timeout_ns) {
-    deadline dl = deadline::after(timeout_ns);
+    const deadline_t dl = deadline_after(timeout_ns);
     for (;;) {
       std::uint32_t v = st_->value.load(std::memory_order_relaxed);
       while (v > 0) {
@@ -312,9 +312,9 @@ class basic_semaphore {
                                              std::memory_order_relaxed))
           return true;
       }
-      if (timeout_ns == 0 || dl.expired()) return false;
+      if (timeout_ns == 0 || detail::deadline_passed(dl)) return false;
       st_->waiters.fetch_add(1, std::memory_order_seq_cst);
-      bool in_time = futex_wait(&st_->value, 0, dl.remaining());
+      bool in_time = futex_wait(&st_->value, 0, detail::ns_left(dl));
       st_->waiters.fetch_sub(1, std::memory_order_relaxed);
       if (!in_time && st_->value.load(std::memory_order_relaxed) == 0) return false;
     }
@@ -429,11 +429,11 @@ class Event {
 
  private:
   bool wait_ns(std::int64_t timeout_ns) {
-    detail::deadline dl = detail::deadline::after(timeout_ns);
+    const detail::deadline_t dl = detail::deadline_after(timeout_ns);
     while (!is_set()) {
-      if (dl.expired()) return false;
+      if (detail::deadline_passed(dl)) return false;
       waiters()->fetch_add(1, std::memory_order_seq_cst);
-      detail::futex_wait(flag(), 0, dl.remaining());
+      detail::futex_wait(flag(), 0, detail::ns_left(dl));
       waiters()->fetch_sub(1, std::memory_order_relaxed);
     }
     return true;
@@ -471,7 +471,7 @@ class condition_core {
 
   /// The caller holds the lock. Returns false on timeout.
   bool wait(basic_lock& lk, std::int64_t timeout_ns) {
-    deadline dl = deadline::after(timeout_ns);
+    const deadline_t dl = deadline_after(timeout_ns);
     const std::uint32_t s = st_->seq.load(std::memory_order_seq_cst);
     st_->waiters.fetch_add(1, std::memory_order_seq_cst);
     std::uint32_t depth;
@@ -482,8 +482,8 @@ class condition_core {
       throw;
     }
     bool woken;
-    while (!(woken = st_->seq.load(std::memory_order_seq_cst) != s) && !dl.expired())
-      futex_wait(&st_->seq, s, dl.remaining());
+    while (!(woken = st_->seq.load(std::memory_order_seq_cst) != s) && !detail::deadline_passed(dl))
+      futex_wait(&st_->seq, s, detail::ns_left(dl));
     st_->waiters.fetch_sub(1, std::memory_order_seq_cst);
     lk.reacquire(depth);
     return woken;
@@ -551,11 +551,11 @@ class Condition : public detail::lockable_api<Condition> {
   /// As wait_for(pred), giving up after `timeout`: returns pred()'s last value.
   template <class Pred, class Rep, class Period>
   bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) {
-    detail::deadline dl = detail::deadline::after(detail::to_ns(timeout));
+    const detail::deadline_t dl = detail::deadline_after(detail::to_ns(timeout));
     bool ok = pred();
     while (!ok) {
-      if (dl.expired()) break;
-      core_.wait(lock_, dl.remaining());
+      if (detail::deadline_passed(dl)) break;
+      core_.wait(lock_, detail::ns_left(dl));
       ok = pred();
     }
     return ok;
@@ -708,7 +708,7 @@ class Barrier {
   }
 
   unsigned wait_ns(std::int64_t timeout_ns) {
-    detail::deadline dl = detail::deadline::after(timeout_ns);
+    const detail::deadline_t dl = detail::deadline_after(timeout_ns);
     std::unique_lock g(lock_);
     // Wait while a previous round drains or resets.
     if (!wait_until_locked(g, dl, [&] { return st_->state != 1 && st_->state != -1; })) {
@@ -747,12 +747,12 @@ class Barrier {
   }
 
   template <class Pred>
-  bool wait_until_locked(std::unique_lock<RLock>& g, const detail::deadline& dl, Pred pred) {
+  bool wait_until_locked(std::unique_lock<RLock>& g, detail::deadline_t dl, Pred pred) {
     while (!pred()) {
-      if (dl.expired()) return false;
+      if (detail::deadline_passed(dl)) return false;
       std::uint32_t s = st_->seq.load(std::memory_order_seq_cst);
       g.unlock();
-      detail::futex_wait(&st_->seq, s, dl.remaining());
+      detail::futex_wait(&st_->seq, s, detail::ns_left(dl));
       g.lock();
     }
     return true;

@@ -63,6 +63,8 @@ inline std::int64_t ns_left(deadline_t d) noexcept {
   std::int64_t left = d - monotonic_ns();
   return left > 0 ? left : 0;
 }
+/// True once a deadline has passed (never for no_deadline).
+inline bool deadline_passed(deadline_t d) noexcept { return ns_left(d) == 0; }
 
 /// How long a process waiting for another one's reply polls before it sleeps: a reply
 /// that comes within it costs no wake-up (tens of microseconds on a virtual machine,

@@ -59,20 +59,6 @@ inline std::shared_ptr<shared_block> make_block(std::size_t bytes, const char* l
   return std::make_shared<shared_block>(shm_region::create(bytes, label));
 }
 
-/// An absolute point on CLOCK_MONOTONIC; remaining() counts down to 0, or is -1 (never).
-struct deadline {
-  std::int64_t end_ns = -1;
-
-  static deadline after(std::int64_t timeout_ns) noexcept { return {deadline_after(timeout_ns)}; }
-  [[nodiscard]] bool infinite() const noexcept { return end_ns < 0; }
-  [[nodiscard]] std::int64_t remaining() const noexcept {
-    if (end_ns < 0) return -1;
-    std::int64_t r = end_ns - monotonic_ns();
-    return r > 0 ? r : 0;
-  }
-  [[nodiscard]] bool expired() const noexcept { return remaining() == 0; }
-};
-
 /// Timeout in ns for a (block, timeout) pair as Python's acquire(block, timeout):
 /// non-blocking means try once.
 template <class Rep, class Period>

@@ -36,9 +36,15 @@ namespace detail {
 template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
-/// The monotonic time `ns` from now, saturating far in the future.
-inline std::int64_t deadline_after_ns(std::int64_t ns) noexcept {
-  return monotonic_ns() + std::clamp<std::int64_t>(ns, 0, INT64_MAX / 4);
+/// Waits on cv (with l held) until pred() holds or the deadline passes (no_deadline:
+/// never); false when it passed first.
+template <class Lock, class Pred>
+bool wait_until_deadline(std::condition_variable& cv, Lock& l, deadline_t d, Pred pred) {
+  if (d == no_deadline) {
+    cv.wait(l, pred);
+    return true;
+  }
+  return cv.wait_for(l, std::chrono::nanoseconds(ns_left(d)), pred);
 }
 
 // ------------------------------------------------------------------ results
@@ -116,7 +122,7 @@ struct async_state_base {
   enum : std::uint8_t { pending, running, cancelled };
   std::atomic<std::uint8_t> phase{pending};
   std::atomic<bool> abandoned{false};  // nobody will read it: hand out no more items
-  std::int64_t deadline_ns = -1;       // map_options::timeout for get()/wait(); -1: none
+  deadline_t deadline_ns = no_deadline;  // map_options::timeout for get()/wait()
 
   /// Called by the pool before it hands out the task's first item; false: cancelled
   /// or abandoned, run nothing.
@@ -146,8 +152,10 @@ struct async_state_base {
     }
   }
 
-  void wait();
-  bool wait_for_ns(std::int64_t ns);
+  /// Waits until done or the deadline passes; true when done.
+  bool wait_until(deadline_t d);
+  void wait() { wait_until(no_deadline); }
+  bool wait_for_ns(std::int64_t ns) { return wait_until(deadline_after(std::max<std::int64_t>(ns, 0))); }
   [[nodiscard]] bool ready() {
     std::lock_guard l(m);
     return done;
@@ -201,10 +209,7 @@ class [[nodiscard]] AsyncResult {
   /// Waits until ready (or until map_options::timeout has passed, if one was given).
   void wait() const {
     check();
-    if (s_->deadline_ns >= 0)
-      s_->wait_for_ns(s_->deadline_ns - detail::monotonic_ns());
-    else
-      s_->wait();
+    s_->wait_until(s_->deadline_ns);
   }
   /// True when ready.
   template <class Rep, class Period>
@@ -293,11 +298,8 @@ class [[nodiscard]] AsyncResult {
   /// get() without a timeout: map_options::timeout if one was given, else forever.
   void wait_default() const {
     check();
-    if (s_->deadline_ns < 0) {
-      s_->wait();
-    } else if (!s_->wait_for_ns(s_->deadline_ns - detail::monotonic_ns())) {
+    if (!s_->wait_until(s_->deadline_ns))
       throw timeout_error("AsyncResult::get: result not ready within map_options::timeout");
-    }
   }
   /// The value as a new object: moved out when no other copy shares the state.
   auto take_value() {
@@ -355,7 +357,7 @@ class as_completed {
   /// As above; timeout_error once `timeout` (from now) has passed with results still pending.
   template <class Rep, class Period>
   as_completed(std::vector<AsyncResult<R>>& results, std::chrono::duration<Rep, Period> timeout)
-      : as_completed(results, detail::deadline_after_ns(detail::to_ns(timeout))) {}
+      : as_completed(results, detail::deadline_after(detail::to_ns(timeout))) {}
 
   /// Input iterator: each step blocks until the next result completes.
   class iterator {
@@ -385,15 +387,10 @@ class as_completed {
       auto& lst = *o_->listener_;
       std::unique_lock l(lst.m);
       auto ready = [&] { return !lst.done.empty(); };
-      if (o_->deadline_ns_ < 0) {
-        lst.cv.wait(l, ready);
-      } else {
-        const std::int64_t left = std::max<std::int64_t>(0, o_->deadline_ns_ - detail::monotonic_ns());
-        if (!lst.cv.wait_for(l, std::chrono::nanoseconds(left), ready))
-          throw timeout_error("as_completed: " + std::to_string(o_->total_ - o_->yielded_) +
-                              " of " + std::to_string(o_->total_) +
-                              " results not ready within the timeout");
-      }
+      if (!detail::wait_until_deadline(lst.cv, l, o_->deadline_ns_, ready))
+        throw timeout_error("as_completed: " + std::to_string(o_->total_ - o_->yielded_) +
+                            " of " + std::to_string(o_->total_) +
+                            " results not ready within the timeout");
       cur_ = lst.done.front();
       lst.done.pop_front();
       ++o_->yielded_;
@@ -487,8 +484,8 @@ wait_result<R> wait_for_results(std::vector<AsyncResult<R>>& results, return_whe
       while (!take()) listener->cv.wait(l);
     } else {
       while (!take()) {
-        const std::int64_t left = deadline_ns - monotonic_ns();
-        if (left <= 0) break;
+        const std::int64_t left = ns_left(deadline_ns);
+        if (left == 0) break;
         listener->cv.wait_for(l, std::chrono::nanoseconds(left));
       }
     }
@@ -513,7 +510,7 @@ wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when = ALL
 template <class R, class Rep, class Period>
 wait_result<R> wait(std::vector<AsyncResult<R>>& results, return_when when,
                     std::chrono::duration<Rep, Period> timeout) {
-  return detail::wait_for_results(results, when, detail::deadline_after_ns(detail::to_ns(timeout)));
+  return detail::wait_for_results(results, when, detail::deadline_after(detail::to_ns(timeout)));
 }
 /// wait(results, ALL_COMPLETED, timeout).
 template <class R, class Rep, class Period>

@@ -50,18 +50,10 @@ MPROC_FUNC void async_state_base::on_done(std::function<void()> fn) {
   run_guarded(fn, "a done callback");
 }
 
-MPROC_FUNC void async_state_base::wait() {
-  help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, -1);
+MPROC_FUNC bool async_state_base::wait_until(deadline_t d) {
+  help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, d);
   std::unique_lock l(m);
-  cv.wait(l, [&] { return done; });
-}
-
-MPROC_FUNC bool async_state_base::wait_for_ns(std::int64_t ns) {
-  const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(ns, INT64_MAX / 4);
-  help_while_waiting(helper, [&] { return done_flag.load(std::memory_order_acquire); }, deadline);
-  std::unique_lock l(m);
-  const std::int64_t left = std::max<std::int64_t>(0, deadline - monotonic_ns());
-  return cv.wait_for(l, std::chrono::nanoseconds(left), [&] { return done; });
+  return wait_until_deadline(cv, l, d, [&] { return done; });
 }
 
 MPROC_FUNC void async_state_base::finish(std::exception_ptr e) {

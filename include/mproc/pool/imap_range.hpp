@@ -60,7 +60,7 @@ class imap_range {
         if (s.ordered) return !s.ready.empty() && s.ready.begin()->first == s.next;
         return !s.fifo.empty();
       };
-      const std::int64_t deadline = s.timeout_ns > 0 ? detail::deadline_after_ns(s.timeout_ns) : -1;
+      const std::int64_t deadline = s.timeout_ns > 0 ? detail::deadline_after(s.timeout_ns) : detail::no_deadline;
       detail::help_while_waiting(
           s.helper,
           [&] {
@@ -70,14 +70,9 @@ class imap_range {
           deadline);
       {
         std::unique_lock l(s.m);
-        if (deadline < 0) {
-          s.cv.wait(l, [&] { return has() || s.fatal; });
-        } else {
-          const std::int64_t left = std::max<std::int64_t>(0, deadline - detail::monotonic_ns());
-          // Nothing is consumed: iterating again waits for the same result.
-          if (!s.cv.wait_for(l, std::chrono::nanoseconds(left), [&] { return has() || s.fatal; }))
-            throw timeout_error("imap: the next result was not ready within map_options::timeout");
-        }
+        // On timeout nothing is consumed: iterating again waits for the same result.
+        if (!detail::wait_until_deadline(s.cv, l, deadline, [&] { return has() || s.fatal; }))
+          throw timeout_error("imap: the next result was not ready within map_options::timeout");
         if (!has()) std::rethrow_exception(s.fatal);
         if (s.consumed >= s.total) {
           r_ = nullptr;

@@ -315,7 +315,7 @@ class pool_interface {
 
   template <class R>
   static AsyncResult<R> with_deadline(AsyncResult<R> r, std::int64_t timeout_ns) {
-    if (timeout_ns > 0) r.state()->deadline_ns = detail::deadline_after_ns(timeout_ns);
+    if (timeout_ns > 0) r.state()->deadline_ns = detail::deadline_after(timeout_ns);
     return r;
   }
   /// map/starmap: the result, or timeout_error once map_options::timeout has passed;
