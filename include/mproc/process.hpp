@@ -442,8 +442,7 @@ inline bool wait_parent(std::int64_t timeout_ns) {
     is_ppid = g.parent_is_ppid;
   }
   for (;;) {
-    std::int64_t left = -1;
-    if (deadline >= 0) left = std::max<std::int64_t>(0, deadline - monotonic_ns());
+    const std::int64_t left = ns_left(deadline);  // -1: no deadline
     if (fd >= 0) {
       pollfd p{fd, POLLIN, 0};
       const int rc = poll_until(&p, 1, deadline);

@@ -59,8 +59,8 @@ inline std::int64_t normalize_index(std::int64_t i, std::size_t size, const char
 /// false at the deadline.
 inline bool wait_word(store& s, const std::atomic<std::uint32_t>& w, std::uint32_t seen, deadline_t d) {
   constexpr std::int64_t slice = 100'000'000;
-  std::int64_t left = d < 0 ? slice : std::min<std::int64_t>(slice, d - monotonic_ns());
-  if (left <= 0) return false;
+  const std::int64_t left = d == no_deadline ? slice : std::min<std::int64_t>(slice, ns_left(d));
+  if (left == 0) return false;
   futex_wait(&w, seen, left);
   s.check_alive();
   return true;

@@ -223,7 +223,7 @@ class mpmc_ring {
   static constexpr std::size_t prefault_min = 256 * 1024;
 
   static deadline_t spill_deadline(deadline_t user) noexcept {
-    deadline_t d = monotonic_ns() + spill_delay_ns;
+    const deadline_t d = deadline_after(spill_delay_ns);
     return user != no_deadline && user < d ? user : d;
   }
 
@@ -855,7 +855,7 @@ class mpmc_ring {
         cached_tail_ = h_->tail.load(std::memory_order_acquire);
         return cached_tail_ > h;
       };
-      if (ring_wait_until(h_->data_seq, h_->data_waiters, ready, monotonic_ns() + check_every)) return;
+      if (ring_wait_until(h_->data_seq, h_->data_waiters, ready, deadline_after(check_every))) return;
       switch (h_->put_lock.lock(0)) {
         case lock_result::owner_died:
           recover_producer();

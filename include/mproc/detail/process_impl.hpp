@@ -172,11 +172,8 @@ MPROC_FUNC bool wait_child(process_state& s, std::int64_t timeout_ns) {
   }
   for (;;) {
     if (reap_nohang(s)) return true;
-    std::int64_t left = -1;
-    if (deadline >= 0) {
-      left = deadline - monotonic_ns();
-      if (left <= 0) return false;
-    }
+    const std::int64_t left = ns_left(deadline);  // -1: no deadline
+    if (left == 0) return false;
     int fd = s.status_fd.load();
     if (fd < 0) fd = ensure_pidfd(s);
     else if (s.code_reported.load() && s.pidfd.load() >= 0) fd = s.pidfd.load();

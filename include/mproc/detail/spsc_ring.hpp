@@ -211,7 +211,7 @@ class spsc_ring {
         yield_cpu();
       }
     }
-    const std::int64_t deadline = timeout_ns < 0 ? -1 : monotonic_ns() + timeout_ns;
+    const deadline_t deadline = deadline_after(timeout_ns);
     while (true) {
       const std::uint32_t seq = h_->data_seq.load(std::memory_order_seq_cst);
       h_->data_waiters.fetch_add(1, std::memory_order_seq_cst);
@@ -219,13 +219,10 @@ class spsc_ring {
         h_->data_waiters.fetch_sub(1, std::memory_order_relaxed);
         return true;
       }
-      std::int64_t left = -1;
-      if (deadline >= 0) {
-        left = deadline - monotonic_ns();
-        if (left <= 0) {
-          h_->data_waiters.fetch_sub(1, std::memory_order_relaxed);
-          return false;
-        }
+      const std::int64_t left = ns_left(deadline);  // -1: no deadline
+      if (left == 0) {
+        h_->data_waiters.fetch_sub(1, std::memory_order_relaxed);
+        return false;
       }
       futex_wait(&h_->data_seq, seq, left);
       h_->data_waiters.fetch_sub(1, std::memory_order_relaxed);

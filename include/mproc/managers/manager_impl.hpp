@@ -58,7 +58,7 @@ MPROC_FUNC Manager::Manager(manager_options opts) : opts_(std::move(opts)) {
     ready_w.reset();
     char c;
     pollfd p{ready_r.get(), POLLIN, 0};
-    int rc = detail::poll_until(&p, 1, detail::monotonic_ns() + 10'000'000'000);
+    int rc = detail::poll_until(&p, 1, detail::deadline_after(10'000'000'000));
     if (rc != 1 || detail::read_eintr(ready_r.get(), &c, 1) != 1) {
       stop_server();
       throw manager_error("mproc::Manager: the server process failed to start");

@@ -175,12 +175,16 @@ class ConditionProxy : public RLockProxy {
   /// Waits until pred() holds or the timeout passes; returns pred()'s last value.
   template <class Pred, class Rep, class Period>
   bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) {
-    const std::int64_t end = detail::monotonic_ns() + std::min<std::int64_t>(detail::to_ns(timeout), INT64_MAX / 2);
+    const detail::deadline_t end = detail::deadline_after(detail::to_ns(timeout));
     bool ok = pred();
     while (!ok) {
-      const std::int64_t left = end - detail::monotonic_ns();
-      if (left <= 0) break;
-      (void)wait(std::chrono::nanoseconds(left));
+      if (end == detail::no_deadline) {
+        (void)wait();
+      } else {
+        const std::int64_t left = detail::ns_left(end);
+        if (left == 0) break;
+        (void)wait(std::chrono::nanoseconds(left));
+      }
       ok = pred();
     }
     return ok;

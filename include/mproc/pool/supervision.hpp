@@ -270,8 +270,8 @@ void basic_pool<Policy>::shutdown_workers(std::exception_ptr fatal) {
       w.stopping = true;
       detail::task_header h{static_cast<std::uint32_t>(detail::task_kind::stop), 0, 0, 0, 0, 0, 0};
       std::byte* p = nullptr;
-      const std::int64_t deadline = detail::monotonic_ns() + 2'000'000'000;
-      while (!(p = w.tasks.try_reserve(sizeof h)) && detail::monotonic_ns() < deadline)
+      const detail::deadline_t deadline = detail::deadline_after(2'000'000'000);
+      while (!(p = w.tasks.try_reserve(sizeof h)) && !detail::deadline_passed(deadline))
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       if (p) {
         std::memcpy(p, &h, sizeof h);
@@ -284,9 +284,9 @@ void basic_pool<Policy>::shutdown_workers(std::exception_ptr fatal) {
     if (w.pid <= 0) continue;
     if (terminating) detail::kill_quietly(w.pid, SIGKILL);
     pollfd p{w.status ? w.status.get() : w.pidfd.get(), POLLIN, 0};
-    if (detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000) == 0) {
+    if (detail::poll_until(&p, 1, detail::deadline_after(5'000'000'000)) == 0) {
       detail::kill_quietly(w.pid, SIGKILL);
-      detail::poll_until(&p, 1, detail::monotonic_ns() + 5'000'000'000);
+      detail::poll_until(&p, 1, detail::deadline_after(5'000'000'000));
     }
     if (!w.status) {  // a forkserver's child is reaped by the forkserver
       int status;
