@@ -558,7 +558,7 @@ class mpmc_ring {
       if (!r.wait_for_space(at_least + record_header, d)) {
         // Not stalled after all if the reader started while we waited.
         if (stall_ns >= 0 && !started && r.h_->head.load(std::memory_order_acquire) > first_pos &&
-            (deadline == no_deadline || monotonic_ns() < deadline)) {
+            !deadline_passed(deadline)) {
           open();
           return;
         }

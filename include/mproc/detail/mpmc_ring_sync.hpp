@@ -92,7 +92,7 @@ template <class Cond>
 inline bool ring_wait_until(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleeping,
                             Cond&& cond, deadline_t deadline) {
   if (cond()) return true;
-  if (deadline != no_deadline && monotonic_ns() >= deadline) return false;
+  if (deadline_passed(deadline)) return false;
   for (int i = 0; i < ring_spin_rounds; ++i) {
     ring_spin_pause();
     if (cond()) return true;
