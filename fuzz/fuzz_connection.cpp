@@ -1,6 +1,8 @@
 // libFuzzer target: untrusted bytes on a Connection's socket, read by the real frame
 // reader (Connection::recv_bytes / recv<T>: read-ahead, in-place frames, partial
-// frames across timeouts, oversized frames skipped).
+// frames across timeouts, oversized frames skipped, control frames of the shared-memory
+// lane: an attach without its descriptor is ignored, a ring message is refused as no
+// ring can be attached without one).
 //
 // Input: byte 0 picks the options, byte 1 where the stream is cut; the rest is the
 // byte stream the peer sends. The first part is written, read with zero timeouts until
@@ -28,9 +30,10 @@ namespace {
 
 using bytes = std::vector<std::byte>;
 
-// One thing a read gives: a frame body, or "refused: too large".
+// One thing a read gives: a frame body, "refused: too large", or "bad frame".
 struct outcome {
   bool refused = false;
+  bool bad = false;
   bytes body;
   bool operator==(const outcome&) const = default;
 };
@@ -43,14 +46,20 @@ std::vector<outcome> reference(const std::byte* p, std::size_t n, std::uint64_t 
     std::uint64_t len;
     std::memcpy(&len, p + at, 8);
     at += 8;
+    if (len & mproc::detail::control_frame_bit) {
+      if (n - at < mproc::detail::control_body_size) break;  // cut short by end-of-file
+      at += mproc::detail::control_body_size;
+      if (len != mproc::detail::ring_attach_frame) out.push_back({false, true, {}});
+      continue;
+    }
     if (len > max) {
-      out.push_back({true, {}});
+      out.push_back({true, false, {}});
       if (len > n - at) break;  // skipping runs into end-of-file
       at += std::size_t(len);
       continue;
     }
     if (len > n - at) break;  // cut short by end-of-file
-    out.push_back({false, bytes(p + at, p + at + len)});
+    out.push_back({false, false, bytes(p + at, p + at + len)});
     at += std::size_t(len);
   }
   return out;
@@ -71,7 +80,7 @@ template <class Read>
 void drain(std::vector<outcome>& got, Read&& read, bool until_eof) {
   for (int i = 0; i < 1000; ++i) {
     try {
-      got.push_back({false, read(until_eof)});
+      got.push_back({false, false, read(until_eof)});
     } catch (const mproc::timeout_error&) {
       if (until_eof) std::abort();  // the peer has closed: nothing may time out now
       return;
@@ -79,8 +88,9 @@ void drain(std::vector<outcome>& got, Read&& read, bool until_eof) {
       if (!until_eof) std::abort();  // the peer is still open
       return;
     } catch (const mproc::serialization_error& e) {
-      // Either "too large, skipped" or (recv<T>) a message that is not a T.
-      got.push_back({std::strstr(e.what(), "exceeds the limit") != nullptr, {}});
+      // "Too large, skipped", a bad control frame, or (recv<T>) a message that is not a T.
+      const bool refused = std::strstr(e.what(), "exceeds the limit") != nullptr;
+      got.push_back({refused, !refused, {}});
     }
   }
   std::abort();  // a reader that neither ends nor progresses

@@ -11,6 +11,7 @@
 #include "fuzz_types.hpp"
 
 #include <mproc/managers.hpp>
+#include <mproc/connection.hpp>
 #include <mproc/detail/mpmc_ring.hpp>
 
 #include <cstdio>
@@ -67,6 +68,16 @@ void connection_seeds(const std::string& dir) {
                                       frame(message(words)));
   write_raw(dir + "/seed_words", std::string("\x85\xa0") + frame(message(words)) +
                                      frame(message(std::string("not words"))));
+  // control frames of the shared-memory lane, between ordinary ones (no descriptor can
+  // come with them here: the attach is ignored, the ring message refused)
+  namespace d = mproc::detail;
+  const std::string control = pod(d::ring_attach_frame) + pod(std::uint64_t(7)) +
+                              pod(std::uint64_t(d::ring_capacity)) + pod(std::uint64_t(0)) +
+                              frame("between") + pod(d::ring_message_frame) + pod(std::uint64_t(7)) +
+                              pod(std::uint64_t(0)) + pod(std::uint64_t(100)) + frame("after") +
+                              pod(d::control_frame_bit | 9) + pod(std::uint64_t(1)) + pod(std::uint64_t(2));
+  write_raw(dir + "/seed_control", std::string("\x05\x60") + control);
+  write_raw(dir + "/seed_control_typed", std::string("\xc5\x90") + control);
 }
 
 // ---- queue: type byte, start byte, split byte, then records

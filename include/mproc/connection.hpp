@@ -9,7 +9,10 @@
 /// that many bytes. send(v) frames a type-tagged message (detail::write_message), so
 /// recv<T>() of the wrong type is reported with both type names. The receive side
 /// reads ahead into a small buffer so a small message costs one system call; bodies
-/// larger than that buffer are read straight into their destination.
+/// larger than that buffer are read straight into their destination. Messages of
+/// 16 KiB or more go through a ring of shared memory instead (longer ones in pieces),
+/// with a small frame on the socket saying where (detail/connection_ring.hpp): the
+/// kernel's socket copy is what limits a stream of them.
 ///
 /// Connection is a handle: copies share one socket (it closes when the last copy goes
 /// or close() is called). One end must not be used by two threads at once, nor by two
@@ -37,6 +40,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "detail/connection_ring.hpp"
 #include "detail/posix/fd_passing.hpp"
 #include "detail/posix/posix.hpp"
 #include "detail/posix/sockets.hpp"
@@ -75,9 +79,18 @@ struct connection_state {
   std::unique_ptr<std::byte[]> in;
   std::size_t in_begin = 0, in_end = 0;
   // the frame being received (kept across a timeout so the stream stays in sync)
-  std::byte hdr[frame_header_size];
+  std::byte hdr[frame_header_size + control_body_size];
   std::size_t hdr_got = 0;
+  std::size_t hdr_need = frame_header_size;  // grows by control_body_size for a control frame
   bool in_body = false;
+  // the body lies in a ring, not in the stream: {ring id, start}
+  bool body_in_ring = false;
+  std::uint64_t ring_id = 0, ring_start = 0;
+  // the body comes in pieces from ring ring_id (ring_stream_frame); stream_skip: it is
+  // over the limit, so its pieces are dropped; piece_left: an inline piece's bytes to come
+  bool body_streamed = false;
+  bool stream_skip = false;
+  std::size_t piece_left = 0;
   std::vector<std::byte> body;
   std::size_t body_len = 0;  // announced length; body.size() catches up as bytes arrive
   std::size_t body_got = 0;
@@ -85,6 +98,11 @@ struct connection_state {
   std::deque<unique_fd> fds;  // received with SCM_RIGHTS, in order
 
   std::vector<std::byte> out;  // reused send buffer for small messages
+
+  // the shared-memory lane for large messages (detail/connection_ring.hpp)
+  std::optional<ring_sender> tx;
+  bool tx_off = false;  // no ring for this end: not a Unix socket, or none could be made
+  ring_receiver rx;
 };
 
 [[noreturn]] inline void throw_timeout(const char* what) {
@@ -127,6 +145,135 @@ inline void fill_read_ahead(connection_state& s, std::int64_t deadline, const ch
   s.in_end = n;
 }
 
+/// Acts on a control frame whose body is in s.hdr; true when it announced a message
+/// in a ring (then under way as s.body_*), false when there is nothing to deliver.
+inline bool read_control_frame(connection_state& s, std::uint64_t kind) {
+  std::uint64_t w[3];
+  std::memcpy(w, s.hdr + frame_header_size, sizeof w);
+  if (kind == ring_attach_frame) {
+    // Without its descriptor (dropped for want of a free slot, or a forged frame) the
+    // ring is not used: its sender keeps sending inline.
+    if (!s.fds.empty()) {
+      unique_fd fd = std::move(s.fds.front());
+      s.fds.pop_front();
+      s.rx.attach(std::move(fd), w[0], w[1]);
+    }
+    return false;
+  }
+  if (kind == ring_stream_frame) {
+    if (!s.rx.find(w[0]))
+      throw serialization_error("mproc: Connection: a shared-memory message names a ring that was never attached");
+    s.ring_id = w[0];
+    s.body_len = std::size_t(w[1]);
+    s.body.clear();
+    s.body_got = 0;
+    s.piece_left = 0;
+    s.body_streamed = true;
+    s.in_body = true;
+    if (w[1] > s.max_message) {
+      s.stream_skip = true;  // its pieces are dropped by the next read
+      throw serialization_error("mproc: Connection: incoming message of " + std::to_string(w[1]) +
+                                " bytes exceeds the limit of " + std::to_string(s.max_message) +
+                                " bytes (connection_options::max_message_size); it is skipped");
+    }
+    return true;
+  }
+  if (kind == inline_piece_frame)
+    throw serialization_error("mproc: Connection: a piece of a message came outside one");
+  if (kind != ring_message_frame)
+    throw serialization_error("mproc: Connection: unknown control frame " + std::to_string(kind & ~control_frame_bit));
+  (void)ring_message(s.rx, w[0], w[1], w[2]);  // checks it before anything is taken
+  if (w[2] > s.max_message) {
+    ring_release(s.rx, w[0], w[1] + w[2]);
+    throw serialization_error("mproc: Connection: incoming message of " + std::to_string(w[2]) +
+                              " bytes exceeds the limit of " + std::to_string(s.max_message) +
+                              " bytes (connection_options::max_message_size); it is skipped");
+  }
+  s.ring_id = w[0];
+  s.ring_start = w[1];
+  s.body_len = std::size_t(w[2]);
+  s.body_in_ring = true;
+  s.in_body = true;
+  return true;
+}
+
+/// The body of the ring message under way; give it back with finish_ring_body.
+inline std::span<const std::byte> ring_body(connection_state& s) {
+  return {ring_message(s.rx, s.ring_id, s.ring_start, s.body_len), s.body_len};
+}
+inline void finish_ring_body(connection_state& s) noexcept {
+  ring_release(s.rx, s.ring_id, s.ring_start + s.body_len);
+  s.body_in_ring = false;
+  s.in_body = false;
+}
+
+/// Reads the pieces of a streamed body (ring_stream_frame) until it is whole: to `out`
+/// when given, else into s.body, grown as pieces arrive (an announced total buys no
+/// memory), or nowhere when the message is being skipped. On timeout what arrived is
+/// kept for the next call.
+inline void read_stream_pieces(connection_state& s, std::byte* out, deadline_t deadline, const char* what) {
+  auto dest = [&](std::size_t n) -> std::byte* {
+    if (s.stream_skip) return nullptr;
+    if (out) return out + s.body_got;
+    const std::size_t want = s.body_got + n;
+    if (s.body.size() < want) s.body.resize(std::min(s.body_len, std::max(want, 2 * s.body.size())));
+    return s.body.data() + s.body_got;
+  };
+  auto malformed = [&] {
+    s.in_body = s.body_streamed = s.stream_skip = false;
+    s.piece_left = 0;
+    s.body.clear();
+    throw serialization_error("mproc: Connection: a piece of a streamed message is malformed");
+  };
+  constexpr std::size_t piece_header = frame_header_size + control_body_size;
+  while (s.body_got < s.body_len) {
+    if (s.piece_left) {  // an inline piece's bytes: from the read-ahead, or straight in when large
+      const std::size_t avail = s.in_end - s.in_begin;
+      if (avail) {
+        const std::size_t take = std::min(avail, s.piece_left);
+        if (std::byte* d = dest(take)) std::memcpy(d, s.in.get() + s.in_begin, take);
+        s.in_begin += take;
+        s.piece_left -= take;
+        s.body_got += take;
+      } else if (s.piece_left >= read_ahead_size && !s.stream_skip) {
+        // Into s.body, no more at a time than has arrived: an announced piece buys no memory.
+        const std::size_t n = out ? s.piece_left : std::min(s.piece_left, std::max(read_ahead_size, s.body_got));
+        const std::size_t got = read_some(s, dest(n), n, deadline, what);
+        s.piece_left -= got;
+        s.body_got += got;
+      } else {
+        fill_read_ahead(s, deadline, what);
+      }
+      continue;
+    }
+    // the next piece's frame, kept whole across timeouts like a frame header
+    const std::size_t avail = s.in_end - s.in_begin;
+    const std::size_t take = std::min(avail, piece_header - s.hdr_got);
+    if (take) std::memcpy(s.hdr + s.hdr_got, s.in.get() + s.in_begin, take);
+    s.hdr_got += take;
+    s.in_begin += take;
+    if (s.hdr_got < piece_header) {
+      fill_read_ahead(s, deadline, what);
+      continue;
+    }
+    s.hdr_got = 0;
+    std::uint64_t f[4];
+    std::memcpy(f, s.hdr, sizeof f);
+    const std::size_t left = s.body_len - s.body_got;
+    if (f[0] == ring_message_frame && f[1] == s.ring_id && f[3] > 0 && f[3] <= left) {
+      const std::byte* src = ring_message(s.rx, f[1], f[2], f[3]);
+      if (std::byte* d = dest(std::size_t(f[3]))) std::memcpy(d, src, std::size_t(f[3]));
+      ring_release(s.rx, f[1], f[2] + f[3]);
+      s.body_got += std::size_t(f[3]);
+    } else if (f[0] == inline_piece_frame && f[1] > 0 && f[1] <= left) {
+      s.piece_left = std::size_t(f[1]);
+    } else {
+      malformed();
+    }
+  }
+  s.in_body = s.body_streamed = s.stream_skip = false;
+}
+
 /// Reads the next frame's header unless a frame is already under way; on return
 /// s.in_body is set and s.body_len is the body's length. A frame over the limit is
 /// skipped (serialization_error); on timeout what arrived is kept for the next call.
@@ -143,18 +290,31 @@ inline void read_frame_header(connection_state& s, std::int64_t deadline, const 
       }
       avail = s.in_end - s.in_begin;
     }
+    if (s.in_body && s.stream_skip) {
+      read_stream_pieces(s, nullptr, deadline, what);
+      continue;
+    }
     if (s.in_body) return;
-    std::size_t take = std::min(avail, frame_header_size - s.hdr_got);
+    std::size_t take = std::min(avail, s.hdr_need - s.hdr_got);
     if (take) std::memcpy(s.hdr + s.hdr_got, s.in.get() + s.in_begin, take);
     s.hdr_got += take;
     s.in_begin += take;
-    if (s.hdr_got < frame_header_size) {
+    if (s.hdr_got < s.hdr_need) {
       fill_read_ahead(s, deadline, what);
       continue;
     }
     std::uint64_t len;
     std::memcpy(&len, s.hdr, sizeof len);
+    if ((len & control_frame_bit) && s.hdr_need == frame_header_size) {
+      s.hdr_need += control_body_size;  // then its body, kept whole the same way
+      continue;
+    }
     s.hdr_got = 0;
+    s.hdr_need = frame_header_size;
+    if (len & control_frame_bit) {
+      if (read_control_frame(s, len)) return;
+      continue;
+    }
     if (len > s.max_message) {
       s.discard = len;
       throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
@@ -179,6 +339,17 @@ inline void read_frame_header(connection_state& s, std::int64_t deadline, const 
 inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadline,
                                          const char* what) {
   read_frame_header(s, deadline, what);
+  if (s.body_in_ring) {
+    auto b = ring_body(s);
+    std::vector<std::byte> body(b.begin(), b.end());  // copied once, with no zero-fill first
+    finish_ring_body(s);
+    return body;
+  }
+  if (s.body_streamed) {
+    read_stream_pieces(s, nullptr, deadline, what);
+    s.body.resize(s.body_len);  // (already that size unless empty)
+    return std::exchange(s.body, {});
+  }
   // The body grows only as its bytes arrive (doubling, never past the announced
   // length): an announced length alone buys no memory, so a peer that announces a
   // huge message and sends nothing costs nothing.
@@ -215,6 +386,22 @@ inline std::vector<std::byte> read_frame(connection_state& s, std::int64_t deadl
 inline std::size_t read_frame_into(connection_state& s, std::span<std::byte> out,
                                    std::int64_t deadline, const char* what) {
   read_frame_header(s, deadline, what);
+  if (s.body_in_ring && s.body_len <= out.size()) {
+    auto b = ring_body(s);
+    if (!b.empty()) std::memcpy(out.data(), b.data(), b.size());
+    finish_ring_body(s);
+    return b.size();
+  }
+  if (s.body_streamed && s.body_got == 0 && s.body_len <= out.size()) {
+    try {
+      read_stream_pieces(s, out.data(), deadline, what);
+    } catch (const timeout_error&) {
+      // Keep what arrived, so the next call (into any buffer) continues this message.
+      s.body.assign(out.data(), out.data() + s.body_got);
+      throw;
+    }
+    return s.body_len;
+  }
   if (s.body_got > 0 || s.body_len > out.size()) {
     std::vector<std::byte> body = read_frame(s, deadline, what);
     if (body.size() > out.size()) throw buffer_too_short(std::move(body), out.size());
@@ -256,7 +443,7 @@ inline std::optional<std::span<const std::byte>> take_buffered_frame(connection_
   if (avail < frame_header_size) return std::nullopt;
   std::uint64_t len;
   std::memcpy(&len, s.in.get() + s.in_begin, sizeof len);
-  if (len > s.max_message || len > avail - frame_header_size) return std::nullopt;
+  if ((len & control_frame_bit) || len > s.max_message || len > avail - frame_header_size) return std::nullopt;
   std::span<const std::byte> body(s.in.get() + s.in_begin + frame_header_size, std::size_t(len));
   s.in_begin += frame_header_size + std::size_t(len);
   return body;
@@ -295,6 +482,78 @@ inline void write_all(connection_state& s, iovec* iov, std::size_t iovcnt, int f
   }
 }
 
+/// Sends a message of `len` bytes, written by put(p), through the end's ring; false
+/// (nothing sent) when it must go inline.
+template <class Put>
+bool send_through_ring(connection_state& s, std::size_t len, deadline_t deadline, const char* what,
+                       Put&& put) {
+  if (!s.tx || !ring_sized(len)) return false;
+  std::byte* p = ring_space(*s.tx, len, deadline);
+  if (!p) return false;
+  put(p);
+  ring_control& c = s.tx->ring.control();
+  const std::uint64_t start = c.produced.load(std::memory_order_relaxed);
+  std::uint64_t frame[4] = {ring_message_frame, s.tx->ring.id(), start, len};
+  std::atomic_thread_fence(std::memory_order_release);  // the data before the frame
+  iovec iov{frame, sizeof frame};
+  write_all(s, &iov, 1, -1, deadline, what);
+  c.produced.store(start + len, std::memory_order_relaxed);
+  return true;
+}
+
+/// Sends a message longer than ring_max_message in pieces through the end's ring, each
+/// piece inline when the ring stays full; false (nothing sent) when the ring is not in
+/// use. Only the first frame heeds the deadline: a message under way is completed.
+inline bool send_streamed(connection_state& s, const std::byte* data, std::size_t len, deadline_t deadline,
+                          const char* what) {
+  if (len <= ring_max_message || !s.tx || !ring_ready(*s.tx)) return false;
+  ring_sender& t = *s.tx;
+  std::uint64_t begin[4] = {ring_stream_frame, t.ring.id(), len, 0};
+  iovec iov0{begin, sizeof begin};
+  write_all(s, &iov0, 1, -1, deadline, what);
+  for (std::size_t off = 0; off < len;) {
+    const std::size_t n = std::min(len - off, ring_max_message);
+    if (std::byte* p = ring_space(t, n, no_deadline)) {
+      std::memcpy(p, data + off, n);
+      ring_control& c = t.ring.control();
+      const std::uint64_t start = c.produced.load(std::memory_order_relaxed);
+      std::uint64_t f[4] = {ring_message_frame, t.ring.id(), start, n};
+      std::atomic_thread_fence(std::memory_order_release);  // the data before the frame
+      iovec iov{f, sizeof f};
+      write_all(s, &iov, 1, -1, no_deadline, what);
+      c.produced.store(start + n, std::memory_order_relaxed);
+    } else {
+      std::uint64_t f[4] = {inline_piece_frame, n, 0, 0};
+      iovec iov[2] = {{f, sizeof f}, {const_cast<std::byte*>(data + off), n}};
+      write_all(s, iov, 2, -1, no_deadline, what);
+    }
+    off += n;
+  }
+  return true;
+}
+
+/// For an inline message of `len` bytes: the attach frame to send in front of it, if
+/// this is the first message the end's ring could carry (the ring is made now). Returns
+/// the descriptor to pass with it, or -1 when no attach is due.
+inline int ring_attach_due(connection_state& s, std::size_t len, std::uint64_t (&frame)[4]) {
+  if (len < ring_min_message || s.tx_off) return -1;
+  if (!s.tx) {
+    std::optional<shared_ring> r;
+    if (is_unix_socket(s.fd.get())) r = shared_ring::create();
+    if (!r) {
+      s.tx_off = true;
+      return -1;
+    }
+    s.tx.emplace(ring_sender{std::move(*r)});
+  }
+  if (s.tx->attach_sent) return -1;
+  frame[0] = ring_attach_frame;
+  frame[1] = s.tx->ring.id();
+  frame[2] = s.tx->ring.capacity();
+  frame[3] = 0;
+  return s.tx->ring.fd();
+}
+
 template <class T>
 concept byte_like = sizeof(T) == 1 && std::is_trivially_copyable_v<T>;
 
@@ -307,7 +566,10 @@ concept byte_range = std::ranges::contiguous_range<R> && std::ranges::sized_rang
 
 /// One end of a Pipe. A handle: copies refer to the same socket. A receive that finds
 /// nothing polls for up to 50 us before it sleeps in the kernel, so a peer that
-/// answers at once is heard without a wake-up.
+/// answers at once is heard without a wake-up. An end that sends a message of 16 KiB
+/// or more makes a 1 MiB shared-memory ring for such messages (one descriptor, kept
+/// until the end closes; longer messages go in pieces of 256 KiB); a send waits up to
+/// 50 us for space in it, then goes by the socket.
 class Connection {
  public:
   /// A closed connection (placeholder to assign to).
@@ -442,6 +704,8 @@ class Connection {
     if (s_) {
       s_->fd.reset();
       s_->fds.clear();
+      s_->tx.reset();
+      s_->rx.rings.clear();
     }
   }
   /// True once this end is closed (or for a default-constructed Connection).
@@ -506,6 +770,15 @@ class Connection {
       detail::fill_read_ahead(s, deadline, "recv");
     // The frame is consumed before decoding: a type mismatch still removes it.
     if (auto body = detail::take_buffered_frame(s)) return detail::read_message<T>(*body);
+    detail::read_frame_header(s, deadline, "recv");
+    if (s.body_in_ring) {
+      // Decoded where it lies; the bytes go back to the sender whatever the outcome.
+      struct release {
+        detail::connection_state& s;
+        ~release() { detail::finish_ring_body(s); }
+      } r{s};
+      return detail::read_message<T>(detail::ring_body(s));
+    }
     return detail::read_message<T>(detail::read_frame(s, deadline, "recv"));
   }
 
@@ -514,6 +787,10 @@ class Connection {
     auto& s = writable_state("send");
     const std::int64_t deadline = detail::deadline_after(timeout_ns);
     const std::size_t len = detail::message_size(value);
+    // Encoded straight into the ring when it takes the message.
+    if (detail::send_through_ring(s, len, deadline, "send",
+                                  [&](std::byte* p) { detail::write_message(value, p); }))
+      return;
     const std::size_t total = detail::frame_header_size + len;
     // The header goes in front of the encoded value in one buffer: one copy, one call.
     std::unique_ptr<std::byte[]> big;
@@ -528,15 +805,37 @@ class Connection {
     std::uint64_t hdr = len;
     std::memcpy(p, &hdr, sizeof hdr);
     detail::write_message(value, p + detail::frame_header_size);
-    iovec iov{p, total};
-    detail::write_all(s, &iov, 1, -1, deadline, "send");
+    if (detail::send_streamed(s, p + detail::frame_header_size, len, deadline, "send")) return;
+    send_inline(s, len, {p, total}, deadline, "send");
+  }
+
+  // Sends a frame already laid out in iov, the ring's attach frame in front when due.
+  static void send_inline(detail::connection_state& s, std::size_t len, iovec frame_iov[], std::size_t n,
+                          detail::deadline_t deadline, const char* what) {
+    std::uint64_t attach[4];
+    const int fd = detail::ring_attach_due(s, len, attach);
+    iovec iov[3];
+    std::size_t k = 0;
+    if (fd >= 0) iov[k++] = {attach, sizeof attach};
+    for (std::size_t i = 0; i < n; ++i) iov[k++] = frame_iov[i];
+    detail::write_all(s, iov, k, fd, deadline, what);
+    if (fd >= 0) s.tx->attach_sent = true;
+  }
+  static void send_inline(detail::connection_state& s, std::size_t len, iovec frame, detail::deadline_t deadline,
+                          const char* what) {
+    send_inline(s, len, &frame, 1, deadline, what);
   }
 
   void send_raw(const void* data, std::size_t n, std::int64_t timeout_ns) {
     auto& s = writable_state("send_bytes");
+    const detail::deadline_t deadline = detail::deadline_after(timeout_ns);
+    if (detail::send_through_ring(s, n, deadline, "send_bytes",
+                                  [&](std::byte* p) { std::memcpy(p, data, n); }))
+      return;
+    if (detail::send_streamed(s, static_cast<const std::byte*>(data), n, deadline, "send_bytes")) return;
     std::uint64_t hdr = n;
     iovec iov[2] = {{&hdr, sizeof hdr}, {const_cast<void*>(data), n}};
-    detail::write_all(s, iov, n ? 2 : 1, -1, detail::deadline_after(timeout_ns), "send_bytes");
+    send_inline(s, n, iov, n ? 2 : 1, deadline, "send_bytes");
   }
 
   bool poll_impl(std::int64_t timeout_ns) {
@@ -556,6 +855,7 @@ class Connection {
     return fd;
   }
 
+  friend struct detail::handle_traits<Connection>;
   std::shared_ptr<detail::connection_state> s_;
 };
 
@@ -578,18 +878,55 @@ namespace detail {
 template <>
 struct handle_traits<Connection> {
   static constexpr bool passable = true;
+  // The end's rings go along (their descriptors and ids; the counters live in the
+  // rings): messages already announced in a ring must stay readable in the child.
   static void encode(vector_writer& w, fd_collector& c, const Connection& conn) {
     std::uint32_t idx = c.add(conn.fileno());
-    std::uint8_t flags = std::uint8_t((conn.readable() ? 1 : 0) | (conn.writable() ? 2 : 0));
+    const connection_state& s = *conn.s_;
+    const bool tx = s.tx && s.tx->attach_sent;
+    std::uint8_t flags = std::uint8_t((conn.readable() ? 1 : 0) | (conn.writable() ? 2 : 0) | (tx ? 4 : 0) |
+                                      (tx && s.tx->acked ? 8 : 0));
     w.put(&idx, sizeof idx);
     w.put(&flags, sizeof flags);
+    if (tx) put_ring(w, c, s.tx->ring);
+    auto n = std::uint8_t(s.rx.rings.size());
+    w.put(&n, sizeof n);
+    for (const auto& ring : s.rx.rings) put_ring(w, c, ring);
   }
   static Connection adopt(reader& r, std::span<const int> fds) {
     std::uint32_t idx;
     std::uint8_t flags;
     r.get(&idx, sizeof idx, "connection descriptor index");
     r.get(&flags, sizeof flags, "connection flags");
-    return Connection(dup_received(fds, idx), (flags & 1) != 0, (flags & 2) != 0);
+    Connection conn(dup_received(fds, idx), (flags & 1) != 0, (flags & 2) != 0);
+    connection_state& s = *conn.s_;
+    if (flags & 4) {
+      s.tx.emplace(ring_sender{get_ring(r, fds)});
+      s.tx->attach_sent = true;
+      s.tx->acked = (flags & 8) != 0;
+    }
+    std::uint8_t n;
+    r.get(&n, sizeof n, "connection ring count");
+    if (n > ring_max_attached) throw serialization_error("mproc: received connection has too many rings");
+    for (std::uint8_t i = 0; i < n; ++i) s.rx.rings.push_back(get_ring(r, fds));
+    return conn;
+  }
+
+ private:
+  static void put_ring(vector_writer& w, fd_collector& c, const shared_ring& ring) {
+    std::uint32_t idx = c.add(ring.fd());
+    std::uint64_t v[2] = {ring.id(), ring.capacity()};
+    w.put(&idx, sizeof idx);
+    w.put(v, sizeof v);
+  }
+  static shared_ring get_ring(reader& r, std::span<const int> fds) {
+    std::uint32_t idx;
+    std::uint64_t v[2];
+    r.get(&idx, sizeof idx, "connection ring descriptor index");
+    r.get(v, sizeof v, "connection ring");
+    auto ring = shared_ring::adopt(dup_received(fds, idx), v[0], v[1]);
+    if (!ring) throw serialization_error("mproc: received connection's ring cannot be mapped");
+    return std::move(*ring);
   }
 };
 
