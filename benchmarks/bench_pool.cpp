@@ -254,6 +254,32 @@ int main(int argc, char** argv) {
   std::string executor_names;
   for (const auto& e : executors) executor_names += (executor_names.empty() ? "" : ",") + e.first;
 
+  auto cpu_ceilings_primes = [&] {
+    m.add("threads_primes", threads_primes(chunks, 2));
+#ifdef MPROC_BENCH_HAVE_TBB
+    m.add("tbb_primes", tbb_primes(chunks));
+#endif
+    auto t = clk::now();
+    long c = 0;
+    for (auto& b : chunks) c += count_primes(b);
+    sink = c;  // keeps the work from being optimized away
+    m.add("serial_primes", secs_since(t));
+  };
+  auto cpu_ceilings_factorials = [&] {
+    std::vector<cpp_int> out;
+    m.add("threads_factorials", threads_factorials(fact_in, 2, out));
+    if (out.back() != fact_2000) std::fprintf(stderr, "factorial mismatch (threads)!\n");
+#ifdef MPROC_BENCH_HAVE_TBB
+    m.add("tbb_factorials", tbb_factorials(fact_in, out));
+    if (out.back() != fact_2000) std::fprintf(stderr, "factorial mismatch (TBB)!\n");
+#endif
+    auto t = clk::now();
+    std::size_t bits = 0;
+    for (int n : fact_in) bits += msb(factorial(n));
+    sink = long(bits);
+    m.add("serial_factorials", secs_since(t));
+  };
+
   for (int r = 0; r < rounds; ++r) {
     bench::note_round("bench_pool", r, rounds);
     {
@@ -271,14 +297,19 @@ int main(int argc, char** argv) {
       t = clk::now();
       for (int i = 0; i < 1000; ++i) (void)pool.apply_async(identity, i).get();
       m.add("apply_rt", secs_since(t) / 1000 * 1e6);
+      // The CPU work, each right beside its ceilings (threads, TBB, serial): the
+      // machine's speed drifts within a round, and a ratio of runs taken apart in
+      // time measures the drift as much as the code.
       t = clk::now();
       auto counts = pool.map(count_primes, chunks, 1);
       m.add("primes", secs_since(t));
       sink = std::accumulate(counts.begin(), counts.end(), 0L);
+      cpu_ceilings_primes();
       t = clk::now();
       auto facts = pool.map(factorial, fact_in);
       m.add("factorials", secs_since(t));
       if (facts.back() != fact_2000) std::fprintf(stderr, "factorial mismatch!\n");
+      cpu_ceilings_factorials();
       // Python's fixed chunks (2000 / (4 x 2) = 250 items): the last holds a third of
       // the work and runs on one worker while the other idles.
       t = clk::now();
@@ -309,29 +340,6 @@ int main(int argc, char** argv) {
             }));
     m.add("raw_socketpair_rt", raw_socketpair_rt(1000));
     m.add("raw_futex_rt", raw_futex_rt(1000));
-    m.add("threads_primes", threads_primes(chunks, 2));
-    {
-      std::vector<cpp_int> out;
-      m.add("threads_factorials", threads_factorials(fact_in, 2, out));
-      if (out.back() != fact_2000) std::fprintf(stderr, "factorial mismatch (threads)!\n");
-#ifdef MPROC_BENCH_HAVE_TBB
-      m.add("tbb_primes", tbb_primes(chunks));
-      m.add("tbb_factorials", tbb_factorials(fact_in, out));
-      if (out.back() != fact_2000) std::fprintf(stderr, "factorial mismatch (TBB)!\n");
-#endif
-    }
-    {
-      auto t = clk::now();
-      long c = 0;
-      for (auto& b : chunks) c += count_primes(b);
-      sink = c;  // keeps the work from being optimized away
-      m.add("serial_primes", secs_since(t));
-      t = clk::now();
-      std::size_t bits = 0;
-      for (int n : fact_in) bits += msb(factorial(n));
-      sink = long(bits);
-      m.add("serial_factorials", secs_since(t));
-    }
     m.add("raw_fork2", median_ms_of(create_samples, raw_fork2));
     if (o.python) {
       auto py = bench::run_python("bench_pool.py",
