@@ -44,6 +44,7 @@
 #include "posix/mirror_map.hpp"
 #include "posix/posix.hpp"
 #include "posix/sealed_memfd.hpp"
+#include "posix/shm_region.hpp"
 
 namespace mproc::detail {
 
@@ -104,19 +105,18 @@ class shared_ring {
     }
   }
 
-  [[nodiscard]] ring_control& control() const noexcept { return *static_cast<ring_control*>(ctl_.data()); }
+  [[nodiscard]] ring_control& control() const noexcept { return *ctl_.as<ring_control>(); }
   [[nodiscard]] std::byte* at(std::uint64_t pos) const noexcept { return data_.data() + pos % cap_; }
   [[nodiscard]] std::size_t capacity() const noexcept { return cap_; }
   [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
-  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+  [[nodiscard]] int fd() const noexcept { return ctl_.fd(); }
 
  private:
   shared_ring(unique_fd fd, std::uint64_t id, std::size_t cap)
-      : ctl_(fd.get(), page_size()), data_(fd.get(), page_size(), cap), fd_(std::move(fd)), id_(id), cap_(cap) {}
+      : data_(fd.get(), page_size(), cap), ctl_(shm_region::map(std::move(fd), page_size())), id_(id), cap_(cap) {}
 
-  shared_mapping ctl_;
   mirror_map data_;
-  unique_fd fd_;  // kept to pass the ring on (attach frame, spawn)
+  shm_region ctl_;  // the control page; keeps the descriptor to pass the ring on (attach frame, spawn)
   std::uint64_t id_;
   std::size_t cap_;
 };

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstddef>
-#include <utility>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -42,40 +41,5 @@ inline bool is_unix_socket(int fd) noexcept {
   socklen_t len = sizeof ss;
   return ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && ss.ss_family == AF_UNIX;
 }
-
-/// [0, bytes) of a file mapped shared, read-write; unmapped on destruction.
-class shared_mapping {
- public:
-  shared_mapping() = default;
-  /// Maps the start of fd; throws (naming the mmap) on failure.
-  shared_mapping(int fd, std::size_t bytes) : bytes_(bytes) {
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) throw_errno("mmap(shared page)");
-    addr_ = p;
-  }
-  shared_mapping(shared_mapping&& o) noexcept
-      : addr_(std::exchange(o.addr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  shared_mapping& operator=(shared_mapping&& o) noexcept {
-    if (this != &o) {
-      reset();
-      addr_ = std::exchange(o.addr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  shared_mapping(const shared_mapping&) = delete;
-  shared_mapping& operator=(const shared_mapping&) = delete;
-  ~shared_mapping() { reset(); }
-
-  [[nodiscard]] void* data() const noexcept { return addr_; }
-
- private:
-  void reset() noexcept {
-    if (addr_) ::munmap(addr_, bytes_);
-    addr_ = nullptr;
-  }
-  void* addr_ = nullptr;
-  std::size_t bytes_ = 0;
-};
 
 }  // namespace mproc::detail
