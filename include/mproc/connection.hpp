@@ -105,6 +105,12 @@ struct connection_state {
   ring_receiver rx;
 };
 
+[[noreturn]] inline void throw_too_large(std::uint64_t len, std::size_t max) {
+  throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
+                            " bytes exceeds the limit of " + std::to_string(max) +
+                            " bytes (connection_options::max_message_size); it is skipped");
+}
+
 [[noreturn]] inline void throw_timeout(const char* what) {
   throw timeout_error(std::string("mproc: Connection::") + what + " timed out");
 }
@@ -172,9 +178,7 @@ inline bool read_control_frame(connection_state& s, std::uint64_t kind) {
     s.in_body = true;
     if (w[1] > s.max_message) {
       s.stream_skip = true;  // its pieces are dropped by the next read
-      throw serialization_error("mproc: Connection: incoming message of " + std::to_string(w[1]) +
-                                " bytes exceeds the limit of " + std::to_string(s.max_message) +
-                                " bytes (connection_options::max_message_size); it is skipped");
+      throw_too_large(w[1], s.max_message);
     }
     return true;
   }
@@ -185,9 +189,7 @@ inline bool read_control_frame(connection_state& s, std::uint64_t kind) {
   (void)ring_message(s.rx, w[0], w[1], w[2]);  // checks it before anything is taken
   if (w[2] > s.max_message) {
     ring_release(s.rx, w[0], w[1] + w[2]);
-    throw serialization_error("mproc: Connection: incoming message of " + std::to_string(w[2]) +
-                              " bytes exceeds the limit of " + std::to_string(s.max_message) +
-                              " bytes (connection_options::max_message_size); it is skipped");
+    throw_too_large(w[2], s.max_message);
   }
   s.ring_id = w[0];
   s.ring_start = w[1];
@@ -317,9 +319,7 @@ inline void read_frame_header(connection_state& s, std::int64_t deadline, const 
     }
     if (len > s.max_message) {
       s.discard = len;
-      throw serialization_error("mproc: Connection: incoming message of " + std::to_string(len) +
-                                " bytes exceeds the limit of " + std::to_string(s.max_message) +
-                                " bytes (connection_options::max_message_size); it is skipped");
+      throw_too_large(len, s.max_message);
     }
     s.body_len = std::size_t(len);
     s.body.clear();
@@ -482,6 +482,17 @@ inline void write_all(connection_state& s, iovec* iov, std::size_t iovcnt, int f
   }
 }
 
+/// Announces the `len` bytes just written at the ring's next position, then moves past them.
+inline void publish_ring_message(connection_state& s, std::size_t len, deadline_t deadline, const char* what) {
+  ring_control& c = s.tx->ring.control();
+  const std::uint64_t start = c.produced.load(std::memory_order_relaxed);
+  std::uint64_t frame[4] = {ring_message_frame, s.tx->ring.id(), start, len};
+  std::atomic_thread_fence(std::memory_order_release);  // the data before the frame
+  iovec iov{frame, sizeof frame};
+  write_all(s, &iov, 1, -1, deadline, what);
+  c.produced.store(start + len, std::memory_order_relaxed);
+}
+
 /// Sends a message of `len` bytes, written by put(p), through the end's ring; false
 /// (nothing sent) when it must go inline.
 template <class Put>
@@ -491,13 +502,7 @@ bool send_through_ring(connection_state& s, std::size_t len, deadline_t deadline
   std::byte* p = ring_space(*s.tx, len, deadline);
   if (!p) return false;
   put(p);
-  ring_control& c = s.tx->ring.control();
-  const std::uint64_t start = c.produced.load(std::memory_order_relaxed);
-  std::uint64_t frame[4] = {ring_message_frame, s.tx->ring.id(), start, len};
-  std::atomic_thread_fence(std::memory_order_release);  // the data before the frame
-  iovec iov{frame, sizeof frame};
-  write_all(s, &iov, 1, -1, deadline, what);
-  c.produced.store(start + len, std::memory_order_relaxed);
+  publish_ring_message(s, len, deadline, what);
   return true;
 }
 
@@ -515,13 +520,7 @@ inline bool send_streamed(connection_state& s, const std::byte* data, std::size_
     const std::size_t n = std::min(len - off, ring_max_message);
     if (std::byte* p = ring_space(t, n, no_deadline)) {
       std::memcpy(p, data + off, n);
-      ring_control& c = t.ring.control();
-      const std::uint64_t start = c.produced.load(std::memory_order_relaxed);
-      std::uint64_t f[4] = {ring_message_frame, t.ring.id(), start, n};
-      std::atomic_thread_fence(std::memory_order_release);  // the data before the frame
-      iovec iov{f, sizeof f};
-      write_all(s, &iov, 1, -1, no_deadline, what);
-      c.produced.store(start + n, std::memory_order_relaxed);
+      publish_ring_message(s, n, no_deadline, what);
     } else {
       std::uint64_t f[4] = {inline_piece_frame, n, 0, 0};
       iovec iov[2] = {{f, sizeof f}, {const_cast<std::byte*>(data + off), n}};
